@@ -1,0 +1,1 @@
+"""The autoresearch service: controller, workers, committer and their shared core."""

@@ -1,0 +1,74 @@
+"""Every error the service raises on purpose.
+
+    ServiceError
+    ├── ProposalError            the caller's input is wrong; mapped to a 4xx, nothing is stored
+    │   ├── InvalidPatch         not UTF-8, too large, not a diff, touches other files, does not apply
+    │   ├── InvalidPython        the resulting train.py does not parse
+    │   ├── UnknownBase          the base commit is not on the research branch
+    │   └── NotFound             no proposal / run / commit with that id
+    ├── AuthError                missing or wrong bearer token (401) or role (403)
+    ├── InfraError               the machine broke, not the idea: retried, then `infra_error`
+    │   ├── SandboxUnavailable   Docker daemon down, image missing, GPU lost
+    │   └── StoreUnavailable     Redis unreachable
+    └── RunFailed                the proposal's own code failed: crashed, timed_out, oom, voided
+
+Foreign exceptions (docker, redis, git) are translated into these at the one module that owns the
+system, with `raise ... from exc`.
+"""
+
+from services.states import State
+
+
+class ServiceError(Exception):
+    """Root of the service's errors."""
+
+
+class ProposalError(ServiceError):
+    """The caller's input cannot be accepted; the message says what to fix."""
+
+
+class InvalidPatch(ProposalError):
+    pass
+
+
+class InvalidPython(ProposalError):
+    pass
+
+
+class UnknownBase(ProposalError):
+    pass
+
+
+class NotFound(ProposalError):
+    pass
+
+
+class Conflict(ProposalError):
+    """The request is well formed but clashes with the current state (e.g. cancelling a finished run)."""
+
+
+class AuthError(ServiceError):
+    def __init__(self, message: str, *, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden
+
+
+class InfraError(ServiceError):
+    """Infrastructure failed; never counts against the proposal."""
+
+
+class SandboxUnavailable(InfraError):
+    pass
+
+
+class StoreUnavailable(InfraError):
+    pass
+
+
+class RunFailed(ServiceError):
+    """The proposal's code failed in a way that is its own fault; carries the final state."""
+
+    def __init__(self, state: State, reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason

@@ -1,0 +1,126 @@
+"""Typed values that travel between controller, queue, worker and committer (as JSON in Redis)."""
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.states import State
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+def now() -> float:
+    return time.time()
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(Frozen):
+    at: float
+    state: State
+    reason: str
+
+
+class Fingerprint(Frozen):
+    """What must be equal for two scores to be comparable."""
+
+    gpu: str  # GPU model, or "cpu"
+    driver: str
+    environment_hash: str  # python, torch, CUDA, installed packages of the trainer image
+    fixed_hash: str  # prepare.py, evaluate.py, tokenizer and data
+    wall_clock_s: int
+    evaluator_version: str
+
+    def key(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class StepTimings(Frozen):
+    """Seconds spent in each part of one run, measured by the worker."""
+
+    prepare_s: float = 0.0
+    train_container_s: float = 0.0  # container create → exit
+    collect_s: float = 0.0
+    eval_container_s: float = 0.0
+
+
+class RunResult(Frozen):
+    """One training + evaluation of one train.py with one harness seed."""
+
+    run_id: str
+    proposal_id: str
+    seed: int
+    state: State  # evaluating on success (the decision comes later), else the failure state
+    reason: str = ""
+    val_bpb: float | None = None
+    val_tokens: int | None = None
+    val_bytes: int | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    startup_s: float | None = None
+    training_s: float | None = None
+    peak_memory_bytes: int | None = None
+    fingerprint: Fingerprint | None = None
+    fixed_hashes: dict[str, str] = {}
+    timings: StepTimings = StepTimings()
+    log_tail: str = ""
+    finished_at: float = Field(default_factory=now)
+
+
+class Decision(Frozen):
+    """Why a scored proposal was accepted or rejected, with the numbers."""
+
+    accepted: bool
+    rule: str  # name and version of the rule that decided
+    candidate_bpb: float
+    best_bpb: float | None
+    best_commit: str
+    delta_bpb: float | None  # candidate - best; negative is better
+    reason: str
+    decided_at: float = Field(default_factory=now)
+
+
+ProposalKind = Literal["proposal", "run"]
+
+
+class Proposal(Frozen):
+    """A candidate train.py (or a re-run of an existing commit) and everything that happened to it."""
+
+    id: str
+    kind: ProposalKind = "proposal"
+    title: str
+    description: str = ""
+    agent: str
+    program_version: int | None = None
+    base_commit: str
+    base_train_py: str  # the base's train.py, so a worker needs no shared file system
+    train_py: str  # the candidate, as it will run
+    diff: str  # unified diff base → candidate, as stored in git
+    content_hash: str
+    seeds: list[int]
+    state: State = State.QUEUED
+    reason: str = ""
+    attempts: int = 0  # infrastructure retries used
+    results: list[RunResult] = []
+    decision: Decision | None = None
+    merged_commit: str | None = None
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+class Best(Frozen):
+    """The head of the research branch and its score (None until the baseline run is scored)."""
+
+    commit: str
+    val_bpb: float | None
+    proposal_id: str | None = None
+    fingerprint_key: str | None = None
+    updated_at: float = Field(default_factory=now)

@@ -1,0 +1,80 @@
+"""One validated settings class, read from the environment (prefix `AR_`) by each entry point and
+passed in; nothing reads the environment at import time."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AR_", frozen=True, extra="ignore")
+
+    # --- connections
+    redis_url: str = "redis://localhost:6379/0"
+    # First admin token; if unset the controller makes one on first start and logs it once.
+    admin_token: SecretStr | None = None
+
+    # --- proposals
+    max_patch_bytes: int = Field(512 * KIB, gt=0, le=16 * MIB)  # a train.py or diff, UTF-8 bytes
+    max_title_chars: int = Field(200, gt=0)
+    max_description_chars: int = Field(20_000, gt=0)
+
+    # --- runs
+    run_wall_clock_s: int = Field(300, gt=0, le=24 * 3600)  # the training container's whole budget
+    eval_timeout_s: int = Field(600, gt=0, le=24 * 3600)  # the evaluation container's budget
+    preset: Literal["full", "tiny"] = "full"  # AR_PRESET passed to the trainer
+    device: Literal["cpu", "cuda"] = "cpu"  # AR_DEVICE passed to the trainer
+    # How the GPU reaches a container: "nvidia" uses device_requests (NVIDIA container toolkit),
+    # "devices" passes device nodes and read-only runtime mounts (hosts without the toolkit).
+    gpu_mode: Literal["none", "nvidia", "devices"] = "none"
+    gpu_id: str = "0"  # the one GPU this worker owns
+    gpu_device_nodes: list[str] = ["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+    gpu_host_mounts: list[str] = []  # "host:container" read-only binds for gpu_mode=devices
+    infra_retries: int = Field(2, ge=0, le=10)  # re-runs after an infrastructure failure
+    first_seed: int = 42  # harness seed of a proposal's screening run
+
+    # --- sandbox
+    trainer_image: str = "autoresearch/trainer:cpu"
+    runs_dir: Path = Path("/var/lib/autoresearch/runs")  # host path; per-run folders live here
+    train_data: str = "autoresearch-train-data"  # a volume name or an absolute host path
+    val_data: str = "autoresearch-val-data"  # a volume name or an absolute host path
+    container_memory_bytes: int = Field(64 * GIB, ge=32 * MIB)
+    container_pids_limit: int = Field(1024, ge=16)
+    container_cpus: float = Field(0.0, ge=0.0)  # 0 = no CPU limit
+    tmpfs_bytes: int = Field(2 * GIB, ge=MIB)
+    max_log_bytes: int = Field(8 * MIB, ge=KIB)  # the log kept per step; the rest is cut
+    log_tail_bytes: int = Field(16 * KIB, ge=KIB)  # what the API shows of a failed run
+    max_checkpoint_bytes: int = Field(4 * GIB, ge=KIB)
+    max_output_bytes: int = Field(8 * GIB, ge=KIB)  # whole output folder; the run is killed beyond
+    kill_grace_s: float = Field(5.0, ge=0.0)
+
+    # --- research repo (committer)
+    repo_dir: Path = Path("/var/lib/autoresearch/repo")
+    research_branch: str = "research"
+    baseline_train_py: Path = Path("trainer/train.py")
+    git_author: str = "autoresearch committer <committer@autoresearch.invalid>"
+
+    # --- controller
+    host: str = "0.0.0.0"
+    port: int = Field(8000, gt=0, lt=65536)
+    page_size_max: int = Field(200, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("AR_REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("research_branch")
+    @classmethod
+    def _branch_name(cls, value: str) -> str:
+        if not value or any(c in value for c in " ~^:?*[\\") or value.startswith("-") or ".." in value:
+            raise ValueError(f"AR_RESEARCH_BRANCH {value!r} is not a valid git branch name")
+        return value

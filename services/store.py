@@ -1,0 +1,220 @@
+"""The one module that knows Redis keys: proposals, their events, the best commit, tokens.
+
+Keys (prefix `ar:`):
+    proposal:<id>          JSON of a Proposal
+    events:<id>            list of Event JSON, oldest first
+    proposals              zset id → created_at (listing order)
+    state:<state>          zset id → created_at (listing by state)
+    dedupe:<base>:<hash>   id of the proposal with that normalised content on that base
+    idem:<owner>:<key>     id created by a submit with that Idempotency-Key
+    scores                 zset id → val_bpb of scored proposals (leaderboard)
+    best                   JSON of Best
+    commits                hash commit → train.py on the research branch
+    tokens                 hash sha256(token) → JSON {name, role}
+Channel `ar:events` carries every transition as JSON {proposal_id, state, reason, at}.
+"""
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+
+from services.errors import Conflict, NotFound, StoreUnavailable
+from services.models import Best, Event, Proposal, now
+from services.states import State
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EVENTS_CHANNEL = "ar:events"
+IDEMPOTENCY_TTL_S = 24 * 3600  # how long a retried submit finds its first answer
+
+
+def _translate(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    return wrapper
+
+
+class Store:
+    def __init__(self, client: "redis.Redis[bytes]") -> None:
+        self.r = client
+
+    @classmethod
+    def from_url(cls, url: str) -> "Store":
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5))
+
+    @_translate
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+    # --- proposals
+
+    @_translate
+    def create(self, proposal: Proposal, *, dedupe: bool = True, idem_key: str | None = None) -> tuple[Proposal, bool]:
+        """Store a new proposal; return (proposal, created). A duplicate (same normalised content on the
+        same base) or a repeated Idempotency-Key returns the existing proposal and stores nothing."""
+        if idem_key is not None:
+            existing = self.r.get(idem_key)
+            if existing is not None:
+                return self.get(existing.decode()), False
+        if dedupe:
+            key = f"ar:dedupe:{proposal.base_commit}:{proposal.content_hash}"
+            if not self.r.set(key, proposal.id, nx=True):
+                existing = self.r.get(key)
+                if existing is not None:
+                    return self.get(existing.decode()), False
+        event = Event(at=proposal.created_at, state=proposal.state, reason="submitted")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(f"ar:proposal:{proposal.id}", proposal.model_dump_json())
+        pipe.rpush(f"ar:events:{proposal.id}", event.model_dump_json())
+        pipe.zadd("ar:proposals", {proposal.id: proposal.created_at})
+        pipe.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
+        if idem_key is not None:
+            pipe.set(idem_key, proposal.id, ex=IDEMPOTENCY_TTL_S)
+        pipe.publish(EVENTS_CHANNEL, _event_message(proposal.id, event))
+        pipe.execute()
+        return proposal, True
+
+    @_translate
+    def get(self, proposal_id: str) -> Proposal:
+        raw = self.r.get(f"ar:proposal:{proposal_id}")
+        if raw is None:
+            raise NotFound(f"no proposal with id {proposal_id!r}")
+        return Proposal.model_validate_json(raw)
+
+    @_translate
+    def page(self, state: State | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Proposal], int]:
+        """Newest first."""
+        key = f"ar:state:{state}" if state is not None else "ar:proposals"
+        total = int(self.r.zcard(key))
+        ids = self.r.zrevrange(key, offset, offset + limit - 1)
+        raws = self.r.mget([f"ar:proposal:{i.decode()}" for i in ids]) if ids else []
+        return [Proposal.model_validate_json(raw) for raw in raws if raw is not None], total
+
+    @_translate
+    def count_by_state(self) -> dict[str, int]:
+        return {state.value: int(self.r.zcard(f"ar:state:{state}")) for state in State}
+
+    @_translate
+    def transition(self, proposal_id: str, state: State, reason: str, **changes: Any) -> Proposal:
+        """Move a proposal to `state` (appending an event), applying `changes` atomically."""
+        return self._modify(proposal_id, state, reason, changes)
+
+    @_translate
+    def update(self, proposal_id: str, **changes: Any) -> Proposal:
+        """Change fields without a state transition."""
+        return self._modify(proposal_id, None, "", changes)
+
+    def _modify(self, proposal_id: str, state: State | None, reason: str, changes: dict[str, Any]) -> Proposal:
+        key = f"ar:proposal:{proposal_id}"
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise NotFound(f"no proposal with id {proposal_id!r}")
+                    old = Proposal.model_validate_json(raw)
+                    fields = dict(changes, updated_at=now())
+                    if state is not None:
+                        fields.update(state=state, reason=reason)
+                    new = Proposal.model_validate({**old.model_dump(), **fields})  # validates changes
+                    pipe.multi()
+                    pipe.set(key, new.model_dump_json())
+                    if state is not None:
+                        event = Event(at=new.updated_at, state=state, reason=reason)
+                        pipe.zrem(f"ar:state:{old.state}", proposal_id)
+                        pipe.zadd(f"ar:state:{state}", {proposal_id: old.created_at})
+                        pipe.rpush(f"ar:events:{proposal_id}", event.model_dump_json())
+                        pipe.publish(EVENTS_CHANNEL, _event_message(proposal_id, event))
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
+
+    @_translate
+    def cancel(self, proposal_id: str, reason: str) -> Proposal:
+        proposal = self.get(proposal_id)
+        if proposal.state != State.QUEUED:
+            raise Conflict(f"proposal {proposal_id} is {proposal.state}; only queued proposals can be cancelled")
+        return self.transition(proposal_id, State.CANCELLED, reason)
+
+    @_translate
+    def events(self, proposal_id: str) -> list[Event]:
+        self.get(proposal_id)
+        return [Event.model_validate_json(raw) for raw in self.r.lrange(f"ar:events:{proposal_id}", 0, -1)]
+
+    @_translate
+    def record_score(self, proposal_id: str, val_bpb: float) -> None:
+        self.r.zadd("ar:scores", {proposal_id: val_bpb})
+
+    @_translate
+    def leaderboard(self, limit: int = 50) -> list[Proposal]:
+        ids = self.r.zrange("ar:scores", 0, limit - 1)
+        raws = self.r.mget([f"ar:proposal:{i.decode()}" for i in ids]) if ids else []
+        return [Proposal.model_validate_json(raw) for raw in raws if raw is not None]
+
+    # --- research branch mirror (written by the committer, read by the controller)
+
+    @_translate
+    def add_commit(self, commit: str, train_py: str) -> None:
+        self.r.hset("ar:commits", commit, train_py)
+
+    @_translate
+    def commit_train_py(self, commit: str) -> str | None:
+        raw = self.r.hget("ar:commits", commit)
+        return None if raw is None else raw.decode()
+
+    @_translate
+    def resolve_commit(self, prefix: str) -> str | None:
+        """Full id of the commit starting with `prefix` (≥ 7 hex digits), if exactly one does."""
+        if self.r.hexists("ar:commits", prefix):
+            return prefix
+        matches = [c.decode() for c in self.r.hkeys("ar:commits") if c.decode().startswith(prefix)]
+        return matches[0] if len(matches) == 1 else None
+
+    @_translate
+    def get_best(self) -> Best | None:
+        raw = self.r.get("ar:best")
+        return None if raw is None else Best.model_validate_json(raw)
+
+    @_translate
+    def set_best(self, best: Best) -> None:
+        self.r.set("ar:best", best.model_dump_json())
+
+    # --- tokens
+
+    @_translate
+    def add_token(self, token_hash: str, name: str, role: str) -> None:
+        self.r.hset("ar:tokens", token_hash, json.dumps({"name": name, "role": role}))
+
+    @_translate
+    def token(self, token_hash: str) -> dict[str, str] | None:
+        raw = self.r.hget("ar:tokens", token_hash)
+        return None if raw is None else dict(json.loads(raw))
+
+    @_translate
+    def has_tokens(self) -> bool:
+        return bool(self.r.hlen("ar:tokens"))
+
+    @_translate
+    def subscribe(self) -> Iterator[dict[str, Any]]:
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(EVENTS_CHANNEL)
+        try:
+            for message in pubsub.listen():
+                yield dict(json.loads(message["data"]))
+        finally:
+            pubsub.close()
+
+
+def _event_message(proposal_id: str, event: Event) -> str:
+    return json.dumps({"proposal_id": proposal_id, **event.model_dump(mode="json")})

@@ -1,0 +1,1 @@
+"""GPU workers: take runs off the queue and execute them in the sandbox."""

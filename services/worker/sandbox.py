@@ -1,0 +1,126 @@
+"""The sandbox protocol: how the worker runs one training step and one evaluation step.
+
+`DockerSandbox` (docker_sandbox.py) is the real implementation; tests of service logic use a fake
+that satisfies the same protocol. A run's files live in one host folder (`RunPaths`) with fixed
+names; the sandbox mounts its parts at fixed in-container paths so compile caches written by one run
+hit in another run of the same code.
+
+In-container layout (the same for every run):
+
+    /code/train.py   candidate trainer, read-only             (training and evaluation)
+    /data            training shards + tokenizer, read-only   (training and evaluation)
+    /out             AR_OUT_DIR, writable                     (training only)
+    /cache           compile caches, writable                 (training only)
+    /tmp             scratch: size-capped tmpfs, or the run's scratch folder
+    /val             validation data, read-only               (evaluation only, never training)
+    /ckpt            collected checkpoint, read-only          (evaluation only)
+    /eval-out        result.json, writable                    (evaluation only)
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+CODE_DIR = "/code"
+DATA_DIR = "/data"
+OUT_DIR = "/out"
+CACHE_DIR = "/cache"
+VAL_DIR = "/val"
+CKPT_DIR = "/ckpt"
+EVAL_OUT_DIR = "/eval-out"
+TRAINER_HOME = "/opt/autoresearch/trainer"  # fixed files baked into the trainer image
+
+CHECKPOINT_FILE = "model.safetensors"
+RUN_JSON_FILE = "run.json"
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The host folder of one run and its fixed sub-folders."""
+
+    root: Path
+
+    @property
+    def code(self) -> Path:
+        return self.root / "code"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def scratch(self) -> Path:
+        return self.root / "scratch"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def eval_out(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def eval_log(self) -> Path:
+        return self.root / "eval.log"
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    run_id: str
+    proposal_id: str
+    paths: RunPaths
+    seed: int
+    wall_clock_s: int
+    preset: Literal["full", "tiny"]
+    device: Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    run_id: str
+    proposal_id: str
+    paths: RunPaths
+    seed: int  # shuffles the batch order of the evaluation
+    timeout_s: int
+    device: Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """How one container ended. `log` is capped at the configured size; `killed_reason` says why the
+    sandbox stopped it early (wall clock, output cap), empty if it ended by itself."""
+
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    log: str
+    log_truncated: bool
+    duration_s: float
+    killed_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the sandbox knows about where runs execute (part of the result's fingerprint)."""
+
+    gpu: str
+    driver: str
+    environment_hash: str
+
+
+class Sandbox(Protocol):
+    def train(self, request: TrainRequest) -> StepOutcome: ...
+
+    def evaluate(self, request: EvalRequest) -> StepOutcome: ...
+
+    def environment(self) -> Environment: ...

@@ -1,0 +1,96 @@
+"""The store against a real Redis (private redis-server, flushed around each test)."""
+
+import pytest
+
+from services.errors import Conflict, NotFound
+from services.models import Best, Proposal, new_id
+from services.states import State
+from services.store import Store
+
+
+def make_proposal(text: str = "print('hi')\n", base: str = "c0ffee1") -> Proposal:
+    return Proposal(
+        id=new_id("p"),
+        title="t",
+        agent="tester",
+        base_commit=base,
+        base_train_py="print('base')\n",
+        train_py=text,
+        diff="",
+        content_hash=f"hash-of-{text}",
+        seeds=[42],
+    )
+
+
+def test_create_get_and_events(store: Store) -> None:
+    proposal, created = store.create(make_proposal())
+    assert created
+    assert store.get(proposal.id) == proposal
+    assert [e.state for e in store.events(proposal.id)] == [State.QUEUED]
+
+
+def test_duplicate_content_on_same_base_returns_the_first(store: Store) -> None:
+    first, _ = store.create(make_proposal())
+    second, created = store.create(make_proposal())
+    assert not created
+    assert second.id == first.id
+    _, other_base_created = store.create(make_proposal(base="beef001"))
+    assert other_base_created
+    assert store.page()[1] == 2
+
+
+def test_runs_of_a_commit_are_not_deduplicated(store: Store) -> None:
+    store.create(make_proposal(), dedupe=False)
+    _, created = store.create(make_proposal(), dedupe=False)
+    assert created
+
+
+def test_transition_moves_state_index_and_appends_event(store: Store) -> None:
+    proposal, _ = store.create(make_proposal())
+    store.transition(proposal.id, State.RUNNING, "picked up by worker w1", attempts=1)
+    moved = store.get(proposal.id)
+    assert moved.state == State.RUNNING
+    assert moved.attempts == 1
+    assert [p.id for p in store.page(State.RUNNING)[0]] == [proposal.id]
+    assert store.page(State.QUEUED)[1] == 0
+    assert [e.reason for e in store.events(proposal.id)] == ["submitted", "picked up by worker w1"]
+
+
+def test_transition_validates_changed_fields(store: Store) -> None:
+    proposal, _ = store.create(make_proposal())
+    with pytest.raises(ValueError, match="attempts"):
+        store.update(proposal.id, attempts="many")
+
+
+def test_page_is_newest_first_and_paginates(store: Store) -> None:
+    ids = [store.create(make_proposal(f"x = {i}\n"))[0].id for i in range(5)]
+    page, total = store.page(offset=1, limit=2)
+    assert total == 5
+    assert [p.id for p in page] == [ids[3], ids[2]]
+
+
+def test_cancel_only_when_queued(store: Store) -> None:
+    proposal, _ = store.create(make_proposal())
+    store.transition(proposal.id, State.RUNNING, "started")
+    with pytest.raises(Conflict, match="only queued"):
+        store.cancel(proposal.id, "by admin")
+    with pytest.raises(NotFound):
+        store.cancel("p_missing", "by admin")
+
+
+def test_best_and_commit_mirror(store: Store) -> None:
+    assert store.get_best() is None
+    store.add_commit("a" * 40, "print(1)\n")
+    store.set_best(Best(commit="a" * 40, val_bpb=None))
+    assert store.get_best() == Best(commit="a" * 40, val_bpb=None, updated_at=store.get_best().updated_at)  # type: ignore[union-attr]
+    assert store.resolve_commit("aaaaaaa") == "a" * 40
+    assert store.resolve_commit("bbbbbbb") is None
+    assert store.commit_train_py("a" * 40) == "print(1)\n"
+
+
+def test_leaderboard_orders_by_score(store: Store) -> None:
+    worse, _ = store.create(make_proposal("a = 1\n"))
+    better, _ = store.create(make_proposal("a = 2\n"))
+    store.record_score(worse.id, 1.31)
+    store.record_score(better.id, 1.29)
+    assert [p.id for p in store.leaderboard()] == [better.id, worse.id]
