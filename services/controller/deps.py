@@ -1,0 +1,57 @@
+"""`Annotated` dependency aliases, so a route's signature says what it needs in one line each.
+
+Settings, store and Redis connection live on `app.state` (set by `create_app`), never built at import.
+"""
+
+from typing import TYPE_CHECKING, Annotated
+
+import redis
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services import auth
+from services.settings import Settings
+from services.store import Store
+
+if TYPE_CHECKING:
+    RedisConn = redis.Redis[bytes]
+else:
+    RedisConn = redis.Redis  # not subscriptable at runtime; FastAPI evaluates this annotation
+
+_bearer = HTTPBearer(auto_error=False, description="a token from AR_ADMIN_TOKEN or POST /v1/tokens")
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _redis(request: Request) -> RedisConn:
+    conn: RedisConn = request.app.state.redis
+    return conn
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StoreDep = Annotated[Store, Depends(_store)]
+RedisDep = Annotated[RedisConn, Depends(_redis)]
+
+
+def _principal(
+    store: StoreDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> auth.Principal:
+    return auth.authenticate(store, None if credentials is None else credentials.credentials)
+
+
+Caller = Annotated[auth.Principal, Depends(_principal)]
+
+
+def _admin(principal: Caller) -> auth.Principal:
+    return auth.require(principal, auth.Role.ADMIN)
+
+
+Admin = Annotated[auth.Principal, Depends(_admin)]

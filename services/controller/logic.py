@@ -1,0 +1,264 @@
+"""What the controller does, without HTTP: routes parse, call one function here, and map errors.
+
+Imports no FastAPI. Every failure is a ServiceError from services.errors (or NotReady below), which
+the app maps to problem+json in one place.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from services.auth import Principal
+from services.controller.schemas import RequestRuns, SubmitProposal
+from services.errors import InfraError, NotFound, ProposalError, UnknownBase
+from services.models import Best, Event, Proposal, new_id
+from services.patches import build_candidate, content_hash
+from services.queue import enqueue_run, queue_depths
+from services.settings import Settings
+from services.states import State
+from services.store import Store
+
+log = logging.getLogger(__name__)
+
+PROPOSAL_ID_PREFIX = "p"
+RUN_ID_PREFIX = "r"
+DEFAULT_PAGE_SIZE = 50  # rows per page when the client does not say
+
+
+class NotReady(InfraError):
+    """The service cannot take work yet: no best commit (the research repo is not initialised)."""
+
+
+@dataclass(frozen=True)
+class Base:
+    commit: str
+    train_py: str
+
+
+@dataclass(frozen=True)
+class Status:
+    queues: dict[str, int]
+    states: dict[str, int]
+    best: Best | None
+
+
+def run_budget_s(settings: Settings) -> int:
+    """What one run's job may take before RQ kills it: training plus evaluation (queue adds slack)."""
+    return settings.run_wall_clock_s + settings.eval_timeout_s
+
+
+# ---------------------------------------------------------------------------- proposals
+
+
+def submit_proposal(
+    store: Store,
+    conn: "redis.Redis[bytes]",
+    settings: Settings,
+    principal: Principal,
+    body: SubmitProposal,
+    idempotency_key: str | None = None,
+) -> tuple[Proposal, bool]:
+    """Validate, deduplicate, store and enqueue; return (proposal, created). Nothing is stored or
+    enqueued unless the whole submission is valid; a replay or a duplicate is returned as it is."""
+    idem = _idempotency_redis_key(principal, idempotency_key)
+    if idem is not None and (replay := _replayed(store, idem)) is not None:
+        return replay, False
+    _check_text_limits(settings, body.title, body.description)
+    base = resolve_base(store, body.base_commit)
+    candidate = build_candidate(
+        base.train_py,
+        base_commit=base.commit,
+        train_py=body.train_py,
+        diff=body.diff,
+        max_bytes=settings.max_patch_bytes,
+    )
+    proposal = Proposal(
+        id=new_id(PROPOSAL_ID_PREFIX),
+        title=body.title,
+        description=body.description,
+        agent=body.agent,
+        program_version=body.program_version,
+        base_commit=base.commit,
+        base_train_py=base.train_py,
+        train_py=candidate.train_py,
+        diff=candidate.diff,
+        content_hash=candidate.content_hash,
+        seeds=[settings.first_seed],
+    )
+    stored, created = store.create(proposal, dedupe=True, idem_key=idem)
+    if created:
+        enqueue_run(conn, stored.id, run_budget_s(settings))
+        log.info(
+            "proposal %s from %s (token %s) queued on %s",
+            stored.id,
+            body.agent,
+            principal.name,
+            base.commit[:12],
+        )
+    return stored, created
+
+
+def get_proposal(store: Store, proposal_id: str) -> tuple[Proposal, list[Event]]:
+    return store.get(proposal_id), store.events(proposal_id)
+
+
+def page_size(settings: Settings, limit: int | None) -> int:
+    """The requested page size, or the default; above settings.page_size_max is an error, not a clamp,
+    so a client never mistakes a short page for the end."""
+    if limit is None:
+        return min(DEFAULT_PAGE_SIZE, settings.page_size_max)
+    if limit > settings.page_size_max:
+        raise ProposalError(
+            f"limit {limit} is above the maximum page size {settings.page_size_max}; page with offset"
+        )
+    return limit
+
+
+def list_proposals(
+    store: Store, settings: Settings, state: State | None, offset: int, limit: int | None
+) -> tuple[list[Proposal], int, int]:
+    """(proposals newest first, total matching, the page size used)."""
+    size = page_size(settings, limit)
+    proposals, total = store.page(state, offset, size)
+    return proposals, total, size
+
+
+def proposal_log(store: Store, proposal_id: str) -> str:
+    """The kept log tail of each finished run, oldest first, under a one-line header each."""
+    proposal = store.get(proposal_id)
+    if not proposal.results:
+        return f"# no finished runs yet; proposal {proposal.id} is {proposal.state}\n"
+    parts = []
+    for result in proposal.results:
+        header = f"# run {result.run_id} seed {result.seed}: {result.state}"
+        parts.append(f"{header}{': ' + result.reason if result.reason else ''}\n{result.log_tail}")
+    return "\n".join(part if part.endswith("\n") else part + "\n" for part in parts)
+
+
+def cancel_proposal(store: Store, principal: Principal, proposal_id: str) -> Proposal:
+    proposal = store.cancel(proposal_id, f"cancelled by {principal.name}")
+    log.info("proposal %s cancelled by %s", proposal_id, principal.name)
+    return proposal
+
+
+# ---------------------------------------------------------------------------- runs of a commit
+
+
+def request_runs(
+    store: Store, conn: "redis.Redis[bytes]", settings: Settings, principal: Principal, body: RequestRuns
+) -> Proposal:
+    """Runs of an existing commit (baseline, calibration, re-runs): one proposal of kind "run" holding
+    every seed, never deduplicated."""
+    base = resolve_base(store, body.commit)
+    title = body.title or f"{body.count} run(s) of {base.commit[:12]}"
+    _check_text_limits(settings, title, body.description)
+    seeds = body.seeds if body.seeds is not None else [settings.first_seed + i for i in range(body.count)]
+    proposal = Proposal(
+        id=new_id(RUN_ID_PREFIX),
+        kind="run",
+        title=title,
+        description=body.description,
+        agent=principal.name,
+        base_commit=base.commit,
+        base_train_py=base.train_py,
+        train_py=base.train_py,
+        diff="",
+        content_hash=content_hash(base.commit, base.train_py),
+        seeds=seeds,
+    )
+    stored, _ = store.create(proposal, dedupe=False)
+    enqueue_run(conn, stored.id, run_budget_s(settings) * len(seeds))
+    log.info(
+        "runs %s of %s with seeds %s requested by %s", stored.id, base.commit[:12], seeds, principal.name
+    )
+    return stored
+
+
+# ---------------------------------------------------------------------------- best, leaderboard, status
+
+
+def resolve_base(store: Store, ref: str | None) -> Base:
+    """The commit `ref` names (full id or a prefix of >= 7 hex digits), or the current best."""
+    if ref is None:
+        best = current_best(store)
+        commit = best.commit
+    else:
+        resolved = store.resolve_commit(ref.lower())
+        if resolved is None:
+            raise UnknownBase(
+                f"unknown base commit {ref!r}: no commit on the research branch starts with it (or several "
+                "do); omit base_commit to use the current best (GET /v1/best)"
+            )
+        commit = resolved
+    train_py = store.commit_train_py(commit)
+    if train_py is None:
+        raise NotReady(
+            f"commit {commit} is known but its train.py is missing from the store; try again shortly"
+        )
+    return Base(commit, train_py)
+
+
+def current_best(store: Store) -> Best:
+    best = store.get_best()
+    if best is None:
+        raise NotReady(
+            "no best commit yet: the research repo has not been initialised (the committer creates it and "
+            "runs the baseline on first start); try again later"
+        )
+    return best
+
+
+def best_train_py(store: Store) -> tuple[Best, str]:
+    best = current_best(store)
+    train_py = store.commit_train_py(best.commit)
+    if train_py is None:
+        raise NotReady(f"the best commit {best.commit} has no train.py in the store yet; try again shortly")
+    return best, train_py
+
+
+def leaderboard(store: Store, settings: Settings, limit: int | None) -> list[Proposal]:
+    return store.leaderboard(page_size(settings, limit))
+
+
+def readiness(store: Store) -> Best:
+    """Redis answers and a best commit exists; else NotReady / StoreUnavailable with the reason."""
+    store.ping()
+    best, _ = best_train_py(store)
+    return best
+
+
+def status(store: Store, conn: "redis.Redis[bytes]") -> Status:
+    return Status(queues=queue_depths(conn), states=store.count_by_state(), best=store.get_best())
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _check_text_limits(settings: Settings, title: str, description: str) -> None:
+    if "\n" in title or "\r" in title:
+        raise ProposalError("title must be one line; put details in description")
+    if len(title) > settings.max_title_chars:
+        raise ProposalError(f"title is {len(title)} characters; the limit is {settings.max_title_chars}")
+    if len(description) > settings.max_description_chars:
+        raise ProposalError(
+            f"description is {len(description)} characters; the limit is {settings.max_description_chars}"
+        )
+
+
+def _idempotency_redis_key(principal: Principal, key: str | None) -> str | None:
+    """Idempotency keys are scoped per token, so two agents cannot collide (or probe each other)."""
+    # The store's create() takes the full key; its layout is the store's docstring's `idem:<owner>:<key>`.
+    return None if key is None else f"ar:idem:{principal.token_hash[:32]}:{key}"
+
+
+def _replayed(store: Store, idem_key: str) -> Proposal | None:
+    """The proposal a previous submit with this key created, checked before validating again: the
+    default base may have moved since, and a retry must still get its first answer."""
+    proposal_id = store.r.get(idem_key)
+    if proposal_id is None:
+        return None
+    try:
+        return store.get(proposal_id.decode())
+    except NotFound:
+        return None

@@ -1,0 +1,211 @@
+"""Errors as RFC 9457 problem details (`application/problem+json`), mapped in this one place.
+
+    ProposalError   NotFound 404, Conflict 409, InvalidPatch / InvalidPython / UnknownBase / other 422
+    AuthError       401 (with `WWW-Authenticate: Bearer`), 403 when the role is too low
+    InfraError      NotReady / StoreUnavailable / others 503
+    redis.RedisError that escaped a module without translating it: 503
+    request validation (pydantic) 422, naming each bad field; HTTP errors (404 route, 405) as they are
+    body larger than the limit: 413, before the body is read (BodySizeLimit middleware)
+    anything else: 500, logged with its traceback; the client gets no internals
+
+`type` is a URN per problem kind (`urn:autoresearch:problem:<slug>`), listed in docs/api.md.
+"""
+
+import http
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.controller.logic import NotReady
+from services.errors import (
+    AuthError,
+    Conflict,
+    InfraError,
+    InvalidPatch,
+    InvalidPython,
+    NotFound,
+    ProposalError,
+    ServiceError,
+    StoreUnavailable,
+    UnknownBase,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:autoresearch:problem:"
+
+# Most specific first: the first class the error is an instance of decides.
+_SERVICE_ERRORS: list[tuple[type[ServiceError], int, str, str]] = [
+    (NotFound, 404, "not-found", "Not found"),
+    (Conflict, 409, "conflict", "Conflict with the current state"),
+    (InvalidPatch, 422, "invalid-patch", "Invalid patch"),
+    (InvalidPython, 422, "invalid-python", "Candidate is not valid Python"),
+    (UnknownBase, 422, "unknown-base", "Unknown base commit"),
+    (ProposalError, 422, "invalid-request", "Invalid request"),
+    (NotReady, 503, "not-ready", "Service not ready"),
+    (StoreUnavailable, 503, "store-unavailable", "Store unavailable"),
+    (InfraError, 503, "infra-unavailable", "Infrastructure unavailable"),
+]
+
+
+# Names that do not depend on the Python version's HTTPStatus phrases (413 was renamed in 3.13).
+_HTTP_NAMES = {413: ("content-too-large", "Content too large"), 404: ("not-found", "Not found")}
+
+
+class Problem(BaseModel):
+    """The error body of every non-2xx answer (for the OpenAPI schema)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+PROBLEM_RESPONSE: dict[str, Any] = {"model": Problem, "content": {PROBLEM_JSON: {}}}
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {**PROBLEM_RESPONSE, "description": http.HTTPStatus(status).phrase}
+    for status in (401, 403, 413, 503)
+}
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {"type": TYPE_PREFIX + slug, "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(redis.RedisError, _redis_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, AuthError):
+        if exc.forbidden:
+            return problem(403, "forbidden", "Forbidden", str(exc))
+        return problem(401, "unauthorized", "Unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
+    for cls, status, slug, title in _SERVICE_ERRORS:
+        if isinstance(exc, cls):
+            if status >= 500:
+                log.warning("%s %s: %s", request.method, request.url.path, exc)
+            return problem(status, slug, title, str(exc))
+    return await _unexpected_error(request, exc)
+
+
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: Redis error: %s", request.method, request.url.path, exc)
+    return problem(503, "store-unavailable", "Store unavailable", "Redis did not answer; try again shortly")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_describe(error) for error in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['msg']}" for e in errors) or "the request is invalid"
+    return problem(422, "validation-error", "Invalid request", detail, errors=errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    phrase = http.HTTPStatus(exc.status_code).phrase
+    detail = (
+        exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else _http_detail(exc.status_code)
+    )
+    slug, title = _HTTP_NAMES.get(
+        exc.status_code, (phrase.lower().replace(" ", "-").replace("'", ""), phrase)
+    )
+    return problem(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return problem(500, "internal-error", "Internal error", "the controller failed unexpectedly; see its log")
+
+
+def _describe(error: Any) -> dict[str, Any]:
+    """A pydantic error without its `input` (which may be a whole train.py) and with a dotted field."""
+    loc = [str(part) for part in error.get("loc", ())]
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    ctx = error.get("ctx") or {}
+    if error.get("type") == "json_invalid" and "error" in ctx:
+        msg = f"{msg} ({ctx['error']})"
+    return {"field": ".".join(loc) or "request", "msg": msg, "type": str(error.get("type", ""))}
+
+
+def _http_detail(status: int) -> str:
+    return {
+        404: "no such endpoint; see /openapi.json",
+        405: "method not allowed on this endpoint; see /openapi.json",
+        413: "the request body is too large",
+    }.get(status, http.HTTPStatus(status).description)
+
+
+# ---------------------------------------------------------------------------- request size
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413, f"the request body is larger than {limit} bytes; send a smaller train.py or diff"
+        )
+
+
+class BodySizeLimit:
+    """Refuse bodies over `max_bytes` with 413 before they are parsed: at once when Content-Length
+    says so, else as soon as the streamed body passes the limit (the error is an HTTPException, so
+    FastAPI's body reader lets it through to the problem handler)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            exc = _BodyTooLarge(self.max_bytes)
+            response = problem(413, "content-too-large", "Content too large", str(exc.detail))
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

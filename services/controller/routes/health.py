@@ -1,0 +1,35 @@
+"""Liveness and readiness (no auth, for orchestrators) and /v1/status."""
+
+from fastapi import APIRouter
+
+from services.controller import logic
+from services.controller.deps import Caller, RedisDep, StoreDep
+from services.controller.problems import PROBLEM_RESPONSE
+from services.controller.schemas import Health, Ready, StatusView
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=Health, tags=["health"])
+def healthz() -> Health:
+    """The process answers (touches nothing else)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Ready, responses={503: PROBLEM_RESPONSE}, tags=["health"])
+def readyz(store: StoreDep) -> Ready:
+    """Redis answers and a best commit exists; 503 with the reason otherwise."""
+    return Ready(status="ready", best_commit=logic.readiness(store).commit)
+
+
+@router.get("/v1/status", response_model=StatusView, tags=["health"])
+def status(caller: Caller, store: StoreDep, conn: RedisDep) -> StatusView:
+    """Queue depths, proposals per state, and the best commit."""
+    current = logic.status(store, conn)
+    best = current.best
+    return StatusView(
+        queues=current.queues,
+        states=current.states,
+        best_commit=None if best is None else best.commit,
+        best_val_bpb=None if best is None else best.val_bpb,
+    )

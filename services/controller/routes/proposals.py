@@ -1,0 +1,89 @@
+"""/v1/proposals: submit, read, list, log, cancel."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi.responses import PlainTextResponse
+
+from services.controller import logic
+from services.controller.deps import Admin, Caller, RedisDep, SettingsDep, StoreDep
+from services.controller.problems import PROBLEM_RESPONSE
+from services.controller.schemas import ProposalDetail, ProposalPage, ProposalSummary, SubmitProposal
+from services.states import State
+
+router = APIRouter(prefix="/v1/proposals", tags=["proposals"])
+
+ProposalId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a proposal's id")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="retries with the same key (per token) get the first answer",
+    ),
+]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: PROBLEM_RESPONSE}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProposalDetail,
+    responses={
+        200: {"description": "a duplicate or a retried submit: the existing proposal"},
+        422: PROBLEM_RESPONSE,
+    },
+)
+def submit(
+    body: SubmitProposal,
+    response: Response,
+    caller: Caller,
+    store: StoreDep,
+    conn: RedisDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> ProposalDetail:
+    """Submit a whole `train.py` or a unified diff; validated, deduplicated, queued."""
+    proposal, created = logic.submit_proposal(store, conn, settings, caller, body, idempotency_key)
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/proposals/{proposal.id}"
+    return ProposalDetail.of(proposal, store.events(proposal.id))
+
+
+@router.get("", response_model=ProposalPage, responses={422: PROBLEM_RESPONSE})
+def list_proposals(
+    caller: Caller,
+    store: StoreDep,
+    settings: SettingsDep,
+    state: State | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int | None, Query(ge=1, description="default 50, at most AR_PAGE_SIZE_MAX")] = None,
+) -> ProposalPage:
+    """Newest first, optionally only those in one state."""
+    proposals, total, size = logic.list_proposals(store, settings, state, offset, limit)
+    return ProposalPage(
+        items=[ProposalSummary.of(p) for p in proposals], total=total, offset=offset, limit=size
+    )
+
+
+@router.get("/{proposal_id}", response_model=ProposalDetail, responses=NOT_FOUND)
+def get_proposal(proposal_id: ProposalId, caller: Caller, store: StoreDep) -> ProposalDetail:
+    """Everything about one proposal, with its event history."""
+    return ProposalDetail.of(*logic.get_proposal(store, proposal_id))
+
+
+@router.get("/{proposal_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND)
+def get_log(proposal_id: ProposalId, caller: Caller, store: StoreDep) -> str:
+    """The kept log tail of each finished run (text/plain)."""
+    return logic.proposal_log(store, proposal_id)
+
+
+@router.post(
+    "/{proposal_id}/cancel", response_model=ProposalDetail, responses={**NOT_FOUND, 409: PROBLEM_RESPONSE}
+)
+def cancel(proposal_id: ProposalId, admin: Admin, store: StoreDep) -> ProposalDetail:
+    """Cancel a queued proposal (admin)."""
+    proposal = logic.cancel_proposal(store, admin, proposal_id)
+    return ProposalDetail.of(proposal, store.events(proposal.id))

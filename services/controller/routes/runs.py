@@ -1,0 +1,27 @@
+"""/v1/runs: runs of an existing commit (admin)."""
+
+from fastapi import APIRouter, Response, status
+
+from services.controller import logic
+from services.controller.deps import Admin, RedisDep, SettingsDep, StoreDep
+from services.controller.problems import PROBLEM_RESPONSE
+from services.controller.schemas import ProposalDetail, RequestRuns
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=ProposalDetail, responses={422: PROBLEM_RESPONSE}
+)
+def request_runs(
+    body: RequestRuns,
+    response: Response,
+    admin: Admin,
+    store: StoreDep,
+    conn: RedisDep,
+    settings: SettingsDep,
+) -> ProposalDetail:
+    """Run a commit (default: the best) `count` times with given or default seeds; never deduplicated."""
+    proposal = logic.request_runs(store, conn, settings, admin, body)
+    response.headers["Location"] = f"/v1/proposals/{proposal.id}"
+    return ProposalDetail.of(proposal, store.events(proposal.id))

@@ -1,0 +1,15 @@
+"""/v1/tokens: bearer tokens (admin)."""
+
+from fastapi import APIRouter, status
+
+from services import auth
+from services.controller.deps import Admin, StoreDep
+from services.controller.schemas import CreateToken, TokenCreated
+
+router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
+def create_token(body: CreateToken, admin: Admin, store: StoreDep) -> TokenCreated:
+    """Create an agent or admin token; the token is in this answer only."""
+    return TokenCreated(token=auth.create_token(store, body.name, body.role), name=body.name, role=body.role)

@@ -1,0 +1,191 @@
+"""Request and response bodies of the HTTP API (pydantic only; separate from the stored models).
+
+Request models forbid unknown fields. Their static caps guard the parser; the limits an operator can
+set (title, description and patch sizes, page size) are checked against Settings in the logic layer.
+"""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.auth import Role
+from services.models import Decision, Event, Proposal, RunResult
+from services.states import State
+
+COMMIT_PATTERN = r"^[0-9a-fA-F]{7,64}$"  # a full id or a prefix of at least 7 hex digits
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/+ -]*$"  # agent and token names: printable, no control chars
+MAX_NAME_CHARS = 100
+MAX_RUNS_PER_REQUEST = 32
+# Parser guards only; Settings holds the limits that apply (see module docstring).
+MAX_TITLE_GUARD = 10_000
+MAX_DESCRIPTION_GUARD = 1_000_000
+
+CommitRef = Annotated[
+    str, Field(pattern=COMMIT_PATTERN, description="commit id or a prefix of >= 7 hex digits")
+]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_PATTERN)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class SubmitProposal(Request):
+    title: str = Field(min_length=1, max_length=MAX_TITLE_GUARD, description="one line: what the change is")
+    description: str = Field("", max_length=MAX_DESCRIPTION_GUARD, description="why it should help")
+    agent: Name = Field(description="who proposes it (an agent's or a person's name)")
+    program_version: int | None = Field(None, ge=0, description="the program.md version it worked from")
+    base_commit: CommitRef | None = Field(None, description="default: the current best commit")
+    train_py: str | None = Field(None, description="the whole candidate trainer/train.py")
+    diff: str | None = Field(None, description="a unified diff of trainer/train.py against base_commit")
+
+    @model_validator(mode="after")
+    def _one_of_file_or_diff(self) -> "SubmitProposal":
+        if (self.train_py is None) == (self.diff is None):
+            raise ValueError("send exactly one of `train_py` (the whole file) or `diff` (a unified diff)")
+        return self
+
+
+class RequestRuns(Request):
+    commit: CommitRef | None = Field(None, description="default: the current best commit")
+    count: int = Field(1, ge=1, le=MAX_RUNS_PER_REQUEST, description="how many runs, each with its own seed")
+    seeds: list[int] | None = Field(
+        None, description="one distinct seed per run; default first_seed, +1, ..."
+    )
+    title: str | None = Field(None, min_length=1, max_length=MAX_TITLE_GUARD)
+    description: str = Field("", max_length=MAX_DESCRIPTION_GUARD)
+
+    @model_validator(mode="after")
+    def _seeds_match_count(self) -> "RequestRuns":
+        if self.seeds is not None:
+            if len(self.seeds) != self.count:
+                raise ValueError(f"seeds has {len(self.seeds)} entries; give exactly count={self.count}")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError("seeds must be distinct")
+        return self
+
+
+class CreateToken(Request):
+    name: Name
+    role: Role = Role.AGENT
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+class ProposalSummary(BaseModel):
+    """A row of a listing: no file contents."""
+
+    id: str
+    kind: str
+    title: str
+    agent: str
+    state: State
+    reason: str
+    base_commit: str
+    val_bpb: float | None
+    merged_commit: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def of(cls, p: Proposal) -> "ProposalSummary":
+        return cls(
+            id=p.id,
+            kind=p.kind,
+            title=p.title,
+            agent=p.agent,
+            state=p.state,
+            reason=p.reason,
+            base_commit=p.base_commit,
+            val_bpb=score_of(p),
+            merged_commit=p.merged_commit,
+            created_at=p.created_at,
+            updated_at=p.updated_at,
+        )
+
+
+class ProposalDetail(BaseModel):
+    """Everything stored about a proposal, with its event history."""
+
+    id: str
+    kind: str
+    title: str
+    description: str
+    agent: str
+    program_version: int | None
+    base_commit: str
+    state: State
+    reason: str
+    seeds: list[int]
+    attempts: int
+    val_bpb: float | None
+    results: list[RunResult]
+    decision: Decision | None
+    merged_commit: str | None
+    content_hash: str
+    diff: str
+    train_py: str
+    events: list[Event]
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def of(cls, p: Proposal, events: list[Event]) -> "ProposalDetail":
+        fields = p.model_dump(exclude={"base_train_py"})
+        return cls(**fields, val_bpb=score_of(p), events=events)
+
+
+class ProposalPage(BaseModel):
+    items: list[ProposalSummary]
+    total: int
+    offset: int
+    limit: int
+
+
+class BestView(BaseModel):
+    commit: str
+    val_bpb: float | None
+    proposal_id: str | None
+    updated_at: float
+    train_py: str
+
+
+class LeaderboardRow(BaseModel):
+    id: str
+    title: str
+    agent: str
+    val_bpb: float | None
+    state: State
+    merged_commit: str | None
+    delta: float | None = Field(description="val_bpb minus the best's at decision time; negative is better")
+
+
+class StatusView(BaseModel):
+    queues: dict[str, int]
+    states: dict[str, int]
+    best_commit: str | None
+    best_val_bpb: float | None
+
+
+class TokenCreated(BaseModel):
+    token: str = Field(description="shown once; only its hash is stored")
+    name: str
+    role: Role
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    best_commit: str
+
+
+def score_of(p: Proposal) -> float | None:
+    """The decision's candidate score, else the mean of the scored runs, else None."""
+    if p.decision is not None:
+        return p.decision.candidate_bpb
+    scores = [r.val_bpb for r in p.results if r.val_bpb is not None]
+    return sum(scores) / len(scores) if scores else None

@@ -1,0 +1,386 @@
+"""Turn a submitted `train.py` or unified diff into a validated candidate (pure: no I/O, no FastAPI).
+
+What is checked, in order, each failure raising `InvalidPatch` or `InvalidPython` with a message
+that says what to fix:
+
+    1. exactly one of `train_py` / `diff`; size in UTF-8 bytes; valid UTF-8 (no lone surrogates), no NUL
+    2. a diff touches `trainer/train.py` only: no other path, no rename, copy, creation, deletion,
+       mode change or binary patch, one file only
+    3. the diff applies strictly: every hunk's old lines must equal the base at the line its header
+       states (no offset search, no fuzz); hunks in order and not overlapping
+    4. the candidate compiles as Python (it is never run here)
+    5. the candidate differs from the base after normalisation
+
+Normalisation (what deduplication hashes): line endings become `\\n`, trailing whitespace is
+stripped from every line and trailing blank lines are dropped. Python's tokenizer treats `\\r\\n`
+as `\\n`, so the stored candidate keeps its content but gets `\\n` line endings; its canonical diff is
+made with difflib, so two submissions of the same file store the same diff whatever form they came in.
+
+One leniency: inside a hunk a completely empty line counts as an empty context line, because editors
+and mail clients strip the single space that `diff` writes there; it still has to match the base.
+"""
+
+import difflib
+import hashlib
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+
+from services.errors import InvalidPatch, InvalidPython
+
+TRAIN_PY = "trainer/train.py"
+NO_NEWLINE_MARKER = "\\ No newline at end of file"
+
+_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(?: .*)?$")
+# git extended headers that say something other than "this file's content changed".
+_FORBIDDEN_GIT_HEADERS = {
+    "new file mode": "creates a file",
+    "deleted file mode": "deletes a file",
+    "old mode": "changes a file mode",
+    "new mode": "changes a file mode",
+    "rename from": "renames a file",
+    "rename to": "renames a file",
+    "copy from": "copies a file",
+    "copy to": "copies a file",
+    "similarity index": "renames or copies a file",
+    "dissimilarity index": "rewrites a file under another name",
+    "GIT binary patch": "is a binary patch",
+    "Binary files": "is a binary patch",
+}
+_ALLOWED_PATHS = {TRAIN_PY, f"a/{TRAIN_PY}", f"b/{TRAIN_PY}"}
+_COMPILE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    train_py: str  # the file as it will run, `\n` line endings
+    diff: str  # canonical unified diff base → candidate
+    content_hash: str  # sha256 hex of base commit + normalised candidate
+
+
+def build_candidate(
+    base_train_py: str,
+    *,
+    base_commit: str,
+    train_py: str | None,
+    diff: str | None,
+    max_bytes: int,
+) -> Candidate:
+    """Validate a submission against the base's `train.py`; raise InvalidPatch / InvalidPython."""
+    if (train_py is None) == (diff is None):
+        raise InvalidPatch("send exactly one of `train_py` (the whole file) or `diff` (a unified diff)")
+    if diff is not None:
+        check_text(diff, "diff", max_bytes)
+        candidate = apply_unified_diff(_lf(base_train_py), diff)
+        check_text(candidate, "the patched train.py", max_bytes)
+    else:
+        assert train_py is not None
+        check_text(train_py, "train_py", max_bytes)
+        candidate = train_py
+    candidate = _lf(candidate)
+    check_python(candidate)
+    if normalise(candidate) == normalise(base_train_py):
+        raise InvalidPatch(
+            "the candidate changes nothing: it equals the base train.py up to line endings and trailing "
+            "whitespace; change the code"
+        )
+    return Candidate(
+        train_py=candidate,
+        diff=canonical_diff(_lf(base_train_py), candidate),
+        content_hash=content_hash(base_commit, candidate),
+    )
+
+
+# ---------------------------------------------------------------------------- text checks
+
+
+def check_text(text: str, what: str, max_bytes: int) -> None:
+    """Size cap in UTF-8 bytes, no lone surrogates, no NUL."""
+    if not text.strip():
+        raise InvalidPatch(f"{what} is empty")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start) + 1
+        raise InvalidPatch(
+            f"{what} is not valid UTF-8: line {line} holds a lone surrogate (U+{ord(text[exc.start]):04X}); "
+            "send the text as valid UTF-8"
+        ) from exc
+    if size > max_bytes:
+        raise InvalidPatch(
+            f"{what} is {size} bytes of UTF-8; the limit is {max_bytes} bytes: make it smaller"
+        )
+    nul = text.find("\0")
+    if nul >= 0:
+        raise InvalidPatch(f"{what} contains a NUL byte on line {text.count(chr(10), 0, nul) + 1}; remove it")
+
+
+def check_python(source: str) -> None:
+    """Compile (never run) the candidate: catches syntax errors and compile-time ones such as a
+    module-level `return`. Warnings are silenced under a lock (the filter list is process-global) so a
+    candidate full of odd escapes cannot flood the controller's log."""
+    try:
+        with _COMPILE_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(source, TRAIN_PY, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise InvalidPython(
+            f"the candidate train.py does not parse as Python: {exc.msg} at line {exc.lineno}, "
+            f"column {exc.offset}"
+        ) from exc
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise InvalidPython(f"the candidate train.py does not parse as Python: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------- normal forms
+
+
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def normalise(text: str) -> str:
+    """`\\n` line endings, no trailing whitespace per line, no trailing blank lines, one final newline."""
+    lines = [line.rstrip() for line in _lf(text).split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def content_hash(base_commit: str, train_py: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(base_commit.encode())
+    digest.update(b"\0")
+    digest.update(normalise(train_py).encode())
+    return digest.hexdigest()
+
+
+def canonical_diff(base: str, candidate: str) -> str:
+    """difflib's unified diff with git-style headers and `\\ No newline at end of file` markers."""
+    out: list[str] = []
+    lines = difflib.unified_diff(
+        base.splitlines(keepends=True),
+        candidate.splitlines(keepends=True),
+        fromfile=f"a/{TRAIN_PY}",
+        tofile=f"b/{TRAIN_PY}",
+    )
+    for line in lines:
+        if line.endswith("\n"):
+            out.append(line)
+        else:
+            out.append(line + "\n" + NO_NEWLINE_MARKER + "\n")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------- diff parsing
+
+
+@dataclass(frozen=True)
+class Hunk:
+    number: int  # 1-based, in diff order
+    header: str
+    old_start: int
+    old_lines: list[str]
+    new_lines: list[str]
+    old_ends_without_newline: bool
+    new_ends_without_newline: bool
+
+
+def parse_unified_diff(diff: str) -> list[Hunk]:
+    """The hunks of a one-file unified diff of `trainer/train.py`."""
+    lines = _lf(diff).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    index = _parse_file_header(lines)
+    hunks: list[Hunk] = []
+    while index < len(lines):
+        line = lines[index]
+        if line.startswith("@@"):
+            hunk, index = _parse_hunk(lines, index, len(hunks) + 1)
+            hunks.append(hunk)
+        elif line.startswith(("--- ", "diff --git ", "+++ ")):
+            raise InvalidPatch(
+                f"diff line {index + 1}: a second file starts here; a proposal may change only {TRAIN_PY}"
+            )
+        elif not line.strip():
+            index += 1
+        elif line[:1] in " +-" and hunks:
+            last = hunks[-1]
+            raise InvalidPatch(
+                f"diff line {index + 1}: {line[:80]!r} does not fit the header's line counts of hunk "
+                f"{last.number} ({last.header}: {len(last.old_lines)} old, {len(last.new_lines)} new lines); "
+                "fix the counts or regenerate the diff"
+            )
+        else:
+            raise InvalidPatch(
+                f"diff line {index + 1}: expected a hunk header '@@ -l,s +l,s @@', got {line[:80]!r}"
+            )
+    if not hunks:
+        raise InvalidPatch("the diff has no hunks ('@@ -l,s +l,s @@' sections); nothing would change")
+    return hunks
+
+
+def _parse_file_header(lines: list[str]) -> int:
+    """Skip `diff --git`/`index` lines, check `---`/`+++`; return the index after `+++`."""
+    index = 0
+    while index < len(lines) and not lines[index].startswith("--- "):
+        line = lines[index]
+        for prefix, what in _FORBIDDEN_GIT_HEADERS.items():
+            if line.startswith(prefix):
+                raise InvalidPatch(
+                    f"diff line {index + 1}: the diff {what}; only edits of {TRAIN_PY} are accepted"
+                )
+        if line.startswith("diff --git "):
+            _check_git_line(line, index)
+        elif line.startswith("@@"):
+            raise InvalidPatch(
+                f"diff line {index + 1}: hunk before the '--- a/{TRAIN_PY}' / '+++ b/{TRAIN_PY}' header"
+            )
+        elif not line.startswith("index ") and line.strip():
+            raise InvalidPatch(
+                f"diff line {index + 1}: expected '--- a/{TRAIN_PY}', got {line[:80]!r}; send a unified diff "
+                "(`diff -u` or `git diff`)"
+            )
+        index += 1
+    if index + 1 >= len(lines) or not lines[index + 1].startswith("+++ "):
+        raise InvalidPatch(
+            f"not a unified diff: expected a '--- a/{TRAIN_PY}' line followed by '+++ b/{TRAIN_PY}'"
+        )
+    _check_path(lines[index][4:], index)
+    _check_path(lines[index + 1][4:], index + 1)
+    return index + 2
+
+
+def _check_git_line(line: str, index: int) -> None:
+    paths = line[len("diff --git ") :].split(" ")
+    if len(paths) != 2:
+        raise InvalidPatch(f"diff line {index + 1}: only {TRAIN_PY} may change; got {line[:120]!r}")
+    for path in paths:
+        _check_path(path, index)
+
+
+def _check_path(field: str, index: int) -> None:
+    path = field.split("\t", 1)[0].rstrip()  # `diff -u` appends a tab and a timestamp
+    if path == "/dev/null":
+        raise InvalidPatch(
+            f"diff line {index + 1}: the diff creates or deletes a file (/dev/null); edit {TRAIN_PY} instead"
+        )
+    if path in _ALLOWED_PATHS:
+        return
+    if path.startswith("/") or ".." in path.split("/") or path.startswith('"'):
+        raise InvalidPatch(
+            f"diff line {index + 1}: path {path[:120]!r} is not allowed; only {TRAIN_PY} may change"
+        )
+    raise InvalidPatch(f"diff line {index + 1}: the diff touches {path[:120]!r}; only {TRAIN_PY} may change")
+
+
+def _parse_hunk(lines: list[str], index: int, number: int) -> tuple[Hunk, int]:
+    header = lines[index]
+    match = _HUNK_HEADER.match(header)
+    if match is None:
+        raise InvalidPatch(
+            f"diff line {index + 1}: malformed hunk header {header[:80]!r}; expected '@@ -l,s +l,s @@'"
+        )
+    old_start, new_start = int(match[1]), int(match[3])
+    old_count = 1 if match[2] is None else int(match[2])
+    new_count = 1 if match[4] is None else int(match[4])
+    del new_start  # the old range locates the hunk; the new start is implied by earlier hunks
+    old: list[str] = []
+    new: list[str] = []
+    old_eof = new_eof = False
+    last: str | None = None  # which side(s) the previous line belonged to
+    index += 1
+    while index < len(lines) and (
+        len(old) < old_count or len(new) < new_count or lines[index] == NO_NEWLINE_MARKER
+    ):
+        line = lines[index]
+        tag, text = (line[:1], line[1:]) if line else (" ", "")
+        if line == NO_NEWLINE_MARKER:
+            if last is None:
+                raise InvalidPatch(f"diff line {index + 1}: '{NO_NEWLINE_MARKER}' with no line before it")
+            old_eof = old_eof or last in (" ", "-")
+            new_eof = new_eof or last in (" ", "+")
+        elif tag == " " and len(old) < old_count and len(new) < new_count:
+            old.append(text)
+            new.append(text)
+        elif tag == "-" and len(old) < old_count:
+            old.append(text)
+        elif tag == "+" and len(new) < new_count:
+            new.append(text)
+        else:
+            raise InvalidPatch(
+                f"hunk {number} ({header}) at diff line {index + 1}: {line[:80]!r} does not fit the header's "
+                f"line counts (it promises {old_count} old and {new_count} new lines); fix the counts or "
+                "regenerate the diff"
+            )
+        last = tag if line != NO_NEWLINE_MARKER else None
+        index += 1
+    if len(old) < old_count or len(new) < new_count:
+        raise InvalidPatch(
+            f"hunk {number} ({header}) is truncated: the diff ends after {len(old)} of {old_count} old and "
+            f"{len(new)} of {new_count} new lines"
+        )
+    hunk = Hunk(number, header, old_start, old, new, old_eof, new_eof)
+    return hunk, index
+
+
+# ---------------------------------------------------------------------------- strict application
+
+
+def apply_unified_diff(base: str, diff: str) -> str:
+    """Apply a one-file unified diff to `base` exactly: no offsets, no fuzz."""
+    hunks = parse_unified_diff(diff)
+    base_lines = base.split("\n")
+    base_has_final_newline = base_lines[-1] == ""
+    if base_has_final_newline:
+        base_lines.pop()
+    out: list[str] = []
+    cursor = 0  # index of the next base line not yet copied
+    final_newline = base_has_final_newline
+    for hunk in hunks:
+        if hunk.old_lines and hunk.old_start < 1:
+            raise InvalidPatch(f"hunk {hunk.number} ({hunk.header}): line numbers start at 1")
+        start = hunk.old_start - 1 if hunk.old_lines else hunk.old_start
+        if start < cursor:
+            raise InvalidPatch(
+                f"hunk {hunk.number} ({hunk.header}) starts at line {hunk.old_start}, inside or before the "
+                "previous hunk; hunks must be in file order and must not overlap"
+            )
+        end = start + len(hunk.old_lines)
+        _match_hunk(hunk, base_lines, start, base_has_final_newline)
+        out.extend(base_lines[cursor:start])
+        out.extend(hunk.new_lines)
+        cursor = end
+        if end == len(base_lines) and (hunk.old_lines or hunk.new_lines):
+            final_newline = not hunk.new_ends_without_newline
+    out.extend(base_lines[cursor:])
+    return "\n".join(out) + ("\n" if final_newline and out else "")
+
+
+def _match_hunk(hunk: Hunk, base_lines: list[str], start: int, base_has_final_newline: bool) -> None:
+    where = f"hunk {hunk.number} ({hunk.header}) does not apply"
+    end = start + len(hunk.old_lines)
+    if end > len(base_lines):
+        raise InvalidPatch(
+            f"{where}: it needs base lines {start + 1}-{end} but the base has {len(base_lines)} lines; "
+            "regenerate the diff against the base train.py (GET /v1/best/train.py)"
+        )
+    for offset, expected in enumerate(hunk.old_lines):
+        actual = base_lines[start + offset]
+        if actual != expected:
+            raise InvalidPatch(
+                f"{where}: line {start + offset + 1} of the base is {actual[:100]!r} but the hunk expects "
+                f"{expected[:100]!r}; regenerate the diff against the base train.py (GET /v1/best/train.py)"
+            )
+    touches_end = end == len(base_lines) and bool(hunk.old_lines)
+    if hunk.old_ends_without_newline and not (touches_end and not base_has_final_newline):
+        raise InvalidPatch(
+            f"{where}: it says the base's last line has no newline at end of file, but the base "
+            + ("does end with a newline" if touches_end else f"continues after line {end}")
+        )
+    if touches_end and not base_has_final_newline and not hunk.old_ends_without_newline:
+        raise InvalidPatch(
+            f"{where}: the base's last line (line {end}) has no newline at end of file; the hunk needs the "
+            f"'{NO_NEWLINE_MARKER}' marker after it"
+        )
