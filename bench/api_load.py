@@ -1,0 +1,318 @@
+"""API load: requests per second and latency percentiles of the controller over real HTTP.
+
+    .venv/bin/python bench/api_load.py [--clients 16] [--seconds 20]
+
+Starts its own redis-server on a free port and the real entry point (`python -m
+services.controller.main`: one uvicorn process, access log on, as deployed) against it, seeds a best
+commit holding trainer/train.py, then runs one phase per endpoint for `--seconds` each, with
+`--clients` concurrent keep-alive connections from one asyncio client in this process:
+
+    submit        POST /v1/proposals, every request a distinct diff (appends a line to train.py), so each
+                  one is validated, applied, compiled, stored and enqueued (none is a duplicate)
+    status        GET /v1/status (queue depths and counts per state)
+    get_proposal  GET /v1/proposals/{id} of proposals made in the submit phase
+
+Client, server and Redis share the machine's cores, as they would on a small box; the figures are
+the whole system's, not the server's alone. Writes bench/results/api_load.json and the raw log
+bench/results/logs/api_load.log.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.models import Best  # noqa: E402
+from services.queue import RUNS_QUEUE, queue_depths  # noqa: E402
+from services.store import Store  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+NAME = "api_load"
+BASE_COMMIT = "b" * 40
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+START_TIMEOUT_S = 30
+REQUEST_TIMEOUT_S = 30
+MACHINE = "2-core CI box"
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="api-load-redis-")
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*args, "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(answers, START_TIMEOUT_S, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def controller(redis_url: str, log_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "AR_REDIS_URL": redis_url,
+        "AR_HOST": "127.0.0.1",
+        "AR_PORT": str(port),
+        "AR_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.controller.main"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the controller exited with {proc.returncode}; see {log_path}")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        try:
+            wait_until(healthy, START_TIMEOUT_S, "the controller")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+# ---------------------------------------------------------------------------- load
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    latencies_s: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def record(self, status: int, latency_s: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latencies_s.append(latency_s)
+
+    def figures(self) -> dict[str, float | int]:
+        ordered = sorted(self.latencies_s)
+        ok = sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+        def pct(q: float) -> float:
+            return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+        return {
+            f"{self.name}_requests": len(ordered),
+            f"{self.name}_errors": len(ordered) - ok,
+            f"{self.name}_req_per_s": round(len(ordered) / self.elapsed_s, 1),
+            f"{self.name}_mean_ms": round(1000 * statistics.fmean(ordered), 2),
+            f"{self.name}_p50_ms": pct(0.50),
+            f"{self.name}_p90_ms": pct(0.90),
+            f"{self.name}_p99_ms": pct(0.99),
+            f"{self.name}_max_ms": round(1000 * ordered[-1], 2),
+        }
+
+
+Request = Callable[[httpx.AsyncClient, int], Any]
+
+
+async def drive(phase: Phase, clients: int, url: str, token: str, make_request: Request) -> Phase:
+    """`clients` tasks, each sending its next request as soon as the last one answered."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {token}"}
+    counter = iter(range(10**9))
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=REQUEST_TIMEOUT_S
+    ) as client:
+        deadline = time.perf_counter() + phase.seconds
+
+        async def one_client() -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                answer = await make_request(client, next(counter))
+                phase.record(answer.status_code, time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        phase.elapsed_s = time.perf_counter() - started
+    return phase
+
+
+def variant_diff(base_lines: list[str], variant: int) -> str:
+    """A diff appending `_BENCH_VARIANT = <n>` after the last line (valid Python, distinct content)."""
+    tail = base_lines[-3:]
+    start = len(base_lines) - len(tail) + 1
+    context = "".join(f" {line}\n" for line in tail)
+    return (
+        "--- a/trainer/train.py\n+++ b/trainer/train.py\n"
+        f"@@ -{start},{len(tail)} +{start},{len(tail) + 1} @@\n{context}+_BENCH_VARIANT = {variant}\n"
+    )
+
+
+def run_phases(url: str, clients: int, seconds: float, base: str, say: Callable[[str], None]) -> list[Phase]:
+    admin = httpx.post(
+        f"{url}/v1/tokens",
+        json={"name": "bench", "role": "agent"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    admin.raise_for_status()
+    token = admin.json()["token"]
+    base_lines = base.rstrip("\n").split("\n")
+    created: list[str] = []
+
+    async def submit(client: httpx.AsyncClient, n: int) -> httpx.Response:
+        body = {
+            "title": f"bench variant {n}",
+            "description": "load test",
+            "agent": "bench",
+            "diff": variant_diff(base_lines, n),
+        }
+        answer = await client.post("/v1/proposals", json=body)
+        if answer.status_code == 201:
+            created.append(answer.json()["id"])
+        return answer
+
+    async def status(client: httpx.AsyncClient, n: int) -> httpx.Response:
+        return await client.get("/v1/status")
+
+    picker = random.Random(0)
+
+    async def get_proposal(client: httpx.AsyncClient, n: int) -> httpx.Response:
+        return await client.get(f"/v1/proposals/{picker.choice(created)}")
+
+    phases = []
+    asyncio.run(drive(Phase("warmup", 2.0), clients, url, token, status))
+    for name, request in (("submit", submit), ("status", status), ("get_proposal", get_proposal)):
+        phase = asyncio.run(drive(Phase(name, seconds), clients, url, token, request))
+        say(f"{name}: {json.dumps(phase.figures())} statuses={phase.statuses}")
+        phases.append(phase)
+    return phases
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=16, help="concurrent connections")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    args = parser.parse_args()
+
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        stamped = f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')} {line}"
+        print(stamped, flush=True)
+        lines.append(stamped)
+
+    base = (ROOT / "trainer" / "train.py").read_text()
+    say(f"api_load: {args.clients} clients, {args.seconds} s per phase, {os.cpu_count()} CPUs")
+    say(f"platform: {platform.platform()}, Python {platform.python_version()}")
+    say(f"base train.py: {len(base.splitlines())} lines, {len(base.encode())} bytes")
+    with tempfile.TemporaryDirectory(prefix="api-load-") as folder, redis_server() as redis_url:
+        store = Store.from_url(redis_url)
+        store.add_commit(BASE_COMMIT, base)
+        store.set_best(Best(commit=BASE_COMMIT, val_bpb=1.0))
+        controller_log = Path(folder) / "controller.log"
+        with controller(redis_url, controller_log) as url:
+            phases = run_phases(url, args.clients, args.seconds, base, say)
+        submitted = sum(n for status, n in phases[0].statuses.items() if status == 201)
+        enqueued = queue_depths(store.r)[RUNS_QUEUE]
+        say(f"check: {submitted} proposals created (201), {enqueued} jobs in the runs queue")
+        store.r.close()
+        server_lines = controller_log.read_text().splitlines()
+    say(f"controller log: {len(server_lines)} lines; first and last 10 follow")
+    lines.extend("    " + line for line in [*server_lines[:10], "...", *server_lines[-10:]])
+
+    figures: dict[str, Any] = {}
+    for phase in phases:
+        figures.update(phase.figures())
+    write_results(
+        {
+            "machine": MACHINE,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "clients": args.clients,
+            "seconds_per_phase": args.seconds,
+            "server": "1 uvicorn process (python -m services.controller.main), access log on, sync routes",
+            "base_train_py_lines": len(base.splitlines()),
+            "submits_created": submitted,
+            "runs_jobs_enqueued": enqueued,
+            **figures,
+        },
+        "\n".join(lines) + "\n",
+    )
+
+
+def write_results(figures: dict[str, Any], log_text: str) -> None:
+    (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = RESULTS / "logs" / f"{NAME}.log"
+    log_path.write_text(log_text)
+    document = {
+        "benchmark": NAME,
+        "command": " ".join([".venv/bin/python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "raw_log": str(log_path.relative_to(ROOT)),
+        **figures,
+    }
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
