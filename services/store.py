@@ -6,7 +6,7 @@ Keys (prefix `ar:`):
     proposals              zset id → created_at (listing order)
     state:<state>          zset id → created_at (listing by state)
     dedupe:<base>:<hash>   id of the proposal with that normalised content on that base
-    idem:<owner>:<key>     id created by a submit with that Idempotency-Key
+    idem:<owner>:<key>     id created by a submit with that Idempotency-Key (expires after a day)
     scores                 zset id → val_bpb of scored proposals (leaderboard)
     best                   JSON of Best
     commits                hash commit → train.py on the research branch
@@ -17,7 +17,7 @@ Channel `ar:events` carries every transition as JSON {proposal_id, state, reason
 import functools
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
@@ -58,30 +58,53 @@ class Store:
     # --- proposals
 
     @_translate
-    def create(self, proposal: Proposal, *, dedupe: bool = True, idem_key: str | None = None) -> tuple[Proposal, bool]:
+    def create(
+        self, proposal: Proposal, *, dedupe: bool = True, idempotency: tuple[str, str] | None = None
+    ) -> tuple[Proposal, bool]:
         """Store a new proposal; return (proposal, created). A duplicate (same normalised content on the
-        same base) or a repeated Idempotency-Key returns the existing proposal and stores nothing."""
-        if idem_key is not None:
-            existing = self.r.get(idem_key)
-            if existing is not None:
-                return self.get(existing.decode()), False
+        same base) or a repeated (owner, Idempotency-Key) returns the existing proposal and stores
+        nothing. Atomic: concurrent submits of the same content or key create exactly one."""
+        keys = []
+        if idempotency is not None:
+            keys.append(_idem_key(*idempotency))
         if dedupe:
-            key = f"ar:dedupe:{proposal.base_commit}:{proposal.content_hash}"
-            if not self.r.set(key, proposal.id, nx=True):
-                existing = self.r.get(key)
-                if existing is not None:
-                    return self.get(existing.decode()), False
+            keys.append(f"ar:dedupe:{proposal.base_commit}:{proposal.content_hash}")
         event = Event(at=proposal.created_at, state=proposal.state, reason="submitted")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(f"ar:proposal:{proposal.id}", proposal.model_dump_json())
-        pipe.rpush(f"ar:events:{proposal.id}", event.model_dump_json())
-        pipe.zadd("ar:proposals", {proposal.id: proposal.created_at})
-        pipe.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
-        if idem_key is not None:
-            pipe.set(idem_key, proposal.id, ex=IDEMPOTENCY_TTL_S)
-        pipe.publish(EVENTS_CHANNEL, _event_message(proposal.id, event))
-        pipe.execute()
-        return proposal, True
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if keys:
+                        pipe.watch(*keys)
+                    for key in keys:
+                        existing = cast("bytes | None", pipe.get(key))  # immediate while watching
+                        if existing is not None:
+                            pipe.reset()
+                            return self.get(existing.decode()), False
+                    pipe.multi()
+                    pipe.set(f"ar:proposal:{proposal.id}", proposal.model_dump_json())
+                    pipe.rpush(f"ar:events:{proposal.id}", event.model_dump_json())
+                    pipe.zadd("ar:proposals", {proposal.id: proposal.created_at})
+                    pipe.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
+                    for key in keys:
+                        pipe.set(
+                            key, proposal.id, ex=IDEMPOTENCY_TTL_S if key.startswith("ar:idem:") else None
+                        )
+                    pipe.publish(EVENTS_CHANNEL, _event_message(proposal.id, event))
+                    pipe.execute()
+                    return proposal, True
+                except redis.WatchError:
+                    continue
+
+    @_translate
+    def idempotent(self, owner: str, key: str) -> Proposal | None:
+        """The proposal an earlier submit by `owner` with this Idempotency-Key created, if any."""
+        existing = self.r.get(_idem_key(owner, key))
+        if existing is None:
+            return None
+        try:
+            return self.get(existing.decode())
+        except NotFound:
+            return None
 
     @_translate
     def get(self, proposal_id: str) -> Proposal:
@@ -91,7 +114,9 @@ class Store:
         return Proposal.model_validate_json(raw)
 
     @_translate
-    def page(self, state: State | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Proposal], int]:
+    def page(
+        self, state: State | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[Proposal], int]:
         """Newest first."""
         key = f"ar:state:{state}" if state is not None else "ar:proposals"
         total = int(self.r.zcard(key))
@@ -101,7 +126,10 @@ class Store:
 
     @_translate
     def count_by_state(self) -> dict[str, int]:
-        return {state.value: int(self.r.zcard(f"ar:state:{state}")) for state in State}
+        pipe = self.r.pipeline(transaction=False)
+        for state in State:
+            pipe.zcard(f"ar:state:{state}")
+        return {state.value: int(count) for state, count in zip(State, pipe.execute(), strict=True)}
 
     @_translate
     def transition(self, proposal_id: str, state: State, reason: str, **changes: Any) -> Proposal:
@@ -113,13 +141,15 @@ class Store:
         """Change fields without a state transition."""
         return self._modify(proposal_id, None, "", changes)
 
-    def _modify(self, proposal_id: str, state: State | None, reason: str, changes: dict[str, Any]) -> Proposal:
+    def _modify(
+        self, proposal_id: str, state: State | None, reason: str, changes: dict[str, Any]
+    ) -> Proposal:
         key = f"ar:proposal:{proposal_id}"
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(key)
-                    raw = pipe.get(key)
+                    raw = cast("bytes | None", pipe.get(key))  # immediate while watching
                     if raw is None:
                         raise NotFound(f"no proposal with id {proposal_id!r}")
                     old = Proposal.model_validate_json(raw)
@@ -144,7 +174,9 @@ class Store:
     def cancel(self, proposal_id: str, reason: str) -> Proposal:
         proposal = self.get(proposal_id)
         if proposal.state != State.QUEUED:
-            raise Conflict(f"proposal {proposal_id} is {proposal.state}; only queued proposals can be cancelled")
+            raise Conflict(
+                f"proposal {proposal_id} is {proposal.state}; only queued proposals can be cancelled"
+            )
         return self.transition(proposal_id, State.CANCELLED, reason)
 
     @_translate
@@ -210,10 +242,14 @@ class Store:
         pubsub = self.r.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(EVENTS_CHANNEL)
         try:
-            for message in pubsub.listen():
+            for message in pubsub.listen():  # type: ignore[no-untyped-call]
                 yield dict(json.loads(message["data"]))
         finally:
             pubsub.close()
+
+
+def _idem_key(owner: str, key: str) -> str:
+    return f"ar:idem:{owner}:{key}"
 
 
 def _event_message(proposal_id: str, event: Event) -> str:

@@ -11,7 +11,7 @@ import redis
 
 from services.auth import Principal
 from services.controller.schemas import RequestRuns, SubmitProposal
-from services.errors import InfraError, NotFound, ProposalError, UnknownBase
+from services.errors import InfraError, ProposalError, UnknownBase
 from services.models import Best, Event, Proposal, new_id
 from services.patches import build_candidate, content_hash
 from services.queue import enqueue_run, queue_depths
@@ -61,8 +61,8 @@ def submit_proposal(
 ) -> tuple[Proposal, bool]:
     """Validate, deduplicate, store and enqueue; return (proposal, created). Nothing is stored or
     enqueued unless the whole submission is valid; a replay or a duplicate is returned as it is."""
-    idem = _idempotency_redis_key(principal, idempotency_key)
-    if idem is not None and (replay := _replayed(store, idem)) is not None:
+    idem = None if idempotency_key is None else (_idempotency_owner(principal), idempotency_key)
+    if idem is not None and (replay := store.idempotent(*idem)) is not None:
         return replay, False
     _check_text_limits(settings, body.title, body.description)
     base = resolve_base(store, body.base_commit)
@@ -86,7 +86,7 @@ def submit_proposal(
         content_hash=candidate.content_hash,
         seeds=[settings.first_seed],
     )
-    stored, created = store.create(proposal, dedupe=True, idem_key=idem)
+    stored, created = store.create(proposal, dedupe=True, idempotency=idem)
     if created:
         enqueue_run(conn, stored.id, run_budget_s(settings))
         log.info(
@@ -246,19 +246,8 @@ def _check_text_limits(settings: Settings, title: str, description: str) -> None
         )
 
 
-def _idempotency_redis_key(principal: Principal, key: str | None) -> str | None:
-    """Idempotency keys are scoped per token, so two agents cannot collide (or probe each other)."""
-    # The store's create() takes the full key; its layout is the store's docstring's `idem:<owner>:<key>`.
-    return None if key is None else f"ar:idem:{principal.token_hash[:32]}:{key}"
-
-
-def _replayed(store: Store, idem_key: str) -> Proposal | None:
-    """The proposal a previous submit with this key created, checked before validating again: the
-    default base may have moved since, and a retry must still get its first answer."""
-    proposal_id = store.r.get(idem_key)
-    if proposal_id is None:
-        return None
-    try:
-        return store.get(proposal_id.decode())
-    except NotFound:
-        return None
+def _idempotency_owner(principal: Principal) -> str:
+    """Idempotency keys are scoped per token, so two agents cannot collide (or probe each other).
+    Checked before validating again: the default base may have moved since, and a retry must still
+    get its first answer."""
+    return principal.token_hash[:32]

@@ -1,0 +1,38 @@
+"""`autoresearch-committer`: the one process that writes the research repo."""
+
+import logging
+import socket
+
+import redis
+from rq import SimpleWorker
+
+from services import queue
+from services.committer import jobs
+from services.committer.committer import Committer
+from services.committer.repo import GitResearchRepo
+from services.logs import configure_logging
+from services.settings import Settings
+from services.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    configure_logging()
+    settings = Settings()
+    conn = redis.Redis.from_url(settings.redis_url)
+    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
+    committer = Committer(settings=settings, store=Store(conn), repo=repo, conn=conn)
+    head = committer.bootstrap(settings.baseline_train_py.read_text(encoding="utf-8"))
+    log.info("research branch %s at %s", settings.research_branch, head)
+    jobs.configure(committer)
+    try:
+        SimpleWorker(
+            [queue.commits_queue(conn)], connection=conn, name=f"{socket.gethostname()}-{queue.COMMITS_QUEUE}"
+        ).work(logging_level="WARNING")
+    finally:
+        repo.close()
+
+
+if __name__ == "__main__":
+    main()

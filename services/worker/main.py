@@ -1,0 +1,41 @@
+"""`autoresearch-worker`: one process per GPU, taking proposals off the `runs` queue."""
+
+import logging
+import socket
+
+import redis
+from rq import SimpleWorker
+
+from services import queue
+from services.logs import configure_logging
+from services.settings import Settings
+from services.store import Store
+from services.worker import jobs
+from services.worker.docker_sandbox import DockerSandbox
+from services.worker.pipeline import Worker
+
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    configure_logging()
+    settings = Settings()
+    conn = redis.Redis.from_url(settings.redis_url)
+    name = (
+        f"{socket.gethostname()}-gpu{settings.gpu_id}"
+        if settings.gpu_mode != "none"
+        else socket.gethostname()
+    )
+    jobs.configure(
+        Worker(settings=settings, store=Store(conn), sandbox=DockerSandbox(settings), conn=conn, name=name)
+    )
+    log.info("worker %s ready (device %s, gpu mode %s)", name, settings.device, settings.gpu_mode)
+    # SimpleWorker runs jobs in this process: the sandbox's containers are the isolation, and one
+    # process per GPU keeps the Docker client and Redis connections alive between runs.
+    SimpleWorker([queue.runs_queue(conn)], connection=conn, name=f"{name}-{queue.RUNS_QUEUE}").work(
+        with_scheduler=False, logging_level="WARNING"
+    )
+
+
+if __name__ == "__main__":
+    main()

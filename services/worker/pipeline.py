@@ -1,0 +1,216 @@
+"""Running one proposal: prepare the run folder, train in the sandbox, collect the checkpoint,
+evaluate in a separate sandbox step, record the result, hand the decision to the committer.
+Each step is a small function; the sandbox is any `Sandbox` (Docker in production, a fake in tests).
+"""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+from services import queue
+from services.errors import InfraError, RunFailed
+from services.models import Fingerprint, Proposal, RunResult, StepTimings, new_id
+from services.settings import Settings
+from services.states import State
+from services.store import Store
+from services.worker.collect import collect_checkpoint, prepare_run_dir, read_result
+from services.worker.sandbox import EvalRequest, RunPaths, Sandbox, StepOutcome, TrainRequest
+
+log = logging.getLogger(__name__)
+
+EXIT_OOM = 3  # the trainer contract's exit code for CUDA out of memory
+EXIT_NON_FINITE = 4  # ... and for a non-finite loss
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    store: Store
+    sandbox: Sandbox
+    conn: "redis.Redis[bytes]"
+    name: str = "worker"
+
+    def execute(self, proposal_id: str) -> Proposal:
+        """Run every seed of a queued proposal. A proposal that is not queued (cancelled, or a job
+        delivered twice) is left alone, so nothing runs twice."""
+        proposal = self.store.get(proposal_id)
+        if proposal.state != State.QUEUED:
+            log.info("skipped: proposal is %s", proposal.state, extra={"proposal_id": proposal_id})
+            return proposal
+        self.store.transition(proposal_id, State.RUNNING, f"{self.name} started training")
+        try:
+            results = self._run_seeds(proposal)
+        except InfraError as exc:
+            return self._infra_failure(proposal_id, exc)
+        failed = next((r for r in results if r.state != State.EVALUATING), None)
+        if failed is not None:
+            return self.store.transition(proposal_id, failed.state, failed.reason, results=results)
+        proposal = self.store.update(proposal_id, results=results)
+        queue.enqueue_decision(self.conn, proposal_id)
+        return proposal
+
+    def _run_seeds(self, proposal: Proposal) -> list[RunResult]:
+        results: list[RunResult] = []
+        for seed in proposal.seeds:
+            result = self.run_once(proposal, seed)
+            results.append(result)
+            self.store.update(proposal.id, results=results)
+            if result.state != State.EVALUATING:
+                break
+        return results
+
+    def run_once(self, proposal: Proposal, seed: int) -> RunResult:
+        run_id = new_id("run")
+        t0 = time.monotonic()
+        paths = prepare_run_dir(self.settings.runs_dir, run_id, proposal.train_py)
+        t1 = time.monotonic()
+        trained = self.sandbox.train(self._train_request(proposal, run_id, paths, seed))
+        t2 = time.monotonic()
+        base = {
+            "run_id": run_id,
+            "proposal_id": proposal.id,
+            "seed": seed,
+            "log_tail": self._tail(trained.log),
+        }
+        failure = classify_training(trained, self.settings.run_wall_clock_s)
+        if failure is not None:
+            return RunResult(
+                **base,
+                state=failure[0],
+                reason=failure[1],
+                timings=StepTimings(prepare_s=t1 - t0, train_container_s=t2 - t1),
+            )
+        try:
+            run_json = collect_checkpoint(paths, self.settings.max_checkpoint_bytes).run_json
+        except RunFailed as exc:
+            return RunResult(**base, state=exc.state, reason=exc.reason)
+        t3 = time.monotonic()
+        self.store.transition(
+            proposal.id, State.EVALUATING, f"trained {run_json.get('steps')} steps; evaluating"
+        )
+        evaluated = self.sandbox.evaluate(self._eval_request(proposal, run_id, paths, seed))
+        t4 = time.monotonic()
+        timings = StepTimings(
+            prepare_s=t1 - t0, train_container_s=t2 - t1, collect_s=t3 - t2, eval_container_s=t4 - t3
+        )
+        if evaluated.exit_code != 0 or evaluated.timed_out:
+            why = "timed out" if evaluated.timed_out else f"exit code {evaluated.exit_code}"
+            return RunResult(
+                **{**base, "log_tail": self._tail(evaluated.log)},
+                state=State.VOIDED,
+                reason=f"evaluation failed ({why}): {_last_line(evaluated.log)}",
+                timings=timings,
+            )
+        try:
+            scored = read_result(paths)
+        except RunFailed as exc:
+            return RunResult(**base, state=State.VOIDED, reason=exc.reason, timings=timings)
+        return self._scored(base, run_json, scored, timings)
+
+    def _scored(
+        self,
+        base: dict[str, object],
+        run_json: dict[str, object],
+        scored: dict[str, object],
+        timings: StepTimings,
+    ) -> RunResult:
+        env = self.sandbox.environment()
+        fixed = {str(k): str(v) for k, v in dict(scored.get("fixed_hashes") or {}).items()}  # type: ignore[call-overload]
+        fingerprint = Fingerprint(
+            gpu=env.gpu,
+            driver=env.driver,
+            environment_hash=env.environment_hash,
+            fixed_hash=hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16],
+            wall_clock_s=self.settings.run_wall_clock_s,
+            evaluator_version=str(scored.get("evaluator_version", "")),
+        )
+        return RunResult.model_validate(
+            {
+                **base,
+                "state": State.EVALUATING,
+                "val_bpb": scored["val_bpb"],
+                "val_tokens": scored.get("val_tokens"),
+                "val_bytes": scored.get("val_bytes"),
+                "steps": run_json.get("steps"),
+                "tokens": run_json.get("tokens"),
+                "startup_s": run_json.get("startup_s"),
+                "training_s": run_json.get("training_s"),
+                "peak_memory_bytes": run_json.get("peak_memory_bytes"),
+                "fingerprint": fingerprint,
+                "fixed_hashes": fixed,
+                "timings": timings,
+            }
+        )
+
+    def _train_request(self, proposal: Proposal, run_id: str, paths: RunPaths, seed: int) -> TrainRequest:
+        return TrainRequest(
+            run_id=run_id,
+            proposal_id=proposal.id,
+            paths=paths,
+            seed=seed,
+            wall_clock_s=self.settings.run_wall_clock_s,
+            preset=self.settings.preset,
+            device=self.settings.device,
+        )
+
+    def _eval_request(self, proposal: Proposal, run_id: str, paths: RunPaths, seed: int) -> EvalRequest:
+        return EvalRequest(
+            run_id=run_id,
+            proposal_id=proposal.id,
+            paths=paths,
+            seed=seed,
+            timeout_s=self.settings.eval_timeout_s,
+            device=self.settings.device,
+        )
+
+    def _infra_failure(self, proposal_id: str, exc: InfraError) -> Proposal:
+        proposal = self.store.get(proposal_id)
+        attempts = proposal.attempts + 1
+        if attempts > self.settings.infra_retries:
+            return self.store.transition(
+                proposal_id,
+                State.INFRA_ERROR,
+                f"infrastructure failed {attempts} times; last: {exc}",
+                attempts=attempts,
+            )
+        self.store.transition(
+            proposal_id,
+            State.QUEUED,
+            f"infrastructure failed ({exc}); retry {attempts} of {self.settings.infra_retries}",
+            attempts=attempts,
+            results=[],
+        )
+        queue.enqueue_run(
+            self.conn, proposal_id, self.settings.run_wall_clock_s + self.settings.eval_timeout_s
+        )
+        return self.store.get(proposal_id)
+
+    def _tail(self, text: str) -> str:
+        data = text.encode("utf-8", "replace")[-self.settings.log_tail_bytes :]
+        return data.decode("utf-8", "replace")
+
+
+def classify_training(outcome: StepOutcome, wall_clock_s: int) -> tuple[State, str] | None:
+    """The failure state of a training step, or None if it ended cleanly."""
+    if outcome.timed_out:
+        return State.TIMED_OUT, f"killed at the {wall_clock_s} s wall-clock limit"
+    if outcome.oom_killed:
+        return State.OOM, "the container ran out of memory (OOMKilled)"
+    if outcome.killed_reason:
+        return State.CRASHED, f"stopped by the sandbox: {outcome.killed_reason}"
+    if outcome.exit_code == EXIT_OOM:
+        return State.OOM, "the trainer reported CUDA out of memory (exit 3)"
+    if outcome.exit_code == EXIT_NON_FINITE:
+        return State.CRASHED, f"non-finite loss (exit 4): {_last_line(outcome.log)}"
+    if outcome.exit_code != 0:
+        return State.CRASHED, f"the trainer exited with code {outcome.exit_code}: {_last_line(outcome.log)}"
+    return None
+
+
+def _last_line(log_text: str) -> str:
+    lines = [line.strip() for line in log_text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"

@@ -1,0 +1,84 @@
+"""A fake sandbox behind the `Sandbox` protocol, for testing service logic without Docker.
+
+It never executes the candidate. It reads directives from the candidate's text instead:
+    FAKE_SCORE = 1.23     the evaluation's val_bpb (plus FAKE_DELTA, if given)
+    FAKE_EXIT = 1         the training exit code (3 = CUDA OOM, 4 = non-finite loss)
+    FAKE_TIMEOUT = True   training hits the wall clock
+    FAKE_OOM = True       the container is OOM-killed
+    FAKE_INFRA = N        the first N training attempts fail as infrastructure (daemon down)
+and writes outputs with the same file names the real trainer and evaluator write.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from services.errors import SandboxUnavailable
+from services.worker.sandbox import (
+    CHECKPOINT_FILE,
+    RESULT_FILE,
+    RUN_JSON_FILE,
+    Environment,
+    EvalRequest,
+    StepOutcome,
+    TrainRequest,
+)
+
+
+def directive(text: str, name: str, default: str | None = None) -> str | None:
+    match = re.search(rf"^{name}\s*=\s*(.+?)\s*$", text, re.MULTILINE)
+    return match.group(1) if match else default
+
+
+@dataclass
+class FakeSandbox:
+    trained: list[TrainRequest] = field(default_factory=list)
+    evaluated: list[EvalRequest] = field(default_factory=list)
+    infra_failures: dict[str, int] = field(default_factory=dict)
+
+    def train(self, request: TrainRequest) -> StepOutcome:
+        text = (request.paths.code / "train.py").read_text()
+        self.trained.append(request)
+        failures = self.infra_failures.get(request.proposal_id, 0)
+        if failures < int(directive(text, "FAKE_INFRA", "0") or 0):
+            self.infra_failures[request.proposal_id] = failures + 1
+            raise SandboxUnavailable("fake: Docker daemon is not answering")
+        log = f"step 1/10 loss 4.2\nseed {request.seed}\n"
+        if directive(text, "FAKE_TIMEOUT"):
+            return StepOutcome(None, True, False, log + "still training...\n", False, request.wall_clock_s)
+        if directive(text, "FAKE_OOM"):
+            return StepOutcome(137, False, True, log, False, 1.0)
+        exit_code = int(directive(text, "FAKE_EXIT", "0") or 0)
+        if exit_code:
+            return StepOutcome(exit_code, False, False, log + f"fake failure {exit_code}\n", False, 1.0)
+        (request.paths.out / CHECKPOINT_FILE).write_bytes(b"fake-weights")
+        run = {
+            "config": {},
+            "steps": 10,
+            "tokens": 1000,
+            "startup_s": 0.1,
+            "training_s": 1.0,
+            "peak_memory_bytes": 10**9,
+            "seed": request.seed,
+        }
+        (request.paths.out / RUN_JSON_FILE).write_text(json.dumps(run))
+        return StepOutcome(0, False, False, log + "done\n", False, 1.0)
+
+    def evaluate(self, request: EvalRequest) -> StepOutcome:
+        text = (request.paths.code / "train.py").read_text()
+        self.evaluated.append(request)
+        score = float(directive(text, "FAKE_SCORE", "1.5") or 1.5) + float(
+            directive(text, "FAKE_DELTA", "0") or 0
+        )
+        result = {
+            "val_bpb": score,
+            "val_tokens": 100,
+            "val_bytes": 400,
+            "evaluator_version": "fake/1",
+            "fixed_hashes": {"evaluate.py": "e" * 64},
+        }
+        (request.paths.eval_out / RESULT_FILE).write_text(json.dumps(result))
+        return StepOutcome(0, False, False, f"val_bpb: {score:.6f}\n", False, 0.5)
+
+    def environment(self) -> Environment:
+        return Environment(gpu="cpu", driver="none", environment_hash="fake-env")

@@ -1,0 +1,217 @@
+"""Service logic end to end with a real Redis, real RQ workers (in-process, burst mode) and a real
+git repository, behind the fake sandbox: submit → queue → run → score → decide → commit."""
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from rq import SimpleWorker
+
+from services import queue
+from services.committer import jobs as committer_jobs
+from services.committer.committer import Committer
+from services.committer.repo import GitResearchRepo
+from services.models import Proposal, new_id
+from services.patches import build_candidate
+from services.settings import Settings
+from services.states import State
+from services.store import Store
+from services.worker import jobs as worker_jobs
+from services.worker.pipeline import Worker
+from tests.fakes import FakeSandbox
+
+BASELINE = "import os\nFAKE_SCORE = 1.5\n" + "".join(f"LAYER_{i} = {i}\n" for i in range(8))
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: Store
+    conn: "redis.Redis[bytes]"
+    repo: GitResearchRepo
+    sandbox: FakeSandbox
+    committer: Committer
+
+    def submit(self, train_py: str, title: str = "idea") -> Proposal:
+        best = self.store.get_best()
+        assert best is not None
+        base_py = self.store.commit_train_py(best.commit) or ""
+        candidate = build_candidate(
+            base_py,
+            base_commit=best.commit,
+            train_py=train_py,
+            diff=None,
+            max_bytes=self.settings.max_patch_bytes,
+        )
+        proposal = Proposal(
+            id=new_id("p"),
+            title=title,
+            agent="test-agent",
+            description="a test idea",
+            base_commit=best.commit,
+            base_train_py=base_py,
+            train_py=candidate.train_py,
+            diff=candidate.diff,
+            content_hash=candidate.content_hash,
+            seeds=[self.settings.first_seed],
+        )
+        stored, _ = self.store.create(proposal)
+        queue.enqueue_run(self.conn, stored.id, 60)
+        return stored
+
+    def drain(self) -> None:
+        """Run both queues until nothing is left (runs can enqueue decisions and vice versa)."""
+        while queue.queue_depths(self.conn) != {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 0}:
+            for q in (queue.runs_queue(self.conn), queue.commits_queue(self.conn)):
+                SimpleWorker([q], connection=self.conn).work(burst=True, logging_level="WARNING")
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(self.repo.path), *args], check=True, capture_output=True, text=True
+        ).stdout
+
+
+@pytest.fixture
+def service(tmp_path: Path, redis_client: "redis.Redis[bytes]") -> Iterator[Service]:
+    settings = Settings(runs_dir=tmp_path / "runs", repo_dir=tmp_path / "repo", infra_retries=2)
+    store = Store(redis_client)
+    sandbox = FakeSandbox()
+    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
+    committer = Committer(settings=settings, store=store, repo=repo, conn=redis_client)
+    worker_jobs.configure(
+        Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="w1")
+    )
+    committer_jobs.configure(committer)
+    committer.bootstrap(BASELINE)
+    service = Service(settings, store, redis_client, repo, sandbox, committer)
+    service.drain()
+    try:
+        yield service
+    finally:
+        worker_jobs.configure(None)
+        committer_jobs.configure(None)
+        repo.close()
+
+
+def test_bootstrap_scores_the_baseline_once(service: Service) -> None:
+    best = service.store.get_best()
+    assert best is not None and best.val_bpb == 1.5
+    assert best.commit == service.repo.head()
+    service.committer.bootstrap(BASELINE)  # a restarted committer asks for no second baseline
+    assert queue.queue_depths(service.conn)[queue.RUNS_QUEUE] == 0
+    assert service.store.page()[1] == 1
+
+
+def test_better_proposal_is_merged_with_numbers_in_message_and_note(service: Service) -> None:
+    proposal = service.submit(BASELINE.replace("1.5", "1.4"), title="Lower the score")
+    service.drain()
+    merged = service.store.get(proposal.id)
+    assert merged.state == State.MERGED, merged.reason
+    assert merged.merged_commit == service.repo.head()
+    assert merged.decision is not None and merged.decision.delta_bpb == pytest.approx(-0.1)
+    message = service.git("log", "-1", "--format=%B", "research")
+    assert "Lower the score" in message and "val_bpb: 1.400000" in message
+    assert f"Proposal-Id: {proposal.id}" in message
+    note = json.loads(service.git("notes", "show", "research"))
+    assert note["decision"]["candidate_bpb"] == 1.4
+    assert note["results"][0]["val_bpb"] == 1.4
+    assert "FAKE_SCORE = 1.4" in service.git("show", "research:trainer/train.py")
+    best = service.store.get_best()
+    assert best is not None and best.val_bpb == 1.4 and best.proposal_id == proposal.id
+    assert [e.state for e in service.store.events(proposal.id)] == [
+        State.QUEUED,
+        State.RUNNING,
+        State.EVALUATING,
+        State.ACCEPTED,
+        State.MERGED,
+    ]
+
+
+def test_worse_proposal_is_rejected_and_kept_as_a_ref(service: Service) -> None:
+    head = service.repo.head()
+    proposal = service.submit(BASELINE.replace("1.5", "1.6"))
+    service.drain()
+    rejected = service.store.get(proposal.id)
+    assert rejected.state == State.REJECTED
+    assert "does not beat" in rejected.reason and "1.600000" in rejected.reason
+    assert service.repo.head() == head
+    assert proposal.id in service.repo.tried_refs()
+    assert "1.6" in (service.repo.note(service.repo.tried_refs()[proposal.id]) or "")
+
+
+@pytest.mark.parametrize(
+    ("directive", "state", "reason"),
+    [
+        ("FAKE_EXIT = 1", State.CRASHED, "exited with code 1"),
+        ("FAKE_EXIT = 4", State.CRASHED, "non-finite loss"),
+        ("FAKE_EXIT = 3", State.OOM, "out of memory"),
+        ("FAKE_OOM = True", State.OOM, "OOMKilled"),
+        ("FAKE_TIMEOUT = True", State.TIMED_OUT, "wall-clock limit"),
+    ],
+)
+def test_failures_end_in_their_own_state_with_log_tail(
+    service: Service, directive: str, state: State, reason: str
+) -> None:
+    proposal = service.submit(BASELINE + f"{directive}\n")
+    service.drain()
+    failed = service.store.get(proposal.id)
+    assert failed.state == state
+    assert reason in failed.reason
+    assert "step 1/10" in failed.results[0].log_tail
+    assert not service.sandbox.evaluated[1:]  # only the baseline was ever evaluated
+
+
+def test_infrastructure_failure_is_retried_then_scored(service: Service) -> None:
+    proposal = service.submit(BASELINE.replace("1.5", "1.45") + "FAKE_INFRA = 2\n")
+    service.drain()
+    done = service.store.get(proposal.id)
+    assert done.state == State.MERGED
+    assert done.attempts == 2
+    reasons = [e.reason for e in service.store.events(proposal.id)]
+    assert sum("infrastructure failed" in r for r in reasons) == 2
+
+
+def test_infrastructure_failure_beyond_retries_is_infra_error_not_a_bad_score(service: Service) -> None:
+    proposal = service.submit(BASELINE.replace("1.5", "1.0") + "FAKE_INFRA = 9\n")
+    service.drain()
+    failed = service.store.get(proposal.id)
+    assert failed.state == State.INFRA_ERROR
+    assert "3 times" in failed.reason
+    assert service.store.leaderboard()[0].kind == "run"  # no score recorded for it
+
+
+def test_winner_on_an_old_base_is_requeued_against_the_new_head(service: Service) -> None:
+    first = service.submit(BASELINE.replace("FAKE_SCORE = 1.5", "FAKE_SCORE = 1.4"))
+    second = service.submit(BASELINE + "FAKE_DELTA = -0.2\n")  # 1.3 on its base, 1.2 on the new head
+    conflicting = service.submit(BASELINE.replace("FAKE_SCORE = 1.5", "FAKE_SCORE = 1.35"))
+    service.drain()
+    first_done = service.store.get(first.id)
+    assert first_done.state == State.MERGED
+    second_done = service.store.get(second.id)
+    assert second_done.state == State.MERGED, second_done.reason
+    assert second_done.base_commit == first_done.merged_commit
+    assert second_done.decision is not None and second_done.decision.candidate_bpb == pytest.approx(1.2)
+    assert any("re-queued against it" in e.reason for e in service.store.events(second.id))
+    assert service.git("show", "research:trainer/train.py").count("FAKE_") == 2  # both changes on the branch
+    conflicted = service.store.get(conflicting.id)
+    assert conflicted.state == State.REJECTED
+    assert "no longer applies" in conflicted.reason
+
+
+def test_a_job_delivered_twice_runs_once(service: Service) -> None:
+    proposal = service.submit(BASELINE.replace("1.5", "1.4"))
+    queue.enqueue_run(service.conn, proposal.id, 60)
+    service.drain()
+    assert sum(r.proposal_id == proposal.id for r in service.sandbox.trained) == 1
+
+
+def test_cancelled_proposal_never_runs(service: Service) -> None:
+    proposal = service.submit(BASELINE.replace("1.5", "1.4"))
+    service.store.cancel(proposal.id, "cancelled by admin")
+    service.drain()
+    assert service.store.get(proposal.id).state == State.CANCELLED
+    assert all(r.proposal_id != proposal.id for r in service.sandbox.trained)
