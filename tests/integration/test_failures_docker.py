@@ -1,0 +1,79 @@
+"""Trainer crash, wall-clock timeout and out-of-memory through the real path: API submit → RQ →
+worker → Docker sandbox; each ends in its own state with the log tail readable through the API."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from rq import SimpleWorker
+
+from services import queue
+from services.controller.app import create_app
+from services.models import Best
+from services.settings import MIB, Settings
+from services.store import Store
+from services.worker import jobs
+from services.worker.docker_sandbox import DockerSandbox
+from services.worker.pipeline import Worker
+
+pytestmark = pytest.mark.docker
+
+ADMIN = "admin-token-for-failure-tests"
+COMMIT = "f" * 40
+BASE = "print('baseline')\n"
+
+CRASH = "import sys\nprint('loading data', flush=True)\nraise SystemExit('boom: the model exploded')\n"
+TIMEOUT = "import time\nprint('training forever', flush=True)\ntime.sleep(600)\n"
+OOM = "print('allocating', flush=True)\nhog = bytearray(1024 * 1024 * 1024)\n"
+
+
+@pytest.fixture
+def api(
+    tmp_path: Path, redis_url: str, store: Store, redis_client: "redis.Redis[bytes]", trainer_image: str,
+    data_dirs: tuple[Path, Path],
+) -> Iterator[TestClient]:
+    train, val = data_dirs
+    settings = Settings(
+        redis_url=redis_url, admin_token=SecretStr(ADMIN), runs_dir=tmp_path / "runs", trainer_image=trainer_image,
+        train_data=str(train), val_data=str(val), run_wall_clock_s=4, eval_timeout_s=30,
+        container_memory_bytes=128 * MIB, preset="tiny", device="cpu",
+    )
+    store.add_commit(COMMIT, BASE)
+    store.set_best(Best(commit=COMMIT, val_bpb=1.5))
+    sandbox = DockerSandbox(settings)
+    jobs.configure(Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="docker-w"))
+    try:
+        with TestClient(create_app(settings, store=store)) as client:
+            client.headers["Authorization"] = f"Bearer {ADMIN}"
+            yield client
+    finally:
+        jobs.configure(None)
+        sandbox.close()
+
+
+@pytest.mark.parametrize(
+    ("train_py", "state", "reason", "log_line"),
+    [
+        (CRASH, "crashed", "exited with code 1", "boom: the model exploded"),
+        (TIMEOUT, "timed_out", "4 s wall-clock limit", "training forever"),
+        (OOM, "oom", "out of memory", "allocating"),
+    ],
+    ids=["crash", "timeout", "oom"],
+)
+def test_failure_has_its_own_state_and_log_tail_in_the_api(
+    api: TestClient, redis_client: "redis.Redis[bytes]", train_py: str, state: str, reason: str, log_line: str
+) -> None:
+    submitted = api.post("/v1/proposals", json={"title": state, "agent": "t", "train_py": train_py})
+    assert submitted.status_code == 201, submitted.text
+    proposal_id = submitted.json()["id"]
+    SimpleWorker([queue.runs_queue(redis_client)], connection=redis_client).work(burst=True, logging_level="ERROR")
+    proposal = api.get(f"/v1/proposals/{proposal_id}").json()
+    assert proposal["state"] == state
+    assert reason in proposal["reason"]
+    log = api.get(f"/v1/proposals/{proposal_id}/log")
+    assert log.status_code == 200
+    assert log_line in log.text
+    assert queue.queue_depths(redis_client)[queue.COMMITS_QUEUE] == 0  # never sent for a decision
