@@ -1,12 +1,11 @@
 """The one module that knows queue names and enqueue options (RQ).
 
-    runs     GPU work: one job = one training + evaluation of one proposal (all its seeds)
-    commits  the committer's serial queue: decide on a scored proposal, merge winners
+runs     GPU work: one job = one training + evaluation of one proposal (all its seeds)
+commits  the committer's serial queue: decide on a scored proposal, merge winners
 """
 
-from rq import Queue, Retry
-
 import redis
+from rq import Queue, Retry
 
 RUNS_QUEUE = "runs"
 COMMITS_QUEUE = "commits"

@@ -34,7 +34,12 @@ class Settings(BaseSettings):
     # "devices" passes device nodes and read-only runtime mounts (hosts without the toolkit).
     gpu_mode: Literal["none", "nvidia", "devices"] = "none"
     gpu_id: str = "0"  # the one GPU this worker owns
-    gpu_device_nodes: list[str] = ["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+    gpu_device_nodes: list[str] = [
+        "/dev/nvidia0",
+        "/dev/nvidiactl",
+        "/dev/nvidia-uvm",
+        "/dev/nvidia-uvm-tools",
+    ]
     gpu_host_mounts: list[str] = []  # "host:container" read-only binds for gpu_mode=devices
     infra_retries: int = Field(2, ge=0, le=10)  # re-runs after an infrastructure failure
     first_seed: int = 42  # harness seed of a proposal's screening run
