@@ -1,0 +1,645 @@
+"""The real `Sandbox`: one hardened Docker container per run step (the only module, with reaper.py,
+that imports `docker`).
+
+Threat model: `train.py` is hostile code written by an agent. What every container gets:
+
+Enforced
+  - no network (network mode `none`: loopback only), no Docker socket, no host paths but the run's
+    own folders and the read-only data; validation data only in evaluation, never in training
+  - read-only root filesystem; writable only: the run's output and cache folders (training), the
+    evaluation output folder (evaluation), and /tmp (a size-capped tmpfs, or the run's scratch folder)
+  - user 65534:65534, all capabilities dropped, no-new-privileges, the default seccomp profile,
+    a private PID and IPC namespace, tini as PID 1 (zombies reaped; the whole tree dies with it)
+  - memory (swap off), process count, optional CPU quota, open files, size of any one file
+    (RLIMIT_FSIZE = max_output_bytes), no core dumps; the OOM killer prefers the container
+  - an environment of the trainer contract's variables only, nothing from the host
+  - wall clock: SIGKILL at the deadline (a trainer that ignores SIGTERM cannot outlive it); inside
+    the container, coreutils `timeout` SIGKILLs the step kill_grace_s later as a backstop for a
+    worker that died mid-step (a hostile step can kill that backstop: the worker's kill is the rule)
+  - output size: the writable folders are measured about once a second and the container killed
+    beyond max_output_bytes (or max_output_files entries)
+  - log: stdout and stderr are read live from the attach stream (the Docker log driver is off, so
+    the daemon writes nothing to the host's disk); the last max_log_bytes are kept
+  - every container labelled (`autoresearch.managed=1`, proposal, run, step, and the owner that
+    started it) and removed in `finally`; `reaper.py` removes strays
+
+Not enforced (operators take note)
+  - GPU side channels and GPU memory left by earlier runs (the driver clears allocations, not caches)
+  - kernel or runtime exploits (runc, the NVIDIA container toolkit): the container shares the host
+    kernel; use a VM or gVisor for a stronger boundary
+  - the output cap is polled, so between two polls a run can write up to ~1 s of disk bandwidth
+    more (any single file is still capped by RLIMIT_FSIZE); use a filesystem quota for a hard cap
+  - /dev/shm (64 MiB tmpfs, counted in the memory limit) is writable
+  - CPU time and disk I/O bandwidth are shared with other containers unless container_cpus is set
+  - timing: the trainer can read the clock and its own speed; only the wall clock is enforced
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import docker.errors
+import docker.types
+from docker.client import DockerClient  # not `DockerClient`: mypy sees ./docker/ as a package
+
+from services.errors import SandboxUnavailable
+from services.settings import MIB, Settings
+from services.worker.sandbox import (
+    CACHE_DIR,
+    CKPT_DIR,
+    CODE_DIR,
+    DATA_DIR,
+    EVAL_OUT_DIR,
+    OUT_DIR,
+    RESULT_FILE,
+    TRAINER_HOME,
+    VAL_DIR,
+    Environment,
+    EvalRequest,
+    StepOutcome,
+    TrainRequest,
+)
+
+log = logging.getLogger(__name__)
+
+LABEL_MANAGED = "autoresearch.managed"
+LABEL_PROPOSAL = "autoresearch.proposal"
+LABEL_RUN = "autoresearch.run"
+LABEL_STEP = "autoresearch.step"
+LABEL_OWNER = "autoresearch.owner"  # the worker that started it: it reaps its own strays on start
+
+VENV_PYTHON = "/opt/venv/bin/python"  # the trainer image's interpreter (both targets)
+SANDBOX_UID = "65534:65534"  # nobody:nogroup
+BUILD_HINT = "build it with docker/build-images.sh"
+
+POLL_INTERVAL_S = 1.0  # how often the writable folders are measured while a container runs
+STOP_TIMEOUT_S = 30.0  # how long a SIGKILLed container may take to be reported as exited
+LOG_DRAIN_TIMEOUT_S = 10.0  # how long the log stream may lag behind the container's exit
+PROBE_TIMEOUT_S = 120  # the environment probe imports torch; a cold start takes a few seconds
+MAX_OUTPUT_FILES = 100_000  # entries in the writable folders; more is an inode bomb
+NOFILE_LIMIT = 16_384  # open file descriptors per process
+SHM_BYTES = 64 * MIB  # /dev/shm, Docker's default size, made explicit
+OOM_SCORE_ADJ = 1000  # the host's OOM killer picks a sandbox before anything else
+
+# Printed by the probe container as one JSON line: what makes two trainer environments equal.
+_PROBE = r"""
+import importlib.metadata as md, json, platform, subprocess, sys
+info = {"python": sys.version, "platform": platform.platform(terse=True),
+        "packages": sorted(f"{d.metadata['Name']}=={d.version}" for d in md.distributions())}
+try:
+    import torch
+    info["torch"] = torch.__version__
+    info["cuda"] = torch.version.cuda
+    info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+except ImportError:
+    gpu = None
+driver = None
+try:
+    query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader", "-i", "0"]
+    out = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip()
+    if out:
+        gpu, driver = (part.strip() for part in out.split(",", 1))
+except (OSError, subprocess.SubprocessError):
+    pass
+if gpu and driver is None:
+    try:
+        words = open("/proc/driver/nvidia/version").read().split()
+        driver = next(w for w in words if w[:1].isdigit() and "." in w)
+    except (OSError, StopIteration):
+        pass
+print(json.dumps({"info": info, "gpu": gpu, "driver": driver}))
+"""
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One container to run: what it is, what it sees, and how long it may take."""
+
+    name: str
+    step: str  # label value: train, eval, probe
+    command: list[str]
+    environment: dict[str, str]
+    mounts: list[docker.types.Mount]
+    labels: dict[str, str]
+    deadline_unix: float  # killed at this time (time.time() clock)
+    budget_reason: str  # killed_reason when the deadline kills it
+    watched: list[Path] = field(default_factory=list)  # writable host folders under the output cap
+    scratch: Path | None = None  # bind-mounted at /tmp when scratch_mode is "bind"
+    log_path: Path | None = None
+
+
+class _LogTail:
+    """Reads a container's attach stream on a thread, keeping the last `cap` bytes."""
+
+    def __init__(self, stream: Any, cap: int) -> None:
+        self._stream = stream
+        self._cap = cap
+        self._buffer = bytearray()
+        self.total_bytes = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, name="sandbox-log", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for chunk in self._stream:
+                self.total_bytes += len(chunk)
+                self._buffer += chunk
+                if len(self._buffer) > 2 * self._cap:  # trim rarely: amortised O(1) per byte
+                    del self._buffer[: len(self._buffer) - self._cap]
+        except (OSError, docker.errors.DockerException) as exc:  # stream torn down under us
+            self.error = exc
+
+    def finish(self, timeout_s: float) -> tuple[str, bool]:
+        """Wait for the stream to end (close it if it lags), then return (text, truncated)."""
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self.close()
+            self._thread.join(timeout_s)
+        kept = bytes(self._buffer[-self._cap :])
+        truncated = self.total_bytes > len(kept)
+        text = kept.decode("utf-8", "replace")
+        if truncated:
+            text = f"[log cut: {self.total_bytes - len(kept)} earlier bytes dropped]\n" + text
+        return text, truncated
+
+    def close(self) -> None:
+        # CancellableStream.close() shuts the socket down but leaves the HTTP response (which owns
+        # the socket's file object) open; close that too, or the descriptor lingers until GC.
+        with contextlib.suppress(OSError, docker.errors.DockerException):
+            self._stream.close()
+        response = getattr(self._stream, "_response", None)
+        if response is not None:
+            with contextlib.suppress(OSError):
+                response.close()
+
+
+class DockerSandbox:
+    """Runs training and evaluation steps in hardened containers (see the module docstring).
+
+    `client` is injected in tests; otherwise one is made on first use from `base_url` (e.g.
+    "unix:///var/run/docker.sock") or, when that is None, from the environment (DOCKER_HOST).
+    `scratch_mode` "tmpfs" gives /tmp as a size-capped tmpfs; "bind" binds the run's scratch folder
+    (mode 1777) for hosts where a tmpfs is not writable by the unprivileged user. `python` and
+    `evaluator` are in-container paths of the trainer image's interpreter and trusted scorer.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: DockerClient | None = None,
+        *,
+        base_url: str | None = None,
+        scratch_mode: Literal["tmpfs", "bind"] = "tmpfs",
+        python: str = VENV_PYTHON,
+        evaluator: str = f"{TRAINER_HOME}/evaluate.py",
+        poll_interval_s: float = POLL_INTERVAL_S,
+        max_output_files: int = MAX_OUTPUT_FILES,
+        eval_max_docs: int | None = None,
+        eval_batch_size: int | None = None,
+        owner: str = "",
+    ) -> None:
+        self.settings = settings
+        self._client = client
+        self._owns_client = client is None
+        self._base_url = base_url
+        self.scratch_mode = scratch_mode
+        self.python = python
+        self.evaluator = evaluator
+        self.poll_interval_s = poll_interval_s
+        self.max_output_files = max_output_files
+        self.eval_max_docs = eval_max_docs
+        self.eval_batch_size = eval_batch_size
+        self.owner = owner
+        self._environments: dict[str, Environment] = {}
+
+    # ---------------------------------------------------------------------------------------------
+    # The protocol
+
+    def train(self, request: TrainRequest) -> StepOutcome:
+        paths = request.paths
+        deadline = float(int(time.time() + request.wall_clock_s))  # whole seconds: any parser reads it
+        environment = {
+            "AR_WALL_CLOCK_S": str(request.wall_clock_s),
+            "AR_DEADLINE_UNIX": str(int(deadline)),
+            "AR_SEED": str(request.seed),
+            "AR_DATA_DIR": DATA_DIR,
+            "AR_OUT_DIR": OUT_DIR,
+            "AR_DEVICE": request.device,
+            "AR_PRESET": request.preset,
+            "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/inductor",
+            "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+            **_BASE_ENVIRONMENT,
+        }
+        mounts = [
+            _bind(paths.code, CODE_DIR, read_only=True),
+            self._data_mount(self.settings.train_data, DATA_DIR),
+            _bind(paths.out, OUT_DIR, read_only=False),
+            _bind(paths.cache, CACHE_DIR, read_only=False),
+        ]
+        step = _Step(
+            name=f"ar-{request.run_id}-train",
+            step="train",
+            command=[self.python, f"{CODE_DIR}/train.py"],
+            environment=environment,
+            mounts=mounts,
+            labels=_labels(request.proposal_id, request.run_id, "train"),
+            deadline_unix=deadline,
+            budget_reason=f"wall clock of {request.wall_clock_s} s exceeded",
+            watched=[paths.out, paths.cache],
+            scratch=paths.scratch,
+            log_path=paths.train_log,
+        )
+        return self._run(step)
+
+    def evaluate(self, request: EvalRequest) -> StepOutcome:
+        paths = request.paths
+        if self.scratch_mode == "bind":  # nothing the training step left in /tmp reaches evaluation
+            _empty_folder(paths.scratch)
+        command = [
+            self.python, self.evaluator,
+            "--train-py", f"{CODE_DIR}/train.py",
+            "--checkpoint", CKPT_DIR,
+            "--data-dir", DATA_DIR,
+            "--val-dir", VAL_DIR,
+            "--out", f"{EVAL_OUT_DIR}/{RESULT_FILE}",
+            "--device", request.device,
+            "--seed", str(request.seed),
+        ]  # fmt: skip
+        if self.eval_max_docs is not None:
+            command += ["--max-docs", str(self.eval_max_docs)]
+        if self.eval_batch_size is not None:
+            command += ["--batch-size", str(self.eval_batch_size)]
+        mounts = [
+            _bind(paths.code, CODE_DIR, read_only=True),
+            self._data_mount(self.settings.train_data, DATA_DIR),
+            self._data_mount(self.settings.val_data, VAL_DIR),
+            _bind(paths.checkpoint, CKPT_DIR, read_only=True),
+            _bind(paths.eval_out, EVAL_OUT_DIR, read_only=False),
+        ]
+        step = _Step(
+            name=f"ar-{request.run_id}-eval",
+            step="eval",
+            command=command,
+            # The candidate's model code runs here too; compile caches stay on the tmpfs.
+            environment={
+                "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor",
+                "TRITON_CACHE_DIR": "/tmp/triton",
+                **_BASE_ENVIRONMENT,
+            },
+            mounts=mounts,
+            labels=_labels(request.proposal_id, request.run_id, "eval"),
+            deadline_unix=time.time() + request.timeout_s,
+            budget_reason=f"evaluation timeout of {request.timeout_s} s exceeded",
+            watched=[paths.eval_out],
+            scratch=paths.scratch,
+            log_path=paths.eval_log,
+        )
+        return self._run(step)
+
+    def environment(self) -> Environment:
+        """GPU model, driver and a hash of the trainer image's software (Python, torch, CUDA,
+        packages), measured once per image id by a short probe container. The hash is of the
+        content, so the same build on two hosts gives the same hash although image ids differ."""
+        image_id = self._image_id()
+        cached = self._environments.get(image_id)
+        if cached is None:
+            cached = self._probe_environment()
+            self._environments[image_id] = cached
+        return cached
+
+    def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> DockerSandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------------
+    # One container: create, start, supervise, collect the outcome, remove
+
+    def _run(self, step: _Step) -> StepOutcome:
+        with _translated(f"docker failed running {step.name}"):
+            container = self._create(step)
+            try:
+                return self._start_and_supervise(container, step)
+            finally:
+                _remove(container)
+
+    def _start_and_supervise(self, container: Any, step: _Step) -> StepOutcome:
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=False)
+        logs = _LogTail(stream, self.settings.max_log_bytes)
+        try:
+            container.start()
+            started = time.monotonic()
+            exited = self._waiter(container)
+            timed_out, killed_reason = self._supervise(container, step, exited)
+            if not exited.wait(STOP_TIMEOUT_S):
+                raise SandboxUnavailable(f"{step.name} did not stop within {STOP_TIMEOUT_S} s of SIGKILL")
+            duration_s = time.monotonic() - started
+            state = container.client.api.inspect_container(container.id)["State"]
+            text, truncated = logs.finish(LOG_DRAIN_TIMEOUT_S)
+        finally:
+            logs.close()
+        if step.log_path is not None:
+            step.log_path.write_text(text, encoding="utf-8")
+        return StepOutcome(
+            exit_code=state.get("ExitCode"),
+            timed_out=timed_out,
+            oom_killed=bool(state.get("OOMKilled")),
+            log=text,
+            log_truncated=truncated,
+            duration_s=round(duration_s, 3),
+            killed_reason=killed_reason,
+        )
+
+    def _supervise(self, container: Any, step: _Step, exited: threading.Event) -> tuple[bool, str]:
+        """Wait for the container to exit, killing it at the deadline or when its writable folders
+        outgrow the cap. Returns (timed_out, killed_reason)."""
+        while True:
+            remaining_s = step.deadline_unix - time.time()
+            if remaining_s <= 0:
+                return (True, step.budget_reason) if _kill(container) else (False, "")
+            if exited.wait(min(self.poll_interval_s, remaining_s)):
+                return False, ""
+            over = self._over_output_cap(self._watched(step))
+            if over and _kill(container):
+                return False, over
+
+    def _waiter(self, container: Any) -> threading.Event:
+        """An event set when the container exits (or the wait call fails: inspect tells which)."""
+        exited = threading.Event()
+        api = container.client.api
+
+        def wait() -> None:
+            try:
+                api.wait(container.id)
+            except (OSError, docker.errors.DockerException):
+                log.warning("waiting for container %s failed", container.name, exc_info=True)
+            finally:
+                exited.set()
+
+        threading.Thread(target=wait, name="sandbox-wait", daemon=True).start()
+        return exited
+
+    def _watched(self, step: _Step) -> list[Path]:
+        """The host folders the step can write: the output cap covers them all."""
+        if self.scratch_mode == "bind" and step.scratch is not None:
+            return [*step.watched, step.scratch]
+        return step.watched
+
+    def _over_output_cap(self, folders: Sequence[Path]) -> str:
+        total_bytes = 0
+        entries = 0
+        pending = [str(folder) for folder in folders]
+        while pending:
+            for entry in _scan(pending.pop()):
+                entries += 1
+                if entries > self.max_output_files:
+                    return f"output exceeded {self.max_output_files} files"
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:  # removed since the scan listed it
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(entry.path)
+                else:
+                    total_bytes += info.st_size
+        if total_bytes > self.settings.max_output_bytes:
+            return f"output exceeded {self.settings.max_output_bytes} bytes"
+        return ""
+
+    # ---------------------------------------------------------------------------------------------
+    # Container configuration
+
+    def _create(self, step: _Step) -> Any:
+        kwargs = self._container_kwargs(step)
+        containers = self._docker().containers
+        try:
+            return containers.create(**kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise _image_missing(self.settings.trainer_image) from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: a container of that name is left over from a crash
+                raise
+        _remove_stray(containers, step.name)
+        return containers.create(**kwargs)
+
+    def _container_kwargs(self, step: _Step) -> dict[str, Any]:
+        settings = self.settings
+        backstop_s = math.ceil(step.deadline_unix - time.time() + settings.kill_grace_s)
+        labels = {**step.labels, LABEL_OWNER: self.owner} if self.owner else step.labels
+        tmpfs: dict[str, str] = {}
+        mounts = list(step.mounts)
+        if self.scratch_mode == "bind" and step.scratch is not None:
+            mounts.append(_bind(step.scratch, "/tmp", read_only=False))
+        else:
+            tmpfs["/tmp"] = f"rw,exec,nosuid,nodev,size={settings.tmpfs_bytes},mode=1777"
+        file_cap = settings.max_output_bytes  # RLIMIT_FSIZE, in bytes
+        kwargs: dict[str, Any] = {
+            "image": settings.trainer_image,
+            "command": ["timeout", "--signal=KILL", f"{max(backstop_s, 1)}s", *step.command],
+            "name": step.name,
+            "labels": labels,
+            "environment": step.environment,
+            "user": SANDBOX_UID,
+            "working_dir": "/tmp",
+            "hostname": "sandbox",
+            "network_mode": "none",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "init": True,
+            "ipc_mode": "private",
+            "pids_limit": settings.container_pids_limit,
+            "mem_limit": settings.container_memory_bytes,
+            "memswap_limit": settings.container_memory_bytes,
+            "oom_score_adj": OOM_SCORE_ADJ,
+            "shm_size": SHM_BYTES,
+            "tmpfs": tmpfs,
+            "mounts": mounts,
+            "ulimits": [
+                docker.types.Ulimit(name="nofile", soft=NOFILE_LIMIT, hard=NOFILE_LIMIT),
+                docker.types.Ulimit(name="fsize", soft=file_cap, hard=file_cap),
+                docker.types.Ulimit(name="core", soft=0, hard=0),
+            ],
+            "log_config": docker.types.LogConfig(type="none"),
+            "stdin_open": False,
+            "tty": False,
+        }
+        if settings.container_cpus > 0:
+            kwargs["nano_cpus"] = int(settings.container_cpus * 1e9)
+        kwargs.update(self._gpu_kwargs(mounts))
+        return kwargs
+
+    def _gpu_kwargs(self, mounts: list[docker.types.Mount]) -> dict[str, Any]:
+        settings = self.settings
+        if settings.gpu_mode == "nvidia":
+            request = docker.types.DeviceRequest(device_ids=[settings.gpu_id], capabilities=[["gpu"]])
+            return {"device_requests": [request]}
+        if settings.gpu_mode == "devices":
+            for spec in settings.gpu_host_mounts:
+                host, _, target = spec.partition(":")
+                mounts.append(_bind(Path(host), target or host, read_only=True))
+            return {"devices": [f"{node}:{node}:rwm" for node in settings.gpu_device_nodes]}
+        return {}
+
+    def _data_mount(self, source: str, target: str) -> docker.types.Mount:
+        """A read-only mount of a named volume or an absolute host path. A missing volume would be
+        created empty by Docker; refuse instead, so a run never trains or scores on nothing."""
+        if os.path.isabs(source):
+            return _bind(Path(source), target, read_only=True)
+        with _translated(f"docker failed looking up volume {source!r}"):
+            try:
+                self._docker().volumes.get(source)
+            except docker.errors.NotFound as exc:
+                raise SandboxUnavailable(
+                    f"data volume {source!r} does not exist: run the prepare service first"
+                ) from exc
+        return docker.types.Mount(target=target, source=source, type="volume", read_only=True)
+
+    def _docker(self) -> DockerClient:
+        if self._client is None:
+            with _translated("cannot reach the Docker daemon"):
+                if self._base_url is None:
+                    self._client = DockerClient.from_env()
+                else:
+                    self._client = DockerClient(base_url=self._base_url)
+        return self._client
+
+    # ---------------------------------------------------------------------------------------------
+    # The environment fingerprint
+
+    def _image_id(self) -> str:
+        with _translated("docker failed inspecting the trainer image"):
+            try:
+                return str(self._docker().images.get(self.settings.trainer_image).id)
+            except docker.errors.ImageNotFound as exc:
+                raise _image_missing(self.settings.trainer_image) from exc
+
+    def _probe_environment(self) -> Environment:
+        step = _Step(
+            name=f"ar-probe-{os.getpid()}-{time.time_ns()}",
+            step="probe",
+            command=[self.python, "-c", _PROBE],
+            environment=dict(_BASE_ENVIRONMENT),
+            mounts=[],
+            labels={LABEL_MANAGED: "1", LABEL_STEP: "probe"},
+            deadline_unix=time.time() + PROBE_TIMEOUT_S,
+            budget_reason=f"environment probe exceeded {PROBE_TIMEOUT_S} s",
+        )
+        outcome = self._run(step)
+        lines = outcome.log.strip().splitlines()
+        try:
+            probe = json.loads(lines[-1]) if outcome.exit_code == 0 and lines else None
+        except json.JSONDecodeError:
+            probe = None
+        if not isinstance(probe, dict):
+            reason = f"exit {outcome.exit_code}: {outcome.log[-500:]}"
+            raise SandboxUnavailable(f"environment probe failed ({reason})")
+        digest = hashlib.sha256(json.dumps(probe["info"], sort_keys=True).encode()).hexdigest()
+        if self.settings.gpu_mode == "none":
+            return Environment(gpu="cpu", driver="none", environment_hash=digest)
+        if not probe.get("gpu"):
+            raise SandboxUnavailable(f"no GPU visible in the sandbox (gpu_mode={self.settings.gpu_mode})")
+        driver = str(probe.get("driver") or "unknown")
+        return Environment(gpu=str(probe["gpu"]), driver=driver, environment_hash=digest)
+
+
+# -------------------------------------------------------------------------------------------------
+# Helpers
+
+_BASE_ENVIRONMENT = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _labels(proposal_id: str, run_id: str, step: str) -> dict[str, str]:
+    return {LABEL_MANAGED: "1", LABEL_PROPOSAL: proposal_id, LABEL_RUN: run_id, LABEL_STEP: step}
+
+
+def _bind(source: Path, target: str, *, read_only: bool) -> docker.types.Mount:
+    return docker.types.Mount(target=target, source=str(source), type="bind", read_only=read_only)
+
+
+def _image_missing(image: str) -> SandboxUnavailable:
+    return SandboxUnavailable(f"trainer image {image!r} is missing: {BUILD_HINT} --trainer-only")
+
+
+def _kill(container: Any) -> bool:
+    """SIGKILL the container; False if it had already exited (Docker answers 409)."""
+    try:
+        container.kill()
+    except docker.errors.APIError as exc:
+        if exc.status_code in (404, 409):
+            return False
+        raise
+    return True
+
+
+def _remove(container: Any) -> None:
+    """Remove a container whatever state it is in. A failure here is logged, not raised, so that it
+    never hides the step's own outcome or error; the reaper removes what is left."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except (OSError, docker.errors.DockerException):
+        log.warning("could not remove container %s; the reaper will", container.name, exc_info=True)
+
+
+def _remove_stray(containers: Any, name: str) -> None:
+    """Remove a managed container that holds `name` (left by a worker that died mid-run)."""
+    try:
+        stray = containers.get(name)
+    except docker.errors.NotFound:
+        return
+    if stray.labels.get(LABEL_MANAGED) != "1":
+        raise SandboxUnavailable(f"container name {name!r} is taken by a container not managed here")
+    log.warning("removing stray container %s", name)
+    stray.remove(force=True)
+
+
+def _empty_folder(folder: Path) -> None:
+    """Delete what is inside `folder` without following symlinks (rmtree does not follow them)."""
+    for entry in _scan(str(folder)):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def _scan(folder: str) -> Iterator[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            yield from entries
+    except (FileNotFoundError, NotADirectoryError):
+        return
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """The one boundary where Docker's exceptions (and the connection errors of requests, which
+    are OSErrors) become `SandboxUnavailable`."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise SandboxUnavailable(f"{what}: image missing ({exc}); {BUILD_HINT}") from exc
+    except (docker.errors.DockerException, OSError) as exc:
+        raise SandboxUnavailable(f"{what}: {exc}") from exc
