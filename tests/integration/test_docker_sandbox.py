@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import re
 import subprocess
 import sys
@@ -612,6 +613,66 @@ def test_the_real_evaluator_accepts_the_sandbox_arguments(
     outcome = evaluate_with(make_settings, docker_client, ran)  # fails on the fake data, not on its CLI
     assert outcome.exit_code not in (0, None)
     assert "usage:" not in outcome.log and "unrecognized arguments" not in outcome.log, outcome.log[-1000:]
+
+
+def write_corpus(source: Path) -> None:
+    """A small source folder as prepare.py reads it: train-*.jsonl books and a val.jsonl."""
+    rng = random.Random(0)
+    syllables = ["ka", "lo", "mi", "ren", "tha", "dor", "vel", "sun", "bri", "ost", "an", "el", "gar", "wyn"]
+    words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(400)]
+
+    def book() -> str:
+        paragraphs = (" ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) for _ in range(60))
+        return "\n\n".join(paragraphs)
+
+    source.mkdir()
+    for i in range(2):
+        lines = [json.dumps({"id": f"t{i}-{j}", "text": book()}) for j in range(4)]
+        (source / f"train-{i:02d}.jsonl").write_text("\n".join(lines) + "\n")
+    (source / "val.jsonl").write_text(json.dumps({"id": "v0", "text": book()}) + "\n")
+
+
+def test_the_real_trainer_and_evaluator_run_in_the_sandbox(
+    docker_client: DockerClient, tmp_path: Path
+) -> None:
+    """The baseline train.py (tiny preset) and the trusted evaluate.py baked into the image, end to
+    end through the sandbox: train, collect, evaluate, read the result."""
+    write_corpus(tmp_path / "source")
+    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
+    subprocess.run(
+        [sys.executable, str(REPO / "trainer" / "prepare.py"), "--source", str(tmp_path / "source"),
+         "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--vocab-size", "512"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    for folder in (train_dir, val_dir):  # readable by uid 65534
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    settings = Settings(
+        train_data=str(train_dir), val_data=str(val_dir), runs_dir=tmp_path / "runs",
+        container_memory_bytes=4 * 1024 * MIB, max_log_bytes=64 * KIB,
+    )  # fmt: skip
+    sandbox = DockerSandbox(settings, docker_client)
+    paths = prepare_run_dir(settings.runs_dir, "real", (REPO / "trainer" / "train.py").read_text())
+    trained = sandbox.train(
+        TrainRequest(
+            run_id="real",
+            proposal_id="p",
+            paths=paths,
+            seed=42,
+            wall_clock_s=120,
+            preset="tiny",
+            device="cpu",
+        )
+    )
+    assert trained.exit_code == 0, trained.log[-2000:]
+    collected = collect_checkpoint(paths, settings.max_checkpoint_bytes)
+    assert collected.run_json["seed"] == 42 and collected.run_json["steps"] > 0
+    evaluated = sandbox.evaluate(
+        EvalRequest(run_id="real", proposal_id="p", paths=paths, seed=1, timeout_s=120, device="cpu")
+    )
+    assert evaluated.exit_code == 0, evaluated.log[-2000:]
+    result = read_result(paths)
+    assert 0 < result["val_bpb"] < 8 and result["seed"] == 1
 
 
 # ---------------------------------------------------------------------------------------------------
