@@ -171,6 +171,13 @@ def main() -> None:
         "service_total_s": round(service_total, 3),
         "service_overhead_s": round(service_total - bare_total, 3),
         "service_to_bare_ratio": round(service_total / bare_total, 3),
+        # What the containers add over the bare processes (start, mounts, teardown), per step.
+        "train_container_overhead_s": round(
+            median(service_rows, "train_container_s") - median(bare_rows, "train_s"), 3
+        ),
+        "eval_container_overhead_s": round(
+            median(service_rows, "eval_container_s") - median(bare_rows, "eval_s"), 3
+        ),
         "breakdown_median_s": {
             key: round(median(service_rows, key), 3)
             for key in (
@@ -187,9 +194,8 @@ def main() -> None:
     }
     path = write_results("cycle", figures, log.getvalue())
     print(log.getvalue())
-    print(
-        f"bare {bare_total:.2f} s, service {service_total:.2f} s, ratio {service_total / bare_total:.3f} -> {path}"
-    )
+    ratio = service_total / bare_total
+    print(f"bare {bare_total:.2f} s, service {service_total:.2f} s, ratio {ratio:.3f} -> {path}")
 
 
 if __name__ == "__main__":
