@@ -46,7 +46,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -196,6 +196,9 @@ class DockerSandbox:
     `scratch_mode` "tmpfs" gives /tmp as a size-capped tmpfs; "bind" binds the run's scratch folder
     (mode 1777) for hosts where a tmpfs is not writable by the unprivileged user. `python` and
     `evaluator` are in-container paths of the trainer image's interpreter and trusted scorer.
+    `extra_env` is operator configuration added to every container (e.g. LD_LIBRARY_PATH for
+    gpu_mode "devices" with the host's driver mounted); nothing is taken from the worker's own
+    environment. `owner` labels the containers (the worker's name), for `remove_strays`.
     """
 
     def __init__(
@@ -212,6 +215,7 @@ class DockerSandbox:
         eval_max_docs: int | None = None,
         eval_batch_size: int | None = None,
         owner: str = "",
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
@@ -225,6 +229,7 @@ class DockerSandbox:
         self.eval_max_docs = eval_max_docs
         self.eval_batch_size = eval_batch_size
         self.owner = owner
+        self.extra_env = dict(extra_env or {})
         self._environments: dict[str, Environment] = {}
 
     # ---------------------------------------------------------------------------------------------
@@ -321,6 +326,19 @@ class DockerSandbox:
             cached = self._probe_environment()
             self._environments[image_id] = cached
         return cached
+
+    def remove_strays(self) -> list[str]:
+        """Force-remove every container labelled with this sandbox's `owner` (left by an earlier
+        life of the same worker that died mid-step); returns their names. Call it on start."""
+        if not self.owner:
+            raise ValueError("remove_strays needs an owner: DockerSandbox(..., owner=<worker name>)")
+        removed: list[str] = []
+        with _translated("docker failed removing stray containers"):
+            selectors = [f"{LABEL_MANAGED}=1", f"{LABEL_OWNER}={self.owner}"]
+            for stray in self._docker().containers.list(all=True, filters={"label": selectors}):
+                _remove(stray)
+                removed.append(str(stray.name))
+        return removed
 
     def close(self) -> None:
         if self._client is not None and self._owns_client:
@@ -459,7 +477,7 @@ class DockerSandbox:
             "command": ["timeout", "--signal=KILL", f"{max(backstop_s, 1)}s", *step.command],
             "name": step.name,
             "labels": labels,
-            "environment": step.environment,
+            "environment": {**self.extra_env, **step.environment},
             "user": SANDBOX_UID,
             "working_dir": "/tmp",
             "hostname": "sandbox",

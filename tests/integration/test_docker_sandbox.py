@@ -7,6 +7,7 @@ container is gone afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import random
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 from docker.client import DockerClient
 
@@ -162,6 +164,12 @@ def test_environment_holds_only_the_contract_variables(
     ran = run_train("import json, os; print(json.dumps(dict(os.environ)))", wall_clock_s=30)
     env = ran.facts()
     assert set(env) == CONTRACT_ENV | IMAGE_ENV
+    configured = run_train(
+        "import json, os; print(json.dumps(dict(os.environ)))",
+        sandbox_args={"extra_env": {"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "AR_SEED": "forged"}},
+    ).facts()
+    assert configured["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"  # operator configuration only
+    assert configured["AR_SEED"] == "7"  # cannot override the contract
     assert not any("hunter2" in value for value in env.values())
     assert env["AR_WALL_CLOCK_S"] == "30" and env["AR_SEED"] == "7"
     assert env["AR_DATA_DIR"] == "/data" and env["AR_OUT_DIR"] == "/out"
@@ -270,6 +278,27 @@ def test_a_step_whose_worker_died_still_ends_at_the_deadline(
     finally:
         worker.kill()
         reaper.reap(docker_client, labels={"autoresearch.run": run_id})
+
+
+def test_remove_strays_takes_only_the_owners_containers(
+    make_settings: Callable[..., Settings], docker_client: DockerClient, trainer_image: str
+) -> None:
+    owner = f"worker-{uuid.uuid4().hex[:8]}"
+    mine = docker_client.containers.create(
+        trainer_image, ["sleep", "60"], labels={"autoresearch.managed": "1", "autoresearch.owner": owner}
+    )
+    other = docker_client.containers.create(
+        trainer_image,
+        ["sleep", "60"],
+        labels={"autoresearch.managed": "1", "autoresearch.owner": owner + "x"},
+    )
+    try:
+        assert DockerSandbox(make_settings(), docker_client, owner=owner).remove_strays() == [mine.name]
+        assert [c.id for c in docker_client.containers.list(all=True, filters={"id": other.id})] == [other.id]
+    finally:
+        other.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            mine.remove(force=True)
 
 
 def test_a_stray_container_with_the_same_name_is_replaced(
