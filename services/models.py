@@ -124,3 +124,13 @@ class Best(Frozen):
     proposal_id: str | None = None
     fingerprint_key: str | None = None
     updated_at: float = Field(default_factory=now)
+
+
+class ProgramVersion(Frozen):
+    """One version of program.md, the human's instructions to agents; versions count from 1."""
+
+    version: int = Field(ge=1)
+    text: str
+    author: str  # the name of the token that set it ("repo" for the seed from the repository's file)
+    message: str
+    created_at: float = Field(default_factory=now)

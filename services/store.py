@@ -11,6 +11,8 @@ Keys (prefix `ar:`):
     best                   JSON of Best
     commits                hash commit → train.py on the research branch
     tokens                 hash sha256(token) → JSON {name, role}
+    program:versions       list of ProgramVersion JSON; index i holds version i + 1
+    livelog:<id>           stream of {chunk} entries: the live log of a running proposal (capped, expires)
 Channel `ar:events` carries every transition as JSON {proposal_id, state, reason, at}.
 """
 
@@ -22,7 +24,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis
 
 from services.errors import Conflict, NotFound, StoreUnavailable
-from services.models import Best, Event, Proposal, now
+from services.models import Best, Event, ProgramVersion, Proposal, now
 from services.states import State
 
 P = ParamSpec("P")
@@ -30,6 +32,13 @@ R = TypeVar("R")
 
 EVENTS_CHANNEL = "ar:events"
 IDEMPOTENCY_TTL_S = 24 * 3600  # how long a retried submit finds its first answer
+# Live logs are for watching a run; the kept tail of a finished run is in its RunResult. The cap bounds
+# Redis memory: entries of at most LIVE_LOG_ENTRY_CHARS characters (<= 4 KiB of UTF-8), at most
+# LIVE_LOG_MAX_ENTRIES of them (older ones are trimmed), so <= 256 KiB per proposal.
+LIVE_LOG_ENTRY_CHARS = 1024
+LIVE_LOG_MAX_ENTRIES = 64
+LIVE_LOG_TTL_S = 3600  # a live log expires an hour after its last append
+LIVE_LOG_READ_MAX = 256  # entries returned by one read
 
 
 def _translate(fn: Callable[P, R]) -> Callable[P, R]:
@@ -246,6 +255,145 @@ class Store:
                 yield dict(json.loads(message["data"]))
         finally:
             pubsub.close()
+
+    # ------------------------------------------------------------------------ issue 7: program.md
+    # versions, live logs, a polling event subscription, bulk reads for statistics and metrics
+
+    @_translate
+    def add_program_version(
+        self, text: str, author: str, message: str, *, only_if_empty: bool = False
+    ) -> tuple[ProgramVersion, bool]:
+        """Append a version of program.md; return (version, created). Text identical to the current
+        version creates nothing and returns the current one; with `only_if_empty` (seeding at start-up)
+        nothing is created once any version exists. Atomic against concurrent writers."""
+        key = "ar:program:versions"
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = cast("bytes | None", pipe.lindex(key, -1))  # immediate while watching
+                    current = None if raw is None else ProgramVersion.model_validate_json(raw)
+                    if current is not None and (only_if_empty or current.text == text):
+                        pipe.reset()
+                        return current, False
+                    version = ProgramVersion(
+                        version=1 if current is None else current.version + 1,
+                        text=text,
+                        author=author,
+                        message=message,
+                    )
+                    pipe.multi()
+                    pipe.rpush(key, version.model_dump_json())
+                    pipe.execute()
+                    return version, True
+                except redis.WatchError:
+                    continue
+
+    @_translate
+    def program_version(self, version: int | None = None) -> ProgramVersion | None:
+        """Version `version` (from 1), or the current one when None; None if there is no such version."""
+        if version is not None and version < 1:
+            return None
+        raw = self.r.lindex("ar:program:versions", -1 if version is None else version - 1)
+        return None if raw is None else ProgramVersion.model_validate_json(raw)
+
+    @_translate
+    def program_versions(self) -> list[ProgramVersion]:
+        """Every version, oldest first."""
+        return [
+            ProgramVersion.model_validate_json(raw) for raw in self.r.lrange("ar:program:versions", 0, -1)
+        ]
+
+    @_translate
+    def append_live_log(self, proposal_id: str, chunk: str) -> None:
+        """Append a chunk of a running proposal's log (the worker calls this as output arrives). Long
+        chunks are split; only the newest LIVE_LOG_MAX_ENTRIES entries are kept; the log expires
+        LIVE_LOG_TTL_S after the last append."""
+        if not chunk:
+            return
+        key = f"ar:livelog:{proposal_id}"
+        pipe = self.r.pipeline(transaction=True)
+        for start in range(0, len(chunk), LIVE_LOG_ENTRY_CHARS):
+            piece = chunk[start : start + LIVE_LOG_ENTRY_CHARS]
+            pipe.xadd(
+                key,
+                {"chunk": piece.encode("utf-8", "replace")},
+                maxlen=LIVE_LOG_MAX_ENTRIES,
+                approximate=False,
+            )
+        pipe.expire(key, LIVE_LOG_TTL_S)
+        pipe.execute()
+
+    @_translate
+    def read_live_log(
+        self, proposal_id: str, after: str = "0", limit: int = LIVE_LOG_READ_MAX
+    ) -> list[tuple[str, str]]:
+        """Entries (entry id, chunk) appended after the entry id `after` ("0": from the oldest kept),
+        oldest first; pass the last id back to read on. Never blocks."""
+        answer = self.r.xread({f"ar:livelog:{proposal_id}": after}, count=limit)
+        if not answer:
+            return []
+        _, entries = answer[0]
+        return [
+            (entry_id.decode(), fields[b"chunk"].decode("utf-8", "replace")) for entry_id, fields in entries
+        ]
+
+    @_translate
+    def proposal_state(self, proposal_id: str) -> State | None:
+        """The proposal's state from the state indexes (cheap: does not load the proposal)."""
+        pipe = self.r.pipeline(transaction=False)
+        for state in State:
+            pipe.zscore(f"ar:state:{state}", proposal_id)
+        for state, score in zip(State, pipe.execute(), strict=True):
+            if score is not None:
+                return state
+        return None
+
+    @_translate
+    def proposal_ids_by_state(self) -> dict[State, list[str]]:
+        pipe = self.r.pipeline(transaction=False)
+        for state in State:
+            pipe.zrange(f"ar:state:{state}", 0, -1)
+        return {state: [i.decode() for i in ids] for state, ids in zip(State, pipe.execute(), strict=True)}
+
+    @_translate
+    def get_many(self, proposal_ids: list[str], batch: int = 100) -> list[Proposal]:
+        """The proposals that exist among `proposal_ids`, in that order (fetched `batch` at a time)."""
+        found: list[Proposal] = []
+        for start in range(0, len(proposal_ids), batch):
+            keys = [f"ar:proposal:{i}" for i in proposal_ids[start : start + batch]]
+            found.extend(Proposal.model_validate_json(raw) for raw in self.r.mget(keys) if raw is not None)
+        return found
+
+    @_translate
+    def event_subscription(self) -> "EventSubscription":
+        """A subscription to the `ar:events` channel, active when this returns (so no transition
+        published afterwards is missed); poll it with `get(timeout_s)`, close it when done."""
+        return EventSubscription(self.r)
+
+
+class EventSubscription:
+    """Polling reader of the `ar:events` channel (redis-py's PubSub behind it; it reconnects and
+    resubscribes by itself after a dropped connection)."""
+
+    def __init__(self, client: "redis.Redis[bytes]") -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self._pubsub.subscribe(EVENTS_CHANNEL)
+        confirmed = self._pubsub.get_message(timeout=5.0)
+        if confirmed is None or confirmed.get("type") != "subscribe":
+            self._pubsub.close()
+            raise StoreUnavailable("Redis did not confirm the subscription to the events channel")
+
+    @_translate
+    def get(self, timeout_s: float) -> dict[str, Any] | None:
+        """The next transition, or None if none arrives within `timeout_s`."""
+        message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+        if message is None or message.get("type") != "message":
+            return None
+        return dict(json.loads(message["data"]))
+
+    def close(self) -> None:
+        self._pubsub.close()
 
 
 def _idem_key(owner: str, key: str) -> str:

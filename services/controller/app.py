@@ -3,14 +3,17 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import redis
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from services import auth
-from services.controller import problems
-from services.controller.routes import best, health, proposals, runs, tokens
+from services.controller import events, logic, problems
+from services.controller.routes import best, health, metrics, program, proposals, runs, tokens
+from services.controller.routes import events as event_routes
+from services.metrics import DigestCache
 from services.settings import KIB, Settings
 from services.store import Store
 
@@ -25,23 +28,35 @@ def request_body_limit(settings: Settings) -> int:
     return settings.max_patch_bytes * 2 + BODY_SLACK_BYTES
 
 
+DEFAULT_PROGRAM_PATH = Path("program.md")  # relative to the working directory (/app in the image)
+
+
 def create_app(
-    settings: Settings, store: Store | None = None, redis: "redis.Redis[bytes] | None" = None
+    settings: Settings,
+    store: Store | None = None,
+    redis: "redis.Redis[bytes] | None" = None,
+    *,
+    program_path: Path | None = DEFAULT_PROGRAM_PATH,
+    sse_heartbeat_s: float = events.HEARTBEAT_S,
 ) -> FastAPI:
     """Build the app. Without `store`/`redis`, one connection is made from settings.redis_url (lazily:
     redis-py connects on first use) and closed at shutdown. The first admin token is registered at
-    start-up; an unreachable Redis then stops the start, so the orchestrator restarts it."""
+    start-up; an unreachable Redis then stops the start, so the orchestrator restarts it. At start-up
+    program.md version 1 is seeded from `program_path` if the store holds no version yet."""
     owns_connection = store is None and redis is None
     if store is None:
         store = Store(redis) if redis is not None else Store.from_url(settings.redis_url)
     conn = redis if redis is not None else store.r
+    hub = events.EventHub(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(auth.bootstrap_admin, store, settings.admin_token)
+        await run_in_threadpool(logic.seed_program, store, program_path)
         try:
             yield
         finally:
+            await run_in_threadpool(hub.close)
             if owns_connection:
                 conn.close()
 
@@ -58,8 +73,11 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.redis = conn
+    app.state.event_hub = hub
+    app.state.digests = DigestCache()
+    app.state.sse_heartbeat_s = sse_heartbeat_s
     problems.install(app)
     app.add_middleware(problems.BodySizeLimit, max_bytes=request_body_limit(settings))
-    for module in (proposals, runs, best, tokens, health):
+    for module in (proposals, runs, best, program, event_routes, tokens, health, metrics):
         app.include_router(module.router)
     return app

@@ -10,6 +10,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import auth
+from services.controller.events import EventHub
+from services.metrics import DigestCache
 from services.settings import Settings
 from services.store import Store
 
@@ -36,9 +38,26 @@ def _redis(request: Request) -> RedisConn:
     return conn
 
 
+def _hub(request: Request) -> EventHub:
+    hub: EventHub = request.app.state.event_hub
+    return hub
+
+
+def _digests(request: Request) -> DigestCache:
+    digests: DigestCache = request.app.state.digests
+    return digests
+
+
+def _heartbeat_s(request: Request) -> float:
+    return float(request.app.state.sse_heartbeat_s)
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[Store, Depends(_store)]
 RedisDep = Annotated[RedisConn, Depends(_redis)]
+HubDep = Annotated[EventHub, Depends(_hub)]
+DigestsDep = Annotated[DigestCache, Depends(_digests)]
+HeartbeatDep = Annotated[float, Depends(_heartbeat_s)]
 
 
 def _principal(

@@ -4,19 +4,22 @@ Imports no FastAPI. Every failure is a ServiceError from services.errors (or Not
 the app maps to problem+json in one place.
 """
 
+import difflib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
 from services.auth import Principal
 from services.controller.schemas import RequestRuns, SubmitProposal
-from services.errors import InfraError, ProposalError, UnknownBase
-from services.models import Best, Event, Proposal, new_id
+from services.errors import InfraError, NotFound, ProposalError, UnknownBase
+from services.metrics import Digest, DigestCache
+from services.models import Best, Event, ProgramVersion, Proposal, new_id
 from services.patches import build_candidate, content_hash
 from services.queue import enqueue_run, queue_depths
 from services.settings import Settings
-from services.states import State
+from services.states import FAILURES, State
 from services.store import Store
 
 log = logging.getLogger(__name__)
@@ -26,8 +29,21 @@ RUN_ID_PREFIX = "r"
 DEFAULT_PAGE_SIZE = 50  # rows per page when the client does not say
 
 
+PROGRAM_MAX_BYTES = 256 * 1024  # program.md is prose for agents; this is far above any sensible one
+PROGRAM_MESSAGE_MAX_CHARS = 500
+PROGRAM_SEED_AUTHOR = "repo"  # author of version 1, seeded from the repository's program.md
+
+
 class NotReady(InfraError):
     """The service cannot take work yet: no best commit (the research repo is not initialised)."""
+
+
+class InvalidProgram(ProposalError):
+    """A new program.md text that cannot be stored: empty, too large, not valid UTF-8 text."""
+
+
+class UnknownProgramVersion(ProposalError):
+    """A submit names a program.md version that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,8 @@ def submit_proposal(
     if idem is not None and (replay := store.idempotent(*idem)) is not None:
         return replay, False
     _check_text_limits(settings, body.title, body.description)
+    if body.program_version is not None:
+        check_program_version(store, body.program_version)
     base = resolve_base(store, body.base_commit)
     candidate = build_candidate(
         base.train_py,
@@ -95,7 +113,10 @@ def submit_proposal(
             body.agent,
             principal.name,
             base.commit[:12],
+            extra={"proposal_id": stored.id, "agent": body.agent, "program_version": body.program_version},
         )
+    else:
+        log.info("submit returned the existing proposal %s", stored.id, extra={"proposal_id": stored.id})
     return stored, created
 
 
@@ -138,7 +159,7 @@ def proposal_log(store: Store, proposal_id: str) -> str:
 
 def cancel_proposal(store: Store, principal: Principal, proposal_id: str) -> Proposal:
     proposal = store.cancel(proposal_id, f"cancelled by {principal.name}")
-    log.info("proposal %s cancelled by %s", proposal_id, principal.name)
+    log.info("proposal %s cancelled by %s", proposal_id, principal.name, extra={"proposal_id": proposal_id})
     return proposal
 
 
@@ -170,7 +191,12 @@ def request_runs(
     stored, _ = store.create(proposal, dedupe=False)
     enqueue_run(conn, stored.id, run_budget_s(settings) * len(seeds))
     log.info(
-        "runs %s of %s with seeds %s requested by %s", stored.id, base.commit[:12], seeds, principal.name
+        "runs %s of %s with seeds %s requested by %s",
+        stored.id,
+        base.commit[:12],
+        seeds,
+        principal.name,
+        extra={"proposal_id": stored.id},
     )
     return stored
 
@@ -230,6 +256,137 @@ def readiness(store: Store) -> Best:
 
 def status(store: Store, conn: "redis.Redis[bytes]") -> Status:
     return Status(queues=queue_depths(conn), states=store.count_by_state(), best=store.get_best())
+
+
+# ---------------------------------------------------------------------------- program.md
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    """How the proposals made from one program.md version fared (`version` None: made from none)."""
+
+    version: int | None
+    proposals: int
+    scored: int  # a decision was made: accepted, merged or rejected on its score
+    merged: int
+    failed: int  # crashed, timed out, out of memory, voided, infrastructure error or cancelled
+    win_rate: float | None  # merged / scored
+    mean_delta_bpb: float | None  # mean of the decisions' val_bpb deltas; negative is better
+
+
+def seed_program(store: Store, path: Path | None) -> ProgramVersion | None:
+    """Make version 1 from the repository's program.md when the store holds no version yet."""
+    current = store.program_version()
+    if current is not None or path is None:
+        return current
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("program.md not seeded: cannot read %s (%s); an admin can PUT /v1/program", path, exc)
+        return None
+    check_program_text(text)
+    version, created = store.add_program_version(
+        text, PROGRAM_SEED_AUTHOR, f"seeded from {path.name}", only_if_empty=True
+    )
+    if created:
+        log.info("program.md version 1 seeded from %s", path)
+    return version
+
+
+def current_program(store: Store) -> ProgramVersion:
+    version = store.program_version()
+    if version is None:
+        raise NotFound("no program.md yet: an admin sets one with PUT /v1/program")
+    return version
+
+
+def program_version(store: Store, version: int) -> tuple[ProgramVersion, str]:
+    """The version and the unified diff from the version before it (the whole text added, for 1)."""
+    found = store.program_version(version)
+    if found is None:
+        raise NotFound(f"no program.md version {version}; list them with GET /v1/program/versions")
+    previous = store.program_version(version - 1) if version > 1 else None
+    return found, program_diff(previous, found)
+
+
+def program_diff(previous: ProgramVersion | None, current: ProgramVersion) -> str:
+    lines = difflib.unified_diff(
+        "" if previous is None else previous.text.splitlines(keepends=True),
+        current.text.splitlines(keepends=True),
+        fromfile="/dev/null" if previous is None else f"program.md@{previous.version}",
+        tofile=f"program.md@{current.version}",
+    )
+    return "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
+
+
+def set_program(store: Store, principal: Principal, text: str, message: str) -> tuple[ProgramVersion, bool]:
+    """Store a new version (admin); text identical to the current version returns that version."""
+    check_program_text(text)
+    message = message.strip()
+    if not message or "\n" in message or len(message) > PROGRAM_MESSAGE_MAX_CHARS:
+        raise InvalidProgram(
+            f"message must be one non-empty line of at most {PROGRAM_MESSAGE_MAX_CHARS} characters "
+            "saying what changed"
+        )
+    version, created = store.add_program_version(text, principal.name, message)
+    if created:
+        log.info("program.md version %d set by %s: %s", version.version, principal.name, message)
+    return version, created
+
+
+def check_program_text(text: str) -> None:
+    if not text.strip():
+        raise InvalidProgram("text is empty; send the whole program.md")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidProgram(
+            f"text is not valid UTF-8: character {exc.start} is a lone surrogate; send UTF-8 text"
+        ) from exc
+    if size > PROGRAM_MAX_BYTES:
+        raise InvalidProgram(f"text is {size} bytes of UTF-8; the limit is {PROGRAM_MAX_BYTES} bytes")
+    bad = next((c for c in text if ord(c) < 32 and c not in "\t\n\r"), None)
+    if bad is not None:
+        line = text.count("\n", 0, text.index(bad)) + 1
+        raise InvalidProgram(f"text holds the control character U+{ord(bad):04X} on line {line}; remove it")
+
+
+def check_program_version(store: Store, version: int) -> None:
+    if store.program_version(version) is None:
+        current = store.program_version()
+        latest = "there is none yet" if current is None else f"the current one is {current.version}"
+        raise UnknownProgramVersion(
+            f"program_version {version} does not exist ({latest}); send the version you read "
+            "(GET /v1/program) or leave it out"
+        )
+
+
+def program_stats(store: Store, digests: DigestCache) -> list[ProgramStats]:
+    """One row per program.md version, oldest first, then a row for proposals that named none (if
+    any). Counts agent proposals only, not runs of commits."""
+    by_version: dict[int | None, list[Digest]] = {v.version: [] for v in store.program_versions()}
+    for digest in digests.refresh(store):
+        if digest.kind == "proposal":
+            by_version.setdefault(digest.program_version, []).append(digest)
+    keys = sorted(k for k in by_version if k is not None) + ([None] if by_version.get(None) else [])
+    return [_stats_row(key, by_version[key]) for key in keys]
+
+
+def _stats_row(version: int | None, digests: list[Digest]) -> ProgramStats:
+    scored = [d for d in digests if d.decided]
+    deltas = [d.delta_bpb for d in scored if d.delta_bpb is not None]
+    merged = sum(d.state == State.MERGED for d in digests)
+    return ProgramStats(
+        version=version,
+        proposals=len(digests),
+        scored=len(scored),
+        merged=merged,
+        failed=sum(d.state in FAILURES for d in digests),
+        win_rate=merged / len(scored) if scored else None,
+        mean_delta_bpb=sum(deltas) / len(deltas) if deltas else None,
+    )
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -1,16 +1,30 @@
 """`autoresearch-controller`: serve the API with uvicorn, configured from the environment (AR_*)."""
 
+import os
+from pathlib import Path
+
 import uvicorn
 
-from services.controller.app import create_app
+from services.controller.app import DEFAULT_PROGRAM_PATH, create_app
 from services.logs import configure_logging
 from services.settings import Settings
+
+# Open event streams would hold a graceful shutdown forever; after this they are cut.
+SHUTDOWN_GRACE_S = 5
 
 
 def main() -> None:
     configure_logging()
     settings = Settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    # TODO(lead): move into Settings as `program_path` (AR_PROGRAM_PATH); read here until then.
+    program_path = Path(os.environ.get("AR_PROGRAM_PATH", str(DEFAULT_PROGRAM_PATH)))
+    uvicorn.run(
+        create_app(settings, program_path=program_path),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.controller.logic import NotReady
+from services.controller.logic import InvalidProgram, NotReady, UnknownProgramVersion
 from services.errors import (
     AuthError,
     Conflict,
@@ -49,6 +49,8 @@ _SERVICE_ERRORS: list[tuple[type[ServiceError], int, str, str]] = [
     (InvalidPatch, 422, "invalid-patch", "Invalid patch"),
     (InvalidPython, 422, "invalid-python", "Candidate is not valid Python"),
     (UnknownBase, 422, "unknown-base", "Unknown base commit"),
+    (UnknownProgramVersion, 422, "unknown-program-version", "Unknown program.md version"),
+    (InvalidProgram, 422, "invalid-program", "Invalid program.md"),
     (ProposalError, 422, "invalid-request", "Invalid request"),
     (NotReady, 503, "not-ready", "Service not ready"),
     (StoreUnavailable, 503, "store-unavailable", "Store unavailable"),

@@ -70,6 +70,13 @@ class CreateToken(Request):
     role: Role = Role.AGENT
 
 
+class PutProgram(Request):
+    text: str = Field(min_length=1, max_length=MAX_DESCRIPTION_GUARD, description="the whole new program.md")
+    message: str = Field(
+        min_length=1, max_length=MAX_TITLE_GUARD, description="one line: what changed and why"
+    )
+
+
 # ---------------------------------------------------------------------------- responses
 
 
@@ -189,3 +196,38 @@ def score_of(p: Proposal) -> float | None:
         return p.decision.candidate_bpb
     scores = [r.val_bpb for r in p.results if r.val_bpb is not None]
     return sum(scores) / len(scores) if scores else None
+
+
+# ---------------------------------------------------------------------------- program.md
+
+
+class ProgramView(BaseModel):
+    version: int
+    text: str
+    author: str
+    message: str
+    created_at: float
+
+
+class ProgramVersionSummary(BaseModel):
+    version: int
+    author: str
+    message: str
+    created_at: float
+    bytes: int = Field(description="size of the text in UTF-8 bytes")
+
+
+class ProgramVersionDetail(ProgramView):
+    diff: str = Field(description="unified diff from the previous version (for version 1: the whole text)")
+
+
+class ProgramStatsRow(BaseModel):
+    version: int | None = Field(description="None: proposals that named no program_version")
+    proposals: int
+    scored: int = Field(description="decided on their score: merged, accepted or rejected")
+    merged: int
+    failed: int = Field(description="crashed, timed_out, oom, voided, infra_error or cancelled")
+    win_rate: float | None = Field(description="merged / scored")
+    mean_delta_bpb: float | None = Field(
+        description="mean val_bpb minus the best's at decision; negative is better"
+    )

@@ -130,14 +130,14 @@ def assert_problem(answer: Any, status: int, slug: str, detail_part: str) -> dic
 def test_full_file_is_stored_and_enqueued(
     client: TestClient, agent: Headers, store: Store, redis_client: "redis.Redis[bytes]"
 ) -> None:
-    answer = client.post("/v1/proposals", json=submission(program_version=3), headers=agent)
+    answer = client.post("/v1/proposals", json=submission(program_version=1), headers=agent)
     assert answer.status_code == 201, answer.text
     body = answer.json()
     assert answer.headers["location"] == f"/v1/proposals/{body['id']}"
     assert body["state"] == "queued"
     assert body["base_commit"] == COMMIT
     assert body["seeds"] == [42]
-    assert body["program_version"] == 3
+    assert body["program_version"] == 1
     assert body["diff"] == canonical_diff(BASE, BETTER)
     assert [e["state"] for e in body["events"]] == ["queued"]
     stored = store.get(body["id"])
