@@ -58,6 +58,7 @@ class RunResult(Frozen):
     run_id: str
     proposal_id: str
     seed: int
+    subject: Literal["candidate", "best"] = "candidate"  # best: a paired run of the proposal's base
     state: State  # evaluating on success (the decision comes later), else the failure state
     reason: str = ""
     val_bpb: float | None = None
@@ -76,14 +77,23 @@ class RunResult(Frozen):
 
 
 class Decision(Frozen):
-    """Why a scored proposal was accepted or rejected, with the numbers."""
+    """Why a scored proposal was accepted, rejected or sent to confirmation, with all the numbers."""
 
     accepted: bool
     rule: str  # name and version of the rule that decided
-    candidate_bpb: float
+    stage: Literal["screen", "confirm", "commit-run"] = "screen"
+    confirm: bool = False  # a screening verdict that asks for confirmation runs
+    candidate_bpb: float  # the candidate's score (mean of the runs the stage used)
     best_bpb: float | None
     best_commit: str
     delta_bpb: float | None  # candidate - best; negative is better
+    sigma_bpb: float | None = None  # run-to-run noise used
+    sigma_source: str = ""  # calibrated | prior
+    threshold_bpb: float | None = None  # screen: the margin; confirm: the upper confidence bound of Δ
+    candidate_runs: list[float] = []
+    best_runs: list[float] = []
+    seeds: list[int] = []
+    params: dict[str, float] = {}
     reason: str
     decided_at: float = Field(default_factory=now)
 
@@ -109,11 +119,21 @@ class Proposal(Frozen):
     state: State = State.QUEUED
     reason: str = ""
     attempts: int = 0  # infrastructure retries used
-    results: list[RunResult] = []
-    decision: Decision | None = None
+    results: list[RunResult] = []  # the candidate's runs: screening first, then confirmation
+    baseline_results: list[RunResult] = []  # fresh runs of the base, paired with confirmation seeds
+    confirm_seeds: list[int] = []
+    screening: Decision | None = None
+    decision: Decision | None = None  # the latest verdict
     merged_commit: str | None = None
+    tried_ref: str | None = None  # refs/autoresearch/tried/<id> points here
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
+
+    def gpu_seconds(self) -> float:
+        """Accelerator time spent on this proposal: every training and evaluation container it ran,
+        its paired runs of the best included."""
+        runs = [*self.results, *self.baseline_results]
+        return sum(r.timings.train_container_s + r.timings.eval_container_s for r in runs)
 
 
 class Best(Frozen):

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     infra_retries: int = Field(2, ge=0, le=10)  # re-runs after an infrastructure failure
     first_seed: int = 42  # harness seed of a proposal's screening run
 
+    # --- acceptance (rule paired-z/v1, services/committer/rules.py)
+    confirm_runs: int = Field(3, ge=1, le=32)  # paired confirmation runs, candidate and best each
+    screen_margin_sigma: float = Field(0.5, ge=0.0, le=10.0)  # confirm screens up to this many σ worse
+    accept_z: float = Field(2.33, gt=0.0, le=10.0)  # one-sided z of the confirmation's bound
+    noise_sigma_prior_bpb: float = Field(0.001, gt=0.0, le=1.0)  # σ until calibration has 3 dof
+
     # --- sandbox
     trainer_image: str = "autoresearch/trainer:cpu"
     runs_dir: Path = Path("/var/lib/autoresearch/runs")  # host path; per-run folders live here

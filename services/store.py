@@ -8,6 +8,9 @@ Keys (prefix `ar:`):
     dedupe:<base>:<hash>   id of the proposal with that normalised content on that base
     idem:<owner>:<key>     id created by a submit with that Idempotency-Key (expires after a day)
     scores                 zset id → val_bpb of scored proposals (leaderboard)
+    scores:<fingerprint>   zset id → val_bpb, per fingerprint (scores are compared only within one)
+    fingerprints           set of fingerprint keys seen
+    calibration:<fp>       hash commit → JSON list of every val_bpb of that branch commit (noise)
     best                   JSON of Best
     commits                hash commit → train.py on the research branch
     tokens                 hash sha256(token) → JSON {name, role}
@@ -141,18 +144,23 @@ class Store:
         return {state.value: int(count) for state, count in zip(State, pipe.execute(), strict=True)}
 
     @_translate
-    def transition(self, proposal_id: str, state: State, reason: str, **changes: Any) -> Proposal:
-        """Move a proposal to `state` (appending an event), applying `changes` atomically."""
-        return self._modify(proposal_id, state, reason, changes)
+    def transition(
+        self, proposal_id: str, state: State, reason: str, *, expect: set[State] | None = None, **changes: Any
+    ) -> Proposal:
+        """Move a proposal to `state` (appending an event), applying `changes` atomically. With
+        `expect`, raise Conflict unless the proposal is in one of those states (a compare-and-set:
+        of two workers taking the same proposal, one wins)."""
+        return self._modify(proposal_id, state, reason, changes, expect)
 
     @_translate
     def update(self, proposal_id: str, **changes: Any) -> Proposal:
         """Change fields without a state transition."""
-        return self._modify(proposal_id, None, "", changes)
+        return self._modify(proposal_id, None, "", changes, None)
 
     def _modify(
-        self, proposal_id: str, state: State | None, reason: str, changes: dict[str, Any]
-    ) -> Proposal:
+        self, proposal_id: str, state: State | None, reason: str, changes: dict[str, Any],
+        expect: set[State] | None,
+    ) -> Proposal:  # fmt: skip
         key = f"ar:proposal:{proposal_id}"
         with self.r.pipeline(transaction=True) as pipe:
             while True:
@@ -162,6 +170,10 @@ class Store:
                     if raw is None:
                         raise NotFound(f"no proposal with id {proposal_id!r}")
                     old = Proposal.model_validate_json(raw)
+                    if expect is not None and old.state not in expect:
+                        pipe.reset()
+                        wanted = "/".join(sorted(expect))
+                        raise Conflict(f"proposal {proposal_id} is {old.state}, not {wanted}")
                     fields = dict(changes, updated_at=now())
                     if state is not None:
                         fields.update(state=state, reason=reason)
@@ -181,12 +193,10 @@ class Store:
 
     @_translate
     def cancel(self, proposal_id: str, reason: str) -> Proposal:
-        proposal = self.get(proposal_id)
-        if proposal.state != State.QUEUED:
-            raise Conflict(
-                f"proposal {proposal_id} is {proposal.state}; only queued proposals can be cancelled"
-            )
-        return self.transition(proposal_id, State.CANCELLED, reason)
+        try:
+            return self.transition(proposal_id, State.CANCELLED, reason, expect={State.QUEUED})
+        except Conflict as exc:
+            raise Conflict(f"{exc}; only queued proposals can be cancelled") from exc
 
     @_translate
     def events(self, proposal_id: str) -> list[Event]:
@@ -194,12 +204,24 @@ class Store:
         return [Event.model_validate_json(raw) for raw in self.r.lrange(f"ar:events:{proposal_id}", 0, -1)]
 
     @_translate
-    def record_score(self, proposal_id: str, val_bpb: float) -> None:
-        self.r.zadd("ar:scores", {proposal_id: val_bpb})
+    def record_score(self, proposal_id: str, val_bpb: float, fingerprint_key: str | None = None) -> None:
+        """A proposal's score, on the overall board and on its fingerprint's board."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zadd("ar:scores", {proposal_id: val_bpb})
+        if fingerprint_key is not None:
+            pipe.zadd(f"ar:scores:{fingerprint_key}", {proposal_id: val_bpb})
+            pipe.sadd("ar:fingerprints", fingerprint_key)
+        pipe.execute()
 
     @_translate
-    def leaderboard(self, limit: int = 50) -> list[Proposal]:
-        ids = self.r.zrange("ar:scores", 0, limit - 1)
+    def fingerprints(self) -> list[str]:
+        return sorted(f.decode() for f in self.r.smembers("ar:fingerprints"))
+
+    @_translate
+    def leaderboard(self, limit: int = 50, fingerprint_key: str | None = None) -> list[Proposal]:
+        """Best scores first; scores of different fingerprints are never mixed when one is given."""
+        key = "ar:scores" if fingerprint_key is None else f"ar:scores:{fingerprint_key}"
+        ids = self.r.zrange(key, 0, limit - 1)
         raws = self.r.mget([f"ar:proposal:{i.decode()}" for i in ids]) if ids else []
         return [Proposal.model_validate_json(raw) for raw in raws if raw is not None]
 
@@ -230,6 +252,30 @@ class Store:
     @_translate
     def set_best(self, best: Best) -> None:
         self.r.set("ar:best", best.model_dump_json())
+
+    # --- noise calibration: every scored run of a commit on the branch, per fingerprint
+
+    @_translate
+    def add_calibration_runs(self, fingerprint_key: str, commit: str, scores: list[float]) -> None:
+        key = f"ar:calibration:{fingerprint_key}"
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = cast("bytes | None", pipe.hget(key, commit))
+                    runs = [*(json.loads(raw) if raw else []), *scores]
+                    pipe.multi()
+                    pipe.hset(key, commit, json.dumps(runs))
+                    pipe.sadd("ar:fingerprints", fingerprint_key)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    @_translate
+    def calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
+        raw = self.r.hgetall(f"ar:calibration:{fingerprint_key}")
+        return {k.decode(): [float(x) for x in json.loads(v)] for k, v in raw.items()}
 
     # --- tokens
 

@@ -1,7 +1,8 @@
 """A fake sandbox behind the `Sandbox` protocol, for testing service logic without Docker.
 
 It never executes the candidate. It reads directives from the candidate's text instead:
-    FAKE_SCORE = 1.23     the evaluation's val_bpb (plus FAKE_DELTA, if given)
+    FAKE_SCORE = 1.23     the evaluation's val_bpb (plus FAKE_DELTA, if given), plus a small
+                          seed-dependent wobble (±0.0001) unless FAKE_IGNORES_SEED = True
     FAKE_EXIT = 1         the training exit code (3 = CUDA OOM, 4 = non-finite loss)
     FAKE_TIMEOUT = True   training hits the wall clock
     FAKE_OOM = True       the container is OOM-killed
@@ -28,6 +29,11 @@ from services.worker.sandbox import (
 def directive(text: str, name: str, default: str | None = None) -> str | None:
     match = re.search(rf"^{name}\s*=\s*(.+?)\s*$", text, re.MULTILINE)
     return match.group(1) if match else default
+
+
+def seed_wobble(seed: int) -> float:
+    """A deterministic, seed-dependent offset in [-0.0001, 0.0001]."""
+    return ((seed * 2654435761) % 2001 - 1000) * 1e-7
 
 
 @dataclass
@@ -67,9 +73,10 @@ class FakeSandbox:
     def evaluate(self, request: EvalRequest) -> StepOutcome:
         text = (request.paths.code / "train.py").read_text()
         self.evaluated.append(request)
-        score = float(directive(text, "FAKE_SCORE", "1.5") or 1.5) + float(
-            directive(text, "FAKE_DELTA", "0") or 0
-        )
+        score = float(directive(text, "FAKE_SCORE", "1.5") or 1.5)
+        score += float(directive(text, "FAKE_DELTA", "0") or 0)
+        if not directive(text, "FAKE_IGNORES_SEED"):
+            score += seed_wobble(request.seed)
         result = {
             "val_bpb": score,
             "val_tokens": 100,

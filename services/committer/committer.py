@@ -3,13 +3,14 @@ process (one RQ worker on the `commits` queue), so decisions and commits are ser
 
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 
 import redis
 
 from services import queue
+from services.committer import rules
 from services.committer.repo import HeadMoved, ResearchRepo
-from services.committer.rules import beats_best
 from services.errors import ProposalError
 from services.models import Best, Decision, Proposal, RunResult, new_id
 from services.patches import build_candidate
@@ -67,10 +68,29 @@ class Committer:
         queue.enqueue_run(self.conn, run.id, self.settings.run_wall_clock_s + self.settings.eval_timeout_s)
         log.info("baseline run requested", extra={"proposal_id": run.id, "commit": head})
 
+    def recover(self) -> int:
+        """After a restart, finish the verdicts that were in flight: accepted but not yet merged, or
+        scored but not yet decided. Deciding is idempotent, so a duplicate job is harmless."""
+        pending = 0
+        for state in (State.ACCEPTED, State.EVALUATING, State.CONFIRMING):
+            proposals, _ = self.store.page(state, limit=10_000)
+            for proposal in proposals:
+                if state == State.ACCEPTED or _runs_complete(proposal):
+                    queue.enqueue_decision(self.conn, proposal.id)
+                    pending += 1
+        return pending
+
     # --- deciding
 
     def decide(self, proposal_id: str) -> Proposal:
+        """One step of a proposal's verdict; idempotent, so a retried or duplicated job is harmless."""
         proposal = self.store.get(proposal_id)
+        if proposal.state == State.ACCEPTED and proposal.decision is not None:
+            return self._merge(proposal_id, proposal.decision)  # a committer died before merging
+        if proposal.state == State.CONFIRMING and len(proposal.baseline_results) == len(
+            proposal.confirm_seeds
+        ):
+            return self._decide_confirmed(proposal)
         if proposal.state != State.EVALUATING:
             log.info("decision skipped: proposal is %s", proposal.state, extra={"proposal_id": proposal_id})
             return proposal
@@ -84,14 +104,68 @@ class Committer:
             self.conn.rpush(WAITING_FOR_BASELINE, proposal_id)
             log.info("waiting for the baseline score", extra={"proposal_id": proposal_id})
             return proposal
-        candidate_bpb = _mean(scored)
-        decision = beats_best(candidate_bpb, best.val_bpb, best.commit)
-        self.store.record_score(proposal_id, candidate_bpb)
+        return self._screen(proposal, scored, best)
+
+    def _screen(self, proposal: Proposal, scored: list[RunResult], best: Best) -> Proposal:
+        fingerprint = _fingerprint_key(scored)
+        screen_bpb = _mean(scored)
+        self.store.record_score(proposal.id, screen_bpb, fingerprint)
+        decision = rules.screen(
+            screen_bpb, best.val_bpb or 0.0, best.commit, self.noise(fingerprint), self.params
+        )
+        if only_seed_changed(proposal.diff):
+            decision = decision.model_copy(update={
+                "confirm": False,
+                "reason": "the change only touches seeding; the harness chooses seeds, so it cannot improve",
+            })  # fmt: skip
+        if not decision.confirm:
+            self._keep_tried(proposal, decision)
+            return self.store.transition(
+                proposal.id, State.REJECTED, decision.reason, decision=decision, screening=decision
+            )
+        if proposal.base_commit != self.repo.head():
+            return self._requeue_on_head(proposal)
+        seeds = _fresh_seeds(self.settings.confirm_runs, exclude=set(proposal.seeds))
+        confirming = self.store.transition(
+            proposal.id, State.CONFIRMING, decision.reason, decision=decision, screening=decision,
+            confirm_seeds=seeds, baseline_results=[],
+        )  # fmt: skip
+        budget = 2 * len(seeds) * (self.settings.run_wall_clock_s + self.settings.eval_timeout_s)
+        queue.enqueue_run(self.conn, proposal.id, budget)
+        return confirming
+
+    def _decide_confirmed(self, proposal: Proposal) -> Proposal:
+        confirm_runs = proposal.results[len(proposal.seeds) :]
+        candidate = [r.val_bpb for r in confirm_runs if r.val_bpb is not None]
+        baseline = [r.val_bpb for r in proposal.baseline_results if r.val_bpb is not None]
+        fingerprint = _fingerprint_key([*confirm_runs, *proposal.baseline_results])
+        if fingerprint is not None:
+            self.store.add_calibration_runs(fingerprint, proposal.base_commit, baseline)
+        decision = rules.confirm(
+            candidate,
+            baseline,
+            proposal.confirm_seeds,
+            proposal.base_commit,
+            self.noise(fingerprint),
+            self.params,
+        )
+        self.store.record_score(proposal.id, decision.candidate_bpb, fingerprint)
         if not decision.accepted:
             self._keep_tried(proposal, decision)
-            return self.store.transition(proposal_id, State.REJECTED, decision.reason, decision=decision)
-        self.store.transition(proposal_id, State.ACCEPTED, decision.reason, decision=decision)
-        return self._merge(proposal_id, decision)
+            return self.store.transition(proposal.id, State.REJECTED, decision.reason, decision=decision)
+        self.store.transition(proposal.id, State.ACCEPTED, decision.reason, decision=decision)
+        return self._merge(proposal.id, decision)
+
+    def noise(self, fingerprint_key: str | None) -> rules.Noise:
+        runs = self.store.calibration_runs(fingerprint_key) if fingerprint_key else {}
+        return rules.calibrate(runs, self.params)
+
+    @property
+    def params(self) -> rules.RuleParams:
+        return rules.RuleParams(
+            confirm_runs=self.settings.confirm_runs, screen_margin_sigma=self.settings.screen_margin_sigma,
+            accept_z=self.settings.accept_z, sigma_prior_bpb=self.settings.noise_sigma_prior_bpb,
+        )  # fmt: skip
 
     def _merge(self, proposal_id: str, decision: Decision) -> Proposal:
         proposal = self.store.get(proposal_id)
@@ -149,6 +223,8 @@ class Committer:
             diff=candidate.diff,
             content_hash=candidate.content_hash,
             results=[],
+            baseline_results=[],
+            confirm_seeds=[],
             decision=None,
         )
         queue.enqueue_run(
@@ -157,22 +233,30 @@ class Committer:
         return requeued
 
     def _record_commit_run(self, proposal: Proposal, scored: list[RunResult]) -> Proposal:
-        """A run of an existing commit: it sets the commit's score when it has none (the baseline)."""
+        """A run of an existing commit feeds the noise calibration of its fingerprint; for the best
+        commit, the best's score becomes the mean of all its runs (the baseline's first score too)."""
         val_bpb = _mean(scored)
-        self.store.record_score(proposal.id, val_bpb)
+        fingerprint = _fingerprint_key(scored)
+        self.store.record_score(proposal.id, val_bpb, fingerprint)
+        if fingerprint is not None:
+            self.store.add_calibration_runs(
+                fingerprint, proposal.base_commit, [r.val_bpb or 0.0 for r in scored]
+            )
         best = self.store.get_best()
         reason = f"run of {proposal.base_commit[:10]} scored val_bpb {val_bpb:.6f}"
-        if best is not None and best.commit == proposal.base_commit and best.val_bpb is None:
+        if best is not None and best.commit == proposal.base_commit:
+            runs = self.store.calibration_runs(fingerprint).get(best.commit, []) if fingerprint else []
+            mean = sum(runs) / len(runs) if runs else val_bpb
             self.store.set_best(
                 best.model_copy(
                     update={
-                        "val_bpb": val_bpb,
-                        "proposal_id": proposal.id,
-                        "fingerprint_key": _fingerprint_key(scored),
+                        "val_bpb": mean,
+                        "proposal_id": best.proposal_id or proposal.id,
+                        "fingerprint_key": fingerprint,
                     }
                 )
             )
-            reason += "; it is the best's score now"
+            reason += f"; the best's score is now the mean of {max(1, len(runs))} runs: {mean:.6f}"
             self._release_waiting()
         return self.store.transition(proposal.id, State.MERGED, reason)
 
@@ -188,6 +272,32 @@ class Committer:
             _message(proposal, decision),
             _note(proposal, decision),
         )
+
+
+def _runs_complete(proposal: Proposal) -> bool:
+    if proposal.state == State.CONFIRMING:
+        return bool(proposal.confirm_seeds) and len(proposal.baseline_results) == len(proposal.confirm_seeds)
+    return len(proposal.results) == len(proposal.seeds) and all(r.val_bpb is not None for r in proposal.results)
+
+
+def only_seed_changed(diff: str) -> bool:
+    """True when every line the diff adds or removes mentions a seed: such a change cannot improve the
+    model, only pick luck (the harness chooses seeds)."""
+    changed = [
+        line[1:] for line in diff.splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---")) and line[1:].strip()
+    ]  # fmt: skip
+    return bool(changed) and all("seed" in line.lower() for line in changed)
+
+
+def _fresh_seeds(count: int, exclude: set[int]) -> list[int]:
+    """Unpredictable harness seeds, so that no proposal can be tuned to them."""
+    seeds: list[int] = []
+    while len(seeds) < count:
+        seed = secrets.randbelow(2**31 - 1) + 1
+        if seed not in exclude and seed not in seeds:
+            seeds.append(seed)
+    return seeds
 
 
 def _mean(results: list[RunResult]) -> float:

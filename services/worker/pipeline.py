@@ -8,11 +8,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import redis
 
 from services import queue
-from services.errors import InfraError, RunFailed
+from services.errors import Conflict, InfraError, RunFailed, SandboxUnavailable
 from services.models import Fingerprint, Proposal, RunResult, StepTimings, new_id
 from services.settings import Settings
 from services.states import State
@@ -35,17 +36,23 @@ class Worker:
     name: str = "worker"
 
     def execute(self, proposal_id: str) -> Proposal:
-        """Run every seed of a queued proposal. A proposal that is not queued (cancelled, or a job
-        delivered twice) is left alone, so nothing runs twice."""
+        """Run what a proposal is waiting for: its screening run(s) when queued, its paired
+        confirmation runs when confirming. Anything else (cancelled, finished, or a job delivered
+        twice) is left alone, so nothing runs twice."""
         proposal = self.store.get(proposal_id)
-        if proposal.state != State.QUEUED:
+        if proposal.state == State.CONFIRMING:
+            return self._confirm(proposal)
+        try:
+            self.store.transition(
+                proposal_id, State.RUNNING, f"{self.name} started training", expect={State.QUEUED}
+            )
+        except Conflict:
             log.info("skipped: proposal is %s", proposal.state, extra={"proposal_id": proposal_id})
             return proposal
-        self.store.transition(proposal_id, State.RUNNING, f"{self.name} started training")
         try:
             results = self._run_seeds(proposal)
         except InfraError as exc:
-            return self._infra_failure(proposal_id, exc)
+            return self._infra_failure(proposal_id, exc, State.QUEUED)
         failed = next((r for r in results if r.state != State.EVALUATING), None)
         if failed is not None:
             return self.store.transition(proposal_id, failed.state, failed.reason, results=results)
@@ -63,35 +70,69 @@ class Worker:
                 break
         return results
 
-    def run_once(self, proposal: Proposal, seed: int) -> RunResult:
+    def _confirm(self, proposal: Proposal) -> Proposal:
+        """Paired runs: for each confirmation seed, the candidate then the best (the proposal's
+        base), back to back on this worker, so both see the same machine and cache state."""
+        pending = proposal.confirm_seeds[len(proposal.baseline_results) :]
+        claim_ttl_s = 2 * max(1, len(pending)) * self._claim_ttl_s()
+        if not self.conn.set(f"ar:claim:{proposal.id}:confirm", self.name, nx=True, ex=claim_ttl_s):
+            log.info("skipped: another worker confirms it", extra={"proposal_id": proposal.id})
+            return proposal
+        try:
+            for seed in pending:
+                candidate = self.run_once(proposal, seed, announce=False)
+                if candidate.state != State.EVALUATING:
+                    results = [*proposal.results, candidate]
+                    return self.store.transition(
+                        proposal.id, candidate.state, f"confirmation run (seed {seed}): {candidate.reason}",
+                        results=results,
+                    )  # fmt: skip
+                best = self.run_once(proposal, seed, announce=False, subject="best")
+                if best.state != State.EVALUATING:
+                    raise SandboxUnavailable(f"the best's paired run failed ({best.state}: {best.reason})")
+                proposal = self.store.update(
+                    proposal.id, results=[*proposal.results, candidate],
+                    baseline_results=[*proposal.baseline_results, best],
+                )  # fmt: skip
+        except InfraError as exc:
+            return self._infra_failure(proposal.id, exc, State.CONFIRMING)
+        finally:
+            self.conn.delete(f"ar:claim:{proposal.id}:confirm")
+        queue.enqueue_decision(self.conn, proposal.id)
+        return proposal
+
+    def run_once(
+        self,
+        proposal: Proposal,
+        seed: int,
+        *,
+        announce: bool = True,
+        subject: Literal["candidate", "best"] = "candidate",
+    ) -> RunResult:
+        """Train and evaluate one train.py (the candidate, or with subject="best" its base) with one
+        seed. `announce` moves the proposal to `evaluating` when its evaluation starts."""
         run_id = new_id("run")
+        train_py = proposal.train_py if subject == "candidate" else proposal.base_train_py
         t0 = time.monotonic()
-        paths = prepare_run_dir(self.settings.runs_dir, run_id, proposal.train_py)
+        paths = prepare_run_dir(self.settings.runs_dir, run_id, train_py)
         t1 = time.monotonic()
         trained = self.sandbox.train(self._train_request(proposal, run_id, paths, seed))
         t2 = time.monotonic()
-        base = {
-            "run_id": run_id,
-            "proposal_id": proposal.id,
-            "seed": seed,
-            "log_tail": self._tail(trained.log),
-        }
+        base = {"run_id": run_id, "proposal_id": proposal.id, "seed": seed, "subject": subject,
+                "log_tail": self._tail(trained.log)}  # fmt: skip
         failure = classify_training(trained, self.settings.run_wall_clock_s)
         if failure is not None:
-            return RunResult(
-                **base,
-                state=failure[0],
-                reason=failure[1],
-                timings=StepTimings(prepare_s=t1 - t0, train_container_s=t2 - t1),
-            )
+            timings = StepTimings(prepare_s=t1 - t0, train_container_s=t2 - t1)
+            return RunResult(**base, state=failure[0], reason=failure[1], timings=timings)
         try:
             run_json = collect_checkpoint(paths, self.settings.max_checkpoint_bytes).run_json
         except RunFailed as exc:
             return RunResult(**base, state=exc.state, reason=exc.reason)
         t3 = time.monotonic()
-        self.store.transition(
-            proposal.id, State.EVALUATING, f"trained {run_json.get('steps')} steps; evaluating"
-        )
+        if announce:
+            self.store.transition(
+                proposal.id, State.EVALUATING, f"trained {run_json.get('steps')} steps; evaluating"
+            )
         evaluated = self.sandbox.evaluate(self._eval_request(proposal, run_id, paths, seed))
         t4 = time.monotonic()
         timings = StepTimings(
@@ -100,11 +141,9 @@ class Worker:
         if evaluated.exit_code != 0 or evaluated.timed_out:
             why = "timed out" if evaluated.timed_out else f"exit code {evaluated.exit_code}"
             return RunResult(
-                **{**base, "log_tail": self._tail(evaluated.log)},
-                state=State.VOIDED,
-                reason=f"evaluation failed ({why}): {_last_line(evaluated.log)}",
-                timings=timings,
-            )
+                **{**base, "log_tail": self._tail(evaluated.log)}, state=State.VOIDED,
+                reason=f"evaluation failed ({why}): {_last_line(evaluated.log)}", timings=timings,
+            )  # fmt: skip
         try:
             scored = read_result(paths)
         except RunFailed as exc:
@@ -167,7 +206,9 @@ class Worker:
             device=self.settings.device,
         )
 
-    def _infra_failure(self, proposal_id: str, exc: InfraError) -> Proposal:
+    def _infra_failure(self, proposal_id: str, exc: InfraError, retry_state: State) -> Proposal:
+        """Never the proposal's fault: run it again (screening from scratch, or the confirmation runs
+        still missing) up to `infra_retries` times, then `infra_error`."""
         proposal = self.store.get(proposal_id)
         attempts = proposal.attempts + 1
         if attempts > self.settings.infra_retries:
@@ -177,17 +218,17 @@ class Worker:
                 f"infrastructure failed {attempts} times; last: {exc}",
                 attempts=attempts,
             )
-        self.store.transition(
-            proposal_id,
-            State.QUEUED,
-            f"infrastructure failed ({exc}); retry {attempts} of {self.settings.infra_retries}",
-            attempts=attempts,
-            results=[],
-        )
-        queue.enqueue_run(
-            self.conn, proposal_id, self.settings.run_wall_clock_s + self.settings.eval_timeout_s
-        )
+        reason = f"infrastructure failed ({exc}); retry {attempts} of {self.settings.infra_retries}"
+        changes: dict[str, object] = {"attempts": attempts}
+        if retry_state == State.QUEUED:
+            changes["results"] = []
+        self.store.transition(proposal_id, retry_state, reason, expect=None, **changes)
+        runs = len(proposal.seeds) if retry_state == State.QUEUED else 2 * len(proposal.confirm_seeds)
+        queue.enqueue_run(self.conn, proposal_id, runs * self._claim_ttl_s())
         return self.store.get(proposal_id)
+
+    def _claim_ttl_s(self) -> int:
+        return self.settings.run_wall_clock_s + self.settings.eval_timeout_s
 
     def _tail(self, text: str) -> str:
         data = text.encode("utf-8", "replace")[-self.settings.log_tail_bytes :]

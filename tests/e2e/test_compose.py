@@ -103,6 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_images: None) -> Iter
 
 def test_better_proposal_merged_worse_rejected(stack: Stack) -> None:
     with stack.client() as api:
+        wait_until(lambda: api.get("/healthz").status_code == 200, 120, "the controller to answer")
         best = wait_until(
             lambda: (
                 (b := api.get("/v1/best")).status_code == 200 and b.json()["val_bpb"] is not None and b.json()
