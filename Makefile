@@ -48,6 +48,7 @@ down:
 bench: setup images
 	$(PY) bench/cycle.py
 	$(PY) bench/api_load.py
+	$(PY) bench/acceptance.py
 
 reap: setup
 	$(VENV)/bin/autoresearch-reap

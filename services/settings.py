@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # --- acceptance (rule paired-z/v1, services/committer/rules.py)
     confirm_runs: int = Field(3, ge=1, le=32)  # paired confirmation runs, candidate and best each
     screen_margin_sigma: float = Field(0.5, ge=0.0, le=10.0)  # confirm screens up to this many σ worse
-    accept_z: float = Field(2.33, gt=0.0, le=10.0)  # one-sided z of the confirmation's bound
+    accept_z: float = Field(2.6, gt=0.0, le=10.0)  # one-sided z of the bound; 2.6 keeps false accepts < 1%
     noise_sigma_prior_bpb: float = Field(0.001, gt=0.0, le=1.0)  # σ until calibration has 3 dof
 
     # --- sandbox
