@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     max_checkpoint_bytes: int = Field(4 * GIB, ge=KIB)
     max_output_bytes: int = Field(8 * GIB, ge=KIB)  # whole output folder; the run is killed beyond
     kill_grace_s: float = Field(5.0, ge=0.0)
+    # "tmpfs": /tmp is a size-capped tmpfs; "bind": the run's own scratch folder (mode 1777), for
+    # hosts where a tmpfs is not writable by the unprivileged user (seen on the GPU device machine).
+    scratch_mode: Literal["tmpfs", "bind"] = "tmpfs"
+    sandbox_extra_env: dict[str, str] = {}  # operator settings for every container (LD_LIBRARY_PATH)
+    eval_max_docs: int | None = Field(None, gt=0)  # evaluate on the first N documents only (tests)
+    keep_checkpoints: bool = False  # keep each run's weights; otherwise removed once scored
 
     # --- research repo (committer)
     repo_dir: Path = Path("/var/lib/autoresearch/repo")
@@ -72,6 +78,7 @@ class Settings(BaseSettings):
     git_author: str = "autoresearch committer <committer@autoresearch.invalid>"
 
     # --- controller
+    program_path: Path = Path("program.md")  # version 1 of the agents' instructions
     host: str = "0.0.0.0"
     port: int = Field(8000, gt=0, lt=65536)
     page_size_max: int = Field(200, gt=0)

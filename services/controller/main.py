@@ -1,11 +1,8 @@
 """`autoresearch-controller`: serve the API with uvicorn, configured from the environment (AR_*)."""
 
-import os
-from pathlib import Path
-
 import uvicorn
 
-from services.controller.app import DEFAULT_PROGRAM_PATH, create_app
+from services.controller.app import create_app
 from services.logs import configure_logging
 from services.settings import Settings
 
@@ -16,10 +13,8 @@ SHUTDOWN_GRACE_S = 5
 def main() -> None:
     configure_logging()
     settings = Settings()
-    # TODO(lead): move into Settings as `program_path` (AR_PROGRAM_PATH); read here until then.
-    program_path = Path(os.environ.get("AR_PROGRAM_PATH", str(DEFAULT_PROGRAM_PATH)))
     uvicorn.run(
-        create_app(settings, program_path=program_path),
+        create_app(settings, program_path=settings.program_path),
         host=settings.host,
         port=settings.port,
         log_config=None,

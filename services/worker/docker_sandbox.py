@@ -37,6 +37,7 @@ Not enforced (operators take note)
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -46,7 +47,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -145,9 +146,10 @@ class _Step:
 class _LogTail:
     """Reads a container's attach stream on a thread, keeping the last `cap` bytes."""
 
-    def __init__(self, stream: Any, cap: int) -> None:
+    def __init__(self, stream: Any, cap: int, sink: Callable[[str], None] | None = None) -> None:
         self._stream = stream
         self._cap = cap
+        self._sink = sink
         self._buffer = bytearray()
         self.total_bytes = 0
         self.error: BaseException | None = None
@@ -157,6 +159,8 @@ class _LogTail:
     def _read(self) -> None:
         try:
             for chunk in self._stream:
+                if self._sink is not None:
+                    self._sink(chunk.decode("utf-8", "replace"))
                 self.total_bytes += len(chunk)
                 self._buffer += chunk
                 if len(self._buffer) > 2 * self._cap:  # trim rarely: amortised O(1) per byte
@@ -198,7 +202,8 @@ class DockerSandbox:
     `evaluator` are in-container paths of the trainer image's interpreter and trusted scorer.
     `extra_env` is operator configuration added to every container (e.g. LD_LIBRARY_PATH for
     gpu_mode "devices" with the host's driver mounted); nothing is taken from the worker's own
-    environment. `owner` labels the containers (the worker's name), for `remove_strays`.
+    environment. `log_sink(proposal_id, chunk)` receives the output live (the API's log stream).
+    `owner` labels the containers (the worker's name), for `remove_strays`.
     """
 
     def __init__(
@@ -216,6 +221,7 @@ class DockerSandbox:
         eval_batch_size: int | None = None,
         owner: str = "",
         extra_env: Mapping[str, str] | None = None,
+        log_sink: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
@@ -230,6 +236,7 @@ class DockerSandbox:
         self.eval_batch_size = eval_batch_size
         self.owner = owner
         self.extra_env = dict(extra_env or {})
+        self.log_sink = log_sink  # (proposal_id, text chunk), called live from the log thread
         self._environments: dict[str, Environment] = {}
 
     # ---------------------------------------------------------------------------------------------
@@ -364,7 +371,10 @@ class DockerSandbox:
 
     def _start_and_supervise(self, container: Any, step: _Step) -> StepOutcome:
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=False)
-        logs = _LogTail(stream, self.settings.max_log_bytes)
+        sink = None
+        if self.log_sink is not None:
+            sink = functools.partial(self.log_sink, step.labels[LABEL_PROPOSAL])
+        logs = _LogTail(stream, self.settings.max_log_bytes, sink)
         try:
             container.start()
             started = time.monotonic()

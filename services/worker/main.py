@@ -26,9 +26,15 @@ def main() -> None:
         if settings.gpu_mode != "none"
         else socket.gethostname()
     )
-    jobs.configure(
-        Worker(settings=settings, store=Store(conn), sandbox=DockerSandbox(settings), conn=conn, name=name)
-    )
+    store = Store(conn)
+    sandbox = DockerSandbox(
+        settings, owner=name, scratch_mode=settings.scratch_mode, extra_env=settings.sandbox_extra_env,
+        eval_max_docs=settings.eval_max_docs, log_sink=store.append_live_log,
+    )  # fmt: skip
+    removed = sandbox.remove_strays()  # containers a previous life of this worker left behind
+    if removed:
+        log.warning("removed %d stray containers: %s", len(removed), ", ".join(removed))
+    jobs.configure(Worker(settings=settings, store=store, sandbox=sandbox, conn=conn, name=name))
     log.info("worker %s ready (device %s, gpu mode %s)", name, settings.device, settings.gpu_mode)
     # SimpleWorker runs jobs in this process: the sandbox's containers are the isolation, and one
     # process per GPU keeps the Docker client and Redis connections alive between runs.

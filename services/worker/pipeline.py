@@ -6,6 +6,7 @@ Each step is a small function; the sandbox is any `Sandbox` (Docker in productio
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -115,6 +116,22 @@ class Worker:
         train_py = proposal.train_py if subject == "candidate" else proposal.base_train_py
         t0 = time.monotonic()
         paths = prepare_run_dir(self.settings.runs_dir, run_id, train_py)
+        try:
+            return self._train_and_score(proposal, seed, subject, run_id, paths, t0, announce)
+        finally:
+            if not self.settings.keep_checkpoints:
+                _discard_outputs(paths)
+
+    def _train_and_score(
+        self,
+        proposal: Proposal,
+        seed: int,
+        subject: str,
+        run_id: str,
+        paths: RunPaths,
+        t0: float,
+        announce: bool,
+    ) -> RunResult:
         t1 = time.monotonic()
         trained = self.sandbox.train(self._train_request(proposal, run_id, paths, seed))
         t2 = time.monotonic()
@@ -250,6 +267,13 @@ def classify_training(outcome: StepOutcome, wall_clock_s: int) -> tuple[State, s
     if outcome.exit_code != 0:
         return State.CRASHED, f"the trainer exited with code {outcome.exit_code}: {_last_line(outcome.log)}"
     return None
+
+
+def _discard_outputs(paths: RunPaths) -> None:
+    """Weights and scratch go once a run is scored (hundreds of MB each on a GPU); the logs, the
+    run's train.py and the evaluation's result stay in the run folder."""
+    for folder in (paths.out, paths.checkpoint, paths.scratch):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _last_line(log_text: str) -> str:

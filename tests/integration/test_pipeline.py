@@ -142,6 +142,8 @@ def test_better_proposal_is_merged_with_numbers_in_message_and_note(service: Ser
     assert len(merged.results) == 1 + service.settings.confirm_runs
     assert [r.seed for r in merged.baseline_results] == merged.confirm_seeds
     assert merged.gpu_seconds() > 0
+    run_dirs = list(service.settings.runs_dir.iterdir())
+    assert run_dirs and all((d / "code" / "train.py").exists() and not (d / "out").exists() for d in run_dirs)
 
 
 def test_worse_proposal_is_rejected_and_kept_as_a_ref(service: Service) -> None:
