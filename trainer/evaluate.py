@@ -1,0 +1,338 @@
+"""The trusted scorer (a fixed file): bits per byte of a checkpoint on the validation books.
+
+    python evaluate.py --train-py <candidate train.py> --checkpoint <dir> --data-dir <train dir>
+                       --val-dir <val dir> --out <result.json> [--device cpu|cuda] [--max-docs N]
+                       [--batch-size B] [--seed S]
+
+Protocol (DESIGN.md, "Evaluation"; tests pin it):
+  * books in file order, never joined: `text.split("\\n\\n")` gives paragraphs, each cut into
+    6,000-character pieces; pieces are joined with "\\n\\n" into a document while it stays at most
+    6,000 characters. Each document becomes [BOS] + encode(document).
+  * rows of 2,049 tokens (2,048 input positions): a document goes whole into the current row if it
+    fits, else into a new row; a document longer than a row fills rows of its own, row k holding its
+    tokens [2048k, 2048k + 2049). Unfilled positions are masked; BOS targets count nowhere.
+  * the scorer takes log_softmax of the candidate's logits in float32 and sums in float64:
+    val_bpb = sum(nats over targets) / (ln 2 * sum(UTF-8 bytes of those targets)).
+  * a row that continues a document goes in a later batch than the row before it; the order is
+    otherwise shuffled per run (--seed).
+
+The candidate's `build_model(run.json["config"])` builds the model; weights load with safetensors
+(never pickle). On CUDA the model runs under bf16 autocast, as it trained. Exit codes: 0 scored;
+2 bad checkpoint or bad model output (the reason on stderr); 1 anything else.
+
+Hardening the scorer against hostile candidates (separate process and user, causality probes) is
+the trusted-evaluation issue's work; this file computes the score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import importlib.util
+import json
+import lzma
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+EVALUATOR_VERSION = "1"
+MAX_DOC_CHARS = 6000
+ROW_TOKENS = 2049  # 2,048 input positions + 1
+DEFAULT_SEED = 0
+HASH_CHUNK_BYTES = 1 << 22
+
+
+class BadCheckpoint(Exception):
+    """The checkpoint or the model it builds cannot be scored (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Documents and tokens
+
+
+def book_documents(text: str, max_chars: int = MAX_DOC_CHARS) -> list[str]:
+    """Split a book at paragraph boundaries into documents of at most `max_chars` characters."""
+    documents: list[str] = []
+    pieces: list[str] = []
+    length = 0
+    for paragraph in text.split("\n\n"):
+        for start in range(0, max(len(paragraph), 1), max_chars):
+            piece = paragraph[start : start + max_chars]
+            if pieces and length + 2 + len(piece) <= max_chars:
+                pieces.append(piece)
+                length += 2 + len(piece)
+            else:
+                if pieces:
+                    documents.append("\n\n".join(pieces))
+                pieces, length = [piece], len(piece)
+    if pieces:
+        documents.append("\n\n".join(pieces))
+    return documents
+
+
+def val_files(val_dir: Path) -> list[Path]:
+    files = sorted(p for p in Path(val_dir).iterdir() if p.name.endswith((".jsonl", ".jsonl.xz")))
+    if not files:
+        raise FileNotFoundError(f"{val_dir}: no validation .jsonl or .jsonl.xz file")
+    return files
+
+
+def load_documents(paths: list[Path], max_docs: int | None = None) -> list[str]:
+    """All validation documents in protocol order (files, books, documents), the first `max_docs`."""
+    documents: list[str] = []
+    for path in paths:
+        opener = lzma.open if path.name.endswith(".xz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    documents.extend(book_documents(json.loads(line)["text"]))
+                if max_docs is not None and len(documents) >= max_docs:
+                    return documents[:max_docs]
+    return documents
+
+
+def load_tokenizer(path: Path):  # -> (tiktoken.Encoding, bos_id, token byte lengths)
+    import tiktoken
+
+    spec = json.loads(Path(path).read_text())
+    tokens = [base64.b64decode(t) for t in spec["mergeable_ranks"]]
+    encoding = tiktoken.Encoding(
+        name="autoresearch-bpe",
+        pat_str=spec["pattern"],
+        mergeable_ranks={t: i for i, t in enumerate(tokens)},
+        special_tokens={spec["bos_token"]: spec["bos_id"]},
+    )
+    byte_lengths = np.zeros(spec["vocab_size"], dtype=np.int64)
+    byte_lengths[: len(tokens)] = [len(t) for t in tokens]  # special tokens keep 0
+    return encoding, spec["bos_id"], byte_lengths
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass
+class Rows:
+    tokens: np.ndarray  # int64 [R, 2049]; unfilled positions hold BOS
+    targets_mask: np.ndarray  # bool [R, 2048]: position t scores tokens[:, t + 1]
+    level: np.ndarray  # int64 [R]: 0 for a row that starts a document, k for its k-th continuation
+
+
+def pack_rows(docs: list[list[int]], bos_id: int, row_tokens: int = ROW_TOKENS) -> Rows:
+    """Place documents (each [BOS] + tokens) into rows as the protocol says."""
+    step = row_tokens - 1
+    rows: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    levels: list[int] = []
+    current: list[int] = []
+
+    def emit(row: list[int], level: int) -> None:
+        padded = np.full(row_tokens, bos_id, dtype=np.int64)
+        padded[: len(row)] = row
+        target = padded[1:]
+        mask = (np.arange(1, row_tokens) < len(row)) & (target != bos_id)
+        rows.append(padded)
+        masks.append(mask)
+        levels.append(level)
+
+    for doc in docs:
+        if len(doc) <= row_tokens - len(current):
+            current.extend(doc)
+            continue
+        if current:
+            emit(current, 0)
+            current = []
+        if len(doc) <= row_tokens:
+            current = list(doc)
+            continue
+        for k, start in enumerate(range(0, len(doc) - 1, step)):
+            emit(doc[start : start + row_tokens], k)
+    if current:
+        emit(current, 0)
+    return Rows(np.stack(rows), np.stack(masks), np.array(levels, dtype=np.int64))
+
+
+def batch_order(levels: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Batches of row indices: shuffled, level by level, so a continuation row always comes in a
+    later batch than the row it continues (a batch never mixes levels)."""
+    rng = random.Random(seed)
+    batches = []
+    for level in range(int(levels.max()) + 1 if len(levels) else 0):
+        indices = [int(i) for i in np.flatnonzero(levels == level)]
+        rng.shuffle(indices)
+        batches += [np.array(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------------
+# Candidate model
+
+
+def load_candidate(train_py: Path, checkpoint: Path, device: str) -> tuple[torch.nn.Module, dict]:
+    from safetensors.torch import load_model
+
+    weights, run_json = checkpoint / "model.safetensors", checkpoint / "run.json"
+    for path in (weights, run_json):
+        if not path.is_file():
+            raise BadCheckpoint(f"missing {path}")
+    try:
+        config = json.loads(run_json.read_text())["config"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadCheckpoint(f"{run_json}: no JSON object with a 'config' field ({exc})") from exc
+    spec = importlib.util.spec_from_file_location("candidate_train", train_py)
+    if spec is None or spec.loader is None:
+        raise BadCheckpoint(f"cannot import {train_py}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "build_model", None)):
+        raise BadCheckpoint(f"{train_py} defines no build_model(config)")
+    try:
+        model = module.build_model(config)
+    except Exception as exc:  # any failure of the candidate's constructor is the checkpoint's fault
+        raise BadCheckpoint(f"build_model(run.json config) failed: {exc!r}") from exc
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=True, device="cpu")
+    except Exception as exc:  # safetensors reports shape and key mismatches as RuntimeError or others
+        raise BadCheckpoint(f"{weights} does not fit build_model(config): {exc}") from exc
+    return model.to(device).eval(), config
+
+
+def score_rows(model, rows: Rows, byte_lengths: np.ndarray, batch_size: int, device: str, seed: int) -> dict:
+    """Sum nats and bytes over all targets; checks every batch's logits (shape, dtype, finite)."""
+    vocab = len(byte_lengths)
+    tokens = torch.from_numpy(rows.tokens)
+    masks = torch.from_numpy(rows.targets_mask)
+    byte_table = torch.from_numpy(byte_lengths).to(device)
+    num_targets = 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    with torch.inference_mode(), autocast:
+        nats = torch.zeros((), dtype=torch.float64, device=device)
+        num_bytes = torch.zeros((), dtype=torch.int64, device=device)
+        for batch in batch_order(rows.level, batch_size, seed):
+            row = tokens[batch].to(device)
+            inputs, targets = row[:, :-1], row[:, 1:]
+            mask = masks[batch].to(device)
+            logits = model(inputs)
+            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*inputs.shape, vocab):
+                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise BadCheckpoint(f"logits have shape {shape}; want {(*inputs.shape, vocab)}")
+            if not logits.is_floating_point():
+                raise BadCheckpoint(f"logits have dtype {logits.dtype}; want a float dtype")
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            if not bool(torch.isfinite(logprobs).all()):
+                raise BadCheckpoint("non-finite logits")
+            target_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            nats -= target_logprobs[mask].double().sum()
+            num_bytes += byte_table[targets[mask]].sum()
+            num_targets += int(mask.sum())
+    total_bytes = int(num_bytes)
+    return {
+        "nats": float(nats),
+        "val_tokens": num_targets,
+        "val_bytes": total_bytes,
+        "val_bpb": float(nats) / (math.log(2) * total_bytes) if total_bytes else float("nan"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fixed_hashes(data_dir: Path, val_dir: Path, val_paths: list[Path]) -> dict[str, str]:
+    here = Path(__file__).resolve().parent
+    paths = {
+        "prepare.py": here / "prepare.py",
+        "evaluate.py": here / "evaluate.py",
+        "tokenizer.json": data_dir / "tokenizer.json",
+        "token_bytes.npy": data_dir / "token_bytes.npy",
+        **{f"val/{p.name}": p for p in val_paths},
+        "val/manifest.json": val_dir / "manifest.json",
+    }
+    return {name: sha256_file(path) for name, path in paths.items() if path.is_file()}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    started = time.time()
+    torch.manual_seed(args.seed)
+    encoding, bos_id, byte_lengths = load_tokenizer(args.data_dir / "tokenizer.json")
+    table_path = args.data_dir / "token_bytes.npy"
+    if table_path.is_file() and not np.array_equal(np.load(table_path), byte_lengths):
+        raise ValueError(f"{table_path} disagrees with tokenizer.json")
+    paths = val_files(args.val_dir)
+    documents = load_documents(paths, args.max_docs)
+    encoded = encoding.encode_ordinary_batch(documents, num_threads=os.cpu_count() or 1)
+    rows = pack_rows([[bos_id, *ids] for ids in encoded], bos_id)
+    doc_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    model, _ = load_candidate(args.train_py, args.checkpoint, args.device)
+    scored = score_rows(model, rows, byte_lengths, args.batch_size, args.device, args.seed)
+    if scored["val_bytes"] != doc_bytes:
+        raise ValueError(f"target bytes {scored['val_bytes']} != document bytes {doc_bytes} (tokenizer broken?)")
+    return {
+        "val_bpb": scored["val_bpb"],
+        "val_tokens": scored["val_tokens"],
+        "val_bytes": scored["val_bytes"],
+        "val_nats": scored["nats"],
+        "num_documents": len(documents),
+        "num_rows": len(rows.level),
+        "evaluator_version": EVALUATOR_VERSION,
+        "eval_s": round(time.time() - started, 3),
+        "device": args.device,
+        "seed": args.seed,
+        "max_docs": args.max_docs,
+        "checkpoint_sha256": sha256_file(args.checkpoint / "model.safetensors"),
+        "train_py_sha256": sha256_file(args.train_py),
+        "fixed_hashes": fixed_hashes(args.data_dir, args.val_dir, paths),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-py", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="dir with model.safetensors and run.json")
+    parser.add_argument("--data-dir", type=Path, required=True, help="training data dir (for the tokenizer)")
+    parser.add_argument("--val-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="result.json path")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-docs", type=int, default=None, help="score only the first N documents")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default 32 cuda, 4 cpu)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the row order")
+    args = parser.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 32 if args.device.startswith("cuda") else 4
+    if args.device == "cpu":
+        torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    try:
+        result = evaluate(args)
+    except BadCheckpoint as exc:
+        print(f"evaluate: bad checkpoint: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, args.out)
+    print(f"val_bpb: {result['val_bpb']:.6f}")
+    print(f"val_tokens: {result['val_tokens']}")
+    print(f"val_bytes: {result['val_bytes']}")
+    print(f"num_documents: {result['num_documents']}")
+    print(f"eval_s: {result['eval_s']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
