@@ -4,8 +4,9 @@ score with the evaluation protocol, write figures and raw logs.
 Runs on the device machine (no network, 64 MiB carried per call, /root kept while the machine is warm),
 so the corpus arrives in two parts:
 
-  call 1:  python bench/trainer_gpu.py --stage .gpudata/a --shards 4 --variant smoke:60 ...
-  call 2:  python bench/trainer_gpu.py --stage .gpudata/b --shards 8 --variant main:300 --results $OUT
+  call 1:  python bench/trainer_gpu.py --stage .gpudata/b --stage-only      (train-04..07)
+  call 2:  python bench/trainer_gpu.py --stage .gpudata/a --shards 8 --variant main:300 --results $OUT
+           (train-00..03, val.jsonl.xz, tokenizer.json; within 30 s of call 1, while /root is kept)
 
 `--stage DIR` copies DIR's *.jsonl.xz (and tokenizer.json, made on a CPU machine by prepare.py, since
 rustbpe is not installed there) into the work folder; prepare.py then tokenizes the first `--shards`
@@ -115,7 +116,9 @@ def run_variant(label: str, budget: float, overrides: dict[str, str], train_dir:
         result["eval_wall_s"] = round(time.time() - eval_started, 2)
         run = json.loads((run_dir / "out" / "run.json").read_text())
         if scored.returncode == 0:
-            result.update(json.loads((run_dir / "result.json").read_text()))
+            scores = json.loads((run_dir / "result.json").read_text())
+            scores["eval_seed"], scores["eval_device"] = scores.pop("seed"), scores.pop("device")
+            result.update(scores)  # the training seed stays under "seed"
         result.update(summarize(run))
     print(f"variant {label}: {json.dumps({k: result.get(k) for k in HEADLINE})}", flush=True)
     return result
@@ -176,6 +179,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/root/arbench"), help="kept between calls")
     parser.add_argument("--stage", type=Path, action="append", default=[], help="folder of carried data")
+    parser.add_argument("--stage-only", action="store_true", help="stage the carried data and stop")
     parser.add_argument("--shards", type=int, default=8, help="training shards to tokenize and use")
     parser.add_argument("--variant", action="append", default=[], help="LABEL:BUDGET_S[:NAME=VALUE,...]")
     parser.add_argument("--seed", type=int, default=42)
@@ -187,6 +191,8 @@ def main() -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     stage(args.stage, args.work)
+    if args.stage_only:
+        return 0
     train_dir, val_dir, prepare_s = prepare(args.work, args.shards)
     (args.results / "logs").mkdir(parents=True, exist_ok=True)
     gpu = gpu_name()

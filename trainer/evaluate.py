@@ -199,7 +199,7 @@ def load_candidate(train_py: Path, checkpoint: Path, device: str) -> tuple[torch
     except Exception as exc:  # any failure of the candidate's constructor is the checkpoint's fault
         raise BadCheckpoint(f"build_model(run.json config) failed: {exc!r}") from exc
     try:
-        missing, unexpected = load_model(model, str(weights), strict=True, device="cpu")
+        load_model(model, str(weights), strict=True, device="cpu")
     except Exception as exc:  # safetensors reports shape and key mismatches as RuntimeError or others
         raise BadCheckpoint(f"{weights} does not fit build_model(config): {exc}") from exc
     return model.to(device).eval(), config
@@ -282,7 +282,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     model, _ = load_candidate(args.train_py, args.checkpoint, args.device)
     scored = score_rows(model, rows, byte_lengths, args.batch_size, args.device, args.seed)
     if scored["val_bytes"] != doc_bytes:
-        raise ValueError(f"target bytes {scored['val_bytes']} != document bytes {doc_bytes} (tokenizer broken?)")
+        raise ValueError(
+            f"target bytes {scored['val_bytes']} != document bytes {doc_bytes} (tokenizer broken?)"
+        )
     return {
         "val_bpb": scored["val_bpb"],
         "val_tokens": scored["val_tokens"],
@@ -304,13 +306,17 @@ def evaluate(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-py", type=Path, required=True)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="dir with model.safetensors and run.json")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="dir with model.safetensors and run.json"
+    )
     parser.add_argument("--data-dir", type=Path, required=True, help="training data dir (for the tokenizer)")
     parser.add_argument("--val-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="result.json path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-docs", type=int, default=None, help="score only the first N documents")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default 32 cuda, 4 cpu)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="rows per batch (default 32 cuda, 4 cpu)"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the row order")
     args = parser.parse_args(argv)
     if args.batch_size is None:

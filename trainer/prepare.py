@@ -157,6 +157,7 @@ def published_checksums(base_url: str) -> dict[str, str]:
         with _http_get(f"{base_url}/SHA256SUMS") as response:
             lines = response.read().decode().splitlines()
     except urllib.error.HTTPError as exc:
+        exc.close()
         if exc.code == 404:
             return {}
         raise PrepareError(f"{base_url}/SHA256SUMS: HTTP {exc.code}") from exc
@@ -181,7 +182,9 @@ def download(url: str, dest: Path, expected_sha256: str | None) -> Path:
                 if have and response.status != 206:  # server ignored the Range header: start over
                     have = 0
                 total = have + int(response.headers.get("Content-Length", 0))
-                etag = (response.headers.get("X-Linked-ETag") or response.headers.get("ETag") or "").strip('"')
+                etag = (response.headers.get("X-Linked-ETag") or response.headers.get("ETag") or "").strip(
+                    '"'
+                )
                 if expected_sha256 is None and re.fullmatch(r"[0-9a-f]{64}", etag):
                     expected_sha256 = etag
                 with open(part, "ab" if have else "wb") as f:
@@ -194,8 +197,10 @@ def download(url: str, dest: Path, expected_sha256: str | None) -> Path:
                             last = time.monotonic()
             break
         except (urllib.error.URLError, OSError) as exc:
-            if isinstance(exc, urllib.error.HTTPError) and exc.code == 416:  # nothing left to fetch
-                break
+            if isinstance(exc, urllib.error.HTTPError):
+                exc.close()
+                if exc.code == 416:  # the partial file is already whole
+                    break
             if attempt == DOWNLOAD_RETRIES:
                 raise PrepareError(f"download {url} failed after {attempt} attempts: {exc}") from exc
             print(f"download {dest.name}: attempt {attempt} failed ({exc}); retrying", flush=True)
@@ -247,7 +252,9 @@ def train_tokenizer(files: list[Path], vocab_size: int) -> tuple[str, list[bytes
 
     tokenizer = rustbpe.Tokenizer()
     tokenizer.train_from_iterator(texts(), vocab_size - 1, pattern=SPLIT_PATTERN)  # last id is BOS
-    ranks = sorted(((bytes(token), rank) for token, rank in tokenizer.get_mergeable_ranks()), key=lambda x: x[1])
+    ranks = sorted(
+        ((bytes(token), rank) for token, rank in tokenizer.get_mergeable_ranks()), key=lambda x: x[1]
+    )
     if [rank for _, rank in ranks] != list(range(len(ranks))):
         raise PrepareError("rustbpe returned non-contiguous ranks")
     if len(ranks) != vocab_size - 1:
@@ -389,11 +396,15 @@ def prepare(
     tokenizer: Path | None = None,
 ) -> None:
     if not 257 <= vocab_size <= 65536:
-        raise PrepareError(f"--vocab-size {vocab_size}: want 257..65536 (uint16 tokens, 256 byte tokens + BOS)")
+        raise PrepareError(
+            f"--vocab-size {vocab_size}: want 257..65536 (uint16 tokens, 256 byte tokens + BOS)"
+        )
     train_dir.mkdir(parents=True, exist_ok=True)
     val_dir.mkdir(parents=True, exist_ok=True)
     if train_dir.resolve() == val_dir.resolve():
-        raise PrepareError("--train-dir and --val-dir must differ: validation data never goes with training data")
+        raise PrepareError(
+            "--train-dir and --val-dir must differ: validation data never goes with training data"
+        )
     started = time.time()
     if source.startswith(("http://", "https://")):
         train, val = remote_sources(source, train_dir, val_dir, val_source, max_train_shards)
@@ -429,7 +440,9 @@ def prepare(
     books = write_val(val, val_dir / "val.jsonl")
     write_manifest(train_dir, inputs, {"kind": "train", "tokens": total, "vocab_size": vocab_size})
     write_manifest(val_dir, inputs, {"kind": "val", "books": books})
-    print(f"prepare: done, {total:,} training tokens, {books} validation books ({time.time() - started:.1f} s)")
+    print(
+        f"prepare: done, {total:,} training tokens, {books} validation books ({time.time() - started:.1f} s)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,8 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-dir", type=Path, required=True)
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--max-train-shards", type=int, default=None)
-    parser.add_argument("--val-source", default=None, help="validation file or URL (default: val* / last shard)")
-    parser.add_argument("--tokenizer", type=Path, default=None, help="use this tokenizer.json instead of training")
+    parser.add_argument(
+        "--val-source", default=None, help="validation file or URL (default: val* / last shard)"
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path, default=None, help="use this tokenizer.json instead of training"
+    )
     args = parser.parse_args(argv)
     try:
         prepare(

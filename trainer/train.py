@@ -20,6 +20,7 @@ learning rate decays over the last part of the *time* budget, so compile time ca
 decay past the deadline.
 """
 
+# ruff: noqa: E402  (the clock starts before the imports, which take seconds)
 import time
 
 PROCESS_START = time.time()  # startup_s counts from here, before torch is imported
@@ -118,7 +119,9 @@ class Attention(nn.Module):
             v = self.value_mix[0] * v + self.value_mix[1] * ve.view_as(v).to(v.dtype)
         q = apply_rotary(rms_norm(q), cos, sin).to(v.dtype)  # QK-norm keeps attention logits bounded
         k = apply_rotary(rms_norm(k), cos, sin).to(v.dtype)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -200,7 +203,7 @@ class GPT(nn.Module):
         x = x0.clone()  # not an alias of x0, so blocks share compiled graphs
         tables = [table(idx) for table in self.value_embeds]
         ves = tables + [None] * (len(self.blocks) - 2 * len(tables)) + tables[::-1]
-        for block, ve in zip(self.blocks, ves):
+        for block, ve in zip(self.blocks, ves, strict=True):
             x = block(x, x0, ve, cos, sin)
         return self.head(x, targets)
 
@@ -268,7 +271,8 @@ class Muon(torch.optim.Optimizer):
             for (rows, cols), indices in by_shape.items():
                 stacked = torch.cat([self.blocks(params[i], nesterov[i]) for i in indices])
                 ortho = orthogonalize(stacked) * max(1.0, rows / cols) ** 0.5
-                for i, chunk in zip(indices, ortho.split([getattr(params[i], "muon_blocks", 1) for i in indices])):
+                counts = [getattr(params[i], "muon_blocks", 1) for i in indices]
+                for i, chunk in zip(indices, ortho.split(counts), strict=True):
                     updates[i] = chunk.reshape(params[i].shape).to(params[i].dtype)
             if group["weight_decay"]:
                 torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
@@ -310,11 +314,11 @@ class TokenData:
     without replacement in a seeded order that is reshuffled every epoch."""
 
     def __init__(self, data_dir: Path, seq_len: int, device: str, seed: int):
+        paths = sorted(data_dir.glob("tokens_*.npy"))
+        if not paths or not (data_dir / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{data_dir}: no tokenizer.json or tokens_*.npy (run prepare.py)")
         spec = json.loads((data_dir / "tokenizer.json").read_text())
         self.vocab_size, self.bos_id = spec["vocab_size"], spec["bos_id"]
-        paths = sorted(data_dir.glob("tokens_*.npy"))
-        if not paths:
-            raise FileNotFoundError(f"{data_dir}: no tokens_*.npy (run prepare.py)")
         stream = np.concatenate([np.load(p, mmap_mode="r") for p in paths])
         # Widen uint16 -> int32 on the device (int16 bits, then mask): the host only copies bytes.
         self.tokens = torch.from_numpy(stream.view(np.int16)).to(device).to(torch.int32) & 0xFFFF
@@ -371,7 +375,7 @@ class Preset:
 def read_env() -> Env:
     wall_clock = float(os.environ.get("AR_WALL_CLOCK_S", "300"))
     deadline = os.environ.get("AR_DEADLINE_UNIX")
-    if "AR_DATA_DIR" not in os.environ:
+    if not os.environ.get("AR_DATA_DIR"):
         sys.exit("train.py: set AR_DATA_DIR to the directory prepare.py wrote (tokenizer.json, tokens_*.npy)")
     preset = os.environ.get("AR_PRESET", "full")
     if preset not in ("full", "tiny"):
@@ -467,14 +471,18 @@ def train(env: Env, preset: Preset, model: GPT, step_fn, data: TokenData, optimi
         if step == 1:
             sync()
             first_step_done = now = time.time()
-            print(f"step 1 done: startup {first_step_done - PROCESS_START:.1f} s (compile included)", flush=True)
+            print(
+                f"step 1 done: startup {first_step_done - PROCESS_START:.1f} s (compile included)", flush=True
+            )
         if step == STEADY_AFTER_STEPS:
             sync()
             steady_start = now = time.time()
         step_times.append(now)
         if step % 100 == 0 or (preset.max_steps is not None and step % 10 == 0):
             loss_text = f"{losses[-1]:.4f}" if losses else "-"
-            print(f"step {step} loss {loss_text} lr x{multiplier:.3f} t {now - PROCESS_START:.1f} s", flush=True)
+            print(
+                f"step {step} loss {loss_text} lr x{multiplier:.3f} t {now - PROCESS_START:.1f} s", flush=True
+            )
         if preset.max_steps is not None and step >= preset.max_steps:
             break
         window = step_times[-6:]  # ends of the last steps; the first (compiling) step is no interval
@@ -495,6 +503,7 @@ def train(env: Env, preset: Preset, model: GPT, step_fn, data: TokenData, optimi
         if steady_steps > 0
         else None,
         "epochs": data.epoch,
+        "final_lr_multiplier": multiplier,
         "final_loss": losses[-1],
         "losses_every_10": losses[::10],
     }

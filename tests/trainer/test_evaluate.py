@@ -1,0 +1,179 @@
+"""evaluate.py: the protocol (documents, rows, order), bits per byte, and bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.trainer.helpers import TRAINER, run_evaluate
+from trainer import evaluate
+
+GUTENBERG_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg" / "val.jsonl.xz"
+
+
+@pytest.mark.skipif(not GUTENBERG_VAL.is_file(), reason=f"{GUTENBERG_VAL} is absent")
+def test_protocol_pins_gutenberg_validation():
+    documents = evaluate.load_documents([GUTENBERG_VAL])
+    assert len(documents) == 2091
+    assert sum(len(d.encode("utf-8")) for d in documents) == 11_590_992
+
+
+def test_rows_place_documents_whole_and_split_long_ones():
+    bos = 0
+    docs = [[0, 1, 2], [0, 3, 4, 5], [0, 6], list(range(100, 120)), [0, 9]]
+    docs[3][0] = bos  # a 20-token document, longer than a row of 8
+    rows = evaluate.pack_rows(docs, bos, row_tokens=8)
+    expected = [
+        [0, 1, 2, 0, 3, 4, 5, 0],  # two documents; [0, 6] does not fit the one free slot
+        [0, 6, 0, 0, 0, 0, 0, 0],  # the long document starts a row of its own
+        [0, *range(101, 108)],  # long document, row k holds its tokens [7k, 7k + 8)
+        list(range(107, 115)),
+        [*range(114, 120), 0, 0],
+        [0, 9, 0, 0, 0, 0, 0, 0],
+    ]
+    assert rows.tokens.tolist() == expected
+    assert rows.level.tolist() == [0, 0, 0, 1, 2, 0]
+    assert rows.targets_mask.tolist()[0] == [True, True, False, True, True, True, False]  # BOS, padding out
+    assert rows.targets_mask.tolist()[4] == [True] * 5 + [False] * 2
+    # every token after a BOS is a target exactly once
+    assert rows.targets_mask.sum() == sum(len(d) - 1 for d in docs)
+    targets = [
+        int(t) for row, mask in zip(rows.tokens, rows.targets_mask, strict=True) for t in row[1:][mask]
+    ]
+    assert sorted(targets) == sorted(t for d in docs for t in d[1:])
+
+
+def test_continuation_rows_come_in_later_batches_and_order_is_shuffled():
+    levels = np.array([0, 0, 1, 0, 2, 1, 0, 0, 1, 0] * 5)
+    batches = evaluate.batch_order(levels, batch_size=4, seed=1)
+    assert sorted(int(i) for b in batches for i in b) == list(range(len(levels)))
+    batch_levels = [set(levels[b].tolist()) for b in batches]
+    assert all(len(s) == 1 for s in batch_levels)  # a batch never mixes levels
+    assert [s.pop() for s in batch_levels] == sorted(levels[b][0] for b in batches)  # levels in order
+    other = evaluate.batch_order(levels, batch_size=4, seed=2)
+    assert [b.tolist() for b in batches] != [b.tolist() for b in other]
+    assert [b.tolist() for b in batches] == [b.tolist() for b in evaluate.batch_order(levels, 4, seed=1)]
+
+
+class FixedLogits(torch.nn.Module):
+    """Every position predicts probabilities (0.1, 0.2, 0.3, 0.4) over a 4-token vocabulary."""
+
+    def forward(self, idx):
+        return torch.log(torch.tensor([1.0, 2.0, 3.0, 4.0])).expand(*idx.shape, 4)
+
+
+def test_bits_per_byte_matches_hand_computation():
+    bos = 3
+    byte_lengths = np.array([1, 2, 3, 0])
+    rows = evaluate.pack_rows([[bos, 0, 1, 2], [bos, 1]], bos, row_tokens=8)
+    scored = evaluate.score_rows(FixedLogits(), rows, byte_lengths, batch_size=2, device="cpu", seed=0)
+    # targets 0, 1, 2 (first document) and 1 (second); the second BOS and the padding do not count
+    nats = -(math.log(0.1) + math.log(0.2) + math.log(0.3) + math.log(0.2))
+    assert scored["val_tokens"] == 4
+    assert scored["val_bytes"] == 1 + 2 + 3 + 2
+    # log_softmax runs in float32 (the protocol), so agreement is to float32 precision
+    assert scored["nats"] == pytest.approx(nats, rel=1e-6)
+    assert scored["val_bpb"] == pytest.approx(nats / (math.log(2) * 8), rel=1e-6)
+    assert scored["val_bpb"] == pytest.approx(1.212843, abs=1e-6)  # by hand: 6.725434 / 5.545177
+
+
+FAKE_TRAIN_PY = """
+import torch
+
+class Fake(torch.nn.Module):
+    def __init__(self, vocab_size, mode):
+        super().__init__()
+        self.vocab_size, self.mode = vocab_size, mode
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx):
+        logits = self.scale * torch.ones(*idx.shape, self.vocab_size)  # zeros: a uniform prediction
+        if self.mode == "nan":
+            logits = logits + float("nan")
+        if self.mode == "short":
+            logits = logits[..., :-1]
+        return logits
+
+def build_model(config):
+    return Fake(config["vocab_size"], config.get("mode", "uniform"))
+"""
+
+
+def fake_checkpoint(tmp_path: Path, mode: str = "uniform", vocab_size: int = 512) -> tuple[Path, Path]:
+    from safetensors.torch import save_model
+
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN_PY)
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    save_model(torch.nn.Module(), str(checkpoint / "empty.safetensors"))  # unused; proves nothing leaks
+    module = torch.nn.Module()
+    module.scale = torch.nn.Parameter(torch.zeros(()))
+    save_model(module, str(checkpoint / "model.safetensors"))
+    (checkpoint / "run.json").write_text(json.dumps({"config": {"vocab_size": vocab_size, "mode": mode}}))
+    return tmp_path / "fake_train.py", checkpoint
+
+
+def test_uniform_model_scores_log2_vocab_per_token(tmp_path, prepared):
+    train_py, checkpoint = fake_checkpoint(tmp_path)
+    result = run_evaluate(train_py, checkpoint, *prepared, tmp_path / "result.json", "--seed", "7")
+    assert result.returncode == 0, result.stderr
+    scored = json.loads((tmp_path / "result.json").read_text())
+    documents = evaluate.load_documents(evaluate.val_files(prepared[1]))
+    assert scored["num_documents"] == len(documents)
+    assert scored["val_bytes"] == sum(len(d.encode("utf-8")) for d in documents)
+    assert scored["val_bpb"] == pytest.approx(
+        scored["val_tokens"] * math.log2(512) / scored["val_bytes"], rel=1e-6
+    )
+    assert scored["evaluator_version"] == evaluate.EVALUATOR_VERSION
+    assert set(scored["fixed_hashes"]) >= {"prepare.py", "evaluate.py", "tokenizer.json", "token_bytes.npy",
+                                           "val/val.jsonl"}  # fmt: skip
+    assert scored["eval_s"] >= 0 and scored["seed"] == 7
+
+
+def test_max_docs_scores_a_prefix(tmp_path, prepared, tiny_checkpoint):
+    result = run_evaluate(
+        TRAINER / "train.py", tiny_checkpoint, *prepared, tmp_path / "r.json", "--max-docs", "2"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["num_documents"] == 2
+
+
+def bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint) -> str:
+    code = evaluate.main(["--train-py", str(train_py), "--checkpoint", str(checkpoint), "--data-dir",
+                          str(prepared[0]), "--val-dir", str(prepared[1]), "--out", str(tmp_path / "r.json"),
+                          "--device", "cpu", "--max-docs", "2"])  # fmt: skip
+    assert code == 2
+    assert not (tmp_path / "r.json").exists()
+    return capsys.readouterr().err
+
+
+def test_missing_weights_are_a_bad_checkpoint(tmp_path, prepared, capsys):
+    train_py, checkpoint = fake_checkpoint(tmp_path)
+    (checkpoint / "model.safetensors").unlink()
+    assert "missing" in bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint)
+
+
+def test_weights_of_the_wrong_shape_are_a_bad_checkpoint(tmp_path, prepared, capsys, tiny_checkpoint):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
+    run = json.loads((tiny_checkpoint / "run.json").read_text())
+    run["config"]["model_dim"] *= 2
+    (checkpoint / "run.json").write_text(json.dumps(run))
+    message = bad_checkpoint_message(tmp_path, prepared, capsys, TRAINER / "train.py", checkpoint)
+    assert "does not fit" in message
+
+
+def test_non_finite_logits_are_a_bad_checkpoint(tmp_path, prepared, capsys):
+    train_py, checkpoint = fake_checkpoint(tmp_path, mode="nan")
+    assert "non-finite" in bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint)
+
+
+def test_logits_of_the_wrong_shape_are_a_bad_checkpoint(tmp_path, prepared, capsys):
+    train_py, checkpoint = fake_checkpoint(tmp_path, mode="short")
+    assert "shape" in bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint)
