@@ -62,6 +62,7 @@ class Digest:
     decided: bool  # accepted, merged or rejected with a decision (not voided, not still confirming)
     delta_bpb: float | None
     runs: tuple[RunDigest, ...]
+    gpu_seconds: float = 0.0  # Proposal.gpu_seconds(): its runs and its paired runs of the best
 
     @classmethod
     def of(cls, p: Proposal) -> "Digest":
@@ -80,6 +81,7 @@ class Digest:
             decided=p.decision is not None and p.state in DECIDED,
             delta_bpb=None if p.decision is None else p.decision.delta_bpb,
             runs=tuple(runs),
+            gpu_seconds=p.gpu_seconds(),
         )
 
 

@@ -154,3 +154,20 @@ class ProgramVersion(Frozen):
     author: str  # the name of the token that set it ("repo" for the seed from the repository's file)
     message: str
     created_at: float = Field(default_factory=now)
+
+
+class LineageEntry(Frozen):
+    """One commit of the research branch, mirrored into the store by the committer (the controller has
+    no git access). `position` counts from 0 at the root, so entries sort oldest first."""
+
+    commit: str
+    parent: str | None  # None for the root (the baseline trainer)
+    position: int = Field(ge=0)
+    proposal_id: str | None = None  # None for the root
+    title: str
+    agent: str | None = None
+    val_bpb: float | None = None  # the decision's candidate score; the root: the mean of its runs
+    delta_bpb: float | None = None  # val_bpb minus the parent's in the paired confirmation runs
+    peak_memory_bytes: int | None = None
+    decision: Decision | None = None
+    merged_at: float | None = None  # seconds since the epoch; None for the root

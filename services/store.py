@@ -10,9 +10,11 @@ Keys (prefix `ar:`):
     scores                 zset id → val_bpb of scored proposals (leaderboard)
     scores:<fingerprint>   zset id → val_bpb, per fingerprint (scores are compared only within one)
     fingerprints           set of fingerprint keys seen
+    fingerprint-fields     hash fingerprint key → JSON of its Fingerprint (what the key stands for)
     calibration:<fp>       hash commit → JSON list of every val_bpb of that branch commit (noise)
     best                   JSON of Best
     commits                hash commit → train.py on the research branch
+    lineage                hash commit → JSON of its LineageEntry (the branch's history, for the API)
     tokens                 hash sha256(token) → JSON {name, role}
     program:versions       list of ProgramVersion JSON; index i holds version i + 1
     livelog:<id>           stream of {chunk} entries: the live log of a running proposal (capped, expires)
@@ -27,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis
 
 from services.errors import Conflict, NotFound, StoreUnavailable
-from services.models import Best, Event, ProgramVersion, Proposal, now
+from services.models import Best, Event, Fingerprint, LineageEntry, ProgramVersion, Proposal, now
 from services.states import State
 
 P = ParamSpec("P")
@@ -252,6 +254,44 @@ class Store:
     @_translate
     def set_best(self, best: Best) -> None:
         self.r.set("ar:best", best.model_dump_json())
+
+    @_translate
+    def add_lineage(self, entry: LineageEntry) -> None:
+        """Record (or replace) a branch commit's lineage entry; idempotent, so a backfill or a retried
+        merge writes the same entry again."""
+        self.r.hset("ar:lineage", entry.commit, entry.model_dump_json())
+
+    @_translate
+    def lineage_entry(self, commit: str) -> LineageEntry | None:
+        raw = self.r.hget("ar:lineage", commit)
+        return None if raw is None else LineageEntry.model_validate_json(raw)
+
+    @_translate
+    def lineage(self) -> list[LineageEntry]:
+        """Every recorded commit of the research branch, oldest first."""
+        entries = [LineageEntry.model_validate_json(raw) for raw in self.r.hvals("ar:lineage")]
+        return sorted(entries, key=lambda e: e.position)
+
+    # --- fingerprints: what each key stands for
+
+    @_translate
+    def add_fingerprint(self, fingerprint: Fingerprint) -> str:
+        """Remember the fields behind a fingerprint key; returns the key."""
+        key = fingerprint.key()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset("ar:fingerprint-fields", key, fingerprint.model_dump_json())
+        pipe.sadd("ar:fingerprints", key)
+        pipe.execute()
+        return key
+
+    @_translate
+    def fingerprint_fields(self) -> dict[str, Fingerprint]:
+        raw = self.r.hgetall("ar:fingerprint-fields")
+        return {k.decode(): Fingerprint.model_validate_json(v) for k, v in raw.items()}
+
+    @_translate
+    def leaderboard_size(self, fingerprint_key: str | None = None) -> int:
+        return int(self.r.zcard("ar:scores" if fingerprint_key is None else f"ar:scores:{fingerprint_key}"))
 
     # --- noise calibration: every scored run of a commit on the branch, per fingerprint
 

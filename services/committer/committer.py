@@ -4,15 +4,17 @@ process (one RQ worker on the `commits` queue), so decisions and commits are ser
 import json
 import logging
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
+from pydantic import ValidationError
 
 from services import queue
 from services.committer import rules
-from services.committer.repo import HeadMoved, ResearchRepo
+from services.committer.repo import CommitInfo, HeadMoved, ResearchRepo
 from services.errors import ProposalError
-from services.models import Best, Decision, Proposal, RunResult, new_id
+from services.models import Best, Decision, LineageEntry, Proposal, RunResult, new_id, now
 from services.patches import build_candidate
 from services.settings import Settings
 from services.states import State
@@ -37,8 +39,10 @@ class Committer:
         """Create the research repo if new, mirror its commits into the store, and ask once for a
         baseline run of the head so that there is a best score to beat."""
         head = self.repo.ensure(baseline_train_py)
-        for info in self.repo.history():
+        history = self.repo.history()
+        for info in history:
             self.store.add_commit(info.sha, info.train_py)
+        self._backfill_lineage(history)
         best = self.store.get_best()
         if best is None or self.store.commit_train_py(best.commit) is None:
             best = Best(commit=head, val_bpb=None)
@@ -46,6 +50,15 @@ class Committer:
         if best.val_bpb is None:
             self.request_baseline(best.commit)
         return head
+
+    def _backfill_lineage(self, history: list[CommitInfo]) -> None:
+        """Mirror the branch's history into the store's lineage (a fresh Redis recovers it from git:
+        commit messages and notes); entries already recorded are kept as they are."""
+        parent: str | None = None
+        for position, info in enumerate(history):
+            if self.store.lineage_entry(info.sha) is None:
+                self.store.add_lineage(_lineage_from_git(info, parent, position, self.repo.note(info.sha)))
+            parent = info.sha
 
     def request_baseline(self, head: str) -> None:
         if not self.conn.set(BASELINE_REQUESTED, head, nx=True):
@@ -107,6 +120,7 @@ class Committer:
         return self._screen(proposal, scored, best)
 
     def _screen(self, proposal: Proposal, scored: list[RunResult], best: Best) -> Proposal:
+        self._remember_fingerprints(scored)
         fingerprint = _fingerprint_key(scored)
         screen_bpb = _mean(scored)
         self.store.record_score(proposal.id, screen_bpb, fingerprint)
@@ -138,6 +152,7 @@ class Committer:
         confirm_runs = proposal.results[len(proposal.seeds) :]
         candidate = [r.val_bpb for r in confirm_runs if r.val_bpb is not None]
         baseline = [r.val_bpb for r in proposal.baseline_results if r.val_bpb is not None]
+        self._remember_fingerprints([*confirm_runs, *proposal.baseline_results])
         fingerprint = _fingerprint_key([*confirm_runs, *proposal.baseline_results])
         if fingerprint is not None:
             self.store.add_calibration_runs(fingerprint, proposal.base_commit, baseline)
@@ -162,10 +177,7 @@ class Committer:
 
     @property
     def params(self) -> rules.RuleParams:
-        return rules.RuleParams(
-            confirm_runs=self.settings.confirm_runs, screen_margin_sigma=self.settings.screen_margin_sigma,
-            accept_z=self.settings.accept_z, sigma_prior_bpb=self.settings.noise_sigma_prior_bpb,
-        )  # fmt: skip
+        return rules.params_from(self.settings)
 
     def _merge(self, proposal_id: str, decision: Decision) -> Proposal:
         proposal = self.store.get(proposal_id)
@@ -184,6 +196,16 @@ class Committer:
                 return self._requeue_on_head(proposal)
         self._keep_tried(proposal, decision)
         self.store.add_commit(merged, proposal.train_py)
+        parent = self.store.lineage_entry(proposal.base_commit)
+        self.store.add_lineage(
+            LineageEntry(
+                commit=merged, parent=proposal.base_commit,
+                position=parent.position + 1 if parent is not None else len(self.store.lineage()),
+                proposal_id=proposal.id, title=proposal.title, agent=proposal.agent,
+                val_bpb=decision.candidate_bpb, delta_bpb=decision.delta_bpb,
+                peak_memory_bytes=_peak_memory(proposal.results), decision=decision, merged_at=now(),
+            )
+        )  # fmt: skip
         self.store.set_best(
             Best(
                 commit=merged,
@@ -236,6 +258,7 @@ class Committer:
         """A run of an existing commit feeds the noise calibration of its fingerprint; for the best
         commit, the best's score becomes the mean of all its runs (the baseline's first score too)."""
         val_bpb = _mean(scored)
+        self._remember_fingerprints(scored)
         fingerprint = _fingerprint_key(scored)
         self.store.record_score(proposal.id, val_bpb, fingerprint)
         if fingerprint is not None:
@@ -257,27 +280,42 @@ class Committer:
                 )
             )
             reason += f"; the best's score is now the mean of {max(1, len(runs))} runs: {mean:.6f}"
+            self._score_root(best.commit, mean, scored)
             self._release_waiting()
         return self.store.transition(proposal.id, State.MERGED, reason)
+
+    def _score_root(self, commit: str, val_bpb: float, scored: list[RunResult]) -> None:
+        """The root of the lineage (the baseline trainer) gets its score from runs of it."""
+        entry = self.store.lineage_entry(commit)
+        if entry is not None and entry.proposal_id is None:
+            memory = _peak_memory(scored)
+            self.store.add_lineage(entry.model_copy(update={"val_bpb": val_bpb, "peak_memory_bytes": memory}))
+
+    def _remember_fingerprints(self, results: Iterable[RunResult]) -> None:
+        for fingerprint in {r.fingerprint for r in results if r.fingerprint is not None}:
+            self.store.add_fingerprint(fingerprint)
 
     def _release_waiting(self) -> None:
         while (raw := self.conn.lpop(WAITING_FOR_BASELINE)) is not None:
             queue.enqueue_decision(self.conn, raw.decode())
 
     def _keep_tried(self, proposal: Proposal, decision: Decision) -> None:
-        self.repo.keep_tried(
+        sha = self.repo.keep_tried(
             proposal.id,
             proposal.base_commit,
             proposal.train_py,
             _message(proposal, decision),
             _note(proposal, decision),
         )
+        self.store.update(proposal.id, tried_ref=sha)
 
 
 def _runs_complete(proposal: Proposal) -> bool:
     if proposal.state == State.CONFIRMING:
         return bool(proposal.confirm_seeds) and len(proposal.baseline_results) == len(proposal.confirm_seeds)
-    return len(proposal.results) == len(proposal.seeds) and all(r.val_bpb is not None for r in proposal.results)
+    return len(proposal.results) == len(proposal.seeds) and all(
+        r.val_bpb is not None for r in proposal.results
+    )
 
 
 def only_seed_changed(diff: str) -> bool:
@@ -308,6 +346,34 @@ def _mean(results: list[RunResult]) -> float:
 def _fingerprint_key(results: list[RunResult]) -> str | None:
     keys = {r.fingerprint.key() for r in results if r.fingerprint is not None}
     return keys.pop() if len(keys) == 1 else None
+
+
+def _peak_memory(results: list[RunResult]) -> int | None:
+    first = next((r for r in results if r.val_bpb is not None), None)
+    return None if first is None else first.peak_memory_bytes
+
+
+def _lineage_from_git(info: CommitInfo, parent: str | None, position: int, note: str | None) -> LineageEntry:
+    """A lineage entry rebuilt from a branch commit: its message (title, trailers) and its note (the
+    decision and the runs, as `_note` wrote them). The root has no note and no proposal."""
+    lines = info.message.splitlines()
+    trailers = dict(line.split(": ", 1) for line in lines if line.startswith(("Proposal-Id: ", "Agent: ")))
+    fields: dict[str, object] = {}
+    try:
+        data = json.loads(note) if note else {}
+        if data.get("decision"):
+            decision = Decision.model_validate(data["decision"])
+            results = [RunResult.model_validate(r) for r in data.get("results", [])]
+            fields = {"decision": decision, "val_bpb": decision.candidate_bpb, "delta_bpb": decision.delta_bpb,
+                      "peak_memory_bytes": _peak_memory(results)}  # fmt: skip
+    except (json.JSONDecodeError, ValidationError, AttributeError) as exc:
+        log.warning("note of %s is unreadable (%s); lineage without its numbers", info.sha[:10], exc)
+    proposal_id = trailers.get("Proposal-Id")
+    return LineageEntry(
+        commit=info.sha, parent=parent, position=position, proposal_id=proposal_id,
+        title=lines[0] if lines else "", agent=trailers.get("Agent"),
+        merged_at=info.committed_at if proposal_id else None, **fields,
+    )  # fmt: skip
 
 
 def _message(proposal: Proposal, decision: Decision) -> str:

@@ -38,6 +38,7 @@ class CommitInfo:
     sha: str
     message: str
     train_py: str
+    committed_at: float = 0.0  # committer date, seconds since the epoch
 
 
 class ResearchRepo(Protocol):
@@ -99,9 +100,11 @@ class GitResearchRepo:
     def history(self) -> list[CommitInfo]:
         """Commits on the branch, oldest first, with their train.py."""
         shas = self._git("rev-list", "--reverse", f"refs/heads/{self.branch}").split()
-        return [
-            CommitInfo(sha, self._git("log", "-1", "--format=%B", sha), self.train_py(sha)) for sha in shas
-        ]
+        infos = []
+        for sha in shas:
+            committed_at, _, message = self._git("log", "-1", "--format=%ct%n%B", sha).partition("\n")
+            infos.append(CommitInfo(sha, message, self.train_py(sha), float(committed_at)))
+        return infos
 
     def train_py(self, sha: str) -> str:
         return self._git("show", f"{sha}:{TRAIN_PY_PATH}", strip=False)

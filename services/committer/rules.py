@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.models import Decision
+from services.settings import Settings
 
 PAIRED_Z_RULE = "paired-z/v1"
 
@@ -42,6 +43,19 @@ class Noise:
     sigma_bpb: float
     source: Literal["calibrated", "prior"]
     runs: int  # how many runs the calibration saw
+
+
+def params_from(settings: Settings) -> RuleParams:
+    """The rule's parameters as the operator set them (the committer and the API use the same)."""
+    return RuleParams(
+        confirm_runs=settings.confirm_runs, screen_margin_sigma=settings.screen_margin_sigma,
+        accept_z=settings.accept_z, sigma_prior_bpb=settings.noise_sigma_prior_bpb,
+    )  # fmt: skip
+
+
+def degrees_of_freedom(runs_by_commit: dict[str, list[float]]) -> int:
+    """What the pooled σ of `calibrate` rests on: Σ (runs of a commit − 1)."""
+    return sum(len(runs) - 1 for runs in runs_by_commit.values() if len(runs) > 1)
 
 
 def screen(
@@ -106,7 +120,7 @@ def calibrate(runs_by_commit: dict[str, list[float]], params: RuleParams, min_do
     """Pooled run-to-run σ over commits (each commit's own mean removed); the prior until the runs
     give at least `min_dof` degrees of freedom."""
     groups = [runs for runs in runs_by_commit.values() if len(runs) > 1]
-    dof = sum(len(runs) - 1 for runs in groups)
+    dof = degrees_of_freedom(runs_by_commit)
     total = sum(len(runs) for runs in runs_by_commit.values())
     if dof < min_dof:
         return Noise(params.sigma_prior_bpb, "prior", total)

@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.auth import Role
-from services.models import Decision, Event, Proposal, RunResult
+from services.models import Decision, Event, Fingerprint, LineageEntry, Proposal, RunResult
 from services.states import State
 
 COMMIT_PATTERN = r"^[0-9a-fA-F]{7,64}$"  # a full id or a prefix of at least 7 hex digits
@@ -92,6 +92,7 @@ class ProposalSummary(BaseModel):
     base_commit: str
     val_bpb: float | None
     merged_commit: str | None
+    gpu_seconds: float = Field(description="training + evaluation container seconds of all its runs")
     created_at: float
     updated_at: float
 
@@ -107,6 +108,7 @@ class ProposalSummary(BaseModel):
             base_commit=p.base_commit,
             val_bpb=score_of(p),
             merged_commit=p.merged_commit,
+            gpu_seconds=p.gpu_seconds(),
             created_at=p.created_at,
             updated_at=p.updated_at,
         )
@@ -130,6 +132,8 @@ class ProposalDetail(BaseModel):
     results: list[RunResult]
     decision: Decision | None
     merged_commit: str | None
+    tried_ref: str | None = Field(None, description="the commit refs/autoresearch/tried/<id> points to")
+    gpu_seconds: float = Field(description="training + evaluation container seconds of all its runs")
     content_hash: str
     diff: str
     train_py: str
@@ -140,7 +144,7 @@ class ProposalDetail(BaseModel):
     @classmethod
     def of(cls, p: Proposal, events: list[Event]) -> "ProposalDetail":
         fields = p.model_dump(exclude={"base_train_py"})
-        return cls(**fields, val_bpb=score_of(p), events=events)
+        return cls(**fields, val_bpb=score_of(p), gpu_seconds=p.gpu_seconds(), events=events)
 
 
 class ProposalPage(BaseModel):
@@ -166,6 +170,7 @@ class LeaderboardRow(BaseModel):
     state: State
     merged_commit: str | None
     delta: float | None = Field(description="val_bpb minus the best's at decision time; negative is better")
+    fingerprint: str | None = Field(None, description="the fingerprint key of the board this row is on")
 
 
 class StatusView(BaseModel):
@@ -173,6 +178,11 @@ class StatusView(BaseModel):
     states: dict[str, int]
     best_commit: str | None
     best_val_bpb: float | None
+    gpu_seconds_total: float = Field(description="container seconds of every stored run")
+    merged_improvements: int = Field(description="agent proposals merged onto the research branch")
+    gpu_seconds_per_improvement: float | None = Field(
+        description="gpu_seconds_total / merged_improvements; null before the first merge"
+    )
 
 
 class TokenCreated(BaseModel):
@@ -188,6 +198,26 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: str
     best_commit: str
+
+
+class FingerprintView(BaseModel):
+    key: str
+    fingerprint: Fingerprint | None = Field(description="the fields the key hashes; null if not recorded")
+    scored: int = Field(description="proposals on this fingerprint's leaderboard")
+    best: bool = Field(description="the current best was scored on this fingerprint")
+
+
+class CalibrationView(BaseModel):
+    key: str
+    fingerprint: Fingerprint | None
+    sigma_bpb: float = Field(description="run-to-run σ of val_bpb the committer uses now")
+    source: str = Field(description="calibrated (pooled over runs of branch commits) or prior")
+    runs: int = Field(description="runs of branch commits on this fingerprint")
+    dof: int = Field(description="degrees of freedom of the pooled σ: Σ (runs of a commit − 1)")
+    commits: int = Field(description="branch commits with runs on this fingerprint")
+
+
+LineageView = LineageEntry  # stored and served as it is: no file contents in it
 
 
 def score_of(p: Proposal) -> float | None:

@@ -1,15 +1,17 @@
-"""/v1/best and /v1/leaderboard."""
+"""/v1/best and /v1/leaderboard (per fingerprint)."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
-from services.controller import logic
+from services.controller import logic, research
 from services.controller.deps import Caller, SettingsDep, StoreDep
+from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import BestView, LeaderboardRow, score_of
 
 router = APIRouter(prefix="/v1", tags=["best"])
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: PROBLEM_RESPONSE, 422: PROBLEM_RESPONSE}
 
 
 @router.get("/best", response_model=BestView)
@@ -28,14 +30,25 @@ def best_train_py(caller: Caller, store: StoreDep) -> PlainTextResponse:
     return PlainTextResponse(train_py, headers={"ETag": f'"{current.commit}"', "X-Commit": current.commit})
 
 
-@router.get("/leaderboard", response_model=list[LeaderboardRow])
+FingerprintKey = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[0-9a-f]{16}$",
+        description="a fingerprint key (GET /v1/fingerprints); default: the current best's",
+    ),
+]
+
+
+@router.get("/leaderboard", response_model=list[LeaderboardRow], responses=NOT_FOUND)
 def leaderboard(
     caller: Caller,
     store: StoreDep,
     settings: SettingsDep,
     limit: Annotated[int | None, Query(ge=1, description="default 50")] = None,
+    fingerprint: FingerprintKey = None,
 ) -> list[LeaderboardRow]:
-    """Scored proposals, best (lowest val_bpb) first."""
+    """Scored proposals of one fingerprint, best (lowest val_bpb) first; fingerprints never mix."""
+    key, proposals = research.leaderboard(store, logic.page_size(settings, limit), fingerprint)
     return [
         LeaderboardRow(
             id=p.id,
@@ -45,6 +58,7 @@ def leaderboard(
             state=p.state,
             merged_commit=p.merged_commit,
             delta=None if p.decision is None else p.decision.delta_bpb,
+            fingerprint=key,
         )
-        for p in logic.leaderboard(store, settings, limit)
+        for p in proposals
     ]

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from services.controller import logic
-from services.controller.deps import Caller, RedisDep, StoreDep
+from services.controller import logic, research
+from services.controller.deps import Caller, DigestsDep, RedisDep, StoreDep
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import Health, Ready, StatusView
 
@@ -23,13 +23,17 @@ def readyz(store: StoreDep) -> Ready:
 
 
 @router.get("/v1/status", response_model=StatusView, tags=["health"])
-def status(caller: Caller, store: StoreDep, conn: RedisDep) -> StatusView:
-    """Queue depths, proposals per state, and the best commit."""
+def status(caller: Caller, store: StoreDep, conn: RedisDep, digests: DigestsDep) -> StatusView:
+    """Queue depths, proposals per state, the best commit, and GPU-seconds spent per improvement."""
     current = logic.status(store, conn)
     best = current.best
+    cost = research.cost(store, digests)
     return StatusView(
         queues=current.queues,
         states=current.states,
         best_commit=None if best is None else best.commit,
         best_val_bpb=None if best is None else best.val_bpb,
+        gpu_seconds_total=cost.gpu_seconds_total,
+        merged_improvements=cost.merged_improvements,
+        gpu_seconds_per_improvement=cost.gpu_seconds_per_improvement,
     )

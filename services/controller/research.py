@@ -1,0 +1,147 @@
+"""The research record, without HTTP: lineage, results.tsv, noise calibration, fingerprints, the
+leaderboard per fingerprint and GPU cost. Reads only what the committer mirrors into the store (the
+controller has no git access). Imports no FastAPI; failures are ServiceErrors.
+"""
+
+from dataclasses import dataclass
+
+from services.committer import rules
+from services.errors import NotFound
+from services.metrics import DigestCache
+from services.models import Fingerprint, LineageEntry, Proposal
+from services.settings import Settings
+from services.states import State
+from services.store import Store
+
+RESULTS_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")  # upstream's, in its order
+SHORT_SHA = 7  # upstream's results.tsv shows commits abbreviated to 7 hex digits
+CRASH_STATES = frozenset({State.CRASHED, State.TIMED_OUT, State.OOM})
+BASELINE_DESCRIPTION = "baseline"
+
+
+# ---------------------------------------------------------------------------- lineage, results.tsv
+
+
+def lineage(store: Store) -> list[LineageEntry]:
+    """The research branch, oldest first, as the committer recorded it."""
+    return store.lineage()
+
+
+def results_tsv(store: Store) -> str:
+    """Upstream's results.tsv: the baseline (once scored), then every agent proposal with a verdict or a
+    crash, oldest first. keep = merged; discard = rejected; crash = crashed, timed out or out of memory
+    (val_bpb 0.000000, memory 0.0). `commit` is the merged commit or the proposal's tried ref; a crash
+    never reaches the committer, so it has none and the column is empty."""
+    rows = ["\t".join(RESULTS_COLUMNS)]
+    root = next(iter(store.lineage()), None)
+    if root is not None and root.val_bpb is not None:
+        rows.append(_row(root.commit, root.val_bpb, root.peak_memory_bytes, "keep", BASELINE_DESCRIPTION))
+    wanted = {State.MERGED, State.REJECTED, *CRASH_STATES}
+    ids = [pid for state, pids in store.proposal_ids_by_state().items() if state in wanted for pid in pids]
+    proposals = sorted(
+        (p for p in store.get_many(ids) if p.kind == "proposal"), key=lambda p: (p.created_at, p.id)
+    )
+    rows.extend(_proposal_row(p) for p in proposals)
+    return "\n".join(rows) + "\n"
+
+
+def _proposal_row(p: Proposal) -> str:
+    if p.state in CRASH_STATES:
+        return _row("", 0.0, None, "crash", p.title)
+    first = next((r for r in p.results if r.val_bpb is not None), None)
+    memory = None if first is None else first.peak_memory_bytes
+    score = p.decision.candidate_bpb if p.decision is not None else (first.val_bpb if first else None)
+    if p.state == State.MERGED:
+        return _row(p.merged_commit or "", score or 0.0, memory, "keep", p.title)
+    return _row(p.tried_ref or "", score or 0.0, memory, "discard", p.title)
+
+
+def _row(commit: str, val_bpb: float, peak_memory_bytes: int | None, status: str, description: str) -> str:
+    memory_gb = (peak_memory_bytes or 0) / 1e9
+    text = " ".join(description.split())  # no tabs or newlines inside a field
+    return f"{commit[:SHORT_SHA]}\t{val_bpb:.6f}\t{memory_gb:.1f}\t{status}\t{text}"
+
+
+# ---------------------------------------------------------------------------- fingerprints
+
+
+@dataclass(frozen=True)
+class Calibration:
+    key: str
+    fingerprint: Fingerprint | None  # None if no result with this key was recorded since the upgrade
+    sigma_bpb: float
+    source: str  # calibrated | prior
+    runs: int
+    dof: int
+    commits: int
+
+
+@dataclass(frozen=True)
+class FingerprintInfo:
+    key: str
+    fingerprint: Fingerprint | None
+    scored: int  # proposals on this fingerprint's leaderboard
+    best: bool  # the current best was scored on it
+
+
+def calibration(store: Store, settings: Settings) -> list[Calibration]:
+    """The noise the committer uses now, per fingerprint key (the same function over the same runs)."""
+    params = rules.params_from(settings)
+    fields = store.fingerprint_fields()
+    rows = []
+    for key in store.fingerprints():
+        runs = store.calibration_runs(key)
+        noise = rules.calibrate(runs, params)
+        rows.append(
+            Calibration(
+                key=key, fingerprint=fields.get(key), sigma_bpb=noise.sigma_bpb, source=noise.source,
+                runs=noise.runs, dof=rules.degrees_of_freedom(runs), commits=len(runs),
+            )
+        )  # fmt: skip
+    return rows
+
+
+def fingerprints(store: Store) -> list[FingerprintInfo]:
+    best = store.get_best()
+    best_key = None if best is None else best.fingerprint_key
+    fields = store.fingerprint_fields()
+    return [
+        FingerprintInfo(key, fields.get(key), store.leaderboard_size(key), key == best_key)
+        for key in store.fingerprints()
+    ]
+
+
+def leaderboard(store: Store, limit: int, fingerprint_key: str | None) -> tuple[str | None, list[Proposal]]:
+    """(the fingerprint key used, proposals best first). Without a key: the current best's fingerprint,
+    else the only fingerprint seen, else (nothing scored on a fingerprint yet) the overall board."""
+    known = store.fingerprints()
+    if fingerprint_key is not None and fingerprint_key not in known:
+        raise NotFound(
+            f"no scores with fingerprint {fingerprint_key!r}; GET /v1/fingerprints lists the known keys"
+        )
+    key = fingerprint_key if fingerprint_key is not None else _default_fingerprint(store, known)
+    return key, store.leaderboard(limit, key)
+
+
+def _default_fingerprint(store: Store, known: list[str]) -> str | None:
+    best = store.get_best()
+    if best is not None and best.fingerprint_key is not None:
+        return best.fingerprint_key
+    return known[0] if len(known) == 1 else None
+
+
+# ---------------------------------------------------------------------------- cost
+
+
+@dataclass(frozen=True)
+class Cost:
+    gpu_seconds_total: float  # every stored run of every proposal and run of a commit
+    merged_improvements: int  # agent proposals merged onto the branch
+    gpu_seconds_per_improvement: float | None  # total / merged; None before the first merge
+
+
+def cost(store: Store, digests: DigestCache) -> Cost:
+    all_digests = digests.refresh(store)
+    total = sum(d.gpu_seconds for d in all_digests)
+    merged = sum(d.kind == "proposal" and d.state == State.MERGED for d in all_digests)
+    return Cost(total, merged, total / merged if merged else None)

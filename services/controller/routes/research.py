@@ -1,0 +1,44 @@
+"""/v1/lineage, /v1/results.tsv, /v1/calibration, /v1/fingerprints: the research record."""
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from services.controller import research
+from services.controller.deps import Caller, SettingsDep, StoreDep
+from services.controller.schemas import CalibrationView, FingerprintView, LineageView
+
+router = APIRouter(prefix="/v1", tags=["research"])
+
+TSV_MEDIA_TYPE = "text/tab-separated-values"
+
+
+class TsvResponse(PlainTextResponse):
+    media_type = TSV_MEDIA_TYPE
+
+
+@router.get("/lineage", response_model=list[LineageView])
+def lineage(caller: Caller, store: StoreDep) -> list[LineageView]:
+    """The research branch, oldest first: each commit with its parent, proposal, score, Δ and decision."""
+    return research.lineage(store)
+
+
+@router.get(
+    "/results.tsv",
+    response_class=TsvResponse,
+    responses={200: {"content": {TSV_MEDIA_TYPE: {}}, "description": "upstream's results.tsv columns"}},
+)
+def results_tsv(caller: Caller, store: StoreDep) -> TsvResponse:
+    """`commit val_bpb memory_gb status description`, tab-separated: keep, discard and crash rows."""
+    return TsvResponse(research.results_tsv(store))
+
+
+@router.get("/calibration", response_model=list[CalibrationView])
+def calibration(caller: Caller, store: StoreDep, settings: SettingsDep) -> list[CalibrationView]:
+    """Per fingerprint: the run-to-run σ the committer decides with, where it comes from, and its runs."""
+    return [CalibrationView(**vars(row)) for row in research.calibration(store, settings)]
+
+
+@router.get("/fingerprints", response_model=list[FingerprintView])
+def fingerprints(caller: Caller, store: StoreDep) -> list[FingerprintView]:
+    """Every fingerprint key seen, with the fields it stands for; scores compare only within one."""
+    return [FingerprintView(**vars(row)) for row in research.fingerprints(store)]

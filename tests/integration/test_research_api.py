@@ -1,0 +1,284 @@
+"""The research record over HTTP: lineage, results.tsv, calibration, fingerprints, per-fingerprint
+leaderboards and GPU cost, read through the controller (TestClient) from what a real committer (real
+git, real Redis, in-process RQ, the fake sandbox) recorded."""
+
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*httpx2.*")
+    from fastapi.testclient import TestClient
+
+from services.auth import bootstrap_admin
+from services.committer import jobs as committer_jobs
+from services.committer import rules
+from services.committer.committer import Committer
+from services.committer.repo import GitResearchRepo
+from services.controller.app import create_app
+from services.models import Proposal, new_id
+from services.settings import Settings
+from services.states import State
+from services.store import Store
+from services.worker import jobs as worker_jobs
+from services.worker.pipeline import Worker
+from tests.fakes import FakeSandbox
+from tests.integration.test_pipeline import BASELINE, Service
+
+ADMIN = "admin-token-for-research-tests-0123"
+HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+
+
+@pytest.fixture
+def service(tmp_path: Path, redis_url: str, redis_client: "redis.Redis[bytes]") -> Iterator[Service]:
+    settings = Settings(
+        redis_url=redis_url,
+        admin_token=SecretStr(ADMIN),
+        runs_dir=tmp_path / "runs",
+        repo_dir=tmp_path / "repo",
+    )
+    store = Store(redis_client)
+    sandbox = FakeSandbox()
+    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
+    committer = Committer(settings=settings, store=store, repo=repo, conn=redis_client)
+    worker_jobs.configure(
+        Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="w1")
+    )
+    committer_jobs.configure(committer)
+    committer.bootstrap(BASELINE)
+    service = Service(settings, store, redis_client, repo, sandbox, committer)
+    service.drain()
+    try:
+        yield service
+    finally:
+        worker_jobs.configure(None)
+        committer_jobs.configure(None)
+        repo.close()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[TestClient]:
+    with TestClient(create_app(service.settings, store=service.store, program_path=None)) as test_client:
+        yield test_client
+
+
+def get(client: TestClient, path: str, **params: str) -> Any:
+    answer = client.get(path, headers=HEADERS, params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def assert_problem(answer: Any, status: int, slug: str, detail_part: str) -> None:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    body = answer.json()
+    assert body["type"] == f"urn:autoresearch:problem:{slug}" and body["status"] == status
+    assert detail_part in body["detail"], body["detail"]
+
+
+@pytest.fixture
+def history(service: Service) -> dict[str, Proposal]:
+    """One merge, one rejection, one crash, in that order."""
+    better = service.submit(BASELINE.replace("1.5", "1.4"), title="Lower the score")
+    service.drain()
+    worse = service.submit(BASELINE.replace("1.5", "1.6"), title="Raise\tthe score")
+    crash = service.submit(BASELINE + "FAKE_EXIT = 1\n", title="Crash it")
+    service.drain()
+    found = {
+        name: service.store.get(p.id) for name, p in (("better", better), ("worse", worse), ("crash", crash))
+    }
+    assert [p.state for p in found.values()] == [State.MERGED, State.REJECTED, State.CRASHED]
+    return found
+
+
+# ---------------------------------------------------------------------------- lineage
+
+
+def test_lineage_lists_the_branch_oldest_first_with_decision_numbers(
+    service: Service, client: TestClient, history: dict[str, Proposal]
+) -> None:
+    entries = get(client, "/v1/lineage")
+    shas = service.git("rev-list", "--reverse", "research").split()
+    assert [e["commit"] for e in entries] == shas
+    root, merge = entries
+    assert root["parent"] is None and root["proposal_id"] is None and root["position"] == 0
+    assert root["val_bpb"] == pytest.approx(
+        service.store.calibration_runs(_fp(service))[shas[0]][0], abs=1e-3
+    )
+    better = history["better"]
+    assert merge["parent"] == shas[0] and merge["position"] == 1
+    assert merge["proposal_id"] == better.id and merge["title"] == "Lower the score"
+    assert merge["agent"] == "test-agent"
+    assert better.decision is not None
+    assert merge["val_bpb"] == pytest.approx(better.decision.candidate_bpb)
+    assert merge["delta_bpb"] == pytest.approx(-0.1, abs=1e-3)
+    assert merge["decision"]["rule"] == "paired-z/v1" and len(merge["decision"]["seeds"]) == 3
+    assert merge["merged_at"] >= better.created_at
+
+
+def test_lineage_is_rebuilt_from_git_when_redis_is_lost(
+    service: Service, client: TestClient, history: dict[str, Proposal]
+) -> None:
+    before = get(client, "/v1/lineage")
+    service.conn.flushdb()
+    service.committer.bootstrap(BASELINE)
+    bootstrap_admin(service.store, service.settings.admin_token)  # the flush took the tokens too
+    after = get(client, "/v1/lineage")
+    same = (
+        "commit",
+        "parent",
+        "position",
+        "proposal_id",
+        "title",
+        "agent",
+        "val_bpb",
+        "delta_bpb",
+        "decision",
+    )
+    assert [{k: e[k] for k in same} for e in after[1:]] == [{k: e[k] for k in same} for e in before[1:]]
+    assert {**after[0], "val_bpb": None} == {**before[0], "val_bpb": None, "peak_memory_bytes": None}
+    assert after[1]["peak_memory_bytes"] == 10**9
+    commit_time = int(service.git("log", "-1", "--format=%ct", "research"))
+    assert after[1]["merged_at"] == commit_time
+    assert after[0]["val_bpb"] is None  # the root's runs were only in Redis (its commit has no note)
+
+
+# ---------------------------------------------------------------------------- results.tsv
+
+
+def test_results_tsv_has_upstreams_columns_keep_discard_and_crash(
+    service: Service, client: TestClient, history: dict[str, Proposal]
+) -> None:
+    answer = client.get("/v1/results.tsv", headers=HEADERS)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/tab-separated-values")
+    lines = answer.text.splitlines()
+    assert lines[0] == TSV_HEADER
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == 5 for row in rows)
+    root = service.git("rev-list", "--max-parents=0", "research").strip()
+    worse = history["worse"]
+    assert worse.tried_ref is not None and worse.tried_ref == service.repo.tried_refs()[worse.id]
+    assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
+        (root[:7], "1.0", "keep", "baseline"),
+        (service.repo.head()[:7], "1.0", "keep", "Lower the score"),
+        (worse.tried_ref[:7], "1.0", "discard", "Raise the score"),
+        ("", "0.0", "crash", "Crash it"),
+    ]
+    assert float(rows[1][1]) == pytest.approx(1.4, abs=1e-3) and float(rows[2][1]) == pytest.approx(
+        1.6, abs=1e-3
+    )
+    assert rows[3][1] == "0.000000" and len(rows[1][1].split(".")[1]) == 6
+
+
+# ---------------------------------------------------------------------------- calibration, fingerprints
+
+
+def _fp(service: Service) -> str:
+    best = service.store.get_best()
+    assert best is not None and best.fingerprint_key is not None
+    return best.fingerprint_key
+
+
+def test_calibration_shows_sigma_source_runs_and_fingerprint_fields(
+    service: Service, client: TestClient, history: dict[str, Proposal]
+) -> None:
+    key = _fp(service)
+    runs = service.store.calibration_runs(key)
+    expected = rules.calibrate(runs, rules.params_from(service.settings))
+    (row,) = get(client, "/v1/calibration")
+    assert row["key"] == key and row["fingerprint"]["gpu"] == "cpu"
+    assert row["fingerprint"]["environment_hash"] == "fake-env"
+    assert row["sigma_bpb"] == pytest.approx(expected.sigma_bpb) and row["source"] == "calibrated"
+    assert row["runs"] == 4 and row["dof"] == 3 and row["commits"] == 1  # baseline + 3 paired runs of it
+    (fingerprint,) = get(client, "/v1/fingerprints")
+    assert fingerprint == {"key": key, "fingerprint": row["fingerprint"], "scored": 3, "best": True}
+
+
+def test_calibration_uses_the_prior_until_runs_give_three_degrees_of_freedom(
+    service: Service, client: TestClient
+) -> None:
+    (row,) = get(client, "/v1/calibration")
+    assert row["source"] == "prior" and row["sigma_bpb"] == service.settings.noise_sigma_prior_bpb
+    assert row["runs"] == 1 and row["dof"] == 0
+
+
+# ---------------------------------------------------------------------------- leaderboards
+
+
+def _scored_elsewhere(service: Service, val_bpb: float, key: str) -> Proposal:
+    """A proposal scored on another fingerprint (another GPU), recorded as the committer would."""
+    best = service.store.get_best()
+    assert best is not None
+    proposal = Proposal(
+        id=new_id("p"), title="on another GPU", agent="other", base_commit=best.commit, base_train_py="",
+        train_py="x = 1\n", diff="", content_hash=new_id("h"), seeds=[1],
+    )  # fmt: skip
+    service.store.create(proposal, dedupe=False)
+    service.store.record_score(proposal.id, val_bpb, key)
+    return proposal
+
+
+def test_leaderboard_never_mixes_fingerprints(
+    service: Service, client: TestClient, history: dict[str, Proposal]
+) -> None:
+    other_key = "f" * 16
+    elsewhere = _scored_elsewhere(service, 0.5, other_key)  # far better, but not comparable
+    default = get(client, "/v1/leaderboard")
+    assert default[0]["id"] == history["better"].id
+    assert elsewhere.id not in {r["id"] for r in default}
+    assert {r["fingerprint"] for r in default} == {_fp(service)}
+    other = get(client, "/v1/leaderboard", fingerprint=other_key)
+    assert [r["id"] for r in other] == [elsewhere.id] and other[0]["fingerprint"] == other_key
+    keys = {f["key"]: f for f in get(client, "/v1/fingerprints")}
+    assert keys[other_key] == {"key": other_key, "fingerprint": None, "scored": 1, "best": False}
+
+
+def test_leaderboard_rejects_bad_and_unknown_fingerprints(client: TestClient) -> None:
+    bad = client.get("/v1/leaderboard", headers=HEADERS, params={"fingerprint": "not-a-key"})
+    assert_problem(bad, 422, "validation-error", "query.fingerprint")
+    unknown = client.get("/v1/leaderboard", headers=HEADERS, params={"fingerprint": "0" * 16})
+    assert_problem(unknown, 404, "not-found", "GET /v1/fingerprints")
+
+
+# ---------------------------------------------------------------------------- cost
+
+
+def test_gpu_seconds_per_proposal_and_per_merged_improvement(
+    service: Service, client: TestClient, history: dict[str, Proposal]
+) -> None:
+    better = get(client, f"/v1/proposals/{history['better'].id}")
+    assert (
+        better["gpu_seconds"] == pytest.approx(history["better"].gpu_seconds()) and better["gpu_seconds"] > 0
+    )
+    assert better["tried_ref"] == service.repo.tried_refs()[history["better"].id]
+    listed = get(client, "/v1/proposals")["items"]
+    assert all("gpu_seconds" in item for item in listed)
+    everything = [service.store.get(item["id"]) for item in listed]
+    total = sum(p.gpu_seconds() for p in everything)
+    status = get(client, "/v1/status")
+    assert status["gpu_seconds_total"] == pytest.approx(total)
+    assert status["merged_improvements"] == 1
+    assert status["gpu_seconds_per_improvement"] == pytest.approx(total)
+
+
+def test_cost_per_improvement_is_null_before_the_first_merge(client: TestClient) -> None:
+    status = get(client, "/v1/status")
+    assert status["merged_improvements"] == 0 and status["gpu_seconds_per_improvement"] is None
+    assert status["gpu_seconds_total"] > 0  # the baseline run
+
+
+def test_git_trailers_match_the_lineage(service: Service, history: dict[str, Proposal]) -> None:
+    message = subprocess.run(
+        ["git", "-C", str(service.repo.path), "log", "-1", "--format=%B", "research"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    entry = service.store.lineage_entry(service.repo.head())
+    assert entry is not None and f"Proposal-Id: {entry.proposal_id}" in message
