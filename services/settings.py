@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     max_patch_bytes: int = Field(512 * KIB, gt=0, le=16 * MIB)  # a train.py or diff, UTF-8 bytes
     max_title_chars: int = Field(200, gt=0)
     max_description_chars: int = Field(20_000, gt=0)
+    max_queued_per_token: int = Field(20, ge=1)  # an agent token's proposals waiting in `queued`
+    submits_per_minute: int = Field(30, ge=1)  # an agent token's submits per minute (429 beyond)
 
     # --- runs
     run_wall_clock_s: int = Field(300, gt=0, le=24 * 3600)  # the training container's whole budget
@@ -82,6 +84,32 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, gt=0, lt=65536)
     page_size_max: int = Field(200, gt=0)
+
+    # --- built-in agents (services/agent/: autoresearch-agent, autoresearch-search)
+    agent_controller_url: str = "http://controller:8000"  # the API the agents use, as any client would
+    agent_token: SecretStr | None = None  # an agent token (POST /v1/tokens); falls back to admin_token
+    agent_name: str = Field("", max_length=100)  # the `agent` of its proposals; default per arm
+    agent_max_iterations: int = Field(100, ge=1)  # proposals submitted before the agent stops
+    agent_poll_s: float = Field(5.0, gt=0.0)  # between reads of a submitted proposal's state
+    agent_outcome_timeout_s: float = Field(24 * 3600.0, gt=0.0)  # waiting for one proposal's outcome
+    agent_recent_results: int = Field(15, ge=0, le=200)  # other proposals' results shown in the prompt
+    agent_llm_base_url: str = "https://api.openai.com/v1"  # any OpenAI-compatible chat-completions API
+    agent_llm_model: str = ""  # required by autoresearch-agent
+    agent_llm_api_key: SecretStr | None = None  # sent as a bearer token when set
+    agent_llm_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    agent_llm_max_tokens: int | None = Field(None, gt=0)  # the answer's cap; None: the server's default
+    agent_llm_timeout_s: float = Field(600.0, gt=0.0)  # one completion; reasoning models think long
+    agent_search_seed: int | None = None  # random search: None draws a fresh seed per process
+    agent_search_step: float = Field(0.3, gt=0.0, le=3.0)  # σ of the log-normal factor applied to a value
+    # Constants the search arm never touches: hardware facts and limits, not hyperparameters.
+    agent_search_exclude: list[str] = [
+        "PEAK_FLOPS",
+        "SEQ_LEN",
+        "ROPE_MAX_LEN",
+        "SAVE_RESERVE_S",
+        "STEADY_AFTER_STEPS",
+        "TINY_THREADS",
+    ]
 
     @field_validator("redis_url")
     @classmethod

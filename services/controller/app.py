@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services import auth
 from services.controller import events, logic, problems
-from services.controller.routes import best, health, metrics, program, proposals, research, runs, tokens
+from services.controller.routes import best, health, metrics, program, proposals, research, runs, tokens, ui
 from services.controller.routes import events as event_routes
 from services.metrics import DigestCache
 from services.settings import KIB, Settings
@@ -78,6 +78,6 @@ def create_app(
     app.state.sse_heartbeat_s = sse_heartbeat_s
     problems.install(app)
     app.add_middleware(problems.BodySizeLimit, max_bytes=request_body_limit(settings))
-    for module in (proposals, runs, best, program, event_routes, tokens, health, metrics, research):
+    for module in (proposals, runs, best, program, event_routes, tokens, health, metrics, ui, research):
         app.include_router(module.router)
     return app

@@ -1,0 +1,95 @@
+"""The dashboard in headless Chromium against the whole service (tests/stack.py): sign in, watch a
+real submission move through its states on its page, then find it on the leaderboard and the plot."""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from services.cli.client import ApiClient
+from tests.stack import BASELINE, Stack, running_stack
+
+pytestmark = pytest.mark.browser
+
+UI_TIMEOUT_MS = 20_000  # the fake pipeline decides in well under a second; this is headroom for CI
+LIFECYCLE = ["queued", "running", "evaluating", "confirming", "accepted", "merged"]
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_client: "redis.Redis[bytes]", redis_url: str) -> Iterator[Stack]:
+    with running_stack(tmp_path, redis_url) as running:
+        yield running
+
+
+@pytest.fixture
+def page(chromium: Any, stack: Stack) -> Iterator[Any]:
+    context = chromium.new_context(viewport={"width": 1400, "height": 1200})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def submit(client: ApiClient, score: str, title: str) -> str:
+    train_py = BASELINE.replace("FAKE_SCORE = 1.5", f"FAKE_SCORE = {score}")
+    proposal, created = client.submit({"title": title, "agent": "browser-test", "train_py": train_py})
+    assert created
+    return str(proposal["id"])
+
+
+def test_page_and_assets_are_served_without_a_token(stack: Stack) -> None:
+    for path in ("/", "/ui/", "/ui/anything", "/ui/static/app.js", "/ui/static/style.css"):
+        answer = httpx.get(stack.url + path)
+        assert answer.status_code == 200, path
+        assert "Content-Security-Policy" in answer.headers
+    for other in ("app.py", "index.html.bak", "..%2Froutes%2Fui.py"):
+        answer = httpx.get(f"{stack.url}/ui/static/{other}")  # 404, or the page for a path with a slash
+        assert answer.status_code == 404 or answer.text.startswith("<!doctype html>"), other
+    assert httpx.get(stack.url + "/v1/status").status_code == 401  # the data still needs a token
+
+
+def test_a_submission_moves_through_its_states_and_lands_on_the_plot(
+    stack: Stack, page: Any, output_dir: Path
+) -> None:
+    page.goto(stack.url + "/")
+    page.fill("#token", "not-a-token")
+    page.click("#login-form button")
+    page.wait_for_selector("#login-error:has-text('refused')")
+
+    page.fill("#token", stack.token("dashboard-user"))
+    page.click("#login-form button")
+    page.wait_for_selector("#progress-plot circle.kept")  # the baseline run
+    assert float(page.text_content("#best-bpb")) == pytest.approx(1.5, abs=2e-4)
+    page.wait_for_selector("#live.on")
+
+    with ApiClient(stack.url, stack.token("browser-agent")) as client:
+        with stack.paused():
+            better = submit(client, "1.4", "Lower the fake score")
+            page.wait_for_selector(f"#recent tr[data-id='{better}'] [data-state='queued']")
+            page.click(f"#recent tr[data-id='{better}'] a")
+            page.wait_for_selector("#p-state[data-state='queued']")
+            assert "FAKE_SCORE = 1.4" in page.text_content("#p-diff")
+        page.wait_for_selector("#p-state[data-state='merged']")
+        shown = page.locator("#p-events [data-state]").all_text_contents()
+        assert shown == LIFECYCLE
+        decision = page.text_content("#p-decision")
+        assert "paired-z/v1" in decision and "accepted" in decision
+        assert re.search(r"−?-?0\.1000\d\d", decision), decision  # Δ of about -0.1
+        page.wait_for_selector("#p-log:has-text('step 1/10')")
+
+        worse = submit(client, "1.6", "Raise the fake score")
+        page.goto(stack.url + "/#/")
+        page.wait_for_selector(f"#progress-plot circle.kept[data-id='{better}']")
+        page.wait_for_selector(f"#progress-plot circle.discarded[data-id='{worse}']")
+    assert page.get_attribute("#progress-plot", "data-points") == "3"
+    assert page.locator("#running-best").count() == 1
+    assert page.locator(f"#leaderboard tr[data-id='{better}']").count() == 1
+    page.wait_for_function("Math.abs(Number(document.getElementById('best-bpb').textContent) - 1.4) < 2e-4")
+    page.screenshot(path=str(output_dir / "dashboard.png"), full_page=True)
