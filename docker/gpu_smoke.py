@@ -1,6 +1,7 @@
 """GPU smoke test of DockerSandbox on the device machine (gpu_mode=devices, host /usr /etc /opt
 mounted read-only, an almost empty imported root filesystem, as ../shared/device/README.md describes).
-Prints JSON lines; writes $OUT/smoke.json. NOT YET RUN: the device was busy with other work.
+Prints JSON lines; writes $OUT/smoke.json (copied to bench/results/gpu-smoke.json). Ran on the H100 on
+2026-11-24: GPU in a hardened container, tmpfs and bind scratch, warm compile cache, wall-clock kill.
 
 Prepare here (git-ignored folder docker/build/device/):
     bash ../shared/device/make-docker-bundle.sh docker/build/device/docker-bundle.tar.xz
@@ -48,7 +49,9 @@ def note(key: str, value: object) -> None:
 def rootfs_tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        folders = ["usr", "etc", "opt", "dev", "proc", "sys", "tmp", "run", "var", "root"]
+        # sbin is a real folder: Docker mounts its init at /sbin/docker-init, which cannot go through a
+        # symlink into the read-only host /usr.
+        folders = ["usr", "etc", "opt", "dev", "proc", "sys", "tmp", "run", "var", "root", "sbin"]
         folders += ["code", "data", "out", "cache", "val", "ckpt", "eval-out"]
         for name in folders:
             info = tarfile.TarInfo(name)
@@ -57,7 +60,8 @@ def rootfs_tar() -> bytes:
             tar.addfile(info)
         for link, target in [
             ("bin", "usr/bin"),
-            ("sbin", "usr/sbin"),
+            ("sbin/ldconfig", "/usr/sbin/ldconfig"),  # Triton runs /sbin/ldconfig -p to find libcuda
+            ("sbin/ldconfig.real", "/usr/sbin/ldconfig.real"),  # Ubuntu's ldconfig is a wrapper script
             ("lib", "usr/lib"),
             ("lib64", "usr/lib64"),
         ]:
@@ -131,6 +135,10 @@ def main() -> None:
         {"nodes": nodes, "mounts": mounts, "ld_library_path": os.environ.get("LD_LIBRARY_PATH", "")},
     )
     extra = {"LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", "")}
+    libcuda = next((d for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu")
+                    if os.path.exists(f"{d}/libcuda.so.1")), None)
+    if libcuda:
+        extra["TRITON_LIBCUDA_PATH"] = libcuda  # Triton then needs no ldconfig
     for mode in ("tmpfs", "bind"):
         sandbox = DockerSandbox(settings, client, scratch_mode=mode, python=python, extra_env=extra)  # type: ignore[arg-type]
         if mode == "bind":
