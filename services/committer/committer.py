@@ -290,6 +290,9 @@ class Committer:
         if entry is not None and entry.proposal_id is None:
             memory = _peak_memory(scored)
             self.store.add_lineage(entry.model_copy(update={"val_bpb": val_bpb, "peak_memory_bytes": memory}))
+            # in git too, so that a fresh Redis recovers the baseline's score with the lineage
+            note = {"val_bpb": val_bpb, "peak_memory_bytes": memory, "results": _results_json(scored)}
+            self.repo.set_note(commit, json.dumps(note, indent=2, sort_keys=True))
 
     def _remember_fingerprints(self, results: Iterable[RunResult]) -> None:
         for fingerprint in {r.fingerprint for r in results if r.fingerprint is not None}:
@@ -366,6 +369,8 @@ def _lineage_from_git(info: CommitInfo, parent: str | None, position: int, note:
             results = [RunResult.model_validate(r) for r in data.get("results", [])]
             fields = {"decision": decision, "val_bpb": decision.candidate_bpb, "delta_bpb": decision.delta_bpb,
                       "peak_memory_bytes": _peak_memory(results)}  # fmt: skip
+        elif data.get("val_bpb") is not None:  # the root, scored by runs of it (`_score_root`)
+            fields = {"val_bpb": float(data["val_bpb"]), "peak_memory_bytes": data.get("peak_memory_bytes")}
     except (json.JSONDecodeError, ValidationError, AttributeError) as exc:
         log.warning("note of %s is unreadable (%s); lineage without its numbers", info.sha[:10], exc)
     proposal_id = trailers.get("Proposal-Id")
@@ -396,6 +401,10 @@ def _message(proposal: Proposal, decision: Decision) -> str:
     return "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1]))
 
 
+def _results_json(results: list[RunResult]) -> list[dict[str, object]]:
+    return [r.model_dump(mode="json", exclude={"log_tail"}) for r in results]
+
+
 def _note(proposal: Proposal, decision: Decision) -> str:
     return json.dumps(
         {
@@ -403,7 +412,7 @@ def _note(proposal: Proposal, decision: Decision) -> str:
             "agent": proposal.agent,
             "program_version": proposal.program_version,
             "decision": decision.model_dump(mode="json"),
-            "results": [r.model_dump(mode="json", exclude={"log_tail"}) for r in proposal.results],
+            "results": _results_json(proposal.results),
         },
         indent=2,
         sort_keys=True,

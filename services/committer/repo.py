@@ -56,6 +56,8 @@ class ResearchRepo(Protocol):
 
     def note(self, sha: str) -> str | None: ...
 
+    def set_note(self, sha: str, note: str) -> None: ...
+
 
 class GitResearchRepo:
     def __init__(self, path: Path, branch: str, author: str) -> None:
@@ -152,6 +154,10 @@ class GitResearchRepo:
         self._git("update-ref", f"{TRIED_REF_PREFIX}{proposal_id}", sha)
         self._add_note(sha, note)
         return sha
+
+    def set_note(self, sha: str, note: str) -> None:
+        """Attach (or replace) the note of a commit, e.g. the baseline's score once it is run."""
+        self._add_note(sha, note)
 
     # --- plumbing
 

@@ -2,6 +2,7 @@
 leaderboards and GPU cost, read through the controller (TestClient) from what a real committer (real
 git, real Redis, in-process RQ, the fake sandbox) recorded."""
 
+import json
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -142,12 +143,15 @@ def test_lineage_is_rebuilt_from_git_when_redis_is_lost(
         "delta_bpb",
         "decision",
     )
-    assert [{k: e[k] for k in same} for e in after[1:]] == [{k: e[k] for k in same} for e in before[1:]]
-    assert {**after[0], "val_bpb": None} == {**before[0], "val_bpb": None, "peak_memory_bytes": None}
+    assert [{k: e[k] for k in same} for e in after] == [{k: e[k] for k in same} for e in before]
     assert after[1]["peak_memory_bytes"] == 10**9
     commit_time = int(service.git("log", "-1", "--format=%ct", "research"))
     assert after[1]["merged_at"] == commit_time
-    assert after[0]["val_bpb"] is None  # the root's runs were only in Redis (its commit has no note)
+    assert after[0]["val_bpb"] is not None and after[0]["peak_memory_bytes"] == 10**9  # from the root's note
+    root_note = json.loads(service.repo.note(after[0]["commit"]) or "{}")
+    assert root_note["val_bpb"] == after[0]["val_bpb"] and len(root_note["results"]) == 1
+    tsv = client.get("/v1/results.tsv", headers=HEADERS).text.splitlines()
+    assert tsv[1].split("\t")[3:] == ["keep", "baseline"]
 
 
 # ---------------------------------------------------------------------------- results.tsv
