@@ -372,8 +372,9 @@ class DockerSandbox:
     def _start_and_supervise(self, container: Any, step: _Step) -> StepOutcome:
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=False)
         sink = None
-        if self.log_sink is not None:
-            sink = functools.partial(self.log_sink, step.labels[LABEL_PROPOSAL])
+        proposal_id = step.labels.get(LABEL_PROPOSAL)
+        if self.log_sink is not None and proposal_id:  # the environment probe belongs to no proposal
+            sink = functools.partial(self.log_sink, proposal_id)
         logs = _LogTail(stream, self.settings.max_log_bytes, sink)
         try:
             container.start()

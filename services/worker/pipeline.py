@@ -54,6 +54,9 @@ class Worker:
             results = self._run_seeds(proposal)
         except InfraError as exc:
             return self._infra_failure(proposal_id, exc, State.QUEUED)
+        except Exception as exc:  # a bug of ours, not the proposal's: bounded retries, then infra_error
+            log.exception("run failed unexpectedly", extra={"proposal_id": proposal_id})
+            return self._infra_failure(proposal_id, InfraError(f"worker error: {exc!r}"), State.QUEUED)
         failed = next((r for r in results if r.state != State.EVALUATING), None)
         if failed is not None:
             return self.store.transition(proposal_id, failed.state, failed.reason, results=results)

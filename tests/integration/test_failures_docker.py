@@ -43,7 +43,7 @@ def api(
     )
     store.add_commit(COMMIT, BASE)
     store.set_best(Best(commit=COMMIT, val_bpb=1.5))
-    sandbox = DockerSandbox(settings)
+    sandbox = DockerSandbox(settings, log_sink=store.append_live_log)  # as the worker's main wires it
     jobs.configure(Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="docker-w"))
     try:
         with TestClient(create_app(settings, store=store)) as client:
@@ -64,7 +64,8 @@ def api(
     ids=["crash", "timeout", "oom"],
 )
 def test_failure_has_its_own_state_and_log_tail_in_the_api(
-    api: TestClient, redis_client: "redis.Redis[bytes]", train_py: str, state: str, reason: str, log_line: str
+    api: TestClient, store: Store, redis_client: "redis.Redis[bytes]", train_py: str, state: str, reason: str,
+    log_line: str,
 ) -> None:
     submitted = api.post("/v1/proposals", json={"title": state, "agent": "t", "train_py": train_py})
     assert submitted.status_code == 201, submitted.text
@@ -76,4 +77,14 @@ def test_failure_has_its_own_state_and_log_tail_in_the_api(
     log = api.get(f"/v1/proposals/{proposal_id}/log")
     assert log.status_code == 200
     assert log_line in log.text
+    live = "".join(chunk for _, chunk in store.read_live_log(proposal_id))
+    assert log_line in live  # streamed while it ran
     assert queue.queue_depths(redis_client)[queue.COMMITS_QUEUE] == 0  # never sent for a decision
+
+
+def test_environment_probe_runs_with_a_live_log_sink(tmp_path: Path, store: Store, trainer_image: str) -> None:
+    """The probe container belongs to no proposal; the live log sink must not trip over it."""
+    settings = Settings(runs_dir=tmp_path / "runs", trainer_image=trainer_image, preset="tiny", device="cpu")
+    with DockerSandbox(settings, log_sink=store.append_live_log) as sandbox:
+        environment = sandbox.environment()
+    assert environment.gpu and environment.environment_hash
