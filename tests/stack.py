@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from pydantic import SecretStr
@@ -23,6 +24,7 @@ from services.settings import Settings
 from services.store import Store
 from services.worker import jobs as worker_jobs
 from services.worker.pipeline import Worker
+from services.worker.sandbox import Sandbox
 from tests.fakes import FakeSandbox
 from tests.integration.live_server import ADMIN, serve
 
@@ -63,7 +65,7 @@ class Stack:
     settings: Settings
     store: Store
     conn: "redis.Redis[bytes]"
-    sandbox: FakeSandbox
+    sandbox: Sandbox
     unpaused: threading.Event
 
     @contextmanager
@@ -93,21 +95,34 @@ def _drain_until(conn: "redis.Redis[bytes]", stop: threading.Event, unpaused: th
 
 
 @contextmanager
-def running_stack(tmp_path: Path, redis_url: str, baseline: str = BASELINE) -> Iterator[Stack]:
-    """Yield the running service; the Redis database must be empty (the redis_client fixture)."""
-    settings = Settings(
-        redis_url=redis_url,
-        admin_token=SecretStr(ADMIN),
-        runs_dir=tmp_path / "runs",
-        repo_dir=tmp_path / "repo",
-        page_size_max=200,
-    )
+def running_stack(
+    tmp_path: Path,
+    redis_url: str,
+    baseline: str = BASELINE,
+    sandbox: Sandbox | None = None,
+    **settings: Any,
+) -> Iterator[Stack]:
+    """Yield the running service; the Redis database must be empty (the redis_client fixture).
+    `sandbox`: default the fake one; `settings`: overrides of the service's Settings."""
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "admin_token": SecretStr(ADMIN),
+        "runs_dir": tmp_path / "runs",
+        "repo_dir": tmp_path / "repo",
+        "page_size_max": 200,
+        **settings,
+    }
+    service_settings = Settings(**values)
     conn: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
     store = Store(conn)
-    sandbox = FakeSandbox()
-    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
-    committer = Committer(settings=settings, store=store, repo=repo, conn=conn)
-    worker_jobs.configure(Worker(settings=settings, store=store, sandbox=sandbox, conn=conn, name="w1"))
+    sandbox = sandbox or FakeSandbox()
+    repo = GitResearchRepo(
+        service_settings.repo_dir, service_settings.research_branch, service_settings.git_author
+    )
+    committer = Committer(settings=service_settings, store=store, repo=repo, conn=conn)
+    worker_jobs.configure(
+        Worker(settings=service_settings, store=store, sandbox=sandbox, conn=conn, name="w1")
+    )
     committer_jobs.configure(committer)
     stop, unpaused = threading.Event(), threading.Event()
     unpaused.set()
@@ -117,8 +132,8 @@ def running_stack(tmp_path: Path, redis_url: str, baseline: str = BASELINE) -> I
         while any(queue.queue_depths(conn).values()):
             drain_once(conn)
         drainer.start()
-        with serve(settings, store) as url:
-            yield Stack(url, ADMIN, settings, store, conn, sandbox, unpaused)
+        with serve(service_settings, store) as url:
+            yield Stack(url, ADMIN, service_settings, store, conn, sandbox, unpaused)
     finally:
         stop.set()
         if drainer.is_alive():

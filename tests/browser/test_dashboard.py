@@ -83,6 +83,7 @@ def test_a_submission_moves_through_its_states_and_lands_on_the_plot(
         assert "paired-z/v1" in decision and "accepted" in decision
         assert re.search(r"−?-?0\.1000\d\d", decision), decision  # Δ of about -0.1
         page.wait_for_selector("#p-log:has-text('step 1/10')")
+        page.screenshot(path=str(output_dir / "proposal.png"), full_page=True)
 
         worse = submit(client, "1.6", "Raise the fake score")
         page.goto(stack.url + "/#/")
@@ -90,6 +91,7 @@ def test_a_submission_moves_through_its_states_and_lands_on_the_plot(
         page.wait_for_selector(f"#progress-plot circle.discarded[data-id='{worse}']")
     assert page.get_attribute("#progress-plot", "data-points") == "3"
     assert page.locator("#running-best").count() == 1
+    page.wait_for_selector("#running-none")  # nothing left running
     assert page.locator(f"#leaderboard tr[data-id='{better}']").count() == 1
     page.wait_for_function("Math.abs(Number(document.getElementById('best-bpb').textContent) - 1.4) < 2e-4")
     page.screenshot(path=str(output_dir / "dashboard.png"), full_page=True)

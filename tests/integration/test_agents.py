@@ -6,6 +6,8 @@ import difflib
 import json
 import random
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from docker.client import DockerClient
 from pydantic import SecretStr
 
 from services.agent.llm import ChatClient, LlmError
@@ -22,19 +25,24 @@ from services.agent.llm_agent import LlmAgent
 from services.agent.loop import NOT_SUBMITTED, Clock
 from services.agent.search import RandomSearch
 from services.cli.client import ApiClient
-from services.settings import Settings
+from services.settings import MIB, Settings
+from services.worker.docker_sandbox import DockerSandbox
+from tests.integration.conftest import REPO
+from tests.integration.test_docker_sandbox import write_corpus
 from tests.stack import Stack, running_stack
 
 LLM_KEY = "sk-test-key"
 STEP_BPB = 0.05  # each good idea of the fake LLM lowers the fake score by this much
+REAL_CHANGE = ("TINY_LR = 0.3", "TINY_LR = 0.6")  # lowers the tiny preset's val_bpb on the test corpus
 PROGRAM_V2 = "# Research program, version 2\n\nLower val_bpb. Prefer small, safe steps.\n"
 
 
 @dataclass
 class FakeLlm:
     """Answers each chat completion from a script: "improve" (a diff lowering FAKE_SCORE of the best
-    train.py in the prompt, with a wrong path and wrong line numbers, as models write them), "chat"
-    (no diff at all) or "error" (HTTP 500)."""
+    train.py in the prompt, with a wrong path and wrong line numbers, as models write them),
+    "real" (REAL_CHANGE to the real trainer's tiny preset), "chat" (no diff
+    at all) or "error" (HTTP 500)."""
 
     script: list[str]
     prompts: list[dict[str, Any]] = field(default_factory=list)
@@ -48,7 +56,7 @@ class FakeLlm:
             )
         if action == "error":
             return 500, {"error": {"message": "the model is overloaded"}}
-        content = "I think the model is fine as it is." if action == "chat" else improvement(body)
+        content = "I think the model is fine as it is." if action == "chat" else improvement(body, action)
         return 200, {
             "id": "chatcmpl-1",
             "object": "chat.completion",
@@ -59,20 +67,24 @@ class FakeLlm:
         }
 
 
-def improvement(body: dict[str, Any]) -> str:
+def improvement(body: dict[str, Any], action: str) -> str:
     user = body["messages"][-1]["content"]
     best = re.search(r"```python\n(.*?)```", user, re.DOTALL)
     assert best is not None, "the prompt shows the best train.py"
     base = best.group(1)
-    score = float(re.search(r"^FAKE_SCORE = (\S+)$", base, re.MULTILINE).group(1))  # type: ignore[union-attr]
-    new = base.replace(f"FAKE_SCORE = {score}", f"FAKE_SCORE = {round(score - STEP_BPB, 6)}")
+    if action == "real":
+        new = base.replace(*REAL_CHANGE)
+        title = f"{REAL_CHANGE[0].split(' = ')[0]}: {REAL_CHANGE[1]}"
+    else:
+        score = float(re.search(r"^FAKE_SCORE = (\S+)$", base, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        new = base.replace(f"FAKE_SCORE = {score}", f"FAKE_SCORE = {round(score - STEP_BPB, 6)}")
+        title = f"lower FAKE_SCORE to {score - STEP_BPB:.2f}"
+    assert new != base
     diff = "".join(
         difflib.unified_diff(base.splitlines(True), new.splitlines(True), "a/train.py", "b/train.py")
     )
     diff = re.sub(r"^@@ -\d+", "@@ -1", diff, flags=re.MULTILINE)  # off by a few lines
-    return (
-        f"TITLE: lower FAKE_SCORE to {score - STEP_BPB:.2f}\nWHY: a lower fake score.\n\n```diff\n{diff}```\n"
-    )
+    return f"TITLE: {title}\nWHY: it should help.\n\n```diff\n{diff}```\n"
 
 
 @pytest.fixture
@@ -82,8 +94,8 @@ def stack(tmp_path: Path, redis_client: "redis.Redis[bytes]", redis_url: str) ->
 
 
 @pytest.fixture
-def fake_llm() -> Iterator[tuple[str, FakeLlm]]:
-    llm = FakeLlm(script=["improve", "chat", "improve", "error", "improve"])
+def fake_llm(request: pytest.FixtureRequest) -> Iterator[tuple[str, FakeLlm]]:
+    llm = FakeLlm(script=getattr(request, "param", ["improve", "chat", "improve", "error", "improve"]))
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -114,12 +126,8 @@ def fake_llm() -> Iterator[tuple[str, FakeLlm]]:
 
 
 def agent_settings(stack: Stack, **fields: Any) -> Settings:
-    return Settings(
-        redis_url=stack.settings.redis_url,
-        agent_poll_s=0.02,
-        agent_outcome_timeout_s=60,
-        **fields,
-    )
+    values: dict[str, Any] = {"agent_poll_s": 0.02, "agent_outcome_timeout_s": 60, **fields}
+    return Settings(redis_url=stack.settings.redis_url, **values)
 
 
 def test_llm_agent_learns_from_outcomes_and_its_merges_count_for_its_program_version(
@@ -194,3 +202,52 @@ def test_chat_client_translates_an_unreachable_endpoint() -> None:
         pytest.raises(LlmError),
     ):
         chat.complete([])
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("fake_llm", [["real"]], indirect=True)
+def test_llm_agent_with_the_real_tiny_trainer_in_docker(
+    tmp_path: Path,
+    redis_client: "redis.Redis[bytes]",
+    redis_url: str,
+    docker_client: DockerClient,
+    trainer_image: str,
+    fake_llm: tuple[str, FakeLlm],
+) -> None:
+    """One idea of the fake LLM, trained and scored for real: the baseline trainer/train.py (tiny
+    preset, CPU) and the trusted evaluator through DockerSandbox, screened and confirmed."""
+    write_corpus(tmp_path / "source")
+    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
+    subprocess.run(
+        [sys.executable, str(REPO / "trainer" / "prepare.py"), "--source", str(tmp_path / "source"),
+         "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--vocab-size", "512"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    for folder in (train_dir, val_dir):  # readable by uid 65534
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    real: dict[str, Any] = {
+        "trainer_image": trainer_image,
+        "train_data": str(train_dir),
+        "val_data": str(val_dir),
+        "runs_dir": tmp_path / "runs",
+        "preset": "tiny",
+        "device": "cpu",
+        "run_wall_clock_s": 240,
+        "container_memory_bytes": 4 * 1024 * MIB,
+    }
+    sandbox = DockerSandbox(Settings(**real), docker_client)
+    url, _ = fake_llm
+    baseline = (REPO / "trainer" / "train.py").read_text()
+    with running_stack(tmp_path, redis_url, baseline, sandbox, **real) as stack:
+        settings = agent_settings(
+            stack, agent_max_iterations=1, agent_poll_s=0.5, agent_outcome_timeout_s=1500
+        )
+        chat = ChatClient(url, "fake-model", LLM_KEY, temperature=0.7, max_tokens=None, timeout_s=10)
+        with ApiClient(stack.url, stack.token("gpt-fake")) as client, chat:
+            (outcome,) = LlmAgent(client, chat, settings).run()
+            stats = {row["version"]: row for row in client.get("/v1/program/stats")}
+    assert outcome.state == "merged", outcome.reason
+    assert outcome.delta_bpb is not None and outcome.delta_bpb < 0
+    assert stats[1]["merged"] == 1 and stats[1]["mean_delta_bpb"] == pytest.approx(outcome.delta_bpb)

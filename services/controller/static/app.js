@@ -12,6 +12,7 @@ const POLL_MS = 10000; // refresh even when no event arrives (e.g. a proxy buffe
 const RECONNECT_MS = 2000;
 const LOG_MAX_CHARS = 200000; // the live log pane keeps this much
 const BUSY = ["running", "evaluating", "confirming"];
+const ACTIVE = new Set(["queued", ...BUSY, "accepted"]); // not decided yet (services/states.py)
 
 const $ = (id) => document.getElementById(id);
 let view = null; // {name, id, abort: AbortController}
@@ -125,7 +126,7 @@ function parseMetrics(text) {
 
 // ------------------------------------------------------------------------------------ progress plot
 
-// Scored experiments in the order they were made: [{id, title, val_bpb, kept, at}], like
+// Decided, scored experiments in the order they were made: [{id, title, val_bpb, kept, at}], like
 // autoresearch's progress.png: kept (merged) vs discarded, and the running best as a step line.
 async function experiments(signal) {
   const items = [];
@@ -135,7 +136,7 @@ async function experiments(signal) {
     if (offset + page.items.length >= page.total || page.items.length === 0) break;
   }
   return items
-    .filter((p) => p.val_bpb !== null)
+    .filter((p) => p.val_bpb !== null && !ACTIVE.has(p.state)) // decided: kept or discarded
     .sort((a, b) => a.created_at - b.created_at)
     .map((p) => ({ id: p.id, title: p.title, val_bpb: p.val_bpb, at: p.created_at, kept: p.state === "merged" }));
 }
@@ -205,12 +206,13 @@ function drawPlot(points) {
 // ------------------------------------------------------------------------------------ overview
 
 async function refreshOverview(signal) {
-  const [status, board, recent, metricsText, points] = await Promise.all([
+  const [status, board, recent, metricsText, points, ...busyPages] = await Promise.all([
     api("/v1/status", { signal }),
     api("/v1/leaderboard?limit=20", { signal }),
     api("/v1/proposals?limit=20", { signal }),
     fetch("/metrics", { signal }).then((r) => (r.ok ? r.text() : "")),
     experiments(signal),
+    ...BUSY.map((s) => api(`/v1/proposals?state=${s}&limit=20`, { signal })),
   ]);
   const m = parseMetrics(metricsText);
   $("best-bpb").textContent = fmt(status.best_val_bpb);
@@ -220,7 +222,13 @@ async function refreshOverview(signal) {
   const busy = BUSY.reduce((sum, s) => sum + (status.states[s] || 0), 0);
   $("gpu-busy").textContent = `${busy} running`;
   const share = m["autoresearch_gpu_busy_share"];
-  $("gpu-share").textContent = share === undefined ? "" : `busy share ${(share * 100).toFixed(0)}% (GPU-equivalents)`;
+  const perWin = status.gpu_seconds_per_improvement;
+  $("gpu-share").textContent = (share === undefined ? "" : `busy share ${(share * 100).toFixed(0)}% · `) +
+    (status.gpu_seconds_total === undefined ? "" : `${Math.round(status.gpu_seconds_total)} GPU s`) +
+    (perWin === null || perWin === undefined ? "" : ` · ${Math.round(perWin)} s per merged improvement`);
+  const running = busyPages.flatMap((page) => page.items);
+  fillTable("running", running.map((p) => [stateChip(p.state), link(p), p.agent, age(p.updated_at)]));
+  $("running-none").hidden = running.length > 0;
   $("accepts").textContent = String(m["autoresearch_accepts_total"] ?? "–");
   const version = m["autoresearch_program_version"];
   $("program-version").textContent = version === undefined ? "" : `program.md v${version}`;
