@@ -7,6 +7,7 @@
     │   ├── UnknownBase          the base commit is not on the research branch
     │   └── NotFound             no proposal / run / commit with that id
     ├── AuthError                missing or wrong bearer token (401) or role (403)
+    ├── QuotaExceeded            a token's submit quota is used up (429, with Retry-After)
     ├── InfraError               the machine broke, not the idea: retried, then `infra_error`
     │   ├── SandboxUnavailable   Docker daemon down, image missing, GPU lost
     │   └── StoreUnavailable     Redis unreachable
@@ -51,6 +52,14 @@ class AuthError(ServiceError):
     def __init__(self, message: str, *, forbidden: bool = False) -> None:
         super().__init__(message)
         self.forbidden = forbidden
+
+
+class QuotaExceeded(ServiceError):
+    """A token submitted too much; `retry_after_s` says when trying again can succeed."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InfraError(ServiceError):

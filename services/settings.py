@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     ]
     gpu_host_mounts: list[str] = []  # "host:container" read-only binds for gpu_mode=devices
     infra_retries: int = Field(2, ge=0, le=10)  # re-runs after an infrastructure failure
+    # A worker renews a lease on the proposal it runs; one not renewed for this long is re-queued.
+    worker_lease_ttl_s: int = Field(30, ge=1, le=3600)
     first_seed: int = 42  # harness seed of a proposal's screening run
 
     # --- acceptance (rule paired-z/v1, services/committer/rules.py)

@@ -7,11 +7,14 @@ It never executes the candidate. It reads directives from the candidate's text i
     FAKE_TIMEOUT = True   training hits the wall clock
     FAKE_OOM = True       the container is OOM-killed
     FAKE_INFRA = N        the first N training attempts fail as infrastructure (daemon down)
+    FAKE_HOLD = /a/path   training blocks while that file exists (at most 60 s): a run in flight
 and writes outputs with the same file names the real trainer and evaluator write.
 """
 
 import json
+import os
 import re
+import time
 from dataclasses import dataclass, field
 
 from services.errors import SandboxUnavailable
@@ -24,6 +27,8 @@ from services.worker.sandbox import (
     StepOutcome,
     TrainRequest,
 )
+
+HOLD_MAX_S = 60
 
 
 def directive(text: str, name: str, default: str | None = None) -> str | None:
@@ -50,6 +55,10 @@ class FakeSandbox:
             self.infra_failures[request.proposal_id] = failures + 1
             raise SandboxUnavailable("fake: Docker daemon is not answering")
         log = f"step 1/10 loss 4.2\nseed {request.seed}\n"
+        hold = directive(text, "FAKE_HOLD")
+        deadline = time.monotonic() + HOLD_MAX_S
+        while hold and os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if directive(text, "FAKE_TIMEOUT"):
             return StepOutcome(None, True, False, log + "still training...\n", False, request.wall_clock_s)
         if directive(text, "FAKE_OOM"):

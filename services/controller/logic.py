@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis
 
+from services import quotas
 from services.auth import Principal
 from services.controller.schemas import RequestRuns, SubmitProposal
 from services.errors import InfraError, NotFound, ProposalError, UnknownBase
@@ -104,8 +105,14 @@ def submit_proposal(
         content_hash=candidate.content_hash,
         seeds=[settings.first_seed],
     )
+    limited = quotas.applies_to(principal)
+    if limited:  # after validation: a rejected submission writes nothing, not even a counter
+        quotas.check_queued(store, conn, principal, settings.max_queued_per_token, run_budget_s(settings))
+        quotas.count_submit(conn, principal, settings.submits_per_minute)
     stored, created = store.create(proposal, dedupe=True, idempotency=idem)
     if created:
+        if limited:
+            quotas.record_queued(conn, principal, stored.id)
         enqueue_run(conn, stored.id, run_budget_s(settings))
         log.info(
             "proposal %s from %s (token %s) queued on %s",

@@ -2,6 +2,7 @@
 
     ProposalError   NotFound 404, Conflict 409, InvalidPatch / InvalidPython / UnknownBase / other 422
     AuthError       401 (with `WWW-Authenticate: Bearer`), 403 when the role is too low
+    QuotaExceeded   429 (with `Retry-After`, seconds)
     InfraError      NotReady / StoreUnavailable / others 503
     redis.RedisError that escaped a module without translating it: 503
     request validation (pydantic) 422, naming each bad field; HTTP errors (404 route, 405) as they are
@@ -32,6 +33,7 @@ from services.errors import (
     InvalidPython,
     NotFound,
     ProposalError,
+    QuotaExceeded,
     ServiceError,
     StoreUnavailable,
     UnknownBase,
@@ -105,6 +107,9 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
         if exc.forbidden:
             return problem(403, "forbidden", "Forbidden", str(exc))
         return problem(401, "unauthorized", "Unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, QuotaExceeded):
+        retry = {"Retry-After": str(exc.retry_after_s)}
+        return problem(429, "quota-exceeded", "Quota exceeded", str(exc), headers=retry)
     for cls, status, slug, title in _SERVICE_ERRORS:
         if isinstance(exc, cls):
             if status >= 500:

@@ -10,7 +10,7 @@ from services import queue
 from services.logs import configure_logging
 from services.settings import Settings
 from services.store import Store
-from services.worker import jobs
+from services.worker import jobs, lease
 from services.worker.docker_sandbox import DockerSandbox
 from services.worker.pipeline import Worker
 
@@ -34,7 +34,10 @@ def main() -> None:
     removed = sandbox.remove_strays()  # containers a previous life of this worker left behind
     if removed:
         log.warning("removed %d stray containers: %s", len(removed), ", ".join(removed))
-    jobs.configure(Worker(settings=settings, store=store, sandbox=sandbox, conn=conn, name=name))
+    worker = Worker(settings=settings, store=store, sandbox=sandbox, conn=conn, name=name)
+    jobs.configure(worker)
+    # Proposals whose worker died mid-run (lease expired): re-queued now and every lease period.
+    lease.sweep_forever(conn, worker.recover_orphan, settings.worker_lease_ttl_s)
     log.info("worker %s ready (device %s, gpu mode %s)", name, settings.device, settings.gpu_mode)
     # SimpleWorker runs jobs in this process: the sandbox's containers are the isolation, and one
     # process per GPU keeps the Docker client and Redis connections alive between runs.

@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,7 @@ from services.models import Fingerprint, Proposal, RunResult, StepTimings, new_i
 from services.settings import Settings
 from services.states import State
 from services.store import Store
+from services.worker import lease
 from services.worker.collect import collect_checkpoint, prepare_run_dir, read_result
 from services.worker.sandbox import EvalRequest, RunPaths, Sandbox, StepOutcome, TrainRequest
 
@@ -50,19 +52,46 @@ class Worker:
         except Conflict:
             log.info("skipped: proposal is %s", proposal.state, extra={"proposal_id": proposal_id})
             return proposal
-        try:
-            results = self._run_seeds(proposal)
-        except InfraError as exc:
-            return self._infra_failure(proposal_id, exc, State.QUEUED)
-        except Exception as exc:  # a bug of ours, not the proposal's: bounded retries, then infra_error
-            log.exception("run failed unexpectedly", extra={"proposal_id": proposal_id})
-            return self._infra_failure(proposal_id, InfraError(f"worker error: {exc!r}"), State.QUEUED)
+        with self._lease(proposal_id):
+            try:
+                results = self._run_seeds(proposal)
+            except InfraError as exc:
+                infra = exc
+            except Exception as exc:  # a bug of ours, not the proposal's: bounded retries, then infra_error
+                log.exception("run failed unexpectedly", extra={"proposal_id": proposal_id})
+                infra = InfraError(f"worker error: {exc!r}")
+            else:
+                return self._screened(proposal_id, results)
+        return self._infra_failure(proposal_id, infra, State.QUEUED)  # its lease released: re-queue
+
+    def _screened(self, proposal_id: str, results: list[RunResult]) -> Proposal:
         failed = next((r for r in results if r.state != State.EVALUATING), None)
         if failed is not None:
             return self.store.transition(proposal_id, failed.state, failed.reason, results=results)
         proposal = self.store.update(proposal_id, results=results)
         queue.enqueue_decision(self.conn, proposal_id)
         return proposal
+
+    def recover_orphan(self, proposal_id: str) -> Proposal:
+        """The worker that ran this proposal died (its lease expired): run it again, counted as an
+        infrastructure failure, unless its runs were finished (then only make sure it is decided)."""
+        proposal = self.store.get(proposal_id)
+        died = InfraError("the worker running it stopped renewing its lease (it died mid-run)")
+        if proposal.state == State.RUNNING or (
+            proposal.state == State.EVALUATING and not _scored_all(proposal)
+        ):
+            return self._infra_failure(proposal_id, died, State.QUEUED)
+        if proposal.state == State.CONFIRMING and len(proposal.baseline_results) < len(
+            proposal.confirm_seeds
+        ):
+            self.conn.delete(f"ar:claim:{proposal.id}:confirm")
+            return self._infra_failure(proposal_id, died, State.CONFIRMING)
+        if proposal.state in (State.EVALUATING, State.CONFIRMING):
+            queue.enqueue_decision(self.conn, proposal_id)  # deciding is idempotent
+        return proposal
+
+    def _lease(self, proposal_id: str) -> AbstractContextManager[None]:
+        return lease.held(self.conn, proposal_id, self.name, self.settings.worker_lease_ttl_s)
 
     def _run_seeds(self, proposal: Proposal) -> list[RunResult]:
         results: list[RunResult] = []
@@ -82,6 +111,10 @@ class Worker:
         if not self.conn.set(f"ar:claim:{proposal.id}:confirm", self.name, nx=True, ex=claim_ttl_s):
             log.info("skipped: another worker confirms it", extra={"proposal_id": proposal.id})
             return proposal
+        with self._lease(proposal.id):
+            return self._confirm_runs(proposal, pending)
+
+    def _confirm_runs(self, proposal: Proposal, pending: list[int]) -> Proposal:
         try:
             for seed in pending:
                 candidate = self.run_once(proposal, seed, announce=False)
@@ -270,6 +303,12 @@ def classify_training(outcome: StepOutcome, wall_clock_s: int) -> tuple[State, s
     if outcome.exit_code != 0:
         return State.CRASHED, f"the trainer exited with code {outcome.exit_code}: {_last_line(outcome.log)}"
     return None
+
+
+def _scored_all(proposal: Proposal) -> bool:
+    return len(proposal.results) == len(proposal.seeds) and all(
+        r.val_bpb is not None for r in proposal.results
+    )
 
 
 def _discard_outputs(paths: RunPaths) -> None:

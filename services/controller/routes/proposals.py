@@ -34,6 +34,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: PROBLEM_RESPONSE}
     responses={
         200: {"description": "a duplicate or a retried submit: the existing proposal"},
         422: PROBLEM_RESPONSE,
+        429: {**PROBLEM_RESPONSE, "description": "a quota of the token is used up; see Retry-After"},
     },
 )
 def submit(

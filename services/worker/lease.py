@@ -1,0 +1,91 @@
+"""Worker leases, and the sweep that re-queues the proposals of workers that died.
+
+While a worker runs a proposal it holds a lease: `ar:lease:<id>` (the worker's name) with a TTL of
+`worker_lease_ttl_s`, refreshed by a thread every third of that, and the id in the set `ar:leased`.
+A worker killed mid-run (kill -9, a lost machine) stops refreshing; its key expires and the id is
+left in the set without a key. `recover_orphans` (every worker runs it at start and then every
+`worker_lease_ttl_s`) finds such ids and hands each to the worker's infrastructure-failure path: run
+again (screening from scratch, or the confirmation runs still missing) or `infra_error` after
+`infra_retries`. A proposal is so never lost, and never re-queued while its lease is alive, so two
+workers never run it at once (a dead worker's container is stopped by its own in-container backstop
+at the deadline, and removed by `remove_strays` when that worker starts again).
+
+Order matters: the key is set before the id joins the set, and the id leaves the set before the key
+is deleted, so a sweep never sees a live run as orphaned. `SREM` decides which sweeper recovers it.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+log = logging.getLogger(__name__)
+
+LEASE_KEY = "ar:lease:{}"
+LEASED_SET = "ar:leased"
+REFRESHES_PER_TTL = 3  # a lease survives two missed refreshes
+
+
+@contextmanager
+def held(conn: "redis.Redis[bytes]", proposal_id: str, owner: str, ttl_s: int) -> Iterator[None]:
+    """Hold the proposal's lease for the duration of the block."""
+    key = LEASE_KEY.format(proposal_id)
+    conn.set(key, owner, ex=ttl_s)
+    conn.sadd(LEASED_SET, proposal_id)
+    stop = threading.Event()
+    refresher = threading.Thread(
+        target=_refresh, args=(conn, key, owner, ttl_s, stop), name=f"lease-{proposal_id}", daemon=True
+    )
+    refresher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        refresher.join()
+        if conn.get(key) in (owner.encode(), None):  # not a lease another worker took since
+            conn.srem(LEASED_SET, proposal_id)
+            conn.delete(key)
+
+
+def _refresh(conn: "redis.Redis[bytes]", key: str, owner: str, ttl_s: int, stop: threading.Event) -> None:
+    while not stop.wait(ttl_s / REFRESHES_PER_TTL):
+        try:
+            conn.set(key, owner, ex=ttl_s)
+        except redis.RedisError:  # Redis away for a moment: the next refresh may succeed
+            log.warning("could not refresh the lease %s", key, exc_info=True)
+
+
+def orphans(conn: "redis.Redis[bytes]") -> list[str]:
+    """Ids of proposals whose worker took a lease and stopped refreshing it."""
+    ids = sorted(raw.decode() for raw in conn.smembers(LEASED_SET))
+    return [i for i in ids if not conn.exists(LEASE_KEY.format(i))]
+
+
+def recover_orphans(conn: "redis.Redis[bytes]", recover: Callable[[str], object]) -> list[str]:
+    """Call `recover(proposal_id)` once for each orphan this sweep claims; return their ids."""
+    claimed = [i for i in orphans(conn) if conn.srem(LEASED_SET, i)]
+    for proposal_id in claimed:
+        log.warning("lease expired: its worker died; recovering", extra={"proposal_id": proposal_id})
+        recover(proposal_id)
+    return claimed
+
+
+def sweep_forever(
+    conn: "redis.Redis[bytes]", recover: Callable[[str], object], every_s: float
+) -> threading.Thread:
+    """Run `recover_orphans` every `every_s` seconds on a daemon thread."""
+
+    def loop() -> None:
+        while True:
+            try:
+                recover_orphans(conn, recover)
+            except redis.RedisError:
+                log.warning("lease sweep failed; trying again", exc_info=True)
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=loop, name="lease-sweep", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,33 @@
+"""A worker process behind the FakeSandbox, for fault-injection tests: settings from the environment
+(AR_*), one lease sweep at start (as `autoresearch-worker` does), then the runs queue in burst mode.
+Usage: python -m tests.integration.fault_worker <worker name>"""
+
+import sys
+import uuid
+
+import redis
+from rq import SimpleWorker
+
+from services import queue
+from services.settings import Settings
+from services.store import Store
+from services.worker import jobs, lease
+from services.worker.pipeline import Worker
+from tests.fakes import FakeSandbox
+
+
+def main() -> None:
+    name = sys.argv[1]
+    settings = Settings()
+    conn = redis.Redis.from_url(settings.redis_url)
+    worker = Worker(settings=settings, store=Store(conn), sandbox=FakeSandbox(), conn=conn, name=name)
+    jobs.configure(worker)
+    lease.recover_orphans(conn, worker.recover_orphan)
+    rq_name = f"{name}-{uuid.uuid4().hex[:8]}"
+    SimpleWorker([queue.runs_queue(conn)], connection=conn, name=rq_name).work(
+        burst=True, logging_level="ERROR"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Fault injection with real processes: a worker killed with SIGKILL mid-training (its lease expires,
+the next worker's sweep re-runs the proposal once, counted as an infrastructure attempt; never run by
+two workers at once); Redis stopped and restarted with AOF persistence (proposals and queue intact);
+the controller killed during submits (a retry with the same Idempotency-Key creates one proposal)."""
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from services import queue
+from services.models import Proposal, RunResult, new_id
+from services.settings import Settings
+from services.states import State
+from services.store import Store
+from services.worker import lease
+from services.worker.pipeline import Worker
+from tests.conftest import free_port, wait_for
+from tests.fakes import FakeSandbox
+from tests.integration.conftest import REPO
+from tests.integration.live_server import ADMIN, REPO_PROGRAM, agent_token, seed, with_lr
+
+BASE = "FAKE_SCORE = 1.5\n"
+
+
+def new_proposal(store: Store, train_py: str) -> Proposal:
+    proposal = Proposal(
+        id=new_id("p"), title="idea", agent="t", description="", base_commit="a" * 40, base_train_py=BASE,
+        train_py=train_py, diff="", content_hash=new_id("h"), seeds=[42],
+    )  # fmt: skip
+    stored, _ = store.create(proposal)
+    return stored
+
+
+def start_worker(name: str, env: dict[str, str], log: Path) -> "subprocess.Popen[bytes]":
+    with log.open("ab") as sink:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.fault_worker", name], cwd=REPO, env=env,
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def test_worker_killed_mid_training_is_rerun_once_by_the_next_worker(
+    tmp_path: Path, redis_url: str, store: Store, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """Kills: worker A (SIGKILL) while its run is in flight. Verifies: while A lives its lease is
+    renewed and no sweep takes the proposal; after the kill the lease expires, worker B's start-up
+    sweep re-queues it (attempt 1, reason in the history), B runs it to a score, no lease is left."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    proposal = new_proposal(store, f"FAKE_HOLD = {hold}\nFAKE_SCORE = 1.4\n")
+    queue.enqueue_run(redis_client, proposal.id, 60)
+    env = {**os.environ, "AR_REDIS_URL": redis_url, "AR_RUNS_DIR": str(tmp_path / "runs"),
+           "AR_WORKER_LEASE_TTL_S": "1", "AR_INFRA_RETRIES": "2"}  # fmt: skip
+    worker_a = start_worker("worker-a", env, tmp_path / "a.log")
+    try:
+        wait_for(lambda: redis_client.exists(lease.LEASE_KEY.format(proposal.id)), 30, "worker A's lease")
+        assert store.get(proposal.id).state == State.RUNNING
+        time.sleep(2.5)  # over two lease periods: renewed, so never orphaned while A lives
+        assert lease.orphans(redis_client) == []
+        assert lease.recover_orphans(redis_client, lambda _: pytest.fail("recovered a live run")) == []
+    finally:
+        worker_a.send_signal(signal.SIGKILL)
+        worker_a.wait(10)
+    hold.unlink()
+    wait_for(lambda: lease.orphans(redis_client) == [proposal.id], 5, "the dead worker's lease to expire")
+    assert store.get(proposal.id).state == State.RUNNING  # nothing moved it yet: not lost, not re-run
+    worker_b = start_worker("worker-b", env, tmp_path / "b.log")
+    assert worker_b.wait(60) == 0, (tmp_path / "b.log").read_text(errors="replace")[-2000:]
+    done = store.get(proposal.id)
+    assert done.state == State.EVALUATING and done.attempts == 1
+    assert [r.val_bpb for r in done.results] == [pytest.approx(1.4, abs=1e-3)]
+    reasons = [e.reason for e in store.events(proposal.id)]
+    assert any("stopped renewing its lease" in r and "retry 1 of 2" in r for r in reasons), reasons
+    assert redis_client.scard(lease.LEASED_SET) == 0
+    assert queue.queue_depths(redis_client) == {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 1}
+
+
+@pytest.fixture
+def in_process_worker(tmp_path: Path, store: Store, redis_client: "redis.Redis[bytes]") -> Worker:
+    settings = Settings(runs_dir=tmp_path / "runs", infra_retries=1)
+    return Worker(settings=settings, store=store, sandbox=FakeSandbox(), conn=redis_client, name="w")
+
+
+def orphan(redis_client: "redis.Redis[bytes]", proposal_id: str) -> None:
+    """What a worker killed mid-run leaves: the id in the leased set, its lease key expired."""
+    redis_client.sadd(lease.LEASED_SET, proposal_id)
+
+
+def test_a_proposal_whose_workers_keep_dying_ends_infra_error(
+    in_process_worker: Worker, store: Store, redis_client: "redis.Redis[bytes]"
+) -> None:
+    proposal = new_proposal(store, BASE)
+    for attempt in (1, 2):
+        store.transition(proposal.id, State.RUNNING, "a worker took it", expect={State.QUEUED})
+        orphan(redis_client, proposal.id)
+        assert lease.recover_orphans(redis_client, in_process_worker.recover_orphan) == [proposal.id]
+        assert store.get(proposal.id).attempts == attempt
+    ended = store.get(proposal.id)
+    assert ended.state == State.INFRA_ERROR and "infrastructure failed 2 times" in ended.reason
+    assert "lease" in ended.reason
+
+
+def test_an_orphan_whose_runs_were_finished_is_only_sent_for_a_decision(
+    in_process_worker: Worker, store: Store, redis_client: "redis.Redis[bytes]"
+) -> None:
+    proposal = new_proposal(store, BASE)
+    store.transition(proposal.id, State.RUNNING, "taken", expect={State.QUEUED})
+    scored = RunResult(run_id="r1", proposal_id=proposal.id, seed=42, state=State.EVALUATING, val_bpb=1.4)
+    store.transition(proposal.id, State.EVALUATING, "scored", results=[scored])
+    orphan(redis_client, proposal.id)
+    lease.recover_orphans(redis_client, in_process_worker.recover_orphan)
+    after = store.get(proposal.id)
+    assert after.state == State.EVALUATING and after.attempts == 0 and len(after.results) == 1
+    assert queue.queue_depths(redis_client) == {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Redis restart with persistence
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[tuple[list["subprocess.Popen[bytes]"], int]]:
+    """A redis-server configured as compose.yaml runs it (--appendonly yes), restartable on one dir."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", "",
+            "--dir", str(tmp_path)]  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = redis.Redis(port=port)
+        wait_for(lambda: _answers(client), 10, "redis-server to answer")
+        client.close()
+
+    start()
+    try:
+        yield procs, port
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    del start
+
+
+def _answers(client: "redis.Redis[bytes]") -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_redis_restart_with_aof_keeps_proposals_and_queue(
+    persistent_redis: tuple[list["subprocess.Popen[bytes]"], int], tmp_path: Path
+) -> None:
+    """Kills: redis-server, by a clean SHUTDOWN (as `docker compose restart` does, SIGTERM) and
+    restarts it on the same folder. Verifies: the proposals, their histories and the queued job."""
+    procs, port = persistent_redis
+    conn = redis.Redis(port=port)
+    store = Store(conn)
+    proposals = [new_proposal(store, f"FAKE_SCORE = 1.{i}\n") for i in range(3)]
+    for p in proposals:
+        queue.enqueue_run(conn, p.id, 60)
+    store.transition(proposals[0].id, State.RUNNING, "taken", expect={State.QUEUED})
+    procs[0].send_signal(signal.SIGTERM)  # redis writes and fsyncs the AOF on SIGTERM
+    procs[0].wait(10)
+    conn.close()
+    args = list(procs[0].args)  # type: ignore[arg-type]
+    procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    conn = redis.Redis(port=port)
+    wait_for(lambda: _answers(conn), 10, "redis-server to come back")
+    store = Store(conn)
+    assert [store.get(p.id).state for p in proposals] == [State.RUNNING, State.QUEUED, State.QUEUED]
+    assert [e.reason for e in store.events(proposals[0].id)][-1] == "taken"
+    assert [job.args[0] for job in queue.runs_queue(conn).jobs] == [p.id for p in proposals]
+    conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The controller killed during a submit
+
+
+def start_controller(redis_url: str, port: int, log: Path) -> "subprocess.Popen[bytes]":
+    env = {**os.environ, "AR_REDIS_URL": redis_url, "AR_ADMIN_TOKEN": ADMIN, "AR_HOST": "127.0.0.1",
+           "AR_PORT": str(port), "AR_PROGRAM_PATH": str(REPO_PROGRAM)}  # fmt: skip
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.controller.main"], cwd=REPO, env=env, stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    wait_for(lambda: _healthy(port), 30, "the controller to answer")
+    return proc
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_controller_killed_during_submits_then_retried_creates_each_proposal_once(
+    tmp_path: Path, redis_url: str, store: Store
+) -> None:
+    """Kills: the controller process (SIGKILL) 0-100 ms into each of six submits, each with its own
+    Idempotency-Key. Verifies: after a restart, retrying every submit with its key answers 200/201
+    and the six retries name six proposals, each stored exactly once (a kill after the store write
+    is answered by the replay, a kill before it by a fresh create)."""
+    seed(store)
+    headers = {"Authorization": f"Bearer {agent_token(store)}"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/proposals"
+
+    def body(i: int) -> dict[str, str]:
+        return {"title": f"lr {i}", "agent": "a", "train_py": with_lr(f"0.00{i + 2}")}
+
+    for i, delay_s in enumerate((0.0, 0.005, 0.01, 0.02, 0.05, 0.1)):
+        controller = start_controller(redis_url, port, tmp_path / "controller.log")
+        sender = threading.Thread(
+            target=_post_ignoring_errors, args=(url, body(i), {**headers, "Idempotency-Key": f"k{i}"})
+        )
+        sender.start()
+        time.sleep(delay_s)
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+        sender.join(10)
+    controller = start_controller(redis_url, port, tmp_path / "controller.log")
+    try:
+        answers = [
+            httpx.post(url, json=body(i), headers={**headers, "Idempotency-Key": f"k{i}"}, timeout=10)
+            for i in range(6)
+        ]
+    finally:
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+    assert all(a.status_code in (200, 201) for a in answers), [a.text for a in answers]
+    ids = [a.json()["id"] for a in answers]
+    assert len(set(ids)) == 6
+    stored, total = store.page(limit=100)
+    assert total == 6 and sorted(p.id for p in stored) == sorted(ids)
+
+
+def _post_ignoring_errors(url: str, body: dict[str, str], headers: dict[str, str]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(url, json=body, headers=headers, timeout=5)

@@ -1,0 +1,128 @@
+"""Per-token submit quotas over HTTP against a real Redis: queued proposals per token and submits
+per minute answer 429 problem+json with Retry-After and store nothing; other tokens and admin
+tokens are not affected; a proposal that leaves the queue frees its place."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from services import quotas
+from services.controller.app import create_app
+from services.models import Best
+from services.queue import runs_queue
+from services.settings import Settings
+from services.states import State
+from services.store import Store
+
+ADMIN = "admin-token-for-quota-tests-0123456789"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+BASE = "LEARNING_RATE = 0.001\n"
+MAX_QUEUED = 2
+PER_MINUTE = 4
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def client(redis_url: str, store: Store) -> Iterator[TestClient]:
+    settings = Settings(
+        redis_url=redis_url, admin_token=SecretStr(ADMIN), max_queued_per_token=MAX_QUEUED,
+        submits_per_minute=PER_MINUTE,
+    )  # fmt: skip
+    store.add_commit(COMMIT, BASE)
+    store.set_best(Best(commit=COMMIT, val_bpb=1.5))
+    with TestClient(create_app(settings, store=store)) as test_client:
+        yield test_client
+
+
+def token(client: TestClient, name: str, role: str = "agent") -> Headers:
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    answer = client.post("/v1/tokens", json={"name": name, "role": role}, headers=admin)
+    assert answer.status_code == 201, answer.text
+    return {"Authorization": f"Bearer {answer.json()['token']}"}
+
+
+def submit(client: TestClient, headers: Headers, value: int, **extra: Any) -> Any:
+    body = {"title": f"lr {value}", "agent": "a", "train_py": f"LEARNING_RATE = {value}\n", **extra}
+    return client.post("/v1/proposals", json=body, headers=headers)
+
+
+def assert_429(answer: Any, detail_part: str) -> int:
+    assert answer.status_code == 429, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    body = answer.json()
+    assert body["type"] == "urn:autoresearch:problem:quota-exceeded" and body["status"] == 429
+    assert detail_part in body["detail"] and "retry" in body["detail"].lower(), body["detail"]
+    retry_after = int(answer.headers["retry-after"])
+    assert retry_after >= 1
+    return retry_after
+
+
+def test_queued_quota_answers_429_and_stores_nothing(
+    client: TestClient, redis_client: "redis.Redis[bytes]", store: Store
+) -> None:
+    agent = token(client, "busy-agent")
+    for value in range(MAX_QUEUED):
+        assert submit(client, agent, value).status_code == 201
+    refused = submit(client, agent, 99)
+    assert_429(refused, f"has {MAX_QUEUED} proposals queued (limit {MAX_QUEUED})")
+    assert store.count_by_state().get(State.QUEUED.value, 0) == MAX_QUEUED
+    assert len(runs_queue(redis_client)) == MAX_QUEUED
+
+
+def test_a_proposal_leaving_the_queue_frees_a_place(client: TestClient, store: Store) -> None:
+    agent = token(client, "agent")
+    ids = [submit(client, agent, value).json()["id"] for value in range(MAX_QUEUED)]
+    assert submit(client, agent, 98).status_code == 429
+    store.transition(ids[0], State.RUNNING, "a worker took it", expect={State.QUEUED})
+    assert submit(client, agent, 99).status_code == 201
+
+
+def test_other_tokens_and_admins_have_their_own_quota(client: TestClient) -> None:
+    first, second = token(client, "first"), token(client, "second")
+    for value in range(MAX_QUEUED):
+        assert submit(client, first, value).status_code == 201
+    assert submit(client, first, 50).status_code == 429
+    assert submit(client, second, 51).status_code == 201
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    for value in range(60, 60 + MAX_QUEUED + PER_MINUTE):
+        assert submit(client, admin, value).status_code == 201  # the operator's token is not limited
+
+
+def test_submits_per_minute_answer_429_with_retry_after(client: TestClient, store: Store) -> None:
+    agent = token(client, "chatty-agent")
+    assert submit(client, agent, 0, train_py="not python (").status_code == 422  # not counted
+    for value in range(PER_MINUTE):
+        answer = submit(client, agent, value)
+        assert answer.status_code == 201
+        store.transition(answer.json()["id"], State.RUNNING, "taken", expect={State.QUEUED})
+    retry_after = assert_429(submit(client, agent, 99), f"limit of {PER_MINUTE} submits per minute")
+    assert retry_after <= quotas.RATE_WINDOW_S
+    assert store.count_by_state().get(State.QUEUED.value, 0) == 0
+
+
+def test_an_idempotent_replay_is_not_counted(client: TestClient) -> None:
+    agent = token(client, "retrying-agent")
+    key = {**agent, "Idempotency-Key": "same-submit"}
+    first = submit(client, key, 1)
+    assert first.status_code == 201
+    for _ in range(PER_MINUTE + 2):
+        replay = submit(client, key, 1)
+        assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+
+
+def test_the_rate_window_resets_each_minute(redis_client: "redis.Redis[bytes]") -> None:
+    from services.auth import Principal, Role
+    from services.errors import QuotaExceeded
+
+    caller = Principal(name="a", role=Role.AGENT, token_hash="h" * 64)
+    minute = 1_000_000 * quotas.RATE_WINDOW_S
+    quotas.count_submit(redis_client, caller, 1, now=minute + 10)
+    with pytest.raises(QuotaExceeded) as raised:
+        quotas.count_submit(redis_client, caller, 1, now=minute + 10)
+    assert raised.value.retry_after_s == quotas.RATE_WINDOW_S - 10
+    quotas.count_submit(redis_client, caller, 1, now=minute + quotas.RATE_WINDOW_S)  # a new window
