@@ -113,8 +113,8 @@ def test_better_proposal_merged_worse_rejected(stack: Stack) -> None:
         )
         baseline_bpb = best["val_bpb"]
         base_py = api.get("/v1/best/train.py").text
-        better_py = base_py.replace("TINY_STEPS = 60 ", "TINY_STEPS = 150 ", 1)
-        worse_py = base_py.replace("TINY_LR = 0.3 ", "TINY_LR = 0.01 ", 1)
+        better_py = base_py.replace("TINY_LR = 0.3 ", "TINY_LR = 1.0 ", 1)  # docs/trainer.md: clearly better
+        worse_py = base_py.replace("TINY_STEPS = 60 ", "TINY_STEPS = 15 ", 1)  # clearly worse
         assert better_py != base_py and worse_py != base_py, "the tiny preset's constants moved"
         ids = {}
         for name, text in (("better", better_py), ("worse", worse_py)):

@@ -32,4 +32,4 @@ def test_tiny_cycle_ranks_a_better_and_a_worse_proposal(tmp_path):
     worse, _ = score(tmp_path, train_dir, val_dir, "worse", **REGRESSION)
     assert better < baseline - 0.1, (better, baseline)
     assert worse > baseline + 0.1, (worse, baseline)
-    assert baseline_s < 60  # seconds on 2 cores when idle; generous for loaded CI machines
+    print(f"tiny baseline trained in {baseline_s:.1f} s")  # speed is for bench/, not an assertion
