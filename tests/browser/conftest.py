@@ -20,7 +20,7 @@ LAUNCH_ARGS = [
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"  # git-ignored; CI keeps it as an artifact
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed before other tests run their own asyncio loops
 def chromium() -> Iterator[object]:
     if not CHROMIUM.exists() and shutil.which("chromium") is None:
         pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
