@@ -3,6 +3,16 @@
     python evaluate.py --train-py <candidate train.py> --checkpoint <dir> --data-dir <train dir>
                        --val-dir <val dir> --out <result.json> [--device cpu|cuda] [--max-docs N]
                        [--batch-size B] [--seed S]
+    python evaluate.py --channel <dir> --data-dir <train dir> --val-dir <val dir> --out <result.json> ...
+
+With --channel (what the worker runs; docs/evaluation.md) the candidate never enters this process:
+two model containers, each running model_server.py on its own socket `<dir>/a/model.sock` and
+`<dir>/b/model.sock`, return logits for the rows sent to them; one answers the scored pass, the
+other (a fresh model instance) the probe pass, the roles and their order drawn at random. Probe
+rows are real rows whose tokens after a random position come from another real row; their logits
+before the splice must match the scored pass's. Anything wrong voids the run (exit 2, the reason on
+stderr as "evaluate: voided: ..."). Without --channel the candidate is imported in-process (local
+use and tests only).
 
 Protocol (DESIGN.md, "Evaluation"; tests pin it):
   * books in file order, never joined: `text.split("\\n\\n")` gives paragraphs, each cut into
@@ -20,14 +30,13 @@ The candidate's `build_model(run.json["config"])` builds the model; weights load
 (never pickle). On CUDA the model runs under bf16 autocast, as it trained. Exit codes: 0 scored;
 2 bad checkpoint or bad model output (the reason on stderr); 1 anything else.
 
-Hardening the scorer against hostile candidates (separate process and user, causality probes) is
-the trusted-evaluation issue's work; this file computes the score.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -35,6 +44,8 @@ import lzma
 import math
 import os
 import random
+import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-EVALUATOR_VERSION = "1"
+EVALUATOR_VERSION = "2"  # 2: model in its own container (--channel), causality probes
 MAX_DOC_CHARS = 6000
 ROW_TOKENS = 2049  # 2,048 input positions + 1
 DEFAULT_SEED = 0
@@ -52,6 +63,10 @@ HASH_CHUNK_BYTES = 1 << 22
 
 class BadCheckpoint(Exception):
     """The checkpoint or the model it builds cannot be scored (exit code 2)."""
+
+
+class Voided(BadCheckpoint):
+    """The model broke the protocol or cheated (exit code 2, "evaluate: voided: <reason>")."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,6 +258,225 @@ def score_rows(model, rows: Rows, byte_lengths: np.ndarray, batch_size: int, dev
 
 
 # ---------------------------------------------------------------------------------------------------
+# The candidate in another container (--channel)
+
+MAX_HEADER_BYTES = 1 << 16
+WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MIN_SPLICE = 8  # a probe keeps at least this many of its row's tokens before the splice
+PROBE_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}  # max |Δ log-prob| of a target: float32 vs bf16 autocast
+
+
+class ModelChannel:
+    """One model server's connection: sends token rows, receives and checks logits. Reads at most
+    the bytes that the expected logits need; anything unexpected raises Voided."""
+
+    def __init__(self, conn: socket.socket, name: str, timeout_s: float) -> None:
+        self.conn, self.name = conn, name
+        conn.settimeout(timeout_s)
+
+    def _recv_exact(self, n: int) -> bytearray:
+        buffer = bytearray(n)
+        view = memoryview(buffer)
+        got = 0
+        while got < n:
+            try:
+                k = self.conn.recv_into(view[got:], n - got)
+            except TimeoutError as exc:
+                raise Voided(f"model server {self.name}: no reply in time") from exc
+            except OSError as exc:
+                raise Voided(f"model server {self.name}: channel error {exc}") from exc
+            if k == 0:
+                raise Voided(f"model server {self.name} closed the channel (crashed or exited)")
+            got += k
+        return buffer
+
+    def _header(self) -> dict:
+        (length,) = struct.unpack(">I", self._recv_exact(4))
+        if length > MAX_HEADER_BYTES:
+            raise Voided(f"model server {self.name}: protocol violation (header of {length} bytes)")
+        try:
+            header = json.loads(self._recv_exact(length))
+        except ValueError as exc:
+            raise Voided(f"model server {self.name}: protocol violation (header not JSON)") from exc
+        if not isinstance(header, dict):
+            raise Voided(f"model server {self.name}: protocol violation (header not an object)")
+        if "error" in header:
+            raise BadCheckpoint(f"model server {self.name}: {str(header['error'])[:500]}")
+        return header
+
+    def _send(self, header: dict, payload: bytes = b"") -> None:
+        data = json.dumps(header).encode()
+        try:
+            self.conn.sendall(struct.pack(">I", len(data)) + data + payload)
+        except OSError as exc:
+            raise Voided(f"model server {self.name}: channel error {exc}") from exc
+
+    def wait_ready(self) -> None:
+        if self._header() != {"ready": True}:
+            raise Voided(f"model server {self.name}: protocol violation (no ready message)")
+
+    def forward(self, inputs: torch.Tensor, vocab: int) -> torch.Tensor:
+        """float32 logits [B, T, V] on the CPU for int64 `inputs` [B, T]."""
+        payload = inputs.contiguous().numpy().tobytes()
+        self._send({"op": "forward", "shape": list(inputs.shape), "dtype": "int64", "nbytes": len(payload)}, payload)
+        header = self._header()
+        want = [*inputs.shape, vocab]
+        if header.get("shape") != want:
+            raise Voided(f"logits have shape {header.get('shape')}; want {want}")
+        dtype = WIRE_DTYPES.get(str(header.get("dtype")))
+        if dtype is None:
+            raise Voided(f"logits have dtype {header.get('dtype')!r}; want float32, bfloat16 or float16")
+        nbytes = math.prod(want) * dtype.itemsize
+        if header.get("nbytes") != nbytes:
+            raise Voided(f"model server {self.name}: protocol violation ({header.get('nbytes')} bytes; want {nbytes})")
+        raw = self._recv_exact(nbytes)
+        if dtype == torch.float32:
+            return torch.frombuffer(raw, dtype=torch.float32).reshape(want)
+        return torch.frombuffer(raw, dtype=torch.int16).view(dtype).reshape(want).float()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, Voided):
+            self._send({"op": "exit"})
+        self.conn.close()
+
+
+def listen(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    os.chmod(path, 0o777)
+    server.listen(1)
+    return server
+
+
+def accept(server: socket.socket, name: str, timeout_s: float) -> socket.socket:
+    server.settimeout(timeout_s)
+    try:
+        conn, _ = server.accept()
+    except TimeoutError as exc:
+        raise Voided(f"model server {name} did not connect within {timeout_s:.0f} s") from exc
+    finally:
+        server.close()  # one connection per socket: one container, one model instance
+    conn.setblocking(True)
+    return conn
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, device: str) -> torch.Tensor:
+    """log_softmax in float32 by the scorer, gathered at the targets; checks finiteness."""
+    logprobs = torch.log_softmax(logits.to(device).float(), dim=-1)
+    if not bool(torch.isfinite(logprobs).all()):
+        raise Voided("non-finite logits")
+    return logprobs.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
+
+
+@dataclass
+class ProbeSet:
+    rows: np.ndarray  # int64 [P, 2049]: spliced rows (probes) and unmodified rows (decoys)
+    source: np.ndarray  # int64 [P]: the row each one comes from
+    splice: np.ndarray  # int64 [P]: input positions < splice are compared; a decoy's splice is the row end
+
+
+def make_probes(rows: Rows, batch_size: int, rng: random.Random) -> ProbeSet:
+    """About 4% of the rows (at least two batches), half spliced probes, half untouched decoys, in
+    full batches, so the probe pass looks like a piece of an ordinary one. Sources are drawn from
+    all rows, so a model that cheats on a fraction f of the scored pass's rows (by batch position,
+    content, or anything else) escapes with probability about (1 - f) ** len(probes)."""
+    count = len(rows.level)
+    lengths = rows.targets_mask.shape[1] - np.argmax(rows.targets_mask[:, ::-1], axis=1)
+    lengths[~rows.targets_mask.any(axis=1)] = 0
+    eligible = [i for i in range(count) if lengths[i] > 2 * MIN_SPLICE]
+    if len(eligible) < 2:
+        raise ValueError("too few validation rows for causality probes")
+    size = max(2 * batch_size, -(-count // 25 // batch_size) * batch_size)
+    chosen = [rng.choice(eligible) for _ in range(size)]
+    tokens, source, splice = [], [], []
+    for k, i in enumerate(chosen):
+        row = rows.tokens[i].copy()
+        cut = rows.tokens.shape[1]
+        if k % 2 == 0:  # a probe: another real row's tokens after a random position
+            donor = rng.choice([j for j in eligible if j != i])
+            cut = rng.randint(MIN_SPLICE, int(lengths[i]) - MIN_SPLICE)
+            row[cut:] = rows.tokens[donor][cut:]
+        tokens.append(row)
+        source.append(i)
+        splice.append(cut)
+    order = list(range(size))
+    rng.shuffle(order)
+    return ProbeSet(np.stack(tokens)[order], np.array(source)[order], np.array(splice)[order])
+
+
+def score_remote(
+    channels: list[ModelChannel], rows: Rows, byte_lengths: np.ndarray, batch_size: int, device: str,
+    seed: int, tolerance: float,
+) -> dict:
+    """The scored pass on one model server and the probe pass on the other (a fresh instance), in
+    an order drawn from the seed; then every probe and decoy is compared with the scored pass."""
+    rng = random.Random(f"probes-{seed}")
+    vocab = len(byte_lengths)
+    probes = make_probes(rows, batch_size, rng)
+    scored_channel, probe_channel = rng.sample(channels, 2)
+    probe_first = rng.random() < 0.5
+    tokens = torch.from_numpy(rows.tokens)
+    masks = torch.from_numpy(rows.targets_mask)
+    byte_table = torch.from_numpy(byte_lengths)
+    row_logprobs = torch.zeros(rows.targets_mask.shape, dtype=torch.float32)
+    probe_logprobs = torch.zeros((len(probes.source), rows.targets_mask.shape[1]), dtype=torch.float32)
+
+    def probe_pass() -> None:
+        probe_tokens = torch.from_numpy(probes.rows)
+        source_targets = tokens[torch.from_numpy(probes.source)][:, 1:]  # gathered at the source's targets
+        for start in range(0, len(probes.source), batch_size):
+            row = probe_tokens[start : start + batch_size]
+            logits = probe_channel.forward(row[:, :-1], vocab)
+            targets = source_targets[start : start + batch_size]
+            probe_logprobs[start : start + batch_size] = target_logprobs(logits, targets, device).cpu()
+
+    nats = 0.0
+    num_bytes = num_targets = 0
+    with torch.inference_mode():
+        if probe_first:
+            probe_pass()
+        for batch in batch_order(rows.level, batch_size, seed):
+            row = tokens[batch]
+            targets, mask = row[:, 1:], masks[batch]
+            logits = scored_channel.forward(row[:, :-1], vocab)
+            logprobs = target_logprobs(logits, targets, device).cpu()
+            row_logprobs[batch] = logprobs
+            nats -= float(logprobs[mask].double().sum())
+            num_bytes += int(byte_table[targets[mask]].sum())
+            num_targets += int(mask.sum())
+        if not probe_first:
+            probe_pass()
+    worst = 0.0
+    for k, (i, cut) in enumerate(zip(probes.source, probes.splice, strict=True)):
+        compared = masks[i].clone()
+        compared[int(cut) :] = False  # positions up to cut - 1 see only tokens before the splice
+        diff = float((probe_logprobs[k] - row_logprobs[i])[compared].abs().max()) if compared.any() else 0.0
+        worst = max(worst, diff)
+        if not diff <= tolerance:
+            what = f"a probe spliced at {int(cut)}" if cut < rows.tokens.shape[1] else "a repeated row"
+            raise Voided(
+                f"look-ahead or inconsistent logits: {what} changed log-probs before its splice by "
+                f"{diff:.3g} (tolerance {tolerance:g})"
+            )
+    return {
+        "nats": nats,
+        "val_tokens": num_targets,
+        "val_bytes": num_bytes,
+        "val_bpb": nats / (math.log(2) * num_bytes) if num_bytes else float("nan"),
+        "probes": {
+            "rows": len(probes.source),
+            "spliced": int((probes.splice < rows.tokens.shape[1]).sum()),
+            "max_logprob_diff": worst,
+            "tolerance": tolerance,
+            "probe_pass_first": probe_first,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -263,6 +497,7 @@ def fixed_hashes(data_dir: Path, val_dir: Path, val_paths: list[Path]) -> dict[s
         "token_bytes.npy": data_dir / "token_bytes.npy",
         **{f"val/{p.name}": p for p in val_paths},
         "val/manifest.json": val_dir / "manifest.json",
+        "model_server.py": here / "model_server.py",
     }
     return {name: sha256_file(path) for name, path in paths.items() if path.is_file()}
 
@@ -274,13 +509,33 @@ def evaluate(args: argparse.Namespace) -> dict:
     table_path = args.data_dir / "token_bytes.npy"
     if table_path.is_file() and not np.array_equal(np.load(table_path), byte_lengths):
         raise ValueError(f"{table_path} disagrees with tokenizer.json")
+    servers = {}
+    if args.channel is not None:  # listen first: the model containers start alongside this one
+        servers = {name: listen(args.channel / name / "model.sock") for name in ("a", "b")}
     paths = val_files(args.val_dir)
     documents = load_documents(paths, args.max_docs)
     encoded = encoding.encode_ordinary_batch(documents, num_threads=os.cpu_count() or 1)
     rows = pack_rows([[bos_id, *ids] for ids in encoded], bos_id)
     doc_bytes = sum(len(d.encode("utf-8")) for d in documents)
-    model, _ = load_candidate(args.train_py, args.checkpoint, args.device)
-    scored = score_rows(model, rows, byte_lengths, args.batch_size, args.device, args.seed)
+    if servers:
+        channels = []
+        try:
+            for name, server in servers.items():
+                channels.append(ModelChannel(accept(server, name, args.connect_timeout), name, args.reply_timeout))
+            for channel in channels:
+                channel.wait_ready()
+            tolerance = args.probe_tolerance
+            if tolerance is None:
+                tolerance = PROBE_TOLERANCE["cuda" if args.device.startswith("cuda") else "cpu"]
+            scored = score_remote(channels, rows, byte_lengths, args.batch_size, args.device, args.seed, tolerance)
+        finally:
+            for channel in channels:
+                channel.close()
+            for server in servers.values():
+                server.close()
+    else:
+        model, _ = load_candidate(args.train_py, args.checkpoint, args.device)
+        scored = score_rows(model, rows, byte_lengths, args.batch_size, args.device, args.seed)
     if scored["val_bytes"] != doc_bytes:
         raise ValueError(
             f"target bytes {scored['val_bytes']} != document bytes {doc_bytes} (tokenizer broken?)"
@@ -300,12 +555,14 @@ def evaluate(args: argparse.Namespace) -> dict:
         "checkpoint_sha256": sha256_file(args.checkpoint / "model.safetensors"),
         "train_py_sha256": sha256_file(args.train_py),
         "fixed_hashes": fixed_hashes(args.data_dir, args.val_dir, paths),
+        "isolation": "model container" if servers else "in-process",
+        **({"probes": scored["probes"]} if "probes" in scored else {}),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-py", type=Path, required=True)
+    parser.add_argument("--train-py", type=Path, required=True, help="hashed only, with --channel")
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="dir with model.safetensors and run.json"
     )
@@ -318,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size", type=int, default=None, help="rows per batch (default 32 cuda, 4 cpu)"
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the row order")
+    parser.add_argument(
+        "--channel", type=Path, default=None, help="dir of the model servers' sockets (a/, b/): never import the candidate"
+    )
+    parser.add_argument("--connect-timeout", type=float, default=600.0, help="seconds for a model server to be ready")
+    parser.add_argument("--reply-timeout", type=float, default=600.0, help="seconds for one batch's logits")
+    parser.add_argument("--probe-tolerance", type=float, default=None, help="max |Δ log-prob| before a splice")
     args = parser.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 32 if args.device.startswith("cuda") else 4
@@ -325,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     try:
         result = evaluate(args)
+    except Voided as exc:
+        print(f"evaluate: voided: {exc}", file=sys.stderr)
+        return 2
     except BadCheckpoint as exc:
         print(f"evaluate: bad checkpoint: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ Threat model: `train.py` is hostile code written by an agent. What every contain
 
 Enforced
   - no network (network mode `none`: loopback only), no Docker socket, no host paths but the run's
-    own folders and the read-only data; validation data only in evaluation, never in training
+    own folders and the read-only data; validation data only in the evaluation's scorer container,
+    never where the candidate's code runs (training, and the evaluation's model containers)
   - read-only root filesystem; writable only: the run's output and cache folders (training), the
     evaluation output folder (evaluation), and /tmp (a size-capped tmpfs, or the run's scratch folder)
   - user 65534:65534, all capabilities dropped, no-new-privileges, the default seccomp profile,
@@ -82,6 +83,8 @@ LABEL_RUN = "autoresearch.run"
 LABEL_STEP = "autoresearch.step"
 LABEL_OWNER = "autoresearch.owner"  # the worker that started it: it reaps its own strays on start
 
+CHANNEL_DIR = "/channel"  # evaluation: the scorer's sockets (a/, b/); each model container sees its own
+MODEL_SERVERS = ("a", "b")  # two model containers per evaluation: scored pass and probe pass, roles drawn
 VENV_PYTHON = "/opt/venv/bin/python"  # the trainer image's interpreter (both targets)
 SANDBOX_UID = "65534:65534"  # nobody:nogroup
 BUILD_HINT = "build it with docker/build-images.sh"
@@ -199,7 +202,9 @@ class DockerSandbox:
     "unix:///var/run/docker.sock") or, when that is None, from the environment (DOCKER_HOST).
     `scratch_mode` "tmpfs" gives /tmp as a size-capped tmpfs; "bind" binds the run's scratch folder
     (mode 1777) for hosts where a tmpfs is not writable by the unprivileged user. `python` and
-    `evaluator` are in-container paths of the trainer image's interpreter and trusted scorer.
+    `evaluator` are in-container paths of the trainer image's interpreter and trusted scorer, and
+    `model_server` the fixed file that serves the candidate's model to it; `isolate_model=False`
+    runs the old single evaluation container (tests with their own evaluator only).
     `extra_env` is operator configuration added to every container (e.g. LD_LIBRARY_PATH for
     gpu_mode "devices" with the host's driver mounted); nothing is taken from the worker's own
     environment. `log_sink(proposal_id, chunk)` receives the output live (the API's log stream).
@@ -215,6 +220,8 @@ class DockerSandbox:
         scratch_mode: Literal["tmpfs", "bind"] = "tmpfs",
         python: str = VENV_PYTHON,
         evaluator: str = f"{TRAINER_HOME}/evaluate.py",
+        model_server: str = f"{TRAINER_HOME}/model_server.py",
+        isolate_model: bool = True,
         poll_interval_s: float = POLL_INTERVAL_S,
         max_output_files: int = MAX_OUTPUT_FILES,
         eval_max_docs: int | None = None,
@@ -230,6 +237,8 @@ class DockerSandbox:
         self.scratch_mode = scratch_mode
         self.python = python
         self.evaluator = evaluator
+        self.model_server = model_server
+        self.isolate_model = isolate_model
         self.poll_interval_s = poll_interval_s
         self.max_output_files = max_output_files
         self.eval_max_docs = eval_max_docs
@@ -279,6 +288,126 @@ class DockerSandbox:
         return self._run(step)
 
     def evaluate(self, request: EvalRequest) -> StepOutcome:
+        """The scorer in one container and the candidate's model in two others (docs/evaluation.md):
+        the scorer's outcome is the step's outcome; the model containers' logs go to model-*.log."""
+        if not self.isolate_model:
+            return self._evaluate_in_process(request)
+        paths = request.paths
+        deadline = time.time() + request.timeout_s
+        channel = paths.root / "channel"
+        _fresh_folder(channel)
+        if self.scratch_mode == "bind":  # nothing the training step left in /tmp reaches evaluation
+            _empty_folder(paths.scratch)
+        command = [
+            self.python, self.evaluator,
+            "--channel", CHANNEL_DIR,
+            "--train-py", f"{CODE_DIR}/train.py",
+            "--checkpoint", CKPT_DIR,
+            "--data-dir", DATA_DIR,
+            "--val-dir", VAL_DIR,
+            "--out", f"{EVAL_OUT_DIR}/{RESULT_FILE}",
+            "--device", request.device,
+            "--seed", str(request.seed),
+            "--connect-timeout", str(request.timeout_s),
+            "--reply-timeout", str(request.timeout_s),
+        ]  # fmt: skip
+        if self.eval_max_docs is not None:
+            command += ["--max-docs", str(self.eval_max_docs)]
+        if self.eval_batch_size is not None:
+            command += ["--batch-size", str(self.eval_batch_size)]
+        scorer = _Step(
+            name=f"ar-{request.run_id}-eval",
+            step="eval",
+            command=command,
+            environment=dict(_BASE_ENVIRONMENT),  # the candidate's code never runs here
+            mounts=[
+                _bind(paths.code, CODE_DIR, read_only=True),  # hashed, never imported
+                self._data_mount(self.settings.train_data, DATA_DIR),
+                self._data_mount(self.settings.val_data, VAL_DIR),
+                _bind(paths.checkpoint, CKPT_DIR, read_only=True),
+                _bind(paths.eval_out, EVAL_OUT_DIR, read_only=False),
+                _bind(channel, CHANNEL_DIR, read_only=False),
+            ],
+            labels=_labels(request.proposal_id, request.run_id, "eval"),
+            deadline_unix=deadline,
+            budget_reason=f"evaluation timeout of {request.timeout_s} s exceeded",
+            watched=[paths.eval_out],
+            scratch=paths.scratch,
+            log_path=paths.eval_log,
+        )
+        models = [self._model_step(request, name, channel, deadline) for name in MODEL_SERVERS]
+        return self._run_with_models(scorer, models)
+
+    def _model_step(self, request: EvalRequest, name: str, channel: Path, deadline: float) -> _Step:
+        """A model container: the candidate's build_model and weights behind model_server.py, with
+        what training sees (code, training data, AR_DATA_DIR, AR_DEVICE) plus the checkpoint and its
+        own socket folder; no validation data, nothing writable but its own /tmp. Both are alike."""
+        paths = request.paths
+        _fresh_folder(channel / name)  # the scorer creates the socket; the model's mount is read-only
+        scratch = paths.root / f"scratch-{name}"
+        _fresh_folder(scratch)
+        return _Step(
+            name=f"ar-{request.run_id}-model-{name}",
+            step="model",
+            command=[
+                self.python, self.model_server,
+                "--socket", f"{CHANNEL_DIR}/model.sock",
+                "--train-py", f"{CODE_DIR}/train.py",
+                "--checkpoint", CKPT_DIR,
+                "--device", request.device,
+                "--connect-timeout", str(request.timeout_s),
+            ],
+            environment={
+                "AR_DATA_DIR": DATA_DIR,
+                "AR_DEVICE": request.device,
+                "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor",
+                "TRITON_CACHE_DIR": "/tmp/triton",
+                **_BASE_ENVIRONMENT,
+            },
+            mounts=[
+                _bind(paths.code, CODE_DIR, read_only=True),
+                self._data_mount(self.settings.train_data, DATA_DIR),
+                _bind(paths.checkpoint, CKPT_DIR, read_only=True),
+                _bind(channel / name, CHANNEL_DIR, read_only=True),
+            ],
+            labels=_labels(request.proposal_id, request.run_id, "model"),
+            deadline_unix=deadline,
+            budget_reason=f"evaluation timeout of {request.timeout_s} s exceeded",
+            watched=[],
+            scratch=scratch,
+            log_path=paths.root / f"model-{name}.log",
+        )
+
+    def _run_with_models(self, scorer: _Step, models: list[_Step]) -> StepOutcome:
+        """Run the model containers in threads beside the scorer; when the scorer ends, kill any
+        model container still running and wait for its thread (each removes its container)."""
+        errors: list[BaseException] = []
+
+        def run(step: _Step) -> None:
+            try:
+                self._run(step)
+            except BaseException as exc:  # re-raised below, after the scorer
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(m,), name=m.name, daemon=True) for m in models]
+        for thread in threads:
+            thread.start()
+        try:
+            outcome = self._run(scorer)
+        finally:
+            for step, thread in zip(models, threads, strict=True):
+                give_up = time.monotonic() + STOP_TIMEOUT_S
+                while thread.is_alive() and time.monotonic() < give_up:
+                    with contextlib.suppress(docker.errors.DockerException, OSError):
+                        self._docker().containers.get(step.name).kill()
+                    thread.join(1.0)
+        if errors:
+            raise errors[0]
+        return outcome
+
+    def _evaluate_in_process(self, request: EvalRequest) -> StepOutcome:
+        """The old single-container evaluation (the candidate imported by the scorer): only for
+        tests that put their own evaluator at `evaluator` (isolate_model=False)."""
         paths = request.paths
         if self.scratch_mode == "bind":  # nothing the training step left in /tmp reaches evaluation
             _empty_folder(paths.scratch)
@@ -643,6 +772,14 @@ def _remove_stray(containers: Any, name: str) -> None:
         raise SandboxUnavailable(f"container name {name!r} is taken by a container not managed here")
     log.warning("removing stray container %s", name)
     stray.remove(force=True)
+
+
+def _fresh_folder(folder: Path) -> None:
+    """An empty folder writable by the sandbox user (whatever an earlier attempt left is deleted)."""
+    if folder.exists():
+        shutil.rmtree(folder)  # does not follow symlinks
+    folder.mkdir()
+    os.chmod(folder, 0o777)
 
 
 def _empty_folder(folder: Path) -> None:

@@ -9,7 +9,7 @@ import logging
 import shutil
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import redis
@@ -37,6 +37,9 @@ class Worker:
     sandbox: Sandbox
     conn: "redis.Redis[bytes]"
     name: str = "worker"
+    # The fixed files' hashes (evaluate.py, model_server.py, prepare.py, tokenizer, validation data)
+    # of this worker's first scored run; a later run whose hashes differ is voided.
+    expected_fixed_hashes: dict[str, str] | None = field(default=None, repr=False)
 
     def execute(self, proposal_id: str) -> Proposal:
         """Run what a proposal is waiting for: its screening run(s) when queued, its paired
@@ -201,7 +204,22 @@ class Worker:
             scored = read_result(paths)
         except RunFailed as exc:
             return RunResult(**base, state=State.VOIDED, reason=exc.reason, timings=timings)
+        changed = self._changed_fixed_files(scored)
+        if changed:
+            reason = f"fixed files differ from this worker's first scored run: {changed}"
+            return RunResult(**base, state=State.VOIDED, reason=reason, timings=timings)
         return self._scored(base, run_json, scored, timings)
+
+    def _changed_fixed_files(self, scored: dict[str, object]) -> str:
+        """The names of fixed files whose hashes differ from the expected ones ('' if none); the
+        first scored run's hashes become the expected ones."""
+        raw = scored.get("fixed_hashes")
+        hashes = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        if self.expected_fixed_hashes is None:
+            self.expected_fixed_hashes = hashes
+            return ""
+        expected = self.expected_fixed_hashes
+        return ", ".join(sorted(k for k in expected.keys() | hashes.keys() if expected.get(k) != hashes.get(k)))
 
     def _scored(
         self,

@@ -15,6 +15,11 @@ In-container layout (the same for every run):
     /val             validation data, read-only               (evaluation only, never training)
     /ckpt            collected checkpoint, read-only          (evaluation only)
     /eval-out        result.json, writable                    (evaluation only)
+    /channel         the scorer's sockets                     (evaluation: scorer rw, each model container
+                                                               its own socket folder ro; docs/evaluation.md)
+
+Evaluation runs the scorer (val, eval-out) and two model containers (code, data, ckpt; the candidate's
+model behind trainer/model_server.py); /code, /data and /ckpt are read-only in all three.
 """
 
 from dataclasses import dataclass

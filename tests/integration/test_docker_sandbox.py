@@ -609,7 +609,7 @@ def test_evaluation_sees_val_and_checkpoint_read_only(
     ran = run_train(CHECKPOINT_WRITER + PROBE_EVALUATOR, sandbox_args={"scratch_mode": "bind"})
     collect_checkpoint(ran.paths, 16 * MIB)
     outcome = evaluate_with(
-        make_settings, docker_client, ran, evaluator="/code/train.py", scratch_mode="bind"
+        make_settings, docker_client, ran, evaluator="/code/train.py", scratch_mode="bind", isolate_model=False
     )
     assert outcome.exit_code == 0 and "scored" in outcome.log
     result = read_result(ran.paths)
@@ -630,7 +630,9 @@ def test_evaluation_timeout_kills(
 ) -> None:
     ran = run_train(CHECKPOINT_WRITER + "SLEEP_IN_EVALUATION = True\n" + PROBE_EVALUATOR)
     collect_checkpoint(ran.paths, 16 * MIB)
-    outcome = evaluate_with(make_settings, docker_client, ran, timeout_s=2, evaluator="/code/train.py")
+    outcome = evaluate_with(
+        make_settings, docker_client, ran, timeout_s=2, evaluator="/code/train.py", isolate_model=False
+    )
     assert outcome.timed_out and outcome.killed_reason == "evaluation timeout of 2 s exceeded"
 
 
@@ -702,6 +704,7 @@ def test_the_real_trainer_and_evaluator_run_in_the_sandbox(
     assert evaluated.exit_code == 0, evaluated.log[-2000:]
     result = read_result(paths)
     assert 0 < result["val_bpb"] < 8 and result["seed"] == 1
+    assert result["isolation"] == "model container" and result["probes"]["spliced"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------

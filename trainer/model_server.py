@@ -1,0 +1,143 @@
+"""The model side of trusted evaluation (a fixed file, baked into the trainer image next to evaluate.py).
+
+    python model_server.py --socket /channel/model.sock --train-py /code/train.py --checkpoint /ckpt
+                           [--device cpu|cuda]
+
+Runs in the *model container*, the only place where the candidate's code runs during evaluation:
+no validation data, no result folder, nothing writable but /tmp. It connects to the scorer's Unix
+socket, imports the candidate `train.py`, builds `build_model(run.json["config"])`, loads the
+safetensors weights (never pickle), says it is ready, then answers requests until told to stop:
+
+    scorer -> model   {"op": "forward", "shape": [B, T], "dtype": "int64", "nbytes": N} + N bytes
+    model  -> scorer  {"shape": [B, T, V], "dtype": "float32"|"bfloat16"|"float16", "nbytes": M} + M bytes
+    scorer -> model   {"op": "exit"}
+
+Every message is a 4-byte big-endian header length, a JSON header, then `nbytes` raw bytes. Errors
+go back as {"error": "..."}. Everything this process sends is untrusted: the candidate's code runs in
+it and may replace any of it; evaluate.py checks what arrives (shape, dtype, size, finite values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+MAX_HEADER_BYTES = 1 << 16
+CONNECT_TIMEOUT_S = 600.0
+WIRE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def send(sock: socket.socket, header: dict, payload: bytes | memoryview = b"") -> None:
+    data = json.dumps(header).encode()
+    sock.sendall(struct.pack(">I", len(data)) + data)
+    if len(payload):
+        sock.sendall(payload)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buffer = bytearray(n)
+    view = memoryview(buffer)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("scorer closed the channel")
+        got += k
+    return buffer
+
+
+def recv(sock: socket.socket) -> tuple[dict, bytearray]:
+    (length,) = struct.unpack(">I", recv_exact(sock, 4))
+    if length > MAX_HEADER_BYTES:
+        raise ValueError("header too long")
+    header = json.loads(recv_exact(sock, length))
+    return header, recv_exact(sock, int(header.get("nbytes", 0)))
+
+
+def connect(path: str, timeout_s: float) -> socket.socket:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def load_model(train_py: Path, checkpoint: Path, device: str) -> torch.nn.Module:
+    from safetensors.torch import load_model as load_weights
+
+    config = json.loads((checkpoint / "run.json").read_text())["config"]
+    spec = importlib.util.spec_from_file_location("candidate_train", train_py)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {train_py}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_model(config)
+    load_weights(model, str(checkpoint / "model.safetensors"), strict=True, device="cpu")
+    return model.to(device).eval()
+
+
+def logits_bytes(logits: torch.Tensor) -> tuple[str, memoryview]:
+    logits = logits.detach()
+    if logits.dtype not in WIRE_DTYPES:
+        logits = logits.float()
+    wire = WIRE_DTYPES[logits.dtype]
+    flat = logits.contiguous().cpu().reshape(-1)
+    if flat.dtype != torch.float32:  # numpy has no bfloat16: ship the raw 16-bit words
+        flat = flat.view(torch.int16)
+    return wire, memoryview(flat.numpy()).cast("B")
+
+
+def serve(sock: socket.socket, model: torch.nn.Module, device: str) -> None:
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    while True:
+        header, payload = recv(sock)
+        if header.get("op") != "forward":
+            return
+        tokens = torch.frombuffer(payload, dtype=torch.int64).reshape(header["shape"]).to(device)
+        with torch.inference_mode(), autocast:
+            logits = model(tokens)
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            send(sock, {"error": f"model returned {type(logits).__name__} {getattr(logits, 'dtype', '')}"})
+            return
+        wire, data = logits_bytes(logits)
+        send(sock, {"shape": list(logits.shape), "dtype": wire, "nbytes": len(data)}, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--train-py", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
+    args = parser.parse_args(argv)
+    sock = connect(args.socket, args.connect_timeout)
+    try:
+        model = load_model(args.train_py, args.checkpoint, args.device)
+    except BaseException as exc:  # the candidate's import or constructor failed: tell the scorer why
+        send(sock, {"error": f"cannot build the model: {exc!r}"[:2000]})
+        return 2
+    send(sock, {"ready": True})
+    try:
+        serve(sock, model, args.device)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
