@@ -12,6 +12,10 @@ import pytest
 from docker.client import DockerClient
 from docker.errors import DockerException
 
+from services.settings import Settings
+from services.store import Store
+from tests.integration.live_server import seed, serve, settings_for
+
 REPO = Path(__file__).resolve().parents[2]
 TRAINER_IMAGE = "autoresearch/trainer:cpu"
 BUILD_TIMEOUT_S = 1800  # a cold build (base image, torch wheel, pip installs) takes a few minutes
@@ -58,3 +62,16 @@ def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         for file in folder.iterdir():
             file.chmod(0o644)
     return train, val
+
+
+# A real controller (uvicorn, free port) over the private Redis, for the CLI, MCP and event tests;
+# a module that needs other settings defines its own `settings` fixture.
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return settings_for(redis_url)
+
+
+@pytest.fixture
+def url(settings: Settings, store: Store) -> Iterator[str]:
+    with serve(settings, seed(store)) as base:
+        yield base

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -16,7 +15,6 @@ import pytest
 from services.cli.main import looks_like_diff, main
 from services.models import Decision
 from services.patches import canonical_diff
-from services.settings import Settings
 from services.states import State
 from services.store import Store
 from tests.conftest import free_port, wait_for
@@ -26,9 +24,6 @@ from tests.integration.live_server import (
     COMMIT,
     REPO_PROGRAM,
     agent_token,
-    seed,
-    serve,
-    settings_for,
     stored_proposal,
     with_lr,
 )
@@ -38,17 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 class Cli(Protocol):
     def __call__(self, *argv: str, admin: bool = False) -> tuple[int, str, str]: ...
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return settings_for(redis_url)
-
-
-@pytest.fixture
-def url(settings: Settings, store: Store) -> Iterator[str]:
-    with serve(settings, seed(store)) as base:
-        yield base
 
 
 @pytest.fixture

@@ -10,23 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from services.settings import Settings
 from services.states import State
 from services.store import LIVE_LOG_ENTRY_CHARS, LIVE_LOG_MAX_ENTRIES, LIVE_LOG_TTL_S, Store
-from tests.integration.live_server import ADMIN, agent_token, seed, serve, settings_for, stored_proposal
+from tests.integration.live_server import ADMIN, agent_token, stored_proposal
 
 READ_TIMEOUT_S = 5.0
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return settings_for(redis_url)
-
-
-@pytest.fixture
-def url(settings: Settings, store: Store) -> Iterator[str]:
-    with serve(settings, seed(store)) as base:
-        yield base
 
 
 @pytest.fixture

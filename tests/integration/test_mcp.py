@@ -4,19 +4,16 @@
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.types import CallToolResult, TextContent
 
 from services.patches import canonical_diff
-from services.settings import Settings
 from services.states import State
 from services.store import Store
-from tests.integration.live_server import BASE, COMMIT, agent_token, seed, serve, settings_for, with_lr
+from tests.integration.live_server import BASE, COMMIT, agent_token, with_lr
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = {
@@ -29,17 +26,6 @@ TOOLS = {
     "proposal_log",
 }
 SESSION_TIMEOUT_S = 60
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return settings_for(redis_url)
-
-
-@pytest.fixture
-def url(settings: Settings, store: Store) -> Iterator[str]:
-    with serve(settings, seed(store)) as base:
-        yield base
 
 
 def text_of(result: CallToolResult) -> str:
