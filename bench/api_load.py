@@ -24,8 +24,6 @@ import json
 import os
 import platform
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import free_port, private_redis, write_results  # noqa: E402
 from services.models import Best  # noqa: E402
 from services.queue import RUNS_QUEUE, queue_depths  # noqa: E402
 from services.store import Store  # noqa: E402
@@ -59,12 +57,6 @@ MACHINE = "2-core CI box"
 # ---------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -72,30 +64,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
             return
         time.sleep(0.05)
     raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    port = free_port()
-    folder = tempfile.mkdtemp(prefix="api-load-redis-")
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen([*args, "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_until(answers, START_TIMEOUT_S, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
@@ -267,7 +235,7 @@ def main() -> None:
     say(f"api_load: {args.clients} clients, {args.seconds} s per phase, {os.cpu_count()} CPUs")
     say(f"platform: {platform.platform()}, Python {platform.python_version()}")
     say(f"base train.py: {len(base.splitlines())} lines, {len(base.encode())} bytes")
-    with tempfile.TemporaryDirectory(prefix="api-load-") as folder, redis_server() as redis_url:
+    with tempfile.TemporaryDirectory(prefix="api-load-") as folder, private_redis() as redis_url:
         store = Store.from_url(redis_url)
         store.add_commit(BASE_COMMIT, base)
         store.set_best(Best(commit=BASE_COMMIT, val_bpb=1.0))
@@ -286,11 +254,9 @@ def main() -> None:
     for phase in phases:
         figures.update(phase.figures())
     write_results(
+        NAME,
         {
-            "machine": MACHINE,
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+            "machine_kind": MACHINE,
             "clients": args.clients,
             "seconds_per_phase": args.seconds,
             "server": "1 uvicorn process (python -m services.controller.main), access log on, sync routes",
@@ -301,20 +267,6 @@ def main() -> None:
         },
         "\n".join(lines) + "\n",
     )
-
-
-def write_results(figures: dict[str, Any], log_text: str) -> None:
-    (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
-    log_path = RESULTS / "logs" / f"{NAME}.log"
-    log_path.write_text(log_text)
-    document = {
-        "benchmark": NAME,
-        "command": " ".join([".venv/bin/python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "raw_log": str(log_path.relative_to(ROOT)),
-        **figures,
-    }
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ class Digest:
 
 
 class DigestCache:
-    """Digests of every stored proposal; terminal ones are loaded once, active ones on each refresh."""
+    """Digests of every stored proposal; terminal and queued ones are loaded once (again when their
+    state changes), running ones on each refresh."""
 
     def __init__(self) -> None:
         self._terminal: dict[str, Digest] = {}
@@ -105,7 +106,10 @@ class DigestCache:
                         missing.append(pid)
             for proposal in store.get_many(missing):
                 current[proposal.id] = Digest.of(proposal)
-            self._terminal = {pid: d for pid, d in current.items() if d.state in TERMINAL}
+            # A digest changes only with its state, except while a proposal runs (its results grow).
+            self._terminal = {
+                pid: d for pid, d in current.items() if d.state in TERMINAL or d.state == State.QUEUED
+            }
             return list(current.values())
 
 

@@ -16,8 +16,7 @@ import time
 import redis
 
 from services.auth import Principal, Role
-from services.errors import NotFound, QuotaExceeded
-from services.states import State
+from services.errors import QuotaExceeded
 from services.store import Store
 
 RATE_WINDOW_S = 60  # the rate limit is per minute
@@ -58,17 +57,12 @@ def check_queued(
     """Raise QuotaExceeded if `limit` of the token's proposals are queued. Proposals that have left
     the queue are forgotten here (a proposal re-queued later no longer counts)."""
     key = QUEUED_KEY.format(principal.token_hash)
-    waiting = 0
-    for raw in conn.smembers(key):
-        proposal_id = raw.decode()
-        try:
-            queued = store.get(proposal_id).state == State.QUEUED
-        except NotFound:
-            queued = False
-        if queued:
-            waiting += 1
-        else:
-            conn.srem(key, raw)
+    members = [raw.decode() for raw in conn.smembers(key)]
+    queued = store.queued_among(members)
+    gone = [pid for pid in members if pid not in queued]
+    if gone:
+        conn.srem(key, *gone)
+    waiting = len(queued)
     if waiting >= limit:
         raise QuotaExceeded(
             f"token {principal.name!r} has {waiting} proposals queued (limit {limit}); retry in about "
