@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         "TINY_THREADS",
     ]
 
+    @property
+    def run_budget_s(self) -> int:
+        """What one run (training, then evaluation) may take; RQ jobs get this per run plus slack."""
+        return self.run_wall_clock_s + self.eval_timeout_s
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:

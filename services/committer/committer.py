@@ -78,7 +78,7 @@ class Committer:
             seeds=[self.settings.first_seed],
         )
         self.store.create(run, dedupe=False)
-        queue.enqueue_run(self.conn, run.id, self.settings.run_wall_clock_s + self.settings.eval_timeout_s)
+        queue.enqueue_run(self.conn, run.id, self.settings.run_budget_s)
         log.info("baseline run requested", extra={"proposal_id": run.id, "commit": head})
 
     def recover(self) -> int:
@@ -144,7 +144,7 @@ class Committer:
             proposal.id, State.CONFIRMING, decision.reason, decision=decision, screening=decision,
             confirm_seeds=seeds, baseline_results=[],
         )  # fmt: skip
-        budget = 2 * len(seeds) * (self.settings.run_wall_clock_s + self.settings.eval_timeout_s)
+        budget = 2 * len(seeds) * self.settings.run_budget_s
         queue.enqueue_run(self.conn, proposal.id, budget)
         return confirming
 
@@ -249,9 +249,7 @@ class Committer:
             confirm_seeds=[],
             decision=None,
         )
-        queue.enqueue_run(
-            self.conn, proposal.id, self.settings.run_wall_clock_s + self.settings.eval_timeout_s
-        )
+        queue.enqueue_run(self.conn, proposal.id, self.settings.run_budget_s)
         return requeued
 
     def _record_commit_run(self, proposal: Proposal, scored: list[RunResult]) -> Proposal:

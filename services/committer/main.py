@@ -24,7 +24,9 @@ def main() -> None:
     repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
     committer = Committer(settings=settings, store=Store(conn), repo=repo, conn=conn)
     head = committer.bootstrap(settings.baseline_train_py.read_text(encoding="utf-8"))
-    log.info("research branch %s at %s; %d verdicts resumed", settings.research_branch, head, committer.recover())
+    log.info(
+        "research branch %s at %s; %d verdicts resumed", settings.research_branch, head, committer.recover()
+    )
     jobs.configure(committer)
     try:
         SimpleWorker(

@@ -96,9 +96,12 @@ def confirm(
     candidate_mean = statistics.fmean(candidate_runs)
     best_mean = statistics.fmean(best_runs)
     if n > 1 and len(set(candidate_runs)) == 1 and len(set(seeds)) == n:
-        accepted, reason = False, (
-            f"the candidate scored {candidate_runs[0]:.6f} with every one of {n} different harness seeds: "
-            "it ignores AR_SEED, so its score cannot be told from luck"
+        accepted, reason = (
+            False,
+            (
+                f"the candidate scored {candidate_runs[0]:.6f} with every one of {n} different harness seeds: "
+                "it ignores AR_SEED, so its score cannot be told from luck"
+            ),
         )
     else:
         accepted = bound < 0

@@ -60,11 +60,6 @@ class Status:
     best: Best | None
 
 
-def run_budget_s(settings: Settings) -> int:
-    """What one run's job may take before RQ kills it: training plus evaluation (queue adds slack)."""
-    return settings.run_wall_clock_s + settings.eval_timeout_s
-
-
 # ---------------------------------------------------------------------------- proposals
 
 
@@ -107,13 +102,13 @@ def submit_proposal(
     )
     limited = quotas.applies_to(principal)
     if limited:  # after validation: a rejected submission writes nothing, not even a counter
-        quotas.check_queued(store, conn, principal, settings.max_queued_per_token, run_budget_s(settings))
+        quotas.check_queued(store, conn, principal, settings.max_queued_per_token, settings.run_budget_s)
         quotas.count_submit(conn, principal, settings.submits_per_minute)
     stored, created = store.create(proposal, dedupe=True, idempotency=idem)
     if created:
         if limited:
             quotas.record_queued(conn, principal, stored.id)
-        enqueue_run(conn, stored.id, run_budget_s(settings))
+        enqueue_run(conn, stored.id, settings.run_budget_s)
         log.info(
             "proposal %s from %s (token %s) queued on %s",
             stored.id,
@@ -196,7 +191,7 @@ def request_runs(
         seeds=seeds,
     )
     stored, _ = store.create(proposal, dedupe=False)
-    enqueue_run(conn, stored.id, run_budget_s(settings) * len(seeds))
+    enqueue_run(conn, stored.id, settings.run_budget_s * len(seeds))
     log.info(
         "runs %s of %s with seeds %s requested by %s",
         stored.id,

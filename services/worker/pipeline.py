@@ -110,7 +110,7 @@ class Worker:
         """Paired runs: for each confirmation seed, the candidate then the best (the proposal's
         base), back to back on this worker, so both see the same machine and cache state."""
         pending = proposal.confirm_seeds[len(proposal.baseline_results) :]
-        claim_ttl_s = 2 * max(1, len(pending)) * self._claim_ttl_s()
+        claim_ttl_s = 2 * max(1, len(pending)) * self.settings.run_budget_s
         if not self.conn.set(f"ar:claim:{proposal.id}:confirm", self.name, nx=True, ex=claim_ttl_s):
             log.info("skipped: another worker confirms it", extra={"proposal_id": proposal.id})
             return proposal
@@ -219,7 +219,9 @@ class Worker:
             self.expected_fixed_hashes = hashes
             return ""
         expected = self.expected_fixed_hashes
-        return ", ".join(sorted(k for k in expected.keys() | hashes.keys() if expected.get(k) != hashes.get(k)))
+        return ", ".join(
+            sorted(k for k in expected.keys() | hashes.keys() if expected.get(k) != hashes.get(k))
+        )
 
     def _scored(
         self,
@@ -295,11 +297,8 @@ class Worker:
             changes["results"] = []
         self.store.transition(proposal_id, retry_state, reason, expect=None, **changes)
         runs = len(proposal.seeds) if retry_state == State.QUEUED else 2 * len(proposal.confirm_seeds)
-        queue.enqueue_run(self.conn, proposal_id, runs * self._claim_ttl_s())
+        queue.enqueue_run(self.conn, proposal_id, runs * self.settings.run_budget_s)
         return self.store.get(proposal_id)
-
-    def _claim_ttl_s(self) -> int:
-        return self.settings.run_wall_clock_s + self.settings.eval_timeout_s
 
     def _tail(self, text: str) -> str:
         data = text.encode("utf-8", "replace")[-self.settings.log_tail_bytes :]
