@@ -55,7 +55,6 @@ import numpy as np
 import torch
 
 EVALUATOR_VERSION = "2"  # 2: model in its own container (--channel), causality probes
-MAX_DOC_CHARS = 6000
 ROW_TOKENS = 2049  # 2,048 input positions + 1
 DEFAULT_SEED = 0
 HASH_CHUNK_BYTES = 1 << 22
@@ -73,24 +72,25 @@ class Voided(BadCheckpoint):
 # Documents and tokens
 
 
-def book_documents(text: str, max_chars: int = MAX_DOC_CHARS) -> list[str]:
-    """Split a book at paragraph boundaries into documents of at most `max_chars` characters."""
-    documents: list[str] = []
-    pieces: list[str] = []
-    length = 0
-    for paragraph in text.split("\n\n"):
-        for start in range(0, max(len(paragraph), 1), max_chars):
-            piece = paragraph[start : start + max_chars]
-            if pieces and length + 2 + len(piece) <= max_chars:
-                pieces.append(piece)
-                length += 2 + len(piece)
-            else:
-                if pieces:
-                    documents.append("\n\n".join(pieces))
-                pieces, length = [piece], len(piece)
-    if pieces:
-        documents.append("\n\n".join(pieces))
-    return documents
+def _fixed_sibling(name: str):  # -> module
+    """The fixed file `<name>.py` beside this one, loaded by its path: the very copy that
+    `fixed_hashes` hashes, whether this file runs as a script (the scorer container, bench), is
+    imported as `trainer.evaluate` (tests) or is loaded by path; never a module of that name found
+    elsewhere on sys.path."""
+    path = Path(__file__).resolve().parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"autoresearch_fixed_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The document splitting of the protocol has one copy, in prepare.py (training documents are split
+# the same way as scored ones).
+_prepare = _fixed_sibling("prepare")
+MAX_DOC_CHARS = _prepare.MAX_DOC_CHARS
+book_documents = _prepare.book_documents
 
 
 def val_files(val_dir: Path) -> list[Path]:

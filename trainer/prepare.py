@@ -69,7 +69,7 @@ class PrepareError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The document protocol (must match evaluate.py; a test checks that they agree)
+# The document protocol (its one copy: evaluate.py loads it from this file)
 
 
 def book_documents(text: str, max_chars: int = MAX_DOC_CHARS) -> list[str]:

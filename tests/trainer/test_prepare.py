@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -12,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from tests.trainer.helpers import make_books, run_prepare, write_corpus
+from tests.trainer.helpers import TRAINER, make_books, run_prepare, write_corpus
 from trainer import evaluate, prepare
 
 
@@ -107,13 +110,34 @@ def test_documents_follow_the_protocol(text, documents):
     assert evaluate.book_documents(text) == documents
 
 
-def test_prepare_and_evaluate_split_books_alike():
+def test_long_books_split_into_documents_of_at_most_6000_characters():
     for book in make_books(seed=5, count=3, paragraphs=400):
         long_paragraphs = book.replace("\n\n", " ", 50)  # some paragraphs longer than 6,000 characters
         for text in (book, long_paragraphs):
             docs = prepare.book_documents(text)
-            assert docs == evaluate.book_documents(text)
             assert all(len(d) <= 6000 for d in docs)
+
+
+def test_evaluate_uses_prepares_document_splitting():
+    """One copy of the protocol's splitting: evaluate.py loads it from the prepare.py beside it."""
+    assert evaluate.book_documents.__code__.co_filename == str(TRAINER / "prepare.py")
+    assert "def book_documents" not in (TRAINER / "evaluate.py").read_text()
+
+
+def test_evaluate_runs_from_a_folder_of_the_fixed_files(tmp_path):
+    """As in the image (/opt/autoresearch/trainer): the fixed files in one folder, started from elsewhere."""
+    home = tmp_path / "opt"
+    home.mkdir()
+    for name in ("evaluate.py", "prepare.py", "model_server.py"):
+        shutil.copy(TRAINER / name, home / name)
+    result = subprocess.run(
+        [sys.executable, str(home / "evaluate.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------
