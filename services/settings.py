@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     ]
     gpu_host_mounts: list[str] = []  # "host:container" read-only binds for gpu_mode=devices
     infra_retries: int = Field(2, ge=0, le=10)  # re-runs after an infrastructure failure
+    # After an infrastructure failure the worker waits up to this long for its sandbox (the Docker
+    # daemon) to answer again before taking more work, so a daemon restart does not use up retries.
+    sandbox_ready_wait_s: float = Field(120.0, ge=0.0, le=3600.0)
     # A worker renews a lease on the proposal it runs; one not renewed for this long is re-queued.
     worker_lease_ttl_s: int = Field(30, ge=1, le=3600)
     first_seed: int = 42  # harness seed of a proposal's screening run
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
 
     # --- sandbox
     trainer_image: str = "autoresearch/trainer:cpu"
+    # The interpreter inside the trainer image (an absolute in-container path): the image's venv, or on
+    # a host-runtime image (gpu_mode "devices" with the host's /usr and Python mounted) the host's.
+    trainer_python: str = Field("/opt/venv/bin/python", pattern=r"^/[A-Za-z0-9._/+-]+$")
     runs_dir: Path = Path("/var/lib/autoresearch/runs")  # host path; per-run folders live here
     train_data: str = "autoresearch-train-data"  # a volume name or an absolute host path
     val_data: str = "autoresearch-val-data"  # a volume name or an absolute host path

@@ -517,7 +517,9 @@ def save_outputs(out_dir: Path, model: GPT, run: dict) -> None:
     from safetensors.torch import save_model
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     save_model(model, str(out_dir / "model.safetensors"))
+    run["checkpoint_s"] = time.time() - started
     tmp = out_dir / "run.json.tmp"
     tmp.write_text(json.dumps(run, indent=1) + "\n")
     os.replace(tmp, out_dir / "run.json")
@@ -593,8 +595,8 @@ def main() -> int:
     save_outputs(env.out_dir, model, run)
     run["total_s"] = time.time() - PROCESS_START
     print("---")
-    for key in ("steps", "tokens", "epochs", "startup_s", "training_s", "total_s", "steady_tokens_per_s",
-                "mfu_percent", "peak_memory_bytes", "num_params", "final_loss", "seed"):  # fmt: skip
+    for key in ("steps", "tokens", "epochs", "startup_s", "training_s", "checkpoint_s", "total_s",
+                "steady_tokens_per_s", "mfu_percent", "peak_memory_bytes", "num_params", "final_loss", "seed"):  # fmt: skip
         value = run[key]
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     return 0

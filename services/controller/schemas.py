@@ -130,6 +130,11 @@ class ProposalDetail(BaseModel):
     attempts: int
     val_bpb: float | None
     results: list[RunResult]
+    baseline_results: list[RunResult] = Field(
+        [], description="fresh runs of the base commit, paired with the confirmation runs by seed"
+    )
+    confirm_seeds: list[int] = []
+    screening: Decision | None = Field(None, description="the screening verdict that asked for confirmation")
     decision: Decision | None
     merged_commit: str | None
     tried_ref: str | None = Field(None, description="the commit refs/autoresearch/tried/<id> points to")

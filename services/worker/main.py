@@ -29,7 +29,7 @@ def main() -> None:
     store = Store(conn)
     sandbox = DockerSandbox(
         settings, owner=name, scratch_mode=settings.scratch_mode, extra_env=settings.sandbox_extra_env,
-        eval_max_docs=settings.eval_max_docs, log_sink=store.append_live_log,
+        eval_max_docs=settings.eval_max_docs, log_sink=store.append_live_log, python=settings.trainer_python,
     )  # fmt: skip
     removed = sandbox.remove_strays()  # containers a previous life of this worker left behind
     if removed:
