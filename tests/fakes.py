@@ -98,3 +98,6 @@ class FakeSandbox:
 
     def environment(self) -> Environment:
         return Environment(gpu="cpu", driver="none", environment_hash="fake-env")
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return True

@@ -91,6 +91,8 @@ BUILD_HINT = "build it with docker/build-images.sh"
 
 POLL_INTERVAL_S = 1.0  # how often the writable folders are measured while a container runs
 STOP_TIMEOUT_S = 30.0  # how long a SIGKILLed container may take to be reported as exited
+EVENTS_SLACK_S = 1.0  # the events query starts this long before `start`: the daemon's clock may lag ours
+READY_POLL_S = 0.5  # how often `wait_ready` asks the daemon whether it answers again
 LOG_DRAIN_TIMEOUT_S = 10.0  # how long the log stream may lag behind the container's exit
 PROBE_TIMEOUT_S = 120  # the environment probe imports torch; a cold start takes a few seconds
 MAX_OUTPUT_FILES = 100_000  # entries in the writable folders; more is an inode bomb
@@ -144,6 +146,10 @@ class _Step:
     watched: list[Path] = field(default_factory=list)  # writable host folders under the output cap
     scratch: Path | None = None  # bind-mounted at /tmp when scratch_mode is "bind"
     log_path: Path | None = None
+    # A stop sent through the daemon by anyone but this sandbox's supervision (the daemon's own
+    # shutdown or restart, `docker stop`) is an infrastructure failure. Off for the evaluation's
+    # model containers: the scorer's end kills them on purpose, and a daemon stop shows in the scorer.
+    outside_stop_is_infra: bool = True
 
 
 class _LogTail:
@@ -382,6 +388,7 @@ class DockerSandbox:
             watched=[],
             scratch=scratch,
             log_path=paths.root / f"model-{name}.log",
+            outside_stop_is_infra=False,
         )
 
     def _run_with_models(self, scorer: _Step, models: list[_Step]) -> StepOutcome:
@@ -469,6 +476,25 @@ class DockerSandbox:
             self._environments[image_id] = cached
         return cached
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Block until the Docker daemon answers a ping on a new connection, at most `timeout_s`;
+        True if it does. Kept-alive connections are dropped first: a daemon that is shutting down
+        has closed its socket to new connections but still answers on open ones."""
+        deadline = time.monotonic() + timeout_s
+        while not self._answers():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def _answers(self) -> bool:
+        try:
+            client = self._docker()
+            client.api.close()  # a requests session stays usable: the next call connects anew
+            return bool(client.ping())
+        except (SandboxUnavailable, docker.errors.DockerException, OSError):
+            return False
+
     def remove_strays(self) -> list[str]:
         """Force-remove every container labelled with this sandbox's `owner` (left by an earlier
         life of the same worker that died mid-step); returns their names. Call it on start."""
@@ -512,6 +538,7 @@ class DockerSandbox:
             sink = functools.partial(self.log_sink, proposal_id)
         logs = _LogTail(stream, self.settings.max_log_bytes, sink)
         try:
+            started_unix = time.time()
             container.start()
             started = time.monotonic()
             exited = self._waiter(container)
@@ -520,11 +547,21 @@ class DockerSandbox:
                 raise SandboxUnavailable(f"{step.name} did not stop within {STOP_TIMEOUT_S} s of SIGKILL")
             duration_s = time.monotonic() - started
             state = container.client.api.inspect_container(container.id)["State"]
+            if state.get("Running"):  # the wait call broke, not the container: the daemon went away
+                raise SandboxUnavailable(f"lost the wait on {step.name} while it still ran (daemon restart?)")
+            outside = ""
+            if step.outside_stop_is_infra and not timed_out and not killed_reason:
+                outside = _signals_from_outside(container, started_unix - EVENTS_SLACK_S)
             text, truncated = logs.finish(LOG_DRAIN_TIMEOUT_S)
         finally:
             logs.close()
         if step.log_path is not None:
             step.log_path.write_text(text, encoding="utf-8")
+        if outside:
+            raise SandboxUnavailable(
+                f"{step.name} was stopped from outside the sandbox (signal {outside} through the Docker "
+                "daemon: its shutdown or restart, or docker stop/kill); not the proposal's doing"
+            )
         return StepOutcome(
             exit_code=state.get("ExitCode"),
             timed_out=timed_out,
@@ -755,6 +792,21 @@ def _kill(container: Any) -> bool:
             return False
         raise
     return True
+
+
+def _signals_from_outside(container: Any, since_unix: float) -> str:
+    """The signals the daemon sent the container since `since_unix` ("15, 9"), "" if none. Any kill
+    through the daemon is recorded as a `kill` event before the container's exit is (the daemon holds
+    the container's lock from signalling to recording), so one that ran to its end has none; a
+    process inside the container that kills itself or tini sends no such event. Called only when
+    this sandbox did not kill the container itself. Assumes the daemon shares the worker's clock
+    (the daemon is local: one worker per GPU on the GPU's host)."""
+    events = container.client.api.events(
+        since=f"{since_unix:.9f}", until=f"{time.time():.9f}", decode=True,
+        filters={"container": container.id, "event": "kill"},
+    )  # fmt: skip
+    signals = [str(e.get("Actor", {}).get("Attributes", {}).get("signal", "?")) for e in events]
+    return ", ".join(signals)
 
 
 def _remove(container: Any) -> None:

@@ -65,7 +65,7 @@ class Worker:
                 infra = InfraError(f"worker error: {exc!r}")
             else:
                 return self._screened(proposal_id, results)
-        return self._infra_failure(proposal_id, infra, State.QUEUED)  # its lease released: re-queue
+        return self._retry_later(proposal_id, infra, State.QUEUED)  # its lease released: re-queue
 
     def _screened(self, proposal_id: str, results: list[RunResult]) -> Proposal:
         failed = next((r for r in results if r.state != State.EVALUATING), None)
@@ -114,30 +114,31 @@ class Worker:
         if not self.conn.set(f"ar:claim:{proposal.id}:confirm", self.name, nx=True, ex=claim_ttl_s):
             log.info("skipped: another worker confirms it", extra={"proposal_id": proposal.id})
             return proposal
-        with self._lease(proposal.id):
-            return self._confirm_runs(proposal, pending)
+        try:
+            with self._lease(proposal.id):
+                return self._confirm_runs(proposal, pending)
+        except InfraError as exc:
+            infra = exc
+        finally:  # before any re-queue, so that the worker taking the retry can claim it
+            self.conn.delete(f"ar:claim:{proposal.id}:confirm")
+        return self._retry_later(proposal.id, infra, State.CONFIRMING)
 
     def _confirm_runs(self, proposal: Proposal, pending: list[int]) -> Proposal:
-        try:
-            for seed in pending:
-                candidate = self.run_once(proposal, seed, announce=False)
-                if candidate.state != State.EVALUATING:
-                    results = [*proposal.results, candidate]
-                    return self.store.transition(
-                        proposal.id, candidate.state, f"confirmation run (seed {seed}): {candidate.reason}",
-                        results=results,
-                    )  # fmt: skip
-                best = self.run_once(proposal, seed, announce=False, subject="best")
-                if best.state != State.EVALUATING:
-                    raise SandboxUnavailable(f"the best's paired run failed ({best.state}: {best.reason})")
-                proposal = self.store.update(
-                    proposal.id, results=[*proposal.results, candidate],
-                    baseline_results=[*proposal.baseline_results, best],
+        for seed in pending:
+            candidate = self.run_once(proposal, seed, announce=False)
+            if candidate.state != State.EVALUATING:
+                results = [*proposal.results, candidate]
+                return self.store.transition(
+                    proposal.id, candidate.state, f"confirmation run (seed {seed}): {candidate.reason}",
+                    results=results,
                 )  # fmt: skip
-        except InfraError as exc:
-            return self._infra_failure(proposal.id, exc, State.CONFIRMING)
-        finally:
-            self.conn.delete(f"ar:claim:{proposal.id}:confirm")
+            best = self.run_once(proposal, seed, announce=False, subject="best")
+            if best.state != State.EVALUATING:
+                raise SandboxUnavailable(f"the best's paired run failed ({best.state}: {best.reason})")
+            proposal = self.store.update(
+                proposal.id, results=[*proposal.results, candidate],
+                baseline_results=[*proposal.baseline_results, best],
+            )  # fmt: skip
         queue.enqueue_decision(self.conn, proposal.id)
         return proposal
 
@@ -278,6 +279,17 @@ class Worker:
             timeout_s=self.settings.eval_timeout_s,
             device=self.settings.device,
         )
+
+    def _retry_later(self, proposal_id: str, exc: InfraError, retry_state: State) -> Proposal:
+        """An infrastructure failure of this worker's own run: record it (re-queued, or infra_error),
+        then wait for the sandbox to answer again before taking more work. Without the wait, a worker
+        whose Docker daemon restarts takes the retry at once, fails it too, and uses up the retries
+        in milliseconds; meanwhile a worker on another host may take the retry."""
+        proposal = self._infra_failure(proposal_id, exc, retry_state)
+        wait_s = self.settings.sandbox_ready_wait_s
+        if not self.sandbox.wait_ready(wait_s):
+            log.warning("the sandbox still fails after %.0f s; taking work again", wait_s)
+        return proposal
 
     def _infra_failure(self, proposal_id: str, exc: InfraError, retry_state: State) -> Proposal:
         """Never the proposal's fault: run it again (screening from scratch, or the confirmation runs
