@@ -51,6 +51,13 @@ def enqueue_decision(conn: "redis.Redis[bytes]", proposal_id: str) -> None:
     )
 
 
+def worker_name(base: str) -> str:
+    """An RQ worker name unique to this process. RQ refuses to start a worker under a name that is
+    registered and not marked dead, and a process killed with SIGKILL stays registered until its
+    key's TTL runs out (RQ's worker TTL, 420 s), so a restarted process must not reuse the name."""
+    return f"{base}-{_attempt_suffix()}"
+
+
 def queue_depths(conn: "redis.Redis[bytes]") -> dict[str, int]:
     return {RUNS_QUEUE: len(runs_queue(conn)), COMMITS_QUEUE: len(commits_queue(conn))}
 

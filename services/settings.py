@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.faults import PAUSE_POINTS, PausePoints
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -87,6 +89,10 @@ class Settings(BaseSettings):
     baseline_train_py: Path = Path("trainer/train.py")
     git_author: str = "autoresearch committer <committer@autoresearch.invalid>"
 
+    # --- fault injection (tests only; services/faults.py): empty in production, nothing pauses
+    fault_pause_at: str = ""  # a point of faults.PAUSE_POINTS where the process sleeps until killed
+    fault_pause_marker: Path | None = None  # created when the process pauses there
+
     # --- controller
     program_path: Path = Path("program.md")  # version 1 of the agents' instructions
     host: str = "0.0.0.0"
@@ -120,6 +126,11 @@ class Settings(BaseSettings):
     ]
 
     @property
+    def pauses(self) -> PausePoints:
+        """The test-only pause point, inert unless fault_pause_at is set."""
+        return PausePoints(self.fault_pause_at, self.fault_pause_marker)
+
+    @property
     def run_budget_s(self) -> int:
         """What one run (training, then evaluation) may take; RQ jobs get this per run plus slack."""
         return self.run_wall_clock_s + self.eval_timeout_s
@@ -129,6 +140,13 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("AR_REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("fault_pause_at")
+    @classmethod
+    def _pause_point(cls, value: str) -> str:
+        if value and value not in PAUSE_POINTS:
+            raise ValueError(f"AR_FAULT_PAUSE_AT {value!r} is not one of {', '.join(PAUSE_POINTS)}")
         return value
 
     @field_validator("research_branch")

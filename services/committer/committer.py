@@ -194,7 +194,12 @@ class Committer:
                 )
             except HeadMoved:
                 return self._requeue_on_head(proposal)
+        elif self.repo.note(merged) is None:  # it died between moving the branch and writing the note
+            self.repo.set_note(merged, _note(proposal, decision))
+        pauses = self.settings.pauses  # test-only kill points (services/faults.py); inert by default
+        pauses.reached("merge:noted")
         self._keep_tried(proposal, decision)
+        pauses.reached("merge:tried-kept")
         self.store.add_commit(merged, proposal.train_py)
         parent = self.store.lineage_entry(proposal.base_commit)
         self.store.add_lineage(
@@ -214,6 +219,7 @@ class Committer:
                 fingerprint_key=_fingerprint_key(proposal.results),
             )
         )
+        pauses.reached("merge:best-set")
         return self.store.transition(
             proposal_id, State.MERGED, f"merged as {merged[:10]}: {decision.reason}", merged_commit=merged
         )

@@ -21,7 +21,7 @@ def main() -> None:
     configure_logging()
     settings = Settings()
     conn = redis.Redis.from_url(settings.redis_url)
-    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
+    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author, settings.pauses)
     committer = Committer(settings=settings, store=Store(conn), repo=repo, conn=conn)
     head = committer.bootstrap(settings.baseline_train_py.read_text(encoding="utf-8"))
     log.info(
@@ -30,7 +30,9 @@ def main() -> None:
     jobs.configure(committer)
     try:
         SimpleWorker(
-            [queue.commits_queue(conn)], connection=conn, name=f"{socket.gethostname()}-{queue.COMMITS_QUEUE}"
+            [queue.commits_queue(conn)],
+            connection=conn,
+            name=queue.worker_name(f"{socket.gethostname()}-{queue.COMMITS_QUEUE}"),
         ).work(logging_level="WARNING")
     finally:
         repo.close()

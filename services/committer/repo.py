@@ -18,6 +18,7 @@ import git
 from gitdb import IStream
 
 from services.errors import InfraError
+from services.faults import NO_PAUSES, PausePoints
 
 TRAIN_PY_PATH = "trainer/train.py"
 TRIED_REF_PREFIX = "refs/autoresearch/tried/"
@@ -60,9 +61,10 @@ class ResearchRepo(Protocol):
 
 
 class GitResearchRepo:
-    def __init__(self, path: Path, branch: str, author: str) -> None:
+    def __init__(self, path: Path, branch: str, author: str, pauses: PausePoints = NO_PAUSES) -> None:
         self.path = path
         self.branch = branch
+        self.pauses = pauses  # test-only kill points (services/faults.py); inert by default
         name, _, email = author.partition("<")
         self._ident = {
             "GIT_AUTHOR_NAME": name.strip() or "autoresearch",
@@ -138,12 +140,14 @@ class GitResearchRepo:
         """Commit `train_py` on top of `parent` and move the branch there, only if the branch is
         still at `parent`. Raises HeadMoved otherwise."""
         sha = self._commit(parent, train_py, message)
+        self.pauses.reached("merge:commit-written")
         try:
             self._git("update-ref", f"refs/heads/{self.branch}", sha, parent)
         except git.GitCommandError as exc:
             if self.head() != parent:
                 raise HeadMoved(f"branch {self.branch} moved from {parent[:10]}") from exc
             raise RepoError(f"cannot move {self.branch}: {exc}") from exc
+        self.pauses.reached("merge:branch-moved")
         self._add_note(sha, note)
         return sha
 

@@ -41,7 +41,8 @@ def main() -> None:
     log.info("worker %s ready (device %s, gpu mode %s)", name, settings.device, settings.gpu_mode)
     # SimpleWorker runs jobs in this process: the sandbox's containers are the isolation, and one
     # process per GPU keeps the Docker client and Redis connections alive between runs.
-    SimpleWorker([queue.runs_queue(conn)], connection=conn, name=f"{name}-{queue.RUNS_QUEUE}").work(
+    rq_name = queue.worker_name(f"{name}-{queue.RUNS_QUEUE}")
+    SimpleWorker([queue.runs_queue(conn)], connection=conn, name=rq_name).work(
         with_scheduler=False, logging_level="WARNING"
     )
 

@@ -1,9 +1,11 @@
 """Fault injection with real processes: a worker killed with SIGKILL mid-training (its lease expires,
 the next worker's sweep re-runs the proposal once, counted as an infrastructure attempt; never run by
 two workers at once); Redis stopped and restarted with AOF persistence (proposals and queue intact);
-the controller killed during submits (a retry with the same Idempotency-Key creates one proposal)."""
+the controller killed during submits (a retry with the same Idempotency-Key creates one proposal);
+the committer killed at each step of a merge (the proposal is merged exactly once)."""
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,8 +20,10 @@ import httpx
 import pytest
 import redis
 
-from services import queue
-from services.models import Proposal, RunResult, new_id
+from services import faults, queue
+from services.committer.repo import GitResearchRepo
+from services.models import Best, Decision, Proposal, RunResult, new_id
+from services.patches import canonical_diff, content_hash
 from services.settings import Settings
 from services.states import State
 from services.store import Store
@@ -257,3 +261,114 @@ def test_controller_killed_during_submits_then_retried_creates_each_proposal_onc
 def _post_ignoring_errors(url: str, body: dict[str, str], headers: dict[str, str]) -> None:
     with contextlib.suppress(httpx.HTTPError):
         httpx.post(url, json=body, headers=headers, timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The committer killed mid-merge, as a real process
+
+
+COMMITTER_BASELINE = "import os\nFAKE_SCORE = 1.5\n"
+
+
+def start_committer(env: dict[str, str], log: Path) -> "subprocess.Popen[bytes]":
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.committer.main"], cwd=REPO, env=env, stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def accepted(store: Store, head: str, base_py: str, i: int) -> Proposal:
+    """A proposal as the committer finds it once its confirmation runs won: `accepted`, with the decision."""
+    train_py = base_py + f"IDEA_{i} = {i}\n"
+    proposal = Proposal(
+        id=new_id("p"), title=f"idea {i}", agent="t", description="a test idea", base_commit=head,
+        base_train_py=base_py, train_py=train_py, diff=canonical_diff(base_py, train_py),
+        content_hash=content_hash(head, train_py), seeds=[42],
+    )  # fmt: skip
+    store.create(proposal)
+    decision = Decision(
+        accepted=True, rule="paired-z/v1", stage="confirm", candidate_bpb=1.4 - i / 100, best_bpb=1.5,
+        best_commit=head, delta_bpb=-0.1, reason="confirmed (test)",
+    )  # fmt: skip
+    return store.transition(proposal.id, State.ACCEPTED, "confirmed (test)", decision=decision)
+
+
+def test_committer_sigkilled_at_each_step_of_a_merge_merges_exactly_once(
+    tmp_path: Path, redis_url: str, store: Store
+) -> None:
+    """Kills: the committer process (`python -m services.committer.main`, SIGKILL) paused at each
+    point of a merge in turn (services/faults.py: commit written, branch moved, note written, tried
+    ref kept, best set), then restarts it at once. Verifies, for each: right after the kill the
+    branch is consistent (fsck clean; head is the old head, or the one new commit when the kill came
+    after update-ref); after the restart the proposal is `merged` exactly once (one commit on the
+    branch with its Proposal-Id, the head, parent the old head), its note and tried ref (with note)
+    exist, the store's best is the commit. The restart right after a SIGKILL also checks that the
+    committer's RQ worker name is per process (RQ refuses a name a killed process still holds)."""
+    repo_dir = tmp_path / "repo"
+    baseline = tmp_path / "baseline_train.py"
+    baseline.write_text(COMMITTER_BASELINE)
+    repo = GitResearchRepo(repo_dir, "research", Settings().git_author)
+    root = repo.ensure(COMMITTER_BASELINE)
+    repo.close()
+    store.add_commit(root, COMMITTER_BASELINE)
+    store.set_best(Best(commit=root, val_bpb=1.5))  # scored: the committer asks for no baseline run
+    env = {**os.environ, "AR_REDIS_URL": redis_url, "AR_REPO_DIR": str(repo_dir),
+           "AR_BASELINE_TRAIN_PY": str(baseline)}  # fmt: skip
+    log = tmp_path / "committer.log"
+    base_py = COMMITTER_BASELINE
+    for i, point in enumerate(faults.PAUSE_POINTS):
+        head = git(repo_dir, "rev-parse", "research").strip()
+        proposal = accepted(store, head, base_py, i)
+        marker = tmp_path / f"paused-{i}"
+        paused = start_committer(
+            {**env, "AR_FAULT_PAUSE_AT": point, "AR_FAULT_PAUSE_MARKER": str(marker)}, log
+        )
+        try:
+            wait_for(
+                lambda m=marker, c=paused: m.exists() or c.poll() is not None, 30, f"it to reach {point}"
+            )
+            assert paused.poll() is None, log.read_text(errors="replace")[-3000:]
+        finally:
+            paused.send_signal(signal.SIGKILL)
+            paused.wait(10)
+        git(repo_dir, "fsck", "--strict", "--no-dangling")  # raises on any error
+        after_kill = git(repo_dir, "rev-parse", "research").strip()
+        if point == "merge:commit-written":
+            assert after_kill == head, point
+        else:
+            assert git(repo_dir, "rev-parse", f"{after_kill}^").strip() == head, point
+            assert f"Proposal-Id: {proposal.id}" in git(repo_dir, "log", "-1", "--format=%B", after_kill)
+        assert store.get(proposal.id).state == State.ACCEPTED, point
+        # Restart in the next second: a commit made in the same second as the killed one, with the same
+        # parent, tree and message, would have its SHA (the tried ref's commit would be the branch's).
+        time.sleep(1.01 - time.time() % 1)
+        restarted = start_committer(env, log)
+        try:
+            wait_for(lambda p=proposal.id: store.get(p).state == State.MERGED, 30, f"the merge after {point}")
+        finally:
+            restarted.send_signal(signal.SIGKILL)
+            restarted.wait(10)
+        done = store.get(proposal.id)
+        on_branch = git(
+            repo_dir, "log", "--format=%H", f"--grep=Proposal-Id: {proposal.id}", "research"
+        ).split()
+        assert on_branch == [done.merged_commit] == [git(repo_dir, "rev-parse", "research").strip()], point
+        assert git(repo_dir, "rev-parse", f"{done.merged_commit}^").strip() == head, point
+        assert git(repo_dir, "rev-list", "--count", "research").strip() == str(i + 2), point
+        assert (
+            json.loads(git(repo_dir, "notes", "show", str(done.merged_commit)))["proposal_id"] == proposal.id
+        )
+        tried = git(repo_dir, "rev-parse", f"refs/autoresearch/tried/{proposal.id}").strip()
+        assert tried == done.tried_ref and json.loads(git(repo_dir, "notes", "show", tried))["proposal_id"]
+        git(repo_dir, "fsck", "--strict", "--no-dangling")
+        best = store.get_best()
+        assert best is not None and best.commit == done.merged_commit, point
+        base_py = done.train_py
+        print(
+            f"killed: the committer (SIGKILL) at {point}; verified: merged once as {done.merged_commit[:10]}"
+        )
