@@ -37,24 +37,29 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
 import lzma
 import math
+import mmap
 import os
 import random
+import resource
 import socket
 import struct
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-EVALUATOR_VERSION = "2"  # 2: model in its own container (--channel), causality probes
+EVALUATOR_VERSION = "3"  # 2: model in its own container (--channel), causality probes; 3: logits
+# through shared memory slots instead of the socket (the score is unchanged)
 ROW_TOKENS = 2049  # 2,048 input positions + 1
 DEFAULT_SEED = 0
 HASH_CHUNK_BYTES = 1 << 22
@@ -262,16 +267,100 @@ def score_rows(model, rows: Rows, byte_lengths: np.ndarray, batch_size: int, dev
 
 MAX_HEADER_BYTES = 1 << 16
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_WIRE_ITEMSIZE = 4  # bytes per logit in the widest wire dtype (float32): what a slot is sized for
 MIN_SPLICE = 8  # a probe keeps at least this many of its row's tokens before the splice
 PROBE_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}  # max |Δ log-prob| of a target: float32 vs bf16 autocast
+LOGIT_SLOTS = 2  # the model fills one slot while the scorer copies the other out
+MAX_BUFFER_FILES = 64  # memory files per model server (slots x chunks; SCM_RIGHTS carries <= 253)
+PAGE_BYTES = 4096
+
+
+def pin(data: torch.Tensor) -> bool:
+    """Page-lock a mapped buffer for the GPU's copy engines (~50 GB/s instead of ~7 on an H100
+    host); False where the driver refuses, and copies then go through pageable memory."""
+    return int(torch.cuda.cudart().cudaHostRegister(data.data_ptr(), data.numel(), 0)) == 0
+
+
+class SharedSlots:
+    """The logits buffers of one model server: LOGIT_SLOTS slots of `slot_bytes` each (a batch of
+    float32 logits), in memory files that this process creates and passes to that server alone.
+
+    Why shared memory: the logits of the full validation set are ~95 GB in float32. Through a Unix
+    socket (~5 GB/s on an H100 host, two copies through the kernel) that is ~20 s; the GPU's copy
+    engines move page-locked memory at ~50 GB/s each way, with no socket in between.
+
+    What the model can do with them: write any bytes at any time, which is no more than choosing
+    its logits. Each memory file is sealed against shrinking and growing before the model sees it,
+    so it cannot truncate a mapping under the scorer. The scorer copies a batch out of the slot
+    into its own memory (`copy_out`) before it reads any value; every check and all arithmetic use
+    that copy, never the shared bytes, so writing during or after the copy changes nothing that was
+    checked. Each model server has its own files: the probe pass never sees the scored pass's
+    logits. A slot is split into files of at most RLIMIT_FSIZE bytes (the sandbox's file-size cap
+    applies to memory files too)."""
+
+    def __init__(self, slot_bytes: int, device: str, slots: int = LOGIT_SLOTS) -> None:
+        limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        chunk = slot_bytes if limit == resource.RLIM_INFINITY else max(PAGE_BYTES, limit - limit % PAGE_BYTES)
+        sizes = [min(chunk, slot_bytes - start) for start in range(0, slot_bytes, chunk)]
+        if slots * len(sizes) > MAX_BUFFER_FILES:
+            raise ValueError(
+                f"a logits slot of {slot_bytes} bytes needs {len(sizes)} files under the file-size limit of "
+                f"{limit} bytes (at most {MAX_BUFFER_FILES // slots}); raise the limit (max_output_bytes)"
+            )
+        self.layout = [sizes] * slots
+        self.fds: list[int] = []
+        self.chunks: list[list[torch.Tensor]] = []
+        self.pinned = device.startswith("cuda")
+        try:
+            for _ in range(slots):
+                self.chunks.append([self._create(size) for size in sizes])
+        except BaseException:
+            self.close()
+            raise
+        if self.pinned:
+            self.pinned = all(pin(chunk) for chunks in self.chunks for chunk in chunks)
+
+    def _create(self, size: int) -> torch.Tensor:
+        fd = os.memfd_create("autoresearch-logits", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        self.fds.append(fd)
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        return torch.frombuffer(mmap.mmap(fd, size), dtype=torch.uint8)
+
+    def copy_out(self, slot: int, out: torch.Tensor) -> None:
+        """Copy the slot's first `out.numel()` bytes into `out` (flat uint8, the scorer's own memory on
+        its device); when this returns the copy is complete."""
+        offset = 0
+        for chunk in self.chunks[slot]:
+            n = min(chunk.numel(), out.numel() - offset)
+            if n <= 0:
+                break
+            out[offset : offset + n].copy_(chunk[:n])
+            offset += n
+        if out.is_cuda:
+            torch.cuda.current_stream(out.device).synchronize()
+
+    def close(self) -> None:
+        """Close the files (the model server has its own descriptors by now); the mappings go with
+        the last reference to the chunks."""
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+        if self.pinned:
+            for chunk in (c for chunks in self.chunks for c in chunks):
+                torch.cuda.cudart().cudaHostUnregister(chunk.data_ptr())
+            self.pinned = False
+        self.chunks = []
 
 
 class ModelChannel:
-    """One model server's connection: sends token rows, receives and checks logits. Reads at most
-    the bytes that the expected logits need; anything unexpected raises Voided."""
+    """One model server's connection: sends token rows, receives and checks the logits' header
+    before it copies their bytes out of its shared slot; anything unexpected raises Voided."""
 
     def __init__(self, conn: socket.socket, name: str, timeout_s: float) -> None:
         self.conn, self.name = conn, name
+        self.slots: SharedSlots | None = None
         conn.settimeout(timeout_s)
 
     def _recv_exact(self, n: int) -> bytearray:
@@ -304,10 +393,16 @@ class ModelChannel:
             raise BadCheckpoint(f"model server {self.name}: {str(header['error'])[:500]}")
         return header
 
-    def _send(self, header: dict, payload: bytes = b"") -> None:
+    def _send(self, header: dict, payload: memoryview | bytes = b"", fds: list[int] | None = None) -> None:
         data = json.dumps(header).encode()
+        message = struct.pack(">I", len(data)) + data
         try:
-            self.conn.sendall(struct.pack(">I", len(data)) + data + payload)
+            if fds:
+                socket.send_fds(self.conn, [message], fds)
+            else:
+                self.conn.sendall(message)
+            if len(payload):
+                self.conn.sendall(payload)
         except OSError as exc:
             raise Voided(f"model server {self.name}: channel error {exc}") from exc
 
@@ -315,10 +410,19 @@ class ModelChannel:
         if self._header() != {"ready": True}:
             raise Voided(f"model server {self.name}: protocol violation (no ready message)")
 
-    def forward(self, inputs: torch.Tensor, vocab: int) -> torch.Tensor:
-        """float32 logits [B, T, V] on the CPU for int64 `inputs` [B, T]."""
-        payload = inputs.contiguous().numpy().tobytes()
-        self._send({"op": "forward", "shape": list(inputs.shape), "dtype": "int64", "nbytes": len(payload)}, payload)
+    def share(self, slots: SharedSlots) -> None:
+        """Hand the model server its logits slots (after it is ready)."""
+        self.slots = slots
+        self._send({"op": "buffers", "slots": slots.layout}, fds=slots.fds)
+
+    def _request(self, inputs: torch.Tensor, slot: int) -> None:
+        payload = memoryview(inputs.contiguous().numpy()).cast("B")
+        header = {"op": "forward", "shape": list(inputs.shape), "dtype": "int64", "nbytes": len(payload), "slot": slot}
+        self._send(header, payload)
+
+    def _reply(self, inputs: torch.Tensor, vocab: int, slot: int) -> tuple[list[int], torch.dtype]:
+        """The reply's header, checked: shape exactly [B, T, V], a float wire dtype, the byte count
+        that shape and dtype need, the slot asked for."""
         header = self._header()
         want = [*inputs.shape, vocab]
         if header.get("shape") != want:
@@ -329,15 +433,45 @@ class ModelChannel:
         nbytes = math.prod(want) * dtype.itemsize
         if header.get("nbytes") != nbytes:
             raise Voided(f"model server {self.name}: protocol violation ({header.get('nbytes')} bytes; want {nbytes})")
-        raw = self._recv_exact(nbytes)
-        if dtype == torch.float32:
-            return torch.frombuffer(raw, dtype=torch.float32).reshape(want)
-        return torch.frombuffer(raw, dtype=torch.int16).view(dtype).reshape(want).float()
+        if header.get("slot") != slot:
+            raise Voided(f"model server {self.name}: protocol violation (slot {header.get('slot')!r}; want {slot})")
+        return want, dtype
+
+    def _copy_out(self, shape: list[int], dtype: torch.dtype, slot: int, device: str) -> torch.Tensor:
+        if self.slots is None:
+            raise RuntimeError("share() the slots before asking for logits")
+        logits = torch.empty(shape, dtype=dtype, device=device)
+        self.slots.copy_out(slot, logits.view(-1).view(torch.uint8))
+        return logits
+
+    def stream(self, batches: Iterable[torch.Tensor], vocab: int, device: str) -> Iterator[torch.Tensor]:
+        """Logits [B, T, V] in the wire dtype on `device` (the scorer's own copy) for each int64
+        batch [B, T], in order. The next batch's request goes out before this one's bytes are copied,
+        so the model computes it (into the other slot) while the scorer copies and scores this one."""
+        pending = iter(batches)
+        current = next(pending, None)
+        if current is not None:
+            self._request(current, 0)
+        k = 0
+        while current is not None:
+            slot = k % LOGIT_SLOTS
+            shape, dtype = self._reply(current, vocab, slot)
+            following = next(pending, None)
+            if following is not None:  # its slot was copied out in the step before
+                self._request(following, (k + 1) % LOGIT_SLOTS)
+            yield self._copy_out(shape, dtype, slot, device)
+            current, k = following, k + 1
+
+    def forward(self, inputs: torch.Tensor, vocab: int, device: str = "cpu") -> torch.Tensor:
+        """One batch's logits (wire dtype, on `device`)."""
+        return next(iter(self.stream([inputs], vocab, device)))
 
     def close(self) -> None:
         with contextlib.suppress(OSError, Voided):
             self._send({"op": "exit"})
         self.conn.close()
+        if self.slots is not None:
+            self.slots.close()
 
 
 def listen(path: Path) -> socket.socket:
@@ -427,9 +561,9 @@ def score_remote(
     def probe_pass() -> None:
         probe_tokens = torch.from_numpy(probes.rows)
         source_targets = tokens[torch.from_numpy(probes.source)][:, 1:]  # gathered at the source's targets
-        for start in range(0, len(probes.source), batch_size):
-            row = probe_tokens[start : start + batch_size]
-            logits = probe_channel.forward(row[:, :-1], vocab)
+        starts = range(0, len(probes.source), batch_size)
+        inputs = (probe_tokens[start : start + batch_size, :-1] for start in starts)
+        for start, logits in zip(starts, probe_channel.stream(inputs, vocab, device), strict=True):
             targets = source_targets[start : start + batch_size]
             probe_logprobs[start : start + batch_size] = target_logprobs(logits, targets, device).cpu()
 
@@ -438,10 +572,10 @@ def score_remote(
     with torch.inference_mode():
         if probe_first:
             probe_pass()
-        for batch in batch_order(rows.level, batch_size, seed):
-            row = tokens[batch]
-            targets, mask = row[:, 1:], masks[batch]
-            logits = scored_channel.forward(row[:, :-1], vocab)
+        batches = batch_order(rows.level, batch_size, seed)
+        inputs = (tokens[batch][:, :-1] for batch in batches)
+        for batch, logits in zip(batches, scored_channel.stream(inputs, vocab, device), strict=True):
+            targets, mask = tokens[batch][:, 1:], masks[batch]
             logprobs = target_logprobs(logits, targets, device).cpu()
             row_logprobs[batch] = logprobs
             nats -= float(logprobs[mask].double().sum())
@@ -524,6 +658,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                 channels.append(ModelChannel(accept(server, name, args.connect_timeout), name, args.reply_timeout))
             for channel in channels:
                 channel.wait_ready()
+            slot_bytes = args.batch_size * (ROW_TOKENS - 1) * len(byte_lengths) * MAX_WIRE_ITEMSIZE
+            for channel in channels:  # each server its own slots: neither sees the other's logits
+                channel.share(SharedSlots(slot_bytes, args.device))
             tolerance = args.probe_tolerance
             if tolerance is None:
                 tolerance = PROBE_TOLERANCE["cuda" if args.device.startswith("cuda") else "cpu"]
