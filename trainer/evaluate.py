@@ -699,13 +699,15 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-py", type=Path, required=True, help="hashed only, with --channel")
-    parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="dir with model.safetensors and run.json"
-    )
+    parser.add_argument("--train-py", type=Path, help="hashed only, with --channel")
+    parser.add_argument("--checkpoint", type=Path, help="dir with model.safetensors and run.json")
     parser.add_argument("--data-dir", type=Path, required=True, help="training data dir (for the tokenizer)")
     parser.add_argument("--val-dir", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="result.json path")
+    parser.add_argument("--out", type=Path, help="result.json path")
+    parser.add_argument(
+        "--hash-only", action="store_true",
+        help="print the fixed files' hashes and the evaluator version as one JSON line, score nothing",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-docs", type=int, default=None, help="score only the first N documents")
     parser.add_argument(
@@ -719,6 +721,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-timeout", type=float, default=600.0, help="seconds for one batch's logits")
     parser.add_argument("--probe-tolerance", type=float, default=None, help="max |Δ log-prob| before a splice")
     args = parser.parse_args(argv)
+    if args.hash_only:  # what the worker pins at start-up: no candidate, no checkpoint involved
+        try:
+            paths = val_files(args.val_dir)
+        except FileNotFoundError:  # hashed as absent; the scorer would fail on it anyway
+            paths = []
+        hashes = fixed_hashes(args.data_dir, args.val_dir, paths)
+        print(json.dumps({"evaluator_version": EVALUATOR_VERSION, "fixed_hashes": hashes}, sort_keys=True))
+        return 0
+    missing = [f"--{name.replace('_', '-')}" for name in ("train_py", "checkpoint", "out") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.batch_size is None:
         args.batch_size = 32 if args.device.startswith("cuda") else 4
     if args.device == "cpu":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,28 @@ def test_uniform_model_scores_log2_vocab_per_token(tmp_path, prepared):
     assert set(scored["fixed_hashes"]) >= {"prepare.py", "evaluate.py", "tokenizer.json", "token_bytes.npy",
                                            "val/val.jsonl"}  # fmt: skip
     assert scored["eval_s"] >= 0 and scored["seed"] == 7
+
+
+def test_hash_only_prints_what_a_scored_run_records(tmp_path, prepared):
+    """`--hash-only` (what the worker pins at start, with no candidate anywhere) gives the very
+    hashes and evaluator version that a scored run writes into result.json."""
+    train_py, checkpoint = fake_checkpoint(tmp_path)
+    scored = run_evaluate(train_py, checkpoint, *prepared, tmp_path / "result.json", "--max-docs", "1")
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    probe = subprocess.run(
+        [sys.executable, str(TRAINER / "evaluate.py"), "--hash-only", "--data-dir", str(prepared[0]),
+         "--val-dir", str(prepared[1])], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    pinned = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert pinned == {
+        "evaluator_version": result["evaluator_version"],
+        "fixed_hashes": result["fixed_hashes"],
+    }
+    assert {"evaluate.py", "prepare.py", "model_server.py", "tokenizer.json", "val/val.jsonl"} <= set(
+        pinned["fixed_hashes"]
+    )
 
 
 def test_max_docs_scores_a_prefix(tmp_path, prepared, tiny_checkpoint):
