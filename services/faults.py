@@ -3,7 +3,11 @@
 Inert in production: `Settings.fault_pause_at` (environment `AR_FAULT_PAUSE_AT`) is empty unless a
 test sets it. When it names a point, the process that reaches that point creates the file
 `Settings.fault_pause_marker` (`AR_FAULT_PAUSE_MARKER`), so the test knows it got there, and then
-sleeps until it is killed. Points (the committer's merge, in order):
+sleeps until it is killed. Points:
+
+    submit:stored          the controller stored a submitted proposal; its run job is not enqueued
+
+the committer's merge, in order:
 
     merge:commit-written   the commit object exists; the branch has not moved
     merge:branch-moved     the branch points at the new commit; its note is not written
@@ -20,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PAUSE_POINTS = (
+    "submit:stored",
     "merge:commit-written",
     "merge:branch-moved",
     "merge:noted",

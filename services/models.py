@@ -119,6 +119,9 @@ class Proposal(Frozen):
     state: State = State.QUEUED
     reason: str = ""
     attempts: int = 0  # infrastructure retries used
+    # State changes so far. With the id it names the run job of the proposal's current spell in
+    # `queued` or `confirming` (queue.run_job_id), so every process that enqueues it names it alike.
+    transitions: int = 0
     results: list[RunResult] = []  # the candidate's runs: screening first, then confirmation
     baseline_results: list[RunResult] = []  # fresh runs of the base, paired with confirmation seeds
     confirm_seeds: list[int] = []

@@ -2,10 +2,19 @@
 
 runs     GPU work: one job = one training + evaluation of one proposal (all its seeds)
 commits  the committer's serial queue: decide on a scored proposal, merge winners
+
+A run job's id is the proposal's id and its transition count when it entered the state the job
+serves (`run_job_id`), and run jobs are enqueued only if that id is new: whoever enqueues a spell
+(the controller, a worker's infrastructure retry, the committer, a worker's sweep for proposals
+left `queued` without a job), it gets exactly one job.
 """
+
+import uuid
 
 import redis
 from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
 
 RUNS_QUEUE = "runs"
 COMMITS_QUEUE = "commits"
@@ -17,6 +26,9 @@ DECIDE_JOB = "services.committer.jobs.decide_and_commit"
 JOB_SLACK_S = 600
 # Results of finished jobs are kept an hour for debugging; the proposal in the store is the record.
 RESULT_TTL_S = 3600
+# A run job in one of these states will never run: it died before it moved its proposal on.
+DEAD_JOB_STATES = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+REPLACE_LOCK_S = 60  # one sweeper at a time replaces a dead run job
 
 
 def runs_queue(conn: "redis.Redis[bytes]") -> Queue:
@@ -27,16 +39,49 @@ def commits_queue(conn: "redis.Redis[bytes]") -> Queue:
     return Queue(COMMITS_QUEUE, connection=conn)
 
 
-def enqueue_run(conn: "redis.Redis[bytes]", proposal_id: str, budget_s: int) -> None:
-    runs_queue(conn).enqueue(
-        RUN_JOB,
-        proposal_id,
-        job_id=f"run-{proposal_id}-{_attempt_suffix()}",
-        job_timeout=budget_s + JOB_SLACK_S,
-        result_ttl=RESULT_TTL_S,
-        failure_ttl=7 * 24 * 3600,
-        description=f"run proposal {proposal_id}",
-    )
+def run_job_id(proposal_id: str, transitions: int) -> str:
+    """The run job of the proposal's spell in `queued` (or `confirming`) that began with its
+    `transitions`-th state change (0: just stored)."""
+    return f"run-{proposal_id}-{transitions}"
+
+
+def enqueue_run(conn: "redis.Redis[bytes]", proposal_id: str, budget_s: int, transitions: int = 0) -> bool:
+    """Enqueue the run job of the proposal's current spell (`transitions`: the proposal's count when
+    it entered the state the job serves); False if that job exists already. RQ's unique enqueue is
+    one Lua script, so of any number of processes enqueueing the same spell, exactly one does."""
+    try:
+        runs_queue(conn).enqueue(
+            RUN_JOB,
+            proposal_id,
+            job_id=run_job_id(proposal_id, transitions),
+            unique=True,
+            job_timeout=budget_s + JOB_SLACK_S,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=7 * 24 * 3600,
+            description=f"run proposal {proposal_id}",
+        )
+    except DuplicateJobError:
+        return False
+    return True
+
+
+def ensure_run(conn: "redis.Redis[bytes]", proposal_id: str, budget_s: int, transitions: int) -> bool:
+    """Make sure the proposal's current spell has a run job that can still run: enqueue it if it is
+    missing (the process that stored or re-queued the proposal died before enqueueing), or replace
+    it if it died without moving the proposal on (failed, stopped or cancelled; e.g. a worker killed
+    between taking the job and starting the run, once RQ gives up on it). True if it enqueued."""
+    if enqueue_run(conn, proposal_id, budget_s, transitions):
+        return True
+    job_id = run_job_id(proposal_id, transitions)
+    try:
+        if Job.fetch(job_id, connection=conn).get_status() not in DEAD_JOB_STATES:
+            return False
+    except NoSuchJobError:  # expired since: enqueue it
+        return enqueue_run(conn, proposal_id, budget_s, transitions)
+    if not conn.set(f"ar:replacing:{job_id}", "1", nx=True, ex=REPLACE_LOCK_S):
+        return False  # another sweeper replaces it
+    Job.fetch(job_id, connection=conn).delete()
+    return enqueue_run(conn, proposal_id, budget_s, transitions)
 
 
 def enqueue_decision(conn: "redis.Redis[bytes]", proposal_id: str) -> None:
@@ -55,14 +100,8 @@ def worker_name(base: str) -> str:
     """An RQ worker name unique to this process. RQ refuses to start a worker under a name that is
     registered and not marked dead, and a process killed with SIGKILL stays registered until its
     key's TTL runs out (RQ's worker TTL, 420 s), so a restarted process must not reuse the name."""
-    return f"{base}-{_attempt_suffix()}"
+    return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
 def queue_depths(conn: "redis.Redis[bytes]") -> dict[str, int]:
     return {RUNS_QUEUE: len(runs_queue(conn)), COMMITS_QUEUE: len(commits_queue(conn))}
-
-
-def _attempt_suffix() -> str:
-    import uuid
-
-    return uuid.uuid4().hex[:8]

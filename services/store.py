@@ -186,7 +186,7 @@ class Store:
                         raise Conflict(f"proposal {proposal_id} is {old.state}, not {wanted}")
                     fields = dict(changes, updated_at=now())
                     if state is not None:
-                        fields.update(state=state, reason=reason)
+                        fields.update(state=state, reason=reason, transitions=old.transitions + 1)
                     new = Proposal.model_validate({**old.model_dump(), **fields})  # validates changes
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())

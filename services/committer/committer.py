@@ -77,8 +77,8 @@ class Committer:
             content_hash="",
             seeds=[self.settings.first_seed],
         )
-        self.store.create(run, dedupe=False)
-        queue.enqueue_run(self.conn, run.id, self.settings.run_budget_s)
+        stored, _ = self.store.create(run, dedupe=False)
+        queue.enqueue_run(self.conn, run.id, self.settings.run_budget_s, stored.transitions)
         log.info("baseline run requested", extra={"proposal_id": run.id, "commit": head})
 
     def recover(self) -> int:
@@ -145,7 +145,7 @@ class Committer:
             confirm_seeds=seeds, baseline_results=[],
         )  # fmt: skip
         budget = 2 * len(seeds) * self.settings.run_budget_s
-        queue.enqueue_run(self.conn, proposal.id, budget)
+        queue.enqueue_run(self.conn, proposal.id, budget, confirming.transitions)
         return confirming
 
     def _decide_confirmed(self, proposal: Proposal) -> Proposal:
@@ -255,7 +255,7 @@ class Committer:
             confirm_seeds=[],
             decision=None,
         )
-        queue.enqueue_run(self.conn, proposal.id, self.settings.run_budget_s)
+        queue.enqueue_run(self.conn, proposal.id, self.settings.run_budget_s, requeued.transitions)
         return requeued
 
     def _record_commit_run(self, proposal: Proposal, scored: list[RunResult]) -> Proposal:

@@ -75,6 +75,8 @@ def submit_proposal(
     enqueued unless the whole submission is valid; a replay or a duplicate is returned as it is."""
     idem = None if idempotency_key is None else (_idempotency_owner(principal), idempotency_key)
     if idem is not None and (replay := store.idempotent(*idem)) is not None:
+        if replay.state == State.QUEUED:  # its first controller may have died before enqueueing it
+            enqueue_run(conn, replay.id, settings.run_budget_s, replay.transitions)
         return replay, False
     _check_text_limits(settings, body.title, body.description)
     if body.program_version is not None:
@@ -105,10 +107,12 @@ def submit_proposal(
         quotas.check_queued(store, conn, principal, settings.max_queued_per_token, settings.run_budget_s)
         quotas.count_submit(conn, principal, settings.submits_per_minute)
     stored, created = store.create(proposal, dedupe=True, idempotency=idem)
+    settings.pauses.reached("submit:stored")  # test-only kill point (services/faults.py); inert
+    if created and limited:
+        quotas.record_queued(conn, principal, stored.id)
+    if stored.state == State.QUEUED:  # a replay too: its first controller may have died before this
+        enqueue_run(conn, stored.id, settings.run_budget_s, stored.transitions)
     if created:
-        if limited:
-            quotas.record_queued(conn, principal, stored.id)
-        enqueue_run(conn, stored.id, settings.run_budget_s)
         log.info(
             "proposal %s from %s (token %s) queued on %s",
             stored.id,
@@ -191,7 +195,7 @@ def request_runs(
         seeds=seeds,
     )
     stored, _ = store.create(proposal, dedupe=False)
-    enqueue_run(conn, stored.id, settings.run_budget_s * len(seeds))
+    enqueue_run(conn, stored.id, settings.run_budget_s * len(seeds), stored.transitions)
     log.info(
         "runs %s of %s with seeds %s requested by %s",
         stored.id,

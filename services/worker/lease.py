@@ -22,6 +22,8 @@ from contextlib import contextmanager
 
 import redis
 
+from services.errors import InfraError
+
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "ar:lease:{}"
@@ -73,17 +75,16 @@ def recover_orphans(conn: "redis.Redis[bytes]", recover: Callable[[str], object]
     return claimed
 
 
-def sweep_forever(
-    conn: "redis.Redis[bytes]", recover: Callable[[str], object], every_s: float
-) -> threading.Thread:
-    """Run `recover_orphans` every `every_s` seconds on a daemon thread."""
+def sweep_forever(sweep: Callable[[], object], every_s: float) -> threading.Thread:
+    """Run `sweep()` (the worker's: `recover_orphans`, then queued proposals without a run job)
+    every `every_s` seconds on a daemon thread."""
 
     def loop() -> None:
         while True:
             try:
-                recover_orphans(conn, recover)
-            except redis.RedisError:
-                log.warning("lease sweep failed; trying again", exc_info=True)
+                sweep()
+            except (redis.RedisError, InfraError):
+                log.warning("sweep failed; trying again", exc_info=True)
             time.sleep(every_s)
 
     thread = threading.Thread(target=loop, name="lease-sweep", daemon=True)

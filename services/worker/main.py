@@ -36,8 +36,9 @@ def main() -> None:
         log.warning("removed %d stray containers: %s", len(removed), ", ".join(removed))
     worker = Worker(settings=settings, store=store, sandbox=sandbox, conn=conn, name=name)
     jobs.configure(worker)
-    # Proposals whose worker died mid-run (lease expired): re-queued now and every lease period.
-    lease.sweep_forever(conn, worker.recover_orphan, settings.worker_lease_ttl_s)
+    # Proposals whose worker died mid-run (lease expired), and queued proposals without a run job
+    # (the process that stored them died before enqueueing): recovered now and every lease period.
+    lease.sweep_forever(worker.sweep, settings.worker_lease_ttl_s)
     log.info("worker %s ready (device %s, gpu mode %s)", name, settings.device, settings.gpu_mode)
     # SimpleWorker runs jobs in this process: the sandbox's containers are the isolation, and one
     # process per GPU keeps the Docker client and Redis connections alive between runs.

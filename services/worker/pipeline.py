@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OOM = 3  # the trainer contract's exit code for CUDA out of memory
 EXIT_NON_FINITE = 4  # ... and for a non-finite loss
+SWEEP_MAX_QUEUED = 10_000  # queued proposals one sweep looks at (per-token quotas keep far fewer)
 
 
 @dataclass
@@ -92,6 +93,26 @@ class Worker:
         if proposal.state in (State.EVALUATING, State.CONFIRMING):
             queue.enqueue_decision(self.conn, proposal_id)  # deciding is idempotent
         return proposal
+
+    def sweep(self) -> None:
+        """What every worker does at start and then every lease period: recover the proposals of
+        workers that died mid-run, then give a run job to queued proposals that have none."""
+        lease.recover_orphans(self.conn, self.recover_orphan)
+        self.requeue_lost()
+
+    def requeue_lost(self) -> list[str]:
+        """Enqueue the run job of each queued proposal whose job is missing (the controller or the
+        committer died between storing the state and enqueueing) or dead (queue.ensure_run). Job ids
+        name the spell and are enqueued only if new, so however many workers sweep at once, and
+        whatever the process that stored the proposal does meanwhile, each spell gets one job."""
+        requeued = []
+        queued, _ = self.store.page(State.QUEUED, limit=SWEEP_MAX_QUEUED)
+        for proposal in queued:
+            budget_s = len(proposal.seeds) * self.settings.run_budget_s
+            if queue.ensure_run(self.conn, proposal.id, budget_s, proposal.transitions):
+                log.warning("queued without a run job: enqueued it", extra={"proposal_id": proposal.id})
+                requeued.append(proposal.id)
+        return requeued
 
     def _lease(self, proposal_id: str) -> AbstractContextManager[None]:
         return lease.held(self.conn, proposal_id, self.name, self.settings.worker_lease_ttl_s)
@@ -307,9 +328,9 @@ class Worker:
         changes: dict[str, object] = {"attempts": attempts}
         if retry_state == State.QUEUED:
             changes["results"] = []
-        self.store.transition(proposal_id, retry_state, reason, expect=None, **changes)
+        retried = self.store.transition(proposal_id, retry_state, reason, expect=None, **changes)
         runs = len(proposal.seeds) if retry_state == State.QUEUED else 2 * len(proposal.confirm_seeds)
-        queue.enqueue_run(self.conn, proposal_id, runs * self.settings.run_budget_s)
+        queue.enqueue_run(self.conn, proposal_id, runs * self.settings.run_budget_s, retried.transitions)
         return self.store.get(proposal_id)
 
     def _tail(self, text: str) -> str:

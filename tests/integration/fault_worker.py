@@ -1,5 +1,6 @@
 """A worker process behind the FakeSandbox, for fault-injection tests: settings from the environment
-(AR_*), one lease sweep at start (as `autoresearch-worker` does), then the runs queue in burst mode.
+(AR_*), one sweep at start (as `autoresearch-worker` does: orphaned leases, then queued proposals
+without a run job), then the runs queue in burst mode.
 Usage: python -m tests.integration.fault_worker <worker name>"""
 
 import sys
@@ -11,7 +12,7 @@ from rq import SimpleWorker
 from services import queue
 from services.settings import Settings
 from services.store import Store
-from services.worker import jobs, lease
+from services.worker import jobs
 from services.worker.pipeline import Worker
 from tests.fakes import FakeSandbox
 
@@ -22,7 +23,7 @@ def main() -> None:
     conn = redis.Redis.from_url(settings.redis_url)
     worker = Worker(settings=settings, store=Store(conn), sandbox=FakeSandbox(), conn=conn, name=name)
     jobs.configure(worker)
-    lease.recover_orphans(conn, worker.recover_orphan)
+    worker.sweep()
     rq_name = f"{name}-{uuid.uuid4().hex[:8]}"
     SimpleWorker([queue.runs_queue(conn)], connection=conn, name=rq_name).work(
         burst=True, logging_level="ERROR"

@@ -1,8 +1,10 @@
 """Fault injection with real processes: a worker killed with SIGKILL mid-training (its lease expires,
 the next worker's sweep re-runs the proposal once, counted as an infrastructure attempt; never run by
 two workers at once); Redis stopped and restarted with AOF persistence (proposals and queue intact);
-the controller killed during submits (a retry with the same Idempotency-Key creates one proposal);
-the committer killed at each step of a merge (the proposal is merged exactly once)."""
+the controller killed during submits (a retry with the same Idempotency-Key creates one proposal)
+and between storing a proposal and enqueueing it (a sweep gives it exactly one job); the committer
+killed at each step of a merge (the proposal is merged exactly once). The Docker daemon's faults are
+in test_fault_dockerd.py."""
 
 import contextlib
 import json
@@ -19,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from rq.job import JobStatus
 
 from services import faults, queue
 from services.committer.repo import GitResearchRepo
@@ -198,9 +201,11 @@ def test_redis_restart_with_aof_keeps_proposals_and_queue(
 # The controller killed during a submit
 
 
-def start_controller(redis_url: str, port: int, log: Path) -> "subprocess.Popen[bytes]":
+def start_controller(
+    redis_url: str, port: int, log: Path, extra_env: dict[str, str] | None = None
+) -> "subprocess.Popen[bytes]":
     env = {**os.environ, "AR_REDIS_URL": redis_url, "AR_ADMIN_TOKEN": ADMIN, "AR_HOST": "127.0.0.1",
-           "AR_PORT": str(port), "AR_PROGRAM_PATH": str(REPO_PROGRAM)}  # fmt: skip
+           "AR_PORT": str(port), "AR_PROGRAM_PATH": str(REPO_PROGRAM), **(extra_env or {})}  # fmt: skip
     with log.open("ab") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.controller.main"], cwd=REPO, env=env, stdout=sink,
@@ -263,6 +268,71 @@ def _post_ignoring_errors(url: str, body: dict[str, str], headers: dict[str, str
         httpx.post(url, json=body, headers=headers, timeout=5)
 
 
+def test_controller_killed_between_storing_and_enqueueing_runs_the_proposal_once(
+    tmp_path: Path, redis_url: str, store: Store, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """Kills: the controller process (SIGKILL) paused after storing a submitted proposal and before
+    enqueueing its run job (AR_FAULT_PAUSE_AT=submit:stored). Verifies: the proposal is `queued`
+    with no job; four workers' sweeps at once plus the client's retry (same Idempotency-Key) on a
+    restarted controller make exactly one job, `run-<id>-0`; a worker process then runs it once
+    (one `running` event, one scored result, nothing left queued)."""
+    seed(store)
+    headers = {"Authorization": f"Bearer {agent_token(store)}", "Idempotency-Key": "k"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/proposals"
+    body = {"title": "lr", "agent": "a", "train_py": with_lr("0.002")}
+    marker = tmp_path / "paused"
+    pause = {"AR_FAULT_PAUSE_AT": "submit:stored", "AR_FAULT_PAUSE_MARKER": str(marker)}
+    controller = start_controller(redis_url, port, tmp_path / "controller.log", pause)
+    sender = threading.Thread(target=_post_ignoring_errors, args=(url, body, headers))
+    sender.start()
+    try:
+        wait_for(marker.exists, 30, "the controller to pause between storing and enqueueing")
+    finally:
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+        sender.join(10)
+    [proposal], total = store.page()
+    assert total == 1 and proposal.state == State.QUEUED
+    assert queue.queue_depths(redis_client)[queue.RUNS_QUEUE] == 0  # stored, never enqueued
+    settings = Settings(runs_dir=tmp_path / "runs")
+    sweepers = [
+        Worker(settings=settings, store=store, sandbox=FakeSandbox(), conn=redis_client, name=f"w{i}")
+        for i in range(4)
+    ]
+    start = threading.Barrier(len(sweepers))
+    swept: list[list[str]] = []
+
+    def sweep(worker: Worker) -> None:
+        start.wait()
+        swept.append(worker.requeue_lost())
+
+    threads = [threading.Thread(target=sweep, args=(w,)) for w in sweepers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(swept) == [[], [], [], [proposal.id]]
+    controller = start_controller(redis_url, port, tmp_path / "controller.log")
+    try:
+        retried = httpx.post(url, json=body, headers=headers, timeout=10)
+    finally:
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+    assert retried.status_code == 200 and retried.json()["id"] == proposal.id, retried.text
+    assert [job.id for job in queue.runs_queue(redis_client).jobs] == [f"run-{proposal.id}-0"]
+    env = {**os.environ, "AR_REDIS_URL": redis_url, "AR_RUNS_DIR": str(tmp_path / "runs")}
+    worker = start_worker("worker-c", env, tmp_path / "c.log")
+    assert worker.wait(60) == 0, (tmp_path / "c.log").read_text(errors="replace")[-2000:]
+    done = store.get(proposal.id)
+    assert done.state == State.EVALUATING and len(done.results) == 1
+    assert [e.state for e in store.events(proposal.id)] == [State.QUEUED, State.RUNNING, State.EVALUATING]
+    assert queue.queue_depths(redis_client) == {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 1}
+    print(
+        f"killed: the controller between store and enqueue; verified: one job run-{proposal.id}-0, run once"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # The committer killed mid-merge, as a real process
 
@@ -321,7 +391,7 @@ def test_committer_sigkilled_at_each_step_of_a_merge_merges_exactly_once(
            "AR_BASELINE_TRAIN_PY": str(baseline)}  # fmt: skip
     log = tmp_path / "committer.log"
     base_py = COMMITTER_BASELINE
-    for i, point in enumerate(faults.PAUSE_POINTS):
+    for i, point in enumerate(p for p in faults.PAUSE_POINTS if p.startswith("merge:")):
         head = git(repo_dir, "rev-parse", "research").strip()
         proposal = accepted(store, head, base_py, i)
         marker = tmp_path / f"paused-{i}"
@@ -372,3 +442,21 @@ def test_committer_sigkilled_at_each_step_of_a_merge_merges_exactly_once(
         print(
             f"killed: the committer (SIGKILL) at {point}; verified: merged once as {done.merged_commit[:10]}"
         )
+
+
+def test_a_queued_proposal_whose_run_job_died_gets_a_new_one(
+    in_process_worker: Worker, store: Store, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """Kills: (simulated) a worker between taking a proposal's job and starting its run: RQ ends
+    such a job `failed` once it gives up on it, and the proposal stays `queued`. Verifies: the sweep
+    replaces the dead job (same id, queued again, once) and a second sweep leaves it alone."""
+    proposal = new_proposal(store, BASE)
+    assert queue.enqueue_run(redis_client, proposal.id, 60)
+    runs = queue.runs_queue(redis_client)
+    [job] = runs.jobs
+    runs.remove(job)
+    job.set_status(JobStatus.FAILED)
+    assert in_process_worker.requeue_lost() == [proposal.id]
+    assert [(j.id, j.get_status()) for j in runs.jobs] == [(f"run-{proposal.id}-0", JobStatus.QUEUED)]
+    assert in_process_worker.requeue_lost() == []
+    assert len(runs) == 1

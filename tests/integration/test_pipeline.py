@@ -220,7 +220,10 @@ def test_winner_on_an_old_base_is_requeued_against_the_new_head(service: Service
 
 def test_a_job_delivered_twice_runs_once(service: Service) -> None:
     proposal = service.submit(BASELINE.replace("1.5", "1.4"))
-    queue.enqueue_run(service.conn, proposal.id, 60)
+    # a second job under another id (queue.enqueue_run refuses a second job of one spell): as RQ
+    # re-delivering a job would
+    queue.runs_queue(service.conn).enqueue(queue.RUN_JOB, proposal.id, job_id=f"again-{proposal.id}")
+    assert queue.queue_depths(service.conn)[queue.RUNS_QUEUE] == 2
     service.drain()
     runs = 1 + 2 * service.settings.confirm_runs  # screening, then paired confirmation runs
     assert sum(r.proposal_id == proposal.id for r in service.sandbox.trained) == runs
