@@ -7,22 +7,74 @@ Two limits per agent token (admin tokens are the operator's and have none):
     rejected submission, writes nothing to Redis, so it does not count).
 Going over raises `QuotaExceeded`, answered 429 with `Retry-After`.
 
-Not atomic: two concurrent submits of one token may both pass the queued check and end one over
-the limit. The limit bounds a token's share of the queue; it is not a lock.
+Both are atomic, so concurrent submits of one token never end over a limit: each is one Lua
+script that checks and takes in one step. A submit takes a place among the token's queued
+proposals before it stores its proposal (`queued_place`): the place is a reservation that counts
+for RESERVATION_TTL_S, kept once the proposal is stored `queued` (it then counts while the proposal
+is queued) and given back if the submit ends otherwise (a duplicate, another 4xx, a crash: expiry).
 """
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import redis
 
 from services.auth import Principal, Role
 from services.errors import QuotaExceeded
-from services.store import Store
+from services.states import State
+from services.store import state_key
 
 RATE_WINDOW_S = 60  # the rate limit is per minute
 RATE_KEY_TTL_S = 2 * RATE_WINDOW_S  # a window's counter outlives its minute, then expires
-QUEUED_KEY = "ar:quota:queued:{}"  # set of proposal ids the token submitted that may still be queued
+RESERVATION_TTL_S = 30  # a submit's place counts this long before its proposal is stored (or not)
+# zset: proposal id → 0 once stored (it counts while it is queued), or the reservation's expiry (ms)
+QUEUED_KEY = "ar:quota:places:{}"
 RATE_KEY = "ar:quota:rate:{}:{}"  # submits of the token in one window (token hash, window number)
+
+# KEYS: the token's places, the queued-state index. ARGV: proposal id, limit, reservation ttl (ms).
+# Forgets places whose proposal left the queue (or whose reservation expired), then takes one for
+# the proposal if fewer than the limit are held. Returns {taken 0/1, places held before}.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local places = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local held = 0
+for i = 1, #places, 2 do
+    local id, until_ms = places[i], tonumber(places[i + 1])
+    if redis.call('ZSCORE', KEYS[2], id) or until_ms > now then
+        held = held + 1
+    else
+        redis.call('ZREM', KEYS[1], id)
+    end
+end
+if held >= tonumber(ARGV[2]) then
+    return {0, held}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+return {1, held}
+"""
+# KEYS: the token's places, the queued-state index. ARGV: proposal id. A stored, queued proposal
+# keeps its place (it counts while queued); otherwise the place is given back.
+_SETTLE = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+    redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[1])
+else
+    redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+# KEYS: the window's counter. ARGV: limit, ttl (s). Counts one submit unless the limit is reached;
+# returns the count, or -1 when refused (a refused submit is not counted).
+_COUNT = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then
+    return -1
+end
+count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return count
+"""
 
 
 def applies_to(principal: Principal) -> bool:
@@ -35,14 +87,8 @@ def count_submit(
     """Count one submit in the current minute; raise QuotaExceeded beyond `per_minute`."""
     now = time.time() if now is None else now
     key = RATE_KEY.format(principal.token_hash, int(now // RATE_WINDOW_S))
-    if int(conn.get(key) or 0) < per_minute:  # read first: a refused submit is not counted
-        pipe = conn.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, RATE_KEY_TTL_S)
-        count = int(pipe.execute()[0])
-    else:
-        count = per_minute + 1
-    if count > per_minute:
+    count = int(conn.register_script(_COUNT)(keys=[key], args=[per_minute, RATE_KEY_TTL_S]))
+    if count < 0:
         retry_after_s = max(1, RATE_WINDOW_S - int(now % RATE_WINDOW_S))
         raise QuotaExceeded(
             f"token {principal.name!r} reached its limit of {per_minute} submits per minute; "
@@ -51,25 +97,25 @@ def count_submit(
         )
 
 
-def check_queued(
-    store: Store, conn: "redis.Redis[bytes]", principal: Principal, limit: int, retry_after_s: int
-) -> None:
-    """Raise QuotaExceeded if `limit` of the token's proposals are queued. Proposals that have left
-    the queue are forgotten here (a proposal re-queued later no longer counts)."""
-    key = QUEUED_KEY.format(principal.token_hash)
-    members = [raw.decode() for raw in conn.smembers(key)]
-    queued = store.queued_among(members)
-    gone = [pid for pid in members if pid not in queued]
-    if gone:
-        conn.srem(key, *gone)
-    waiting = len(queued)
-    if waiting >= limit:
+@contextlib.contextmanager
+def queued_place(
+    conn: "redis.Redis[bytes]", principal: Principal, proposal_id: str, limit: int, retry_after_s: int
+) -> Iterator[None]:
+    """Take a place for `proposal_id` among the token's queued proposals for the block (raise
+    QuotaExceeded if `limit` are held); the block stores the proposal. Afterwards the place is kept
+    if the proposal is queued, given back otherwise."""
+    keys = [QUEUED_KEY.format(principal.token_hash), state_key(State.QUEUED)]
+    taken, held = conn.register_script(_RESERVE)(
+        keys=keys, args=[proposal_id, limit, RESERVATION_TTL_S * 1000]
+    )
+    if not taken:
         raise QuotaExceeded(
-            f"token {principal.name!r} has {waiting} proposals queued (limit {limit}); retry in about "
+            f"token {principal.name!r} has {held} proposals queued (limit {limit}); retry in about "
             f"{retry_after_s} s, once one of them has started running",
             retry_after_s=retry_after_s,
         )
-
-
-def record_queued(conn: "redis.Redis[bytes]", principal: Principal, proposal_id: str) -> None:
-    conn.sadd(QUEUED_KEY.format(principal.token_hash), proposal_id)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(redis.RedisError):  # if Redis is away, the reservation expires
+            conn.register_script(_SETTLE)(keys=keys, args=[proposal_id])

@@ -139,14 +139,6 @@ class Store:
         return [Proposal.model_validate_json(raw) for raw in raws if raw is not None], total
 
     @_translate
-    def queued_among(self, proposal_ids: list[str]) -> set[str]:
-        """Which of these proposals are queued now (one round trip on the state index)."""
-        if not proposal_ids:
-            return set()
-        scores = self.r.zmscore(f"ar:state:{State.QUEUED}", proposal_ids)  # type: ignore[no-untyped-call]
-        return {pid for pid, score in zip(proposal_ids, scores, strict=True) if score is not None}
-
-    @_translate
     def count_by_state(self) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
         for state in State:
@@ -488,6 +480,11 @@ class EventSubscription:
 
     def close(self) -> None:
         self._pubsub.close()
+
+
+def state_key(state: State) -> str:
+    """The index of the proposals in `state` (a zset id → created_at), for scripts that read it."""
+    return f"ar:state:{state}"
 
 
 def _idem_key(owner: str, key: str) -> str:

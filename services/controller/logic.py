@@ -102,14 +102,14 @@ def submit_proposal(
         content_hash=candidate.content_hash,
         seeds=[settings.first_seed],
     )
-    limited = quotas.applies_to(principal)
-    if limited:  # after validation: a rejected submission writes nothing, not even a counter
-        quotas.check_queued(store, conn, principal, settings.max_queued_per_token, settings.run_budget_s)
-        quotas.count_submit(conn, principal, settings.submits_per_minute)
-    stored, created = store.create(proposal, dedupe=True, idempotency=idem)
+    if quotas.applies_to(principal):  # after validation: a rejected submission writes nothing
+        limit = settings.max_queued_per_token
+        with quotas.queued_place(conn, principal, proposal.id, limit, settings.run_budget_s):
+            quotas.count_submit(conn, principal, settings.submits_per_minute)
+            stored, created = store.create(proposal, dedupe=True, idempotency=idem)
+    else:
+        stored, created = store.create(proposal, dedupe=True, idempotency=idem)
     settings.pauses.reached("submit:stored")  # test-only kill point (services/faults.py); inert
-    if created and limited:
-        quotas.record_queued(conn, principal, stored.id)
     if stored.state == State.QUEUED:  # a replay too: its first controller may have died before this
         enqueue_run(conn, stored.id, settings.run_budget_s, stored.transitions)
     if created:

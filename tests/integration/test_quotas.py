@@ -1,10 +1,15 @@
 """Per-token submit quotas over HTTP against a real Redis: queued proposals per token and submits
 per minute answer 429 problem+json with Retry-After and store nothing; other tokens and admin
-tokens are not affected; a proposal that leaves the queue frees its place."""
+tokens are not affected; a proposal that leaves the queue frees its place; concurrent submits of one
+token against a live controller take exactly the quota."""
 
+import threading
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -17,6 +22,7 @@ from services.queue import runs_queue
 from services.settings import Settings
 from services.states import State
 from services.store import Store
+from tests.integration.live_server import agent_token, seed, serve, settings_for, with_lr
 
 ADMIN = "admin-token-for-quota-tests-0123456789"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -126,3 +132,62 @@ def test_the_rate_window_resets_each_minute(redis_client: "redis.Redis[bytes]") 
         quotas.count_submit(redis_client, caller, 1, now=minute + 10)
     assert raised.value.retry_after_s == quotas.RATE_WINDOW_S - 10
     quotas.count_submit(redis_client, caller, 1, now=minute + quotas.RATE_WINDOW_S)  # a new window
+
+
+# ---------------------------------------------------------------------------------------------------
+# Concurrent submits against a live controller (uvicorn in a thread, its threadpool serving them)
+
+CONCURRENT = 24  # submits of one token sent at once
+
+
+def submit_at_once(base_url: str, token_value: str, count: int) -> list[httpx.Response]:
+    """`count` different valid submits of one token, released together by a barrier."""
+    start = threading.Barrier(count)
+    headers = {"Authorization": f"Bearer {token_value}"}
+
+    def post(i: int) -> httpx.Response:
+        body = {"title": f"lr {i}", "agent": "racer", "train_py": with_lr(f"0.{i + 100}")}
+        start.wait()
+        return httpx.post(f"{base_url}/v1/proposals", json=body, headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(post, range(count)))
+
+
+def test_concurrent_submits_take_exactly_the_queued_quota(
+    redis_url: str, store: Store, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """24 submits of one agent token at once, queued quota 5: exactly 5 are accepted (201) and 19
+    answered 429 with the quota's message; 5 proposals stored, 5 jobs queued (before the check and
+    the reservation were one Lua script, concurrent submits could all pass the check)."""
+    settings = settings_for(redis_url).model_copy(
+        update={"max_queued_per_token": MAX_QUEUED + 3, "submits_per_minute": 1000}
+    )
+    limit = settings.max_queued_per_token
+    with serve(settings, seed(store)) as base_url:
+        answers = submit_at_once(base_url, agent_token(store, "racer"), CONCURRENT)
+    codes = Counter(a.status_code for a in answers)
+    assert codes == {201: limit, 429: CONCURRENT - limit}, [
+        a.text for a in answers if a.status_code not in (201, 429)
+    ]
+    for refused in (a for a in answers if a.status_code == 429):
+        assert f"proposals queued (limit {limit})" in refused.json()["detail"], refused.text
+    assert store.count_by_state()[State.QUEUED.value] == limit
+    assert len(runs_queue(redis_client)) == limit
+    print(f"{CONCURRENT} concurrent submits, queued quota {limit}: {dict(codes)}")
+
+
+def test_concurrent_submits_take_exactly_the_rate_quota(
+    redis_url: str, store: Store, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """24 submits of one agent token at once, 6 per minute (queued quota far above): exactly 6 are
+    accepted and 18 answered 429 naming the rate; the window's counter stops at 6."""
+    settings = settings_for(redis_url).model_copy(
+        update={"max_queued_per_token": 1000, "submits_per_minute": 6}
+    )
+    with serve(settings, seed(store)) as base_url:
+        answers = submit_at_once(base_url, agent_token(store, "racer"), CONCURRENT)
+    codes = Counter(a.status_code for a in answers)
+    assert codes == {201: 6, 429: CONCURRENT - 6}, codes
+    assert all("limit of 6 submits per minute" in a.json()["detail"] for a in answers if a.status_code == 429)
+    assert store.count_by_state()[State.QUEUED.value] == 6
