@@ -8,6 +8,8 @@ It never executes the candidate. It reads directives from the candidate's text i
     FAKE_OOM = True       the container is OOM-killed
     FAKE_INFRA = N        the first N training attempts fail as infrastructure (daemon down)
     FAKE_HOLD = /a/path   training blocks while that file exists (at most 60 s): a run in flight
+    FAKE_FIXED = {...}    the fixed_hashes its result.json reports (JSON), as a forging candidate's
+                          would; otherwise the sandbox's own `fixed` ones
 and writes outputs with the same file names the real trainer and evaluator write.
 """
 
@@ -24,6 +26,7 @@ from services.worker.sandbox import (
     RUN_JSON_FILE,
     Environment,
     EvalRequest,
+    FixedFiles,
     StepOutcome,
     TrainRequest,
 )
@@ -46,6 +49,8 @@ class FakeSandbox:
     trained: list[TrainRequest] = field(default_factory=list)
     evaluated: list[EvalRequest] = field(default_factory=list)
     infra_failures: dict[str, int] = field(default_factory=dict)
+    # What its trusted probe finds in its image and data (and its honest evaluations report).
+    fixed: FixedFiles = field(default_factory=lambda: FixedFiles("fake/1", {"evaluate.py": "e" * 64}))
 
     def train(self, request: TrainRequest) -> StepOutcome:
         text = (request.paths.code / "train.py").read_text()
@@ -90,14 +95,17 @@ class FakeSandbox:
             "val_bpb": score,
             "val_tokens": 100,
             "val_bytes": 400,
-            "evaluator_version": "fake/1",
-            "fixed_hashes": {"evaluate.py": "e" * 64},
+            "evaluator_version": self.fixed.evaluator_version,
+            "fixed_hashes": json.loads(directive(text, "FAKE_FIXED") or json.dumps(dict(self.fixed.hashes))),
         }
         (request.paths.eval_out / RESULT_FILE).write_text(json.dumps(result))
         return StepOutcome(0, False, False, f"val_bpb: {score:.6f}\n", False, 0.5)
 
     def environment(self) -> Environment:
         return Environment(gpu="cpu", driver="none", environment_hash="fake-env")
+
+    def fixed_files(self) -> FixedFiles:
+        return self.fixed
 
     def wait_ready(self, timeout_s: float) -> bool:
         return True

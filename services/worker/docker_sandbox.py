@@ -58,7 +58,7 @@ import docker.types
 from docker.client import DockerClient  # not `DockerClient`: mypy sees ./docker/ as a package
 
 from services.errors import SandboxUnavailable
-from services.settings import MIB, Settings
+from services.settings import GIB, MIB, Settings
 from services.worker.sandbox import (
     CACHE_DIR,
     CKPT_DIR,
@@ -71,6 +71,7 @@ from services.worker.sandbox import (
     VAL_DIR,
     Environment,
     EvalRequest,
+    FixedFiles,
     StepOutcome,
     TrainRequest,
 )
@@ -95,6 +96,9 @@ EVENTS_SLACK_S = 1.0  # the events query starts this long before `start`: the da
 READY_POLL_S = 0.5  # how often `wait_ready` asks the daemon whether it answers again
 LOG_DRAIN_TIMEOUT_S = 10.0  # how long the log stream may lag behind the container's exit
 PROBE_TIMEOUT_S = 120  # the environment probe imports torch; a cold start takes a few seconds
+# Both probes import torch (~220 MB resident) and run no candidate code, so a container_memory_bytes
+# set low for hostile code (tests) does not starve them.
+PROBE_MEMORY_BYTES = 1 * GIB
 MAX_OUTPUT_FILES = 100_000  # entries in the writable folders; more is an inode bomb
 NOFILE_LIMIT = 16_384  # open file descriptors per process
 SHM_BYTES = 64 * MIB  # /dev/shm, Docker's default size, made explicit
@@ -130,6 +134,18 @@ if gpu and driver is None:
 print(json.dumps({"info": info, "gpu": gpu, "driver": driver}))
 """
 
+# Run by the fixed-files probe with the scorer's in-container path: the trusted scorer's own hashes
+# (`--hash-only`) of the image's fixed files and the data. An image without a scorer there (tests
+# that bring their own evaluator) has no fixed files.
+_HASH_PROBE = r"""
+import json, os, sys
+scorer = sys.argv[1]
+if not os.path.isfile(scorer):
+    print(json.dumps({"evaluator_version": "", "fixed_hashes": {}}))
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable, scorer, "--hash-only", *sys.argv[2:]])
+"""
+
 
 @dataclass(frozen=True)
 class _Step:
@@ -150,6 +166,7 @@ class _Step:
     # shutdown or restart, `docker stop`) is an infrastructure failure. Off for the evaluation's
     # model containers: the scorer's end kills them on purpose, and a daemon stop shows in the scorer.
     outside_stop_is_infra: bool = True
+    memory_bytes: int | None = None  # instead of container_memory_bytes (probes: trusted code only)
 
 
 class _LogTail:
@@ -253,6 +270,7 @@ class DockerSandbox:
         self.extra_env = dict(extra_env or {})
         self.log_sink = log_sink  # (proposal_id, text chunk), called live from the log thread
         self._environments: dict[str, Environment] = {}
+        self._fixed_files: dict[str, FixedFiles] = {}
 
     # ---------------------------------------------------------------------------------------------
     # The protocol
@@ -476,6 +494,17 @@ class DockerSandbox:
             self._environments[image_id] = cached
         return cached
 
+    def fixed_files(self) -> FixedFiles:
+        """The trusted scorer's hashes of the image's fixed files and the data (`evaluate.py
+        --hash-only`), in a probe container that mounts the data read-only and nothing of any run:
+        no candidate code is near it. Measured once per image id, like the environment."""
+        image_id = self._image_id()
+        cached = self._fixed_files.get(image_id)
+        if cached is None:
+            cached = self._probe_fixed_files()
+            self._fixed_files[image_id] = cached
+        return cached
+
     def wait_ready(self, timeout_s: float) -> bool:
         """Block until the Docker daemon answers a ping on a new connection, at most `timeout_s`;
         True if it does. Kept-alive connections are dropped first: a daemon that is shutting down
@@ -671,8 +700,8 @@ class DockerSandbox:
             "init": True,
             "ipc_mode": "private",
             "pids_limit": settings.container_pids_limit,
-            "mem_limit": settings.container_memory_bytes,
-            "memswap_limit": settings.container_memory_bytes,
+            "mem_limit": step.memory_bytes or settings.container_memory_bytes,
+            "memswap_limit": step.memory_bytes or settings.container_memory_bytes,
             "oom_score_adj": OOM_SCORE_ADJ,
             "shm_size": SHM_BYTES,
             "tmpfs": tmpfs,
@@ -746,6 +775,7 @@ class DockerSandbox:
             labels={LABEL_MANAGED: "1", LABEL_STEP: "probe"},
             deadline_unix=time.time() + PROBE_TIMEOUT_S,
             budget_reason=f"environment probe exceeded {PROBE_TIMEOUT_S} s",
+            memory_bytes=max(self.settings.container_memory_bytes, PROBE_MEMORY_BYTES),
         )
         outcome = self._run(step)
         lines = outcome.log.strip().splitlines()
@@ -763,6 +793,34 @@ class DockerSandbox:
             raise SandboxUnavailable(f"no GPU visible in the sandbox (gpu_mode={self.settings.gpu_mode})")
         driver = str(probe.get("driver") or "unknown")
         return Environment(gpu=str(probe["gpu"]), driver=driver, environment_hash=digest)
+
+    def _probe_fixed_files(self) -> FixedFiles:
+        arguments = [self.evaluator, "--data-dir", DATA_DIR, "--val-dir", VAL_DIR]
+        step = _Step(
+            name=f"ar-probe-{os.getpid()}-{time.time_ns()}",
+            step="probe",
+            command=[self.python, "-c", _HASH_PROBE, *arguments],
+            environment=dict(_BASE_ENVIRONMENT),
+            mounts=[
+                self._data_mount(self.settings.train_data, DATA_DIR),
+                self._data_mount(self.settings.val_data, VAL_DIR),
+            ],
+            labels={LABEL_MANAGED: "1", LABEL_STEP: "probe"},
+            deadline_unix=time.time() + PROBE_TIMEOUT_S,
+            budget_reason=f"fixed-files probe exceeded {PROBE_TIMEOUT_S} s",
+            memory_bytes=max(self.settings.container_memory_bytes, PROBE_MEMORY_BYTES),
+        )
+        outcome = self._run(step)
+        lines = outcome.log.strip().splitlines()
+        try:
+            probe = json.loads(lines[-1]) if outcome.exit_code == 0 and lines else None
+        except json.JSONDecodeError:
+            probe = None
+        if not isinstance(probe, dict) or not isinstance(probe.get("fixed_hashes"), dict):
+            reason = f"exit {outcome.exit_code}: {outcome.log[-500:]}"
+            raise SandboxUnavailable(f"fixed-files probe failed ({reason})")
+        hashes = {str(k): str(v) for k, v in probe["fixed_hashes"].items()}
+        return FixedFiles(evaluator_version=str(probe.get("evaluator_version", "")), hashes=hashes)
 
 
 # -------------------------------------------------------------------------------------------------

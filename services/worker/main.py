@@ -7,6 +7,7 @@ import redis
 from rq import SimpleWorker
 
 from services import queue
+from services.errors import InfraError
 from services.logs import configure_logging
 from services.settings import Settings
 from services.store import Store
@@ -35,6 +36,10 @@ def main() -> None:
     if removed:
         log.warning("removed %d stray containers: %s", len(removed), ", ".join(removed))
     worker = Worker(settings=settings, store=store, sandbox=sandbox, conn=conn, name=name)
+    try:  # the fixed files' expected hashes, from the image and data, before any candidate runs
+        worker.check_fixed_files()
+    except InfraError as exc:
+        log.warning("cannot pin the fixed files' hashes yet (%s); each run tries again first", exc)
     jobs.configure(worker)
     # Proposals whose worker died mid-run (lease expired), and queued proposals without a run job
     # (the process that stored them died before enqueueing): recovered now and every lease period.

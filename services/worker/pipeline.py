@@ -9,7 +9,7 @@ import logging
 import shutil
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import redis
@@ -20,7 +20,7 @@ from services.models import Fingerprint, Proposal, RunResult, StepTimings, new_i
 from services.settings import Settings
 from services.states import State
 from services.store import Store
-from services.worker import lease
+from services.worker import fixed_files, lease
 from services.worker.collect import collect_checkpoint, prepare_run_dir, read_result
 from services.worker.sandbox import EvalRequest, RunPaths, Sandbox, StepOutcome, TrainRequest
 
@@ -38,9 +38,6 @@ class Worker:
     sandbox: Sandbox
     conn: "redis.Redis[bytes]"
     name: str = "worker"
-    # The fixed files' hashes (evaluate.py, model_server.py, prepare.py, tokenizer, validation data)
-    # of this worker's first scored run; a later run whose hashes differ is voided.
-    expected_fixed_hashes: dict[str, str] | None = field(default=None, repr=False)
 
     def execute(self, proposal_id: str) -> Proposal:
         """Run what a proposal is waiting for: its screening run(s) when queued, its paired
@@ -193,6 +190,7 @@ class Worker:
         t0: float,
         announce: bool,
     ) -> RunResult:
+        pinned = self.pinned_fixed_files()  # before training: a probe that cannot run wastes no run
         t1 = time.monotonic()
         trained = self.sandbox.train(self._train_request(proposal, run_id, paths, seed))
         t2 = time.monotonic()
@@ -226,24 +224,36 @@ class Worker:
             scored = read_result(paths)
         except RunFailed as exc:
             return RunResult(**base, state=State.VOIDED, reason=exc.reason, timings=timings)
-        changed = self._changed_fixed_files(scored)
+        changed = fixed_files.differing(pinned.hashes, scored.get("fixed_hashes"))
         if changed:
-            reason = f"fixed files differ from this worker's first scored run: {changed}"
+            reason = (
+                f"fixed files differ from the pinned ones ({pinned.key}, pinned by {pinned.pinned_by} at "
+                f"{pinned.pinned_at}): {', '.join(changed)}"
+            )
             return RunResult(**base, state=State.VOIDED, reason=reason, timings=timings)
         return self._scored(base, run_json, scored, timings)
 
-    def _changed_fixed_files(self, scored: dict[str, object]) -> str:
-        """The names of fixed files whose hashes differ from the expected ones ('' if none); the
-        first scored run's hashes become the expected ones."""
-        raw = scored.get("fixed_hashes")
-        hashes = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-        if self.expected_fixed_hashes is None:
-            self.expected_fixed_hashes = hashes
-            return ""
-        expected = self.expected_fixed_hashes
-        return ", ".join(
-            sorted(k for k in expected.keys() | hashes.keys() if expected.get(k) != hashes.get(k))
-        )
+    def pinned_fixed_files(self) -> fixed_files.Pin:
+        """The fixed files' expected hashes for this worker's runs: the record pinned in Redis for
+        its scope, which this worker pins from its own trusted probe (the image and the data, no
+        candidate) if no worker did before; never from a run's result (fixed_files.py)."""
+        local = self.sandbox.fixed_files()
+        return fixed_files.pin(self.conn, local, self.sandbox.environment().environment_hash, self.name)
+
+    def check_fixed_files(self) -> None:
+        """At start-up: pin (or read) the expected hashes, and say loudly if this worker's own image
+        or data differ from them, since every run it scores would then be voided."""
+        local = self.sandbox.fixed_files()
+        pinned = self.pinned_fixed_files()
+        changed = fixed_files.differing(pinned.hashes, local.hashes)
+        if changed:
+            log.error(
+                "this worker's fixed files differ from those pinned in %s by %s at %s: %s; its runs will be "
+                "voided until its image or data match, or the pin is deleted",
+                pinned.key, pinned.pinned_by, pinned.pinned_at, ", ".join(changed),
+            )  # fmt: skip
+        else:
+            log.info("fixed files match the pin %s (%d files)", pinned.key, len(pinned.hashes))
 
     def _scored(
         self,

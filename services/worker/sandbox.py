@@ -22,7 +22,8 @@ Evaluation runs the scorer (val, eval-out) and two model containers (code, data,
 model behind trainer/model_server.py); /code, /data and /ckpt are read-only in all three.
 """
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -123,12 +124,26 @@ class Environment:
     environment_hash: str
 
 
+@dataclass(frozen=True)
+class FixedFiles:
+    """The evaluation's fixed files as the trusted scorer hashes them where no candidate runs (the
+    trainer image and the data alone): what the worker pins (services/worker/fixed_files.py)."""
+
+    evaluator_version: str
+    hashes: Mapping[str, str] = field(default_factory=dict)
+
+
 class Sandbox(Protocol):
     def train(self, request: TrainRequest) -> StepOutcome: ...
 
     def evaluate(self, request: EvalRequest) -> StepOutcome: ...
 
     def environment(self) -> Environment: ...
+
+    def fixed_files(self) -> FixedFiles:
+        """The fixed files' hashes and the evaluator version from the trainer image and the data,
+        computed with no candidate code anywhere near (the worker pins them before its first run)."""
+        ...
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Block until the sandbox can run steps again (its daemon answers), at most `timeout_s`;
