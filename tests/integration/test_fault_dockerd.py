@@ -16,6 +16,7 @@ import gc
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -100,7 +101,19 @@ class PrivateDockerd:
         """A client that does not ask the daemon for its API version when made (it may be down)."""
         return DockerClient(base_url=self.url, version=API_VERSION, timeout=timeout_s)
 
+    def listening(self) -> bool:
+        """Whether the socket takes connections (asked directly: docker-py leaks the socket of a
+        connection that fails)."""
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
+
     def answers(self) -> bool:
+        if not self.listening():
+            return False
         client = self.client(2)
         try:
             return bool(client.ping())
@@ -147,6 +160,7 @@ def private_dockerd(docker_client: DockerClient) -> Iterator[PrivateDockerd]:
         daemon.signal(signal.SIGTERM)
         unmount_under(folder)  # dockerd leaves its data root bind-mounted on itself
         shutil.rmtree(folder)
+        gc.collect()  # the leaked sockets' warnings, while this module's filter holds
 
 
 def unmount_under(folder: Path) -> None:
@@ -206,6 +220,8 @@ class Watch:
     def run(self) -> None:
         filters = {"label": f"{LABEL_PROPOSAL}={self.proposal_id}", "status": "running"}
         while not self.stop.wait(0.1):
+            if not self.daemon.listening():
+                continue
             client = self.daemon.client(2)
             try:
                 self.most_running = max(self.most_running, len(client.containers.list(filters=filters)))
