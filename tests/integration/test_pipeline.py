@@ -130,7 +130,9 @@ def test_better_proposal_is_merged_with_numbers_in_message_and_note(service: Ser
     assert note["results"][0]["val_bpb"] == pytest.approx(1.4, abs=2e-4)
     assert "FAKE_SCORE = 1.4" in service.git("show", "research:trainer/train.py")
     best = service.store.get_best()
-    assert best is not None and best.val_bpb == pytest.approx(1.4, abs=2e-4) and best.proposal_id == proposal.id
+    assert (
+        best is not None and best.val_bpb == pytest.approx(1.4, abs=2e-4) and best.proposal_id == proposal.id
+    )
     assert [e.state for e in service.store.events(proposal.id)] == [
         State.QUEUED,
         State.RUNNING,
@@ -210,7 +212,9 @@ def test_winner_on_an_old_base_is_requeued_against_the_new_head(service: Service
     second_done = service.store.get(second.id)
     assert second_done.state == State.MERGED, second_done.reason
     assert second_done.base_commit == first_done.merged_commit
-    assert second_done.decision is not None and second_done.decision.candidate_bpb == pytest.approx(1.2, abs=2e-4)
+    assert second_done.decision is not None and second_done.decision.candidate_bpb == pytest.approx(
+        1.2, abs=2e-4
+    )
     assert any("re-queued against it" in e.reason for e in service.store.events(second.id))
     assert service.git("show", "research:trainer/train.py").count("FAKE_") == 2  # both changes on the branch
     conflicted = service.store.get(conflicting.id)
@@ -300,7 +304,9 @@ def test_two_winners_finishing_together_give_one_merge_and_one_requeue(service: 
     service.drain()
     a_done, b_done = service.store.get(a.id), service.store.get(b.id)
     assert {a_done.state, b_done.state} == {State.MERGED}
-    requeued = [p for p in (a_done, b_done) if any("re-queued" in e.reason for e in service.store.events(p.id))]
+    requeued = [
+        p for p in (a_done, b_done) if any("re-queued" in e.reason for e in service.store.events(p.id))
+    ]
     assert len(requeued) == 1
     assert requeued[0].base_commit != a.base_commit  # it was re-run on the first winner's commit
     assert service.git("rev-list", "--count", "research").strip() == "3"
