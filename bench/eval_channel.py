@@ -82,6 +82,7 @@ def build_model(config):
 """
 
 LOG: list[str] = []
+SETUP: dict[str, float] = {}  # the last model_servers' share() and its first batch, in seconds
 
 
 def say(line: str) -> None:
@@ -136,9 +137,11 @@ def model_servers(
             channels.append(evaluate.ModelChannel(conn, name, SERVER_START_S))
         for channel in channels:
             channel.wait_ready()
+        started = time.perf_counter()
         if hasattr(evaluate, "SharedSlots"):  # evaluator 3: logits through shared memory slots
             for channel in channels:
                 channel.share(evaluate.SharedSlots(slot_bytes, device))
+        SETUP["share_s"] = time.perf_counter() - started
         yield channels
     finally:
         for channel in channels:
@@ -200,7 +203,9 @@ def transport(channel: Any, rows: Any, batch_size: int, vocab: int, device: str)
     batch as the scored pass asks for them (after one warm-up batch); no scoring."""
     tokens = torch.from_numpy(rows.tokens[:, :-1])
     batches = [tokens[start : start + batch_size] for start in range(0, len(tokens), batch_size)]
+    started = time.perf_counter()
     channel.forward(batches[0], vocab, *([device] if hasattr(channel, "stream") else []))
+    SETUP["first_batch_s"] = time.perf_counter() - started
     started = time.perf_counter()
     if hasattr(channel, "stream"):
         for logits in channel.stream(batches, vocab, device):
@@ -243,7 +248,10 @@ def measure(dtype: str, args: argparse.Namespace, work: Path) -> dict[str, objec
         seconds = transport(channel, rows, args.batch_size, args.vocab, args.device)
     gbps = args.rows * row_bytes / seconds / 1e9
     figures["transport_gbps"] = round(gbps, 2)
+    figures["setup_s"] = {name: round(value, 3) for name, value in SETUP.items()}
     say(f"{dtype}: transport {gbps:.2f} GB/s ({args.rows} rows in {seconds:.2f} s)")
+    say(f"{dtype}: slots created, pinned and handed over in {SETUP['share_s']:.2f} s (one server), first batch "
+        f"(the server pins its side) {SETUP['first_batch_s']:.2f} s")  # fmt: skip
 
     with model_servers(folder / "s", ["a", "b"], train_py, checkpoint, args.device, slot_bytes) as channels:
         seconds, scored = scored_pass(channels, rows, args.batch_size, args.vocab, args.device)

@@ -661,6 +661,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             slot_bytes = args.batch_size * (ROW_TOKENS - 1) * len(byte_lengths) * MAX_WIRE_ITEMSIZE
             for channel in channels:  # each server its own slots: neither sees the other's logits
                 channel.share(SharedSlots(slot_bytes, args.device))
+            pinned = all(channel.slots is not None and channel.slots.pinned for channel in channels)
+            print(f"evaluate: logits slots of {slot_bytes:,} bytes, page-locked: {pinned}", flush=True)
             tolerance = args.probe_tolerance
             if tolerance is None:
                 tolerance = PROBE_TOLERANCE["cuda" if args.device.startswith("cuda") else "cpu"]

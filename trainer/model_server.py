@@ -122,8 +122,8 @@ class Slots:
             data = torch.frombuffer(mmap.mmap(fd, size), dtype=torch.uint8)
         finally:
             os.close(fd)  # the mapping stays
-        if device.startswith("cuda"):
-            pin(data)
+        if device.startswith("cuda") and not pin(data):
+            print(f"model_server: could not page-lock a logits slot of {size} bytes", flush=True)
         return data
 
     def capacity(self, slot: int) -> int:
