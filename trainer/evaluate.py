@@ -4,15 +4,18 @@
                        --val-dir <val dir> --out <result.json> [--device cpu|cuda] [--max-docs N]
                        [--batch-size B] [--seed S]
     python evaluate.py --channel <dir> --data-dir <train dir> --val-dir <val dir> --out <result.json> ...
+    python evaluate.py --hash-only --data-dir <train dir> --val-dir <val dir>
 
 With --channel (what the worker runs; docs/evaluation.md) the candidate never enters this process:
 two model containers, each running model_server.py on its own socket `<dir>/a/model.sock` and
-`<dir>/b/model.sock`, return logits for the rows sent to them; one answers the scored pass, the
+`<dir>/b/model.sock`, return logits for the rows sent to them (written into shared memory slots
+that this process creates, copied out before any value is read); one answers the scored pass, the
 other (a fresh model instance) the probe pass, the roles and their order drawn at random. Probe
 rows are real rows whose tokens after a random position come from another real row; their logits
 before the splice must match the scored pass's. Anything wrong voids the run (exit 2, the reason on
 stderr as "evaluate: voided: ..."). Without --channel the candidate is imported in-process (local
-use and tests only).
+use and tests only). --hash-only prints the fixed files' hashes and the evaluator version as one
+JSON line (what the worker pins before any run) and scores nothing.
 
 Protocol (DESIGN.md, "Evaluation"; tests pin it):
   * books in file order, never joined: `text.split("\\n\\n")` gives paragraphs, each cut into
