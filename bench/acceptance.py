@@ -110,7 +110,9 @@ def simulate(model: str, proposals: int, seed: int, params: rules.RuleParams) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--proposals", type=int, default=10_000, help="proposals with no true effect, per model")
+    parser.add_argument(
+        "--proposals", type=int, default=10_000, help="proposals with no true effect, per model"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     settings = Settings()

@@ -18,7 +18,13 @@ def docker_images() -> None:
         client.close()
     except (DockerException, OSError) as exc:
         pytest.skip(f"no Docker engine answers: {exc}")
-    proc = subprocess.run(["bash", "docker/build-images.sh"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1800, check=False)
+    proc = subprocess.run(
+        ["bash", "docker/build-images.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.fail(f"docker/build-images.sh failed:\n{(proc.stdout + proc.stderr)[-4000:]}", pytrace=False)

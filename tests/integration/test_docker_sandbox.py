@@ -609,7 +609,12 @@ def test_evaluation_sees_val_and_checkpoint_read_only(
     ran = run_train(CHECKPOINT_WRITER + PROBE_EVALUATOR, sandbox_args={"scratch_mode": "bind"})
     collect_checkpoint(ran.paths, 16 * MIB)
     outcome = evaluate_with(
-        make_settings, docker_client, ran, evaluator="/code/train.py", scratch_mode="bind", isolate_model=False
+        make_settings,
+        docker_client,
+        ran,
+        evaluator="/code/train.py",
+        scratch_mode="bind",
+        isolate_model=False,
     )
     assert outcome.exit_code == 0 and "scored" in outcome.log
     result = read_result(ran.paths)

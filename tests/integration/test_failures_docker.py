@@ -32,19 +32,33 @@ OOM = "print('allocating', flush=True)\nhog = bytearray(1024 * 1024 * 1024)\n"
 
 @pytest.fixture
 def api(
-    tmp_path: Path, redis_url: str, store: Store, redis_client: "redis.Redis[bytes]", trainer_image: str,
+    tmp_path: Path,
+    redis_url: str,
+    store: Store,
+    redis_client: "redis.Redis[bytes]",
+    trainer_image: str,
     data_dirs: tuple[Path, Path],
 ) -> Iterator[TestClient]:
     train, val = data_dirs
     settings = Settings(
-        redis_url=redis_url, admin_token=SecretStr(ADMIN), runs_dir=tmp_path / "runs", trainer_image=trainer_image,
-        train_data=str(train), val_data=str(val), run_wall_clock_s=4, eval_timeout_s=30,
-        container_memory_bytes=128 * MIB, preset="tiny", device="cpu",
+        redis_url=redis_url,
+        admin_token=SecretStr(ADMIN),
+        runs_dir=tmp_path / "runs",
+        trainer_image=trainer_image,
+        train_data=str(train),
+        val_data=str(val),
+        run_wall_clock_s=4,
+        eval_timeout_s=30,
+        container_memory_bytes=128 * MIB,
+        preset="tiny",
+        device="cpu",
     )
     store.add_commit(COMMIT, BASE)
     store.set_best(Best(commit=COMMIT, val_bpb=1.5))
     sandbox = DockerSandbox(settings, log_sink=store.append_live_log)  # as the worker's main wires it
-    jobs.configure(Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="docker-w"))
+    jobs.configure(
+        Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="docker-w")
+    )
     try:
         with TestClient(create_app(settings, store=store)) as client:
             client.headers["Authorization"] = f"Bearer {ADMIN}"
@@ -64,13 +78,20 @@ def api(
     ids=["crash", "timeout", "oom"],
 )
 def test_failure_has_its_own_state_and_log_tail_in_the_api(
-    api: TestClient, store: Store, redis_client: "redis.Redis[bytes]", train_py: str, state: str, reason: str,
+    api: TestClient,
+    store: Store,
+    redis_client: "redis.Redis[bytes]",
+    train_py: str,
+    state: str,
+    reason: str,
     log_line: str,
 ) -> None:
     submitted = api.post("/v1/proposals", json={"title": state, "agent": "t", "train_py": train_py})
     assert submitted.status_code == 201, submitted.text
     proposal_id = submitted.json()["id"]
-    SimpleWorker([queue.runs_queue(redis_client)], connection=redis_client).work(burst=True, logging_level="ERROR")
+    SimpleWorker([queue.runs_queue(redis_client)], connection=redis_client).work(
+        burst=True, logging_level="ERROR"
+    )
     proposal = api.get(f"/v1/proposals/{proposal_id}").json()
     assert proposal["state"] == state
     assert reason in proposal["reason"]
@@ -82,7 +103,9 @@ def test_failure_has_its_own_state_and_log_tail_in_the_api(
     assert queue.queue_depths(redis_client)[queue.COMMITS_QUEUE] == 0  # never sent for a decision
 
 
-def test_environment_probe_runs_with_a_live_log_sink(tmp_path: Path, store: Store, trainer_image: str) -> None:
+def test_environment_probe_runs_with_a_live_log_sink(
+    tmp_path: Path, store: Store, trainer_image: str
+) -> None:
     """The probe container belongs to no proposal; the live log sink must not trip over it."""
     settings = Settings(runs_dir=tmp_path / "runs", trainer_image=trainer_image, preset="tiny", device="cpu")
     with DockerSandbox(settings, log_sink=store.append_live_log) as sandbox:

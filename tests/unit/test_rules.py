@@ -21,7 +21,9 @@ def test_screen_rejects_clearly_worse_and_confirms_close_calls() -> None:
 
 
 def test_confirm_accepts_a_clear_gain_with_its_numbers() -> None:
-    decision = rules.confirm([1.2950, 1.2948, 1.2953], [1.3001, 1.2999, 1.3003], [1, 2, 3], "c", NOISE, PARAMS)
+    decision = rules.confirm(
+        [1.2950, 1.2948, 1.2953], [1.3001, 1.2999, 1.3003], [1, 2, 3], "c", NOISE, PARAMS
+    )
     assert decision.accepted
     assert decision.stage == "confirm"
     assert decision.delta_bpb == pytest.approx(-0.005067, abs=1e-6)
@@ -31,7 +33,9 @@ def test_confirm_accepts_a_clear_gain_with_its_numbers() -> None:
 
 
 def test_confirm_rejects_a_gain_inside_the_noise() -> None:
-    decision = rules.confirm([1.2995, 1.3001, 1.2998], [1.3000, 1.3002, 1.2999], [1, 2, 3], "c", NOISE, PARAMS)
+    decision = rules.confirm(
+        [1.2995, 1.3001, 1.2998], [1.3000, 1.3002, 1.2999], [1, 2, 3], "c", NOISE, PARAMS
+    )
     assert not decision.accepted
     assert decision.threshold_bpb is not None and decision.threshold_bpb > 0
 
@@ -44,7 +48,9 @@ def test_confirm_rejects_a_candidate_that_ignores_the_seed() -> None:
 
 def test_an_outlier_in_the_best_run_does_not_buy_an_accept() -> None:
     # one best run 10 σ bad: the sample spread of the differences widens the bound
-    decision = rules.confirm([1.3000, 1.3001, 1.2999], [1.3000, 1.3100, 1.3000], [1, 2, 3], "c", NOISE, PARAMS)
+    decision = rules.confirm(
+        [1.3000, 1.3001, 1.2999], [1.3000, 1.3100, 1.3000], [1, 2, 3], "c", NOISE, PARAMS
+    )
     assert not decision.accepted
 
 
