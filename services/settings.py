@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     max_checkpoint_bytes: int = Field(4 * GIB, ge=KIB)
     max_output_bytes: int = Field(8 * GIB, ge=KIB)  # whole output folder; the run is killed beyond
     kill_grace_s: float = Field(5.0, ge=0.0)
+    # RLIMIT_MEMLOCK of the evaluation containers (scorer and model servers), for hosts where page-locking
+    # the logits slots (cudaHostRegister; 4 float32 batches ≈ 8.6 GB on the scorer's side) needs it; still
+    # inside the containers' memory limit. 0 (default) keeps the engine's limit: an engine whose runtime
+    # may not raise it refuses to start such containers (seen on the CI machine: "error setting rlimits").
+    eval_memlock_bytes: int = Field(0, ge=0)
     # "tmpfs": /tmp is a size-capped tmpfs; "bind": the run's own scratch folder (mode 1777), for
     # hosts where a tmpfs is not writable by the unprivileged user (seen on the GPU device machine).
     scratch_mode: Literal["tmpfs", "bind"] = "tmpfs"

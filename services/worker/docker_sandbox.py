@@ -717,6 +717,9 @@ class DockerSandbox:
         }
         if settings.container_cpus > 0:
             kwargs["nano_cpus"] = int(settings.container_cpus * 1e9)
+        if step.step in ("eval", "model") and settings.eval_memlock_bytes > 0:  # page-locked logits slots
+            memlock = settings.eval_memlock_bytes
+            kwargs["ulimits"].append(docker.types.Ulimit(name="memlock", soft=memlock, hard=memlock))
         kwargs.update(self._gpu_kwargs(mounts))
         return kwargs
 
