@@ -651,6 +651,66 @@ def write_report(report: dict[str, Any], work: Path, results: Path) -> None:
     say("report written to", results / "gpu-e2e.json")
 
 
+def evalcheck(work: Path, results: Path, memlock_values: list[int]) -> None:
+    """The evaluation containers alone on the GPU: a tiny-preset model (the logits' volume depends on
+    the vocabulary and the validation set, not the model) trained in the sandbox, then scored by the
+    three-container evaluation once per RLIMIT_MEMLOCK setting, with the scorer's log (page-locked or
+    not) and the times. Needs `setup` and data prepared by an earlier `start` (or --shards 1)."""
+    sys.path[:0] = [str(SITE), str(REPO)]
+    from services.settings import GIB, Settings
+    from services.worker.collect import collect_checkpoint, prepare_run_dir
+    from services.worker.docker_sandbox import DockerSandbox
+    from services.worker.sandbox import EvalRequest, TrainRequest
+
+    train_dir = sorted(work.glob("train*"))[0]
+    nodes = [
+        p
+        for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+        if os.path.exists(p)
+    ]
+    out: dict[str, Any] = {
+        "benchmark": "gpu-evalcheck",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "bench/gpu_e2e.py", *sys.argv[1:]]),
+        "runs": [],
+    }
+    paths = None
+    for memlock in memlock_values:
+        settings = Settings(trainer_image=HOST_IMAGE, trainer_python=sys.executable, gpu_mode="devices",
+                            gpu_device_nodes=nodes, gpu_host_mounts=host_mounts(), device="cuda", preset="tiny",
+                            train_data=str(train_dir), val_data=str(work / "val"), runs_dir=work / "evalcheck",
+                            container_memory_bytes=96 * GIB, eval_memlock_bytes=memlock)  # fmt: skip
+        sandbox = DockerSandbox(settings, base_url=f"unix://{DOCKER_SOCKET}", scratch_mode="bind",
+                                python=sys.executable, extra_env=container_env())  # fmt: skip
+        if paths is None:
+            paths = prepare_run_dir(settings.runs_dir, "evalcheck", patched({}))
+            t0 = time.monotonic()
+            trained = sandbox.train(TrainRequest(run_id="evalcheck", proposal_id="evalcheck", paths=paths, seed=1,
+                                                 wall_clock_s=120, preset="tiny", device="cuda"))  # fmt: skip
+            say(
+                f"tiny training: exit {trained.exit_code} in {time.monotonic() - t0:.1f} s",
+                trained.log[-300:],
+            )
+            collect_checkpoint(paths, settings.max_checkpoint_bytes)
+        for stale in paths.eval_out.iterdir():  # the previous setting's result
+            stale.unlink()
+        t0 = time.monotonic()
+        try:
+            evaluated = sandbox.evaluate(EvalRequest(run_id="evalcheck", proposal_id="evalcheck", paths=paths, seed=0,
+                                                     timeout_s=300, device="cuda"))  # fmt: skip
+            row = {"memlock": memlock, "exit": evaluated.exit_code, "container_s": round(time.monotonic() - t0, 2),
+                   "log": evaluated.log[-1500:]}  # fmt: skip
+        except Exception as exc:  # the engine may refuse the limit
+            row = {"memlock": memlock, "error": repr(exc)[:800]}
+        for name in ("model-a.log", "model-b.log"):
+            if (paths.root / name).exists():
+                row[name] = (paths.root / name).read_text(errors="replace")[-600:]
+        say("evalcheck:", json.dumps(row))
+        out["runs"].append(row)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "gpu-evalcheck.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 # ---------------------------------------------------------------------------------------------------
 # entry points
 
@@ -673,6 +733,10 @@ def main() -> int:
         p.add_argument("--bare", action="store_true", help="first run the baseline bare on the host")
         p.add_argument("--full-budget", type=int, default=0, help="then one run of the best at this budget")
         p.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    p_check = sub.add_parser("evalcheck")
+    p_check.add_argument("--carried", type=Path, action="append", default=[])
+    p_check.add_argument("--memlock", type=int, action="append", default=[])
+    p_check.add_argument("--results", type=Path, required=True)
     p_wait = sub.add_parser("wait")
     p_wait.add_argument("--timeout", type=float, default=560)
     p_wait.add_argument("--results", type=Path, required=True)
@@ -706,6 +770,12 @@ def main() -> int:
             run(args)
         finally:
             (args.work / "done").write_text("done\n")
+    elif args.command == "evalcheck":
+        for folder in args.carried:
+            stage(folder, args.work)
+        if args.carried:
+            prepare_gpu_data(args.work, 1)
+        evalcheck(args.work, args.results, args.memlock or [0])
     elif args.command == "wait":
         return wait(args.work, args.timeout, args.results)
     return 0
