@@ -769,26 +769,7 @@ class DockerSandbox:
                 raise _image_missing(self.settings.trainer_image) from exc
 
     def _probe_environment(self) -> Environment:
-        step = _Step(
-            name=f"ar-probe-{os.getpid()}-{time.time_ns()}",
-            step="probe",
-            command=[self.python, "-c", _PROBE],
-            environment=dict(_BASE_ENVIRONMENT),
-            mounts=[],
-            labels={LABEL_MANAGED: "1", LABEL_STEP: "probe"},
-            deadline_unix=time.time() + PROBE_TIMEOUT_S,
-            budget_reason=f"environment probe exceeded {PROBE_TIMEOUT_S} s",
-            memory_bytes=max(self.settings.container_memory_bytes, PROBE_MEMORY_BYTES),
-        )
-        outcome = self._run(step)
-        lines = outcome.log.strip().splitlines()
-        try:
-            probe = json.loads(lines[-1]) if outcome.exit_code == 0 and lines else None
-        except json.JSONDecodeError:
-            probe = None
-        if not isinstance(probe, dict):
-            reason = f"exit {outcome.exit_code}: {outcome.log[-500:]}"
-            raise SandboxUnavailable(f"environment probe failed ({reason})")
+        probe = self._run_probe("environment probe", [self.python, "-c", _PROBE], [])
         digest = hashlib.sha256(json.dumps(probe["info"], sort_keys=True).encode()).hexdigest()
         if self.settings.gpu_mode == "none":
             return Environment(gpu="cpu", driver="none", environment_hash=digest)
@@ -799,18 +780,27 @@ class DockerSandbox:
 
     def _probe_fixed_files(self) -> FixedFiles:
         arguments = [self.evaluator, "--data-dir", DATA_DIR, "--val-dir", VAL_DIR]
+        mounts = [
+            self._data_mount(self.settings.train_data, DATA_DIR),
+            self._data_mount(self.settings.val_data, VAL_DIR),
+        ]
+        probe = self._run_probe("fixed-files probe", [self.python, "-c", _HASH_PROBE, *arguments], mounts)
+        if not isinstance(probe.get("fixed_hashes"), dict):
+            raise SandboxUnavailable(f"fixed-files probe failed (no fixed_hashes in {str(probe)[:500]})")
+        hashes = {str(k): str(v) for k, v in probe["fixed_hashes"].items()}
+        return FixedFiles(evaluator_version=str(probe.get("evaluator_version", "")), hashes=hashes)
+
+    def _run_probe(self, what: str, command: list[str], mounts: list[docker.types.Mount]) -> dict[str, Any]:
+        """Run trusted code in a short container; its last output line is a JSON object."""
         step = _Step(
             name=f"ar-probe-{os.getpid()}-{time.time_ns()}",
             step="probe",
-            command=[self.python, "-c", _HASH_PROBE, *arguments],
+            command=command,
             environment=dict(_BASE_ENVIRONMENT),
-            mounts=[
-                self._data_mount(self.settings.train_data, DATA_DIR),
-                self._data_mount(self.settings.val_data, VAL_DIR),
-            ],
+            mounts=mounts,
             labels={LABEL_MANAGED: "1", LABEL_STEP: "probe"},
             deadline_unix=time.time() + PROBE_TIMEOUT_S,
-            budget_reason=f"fixed-files probe exceeded {PROBE_TIMEOUT_S} s",
+            budget_reason=f"{what} exceeded {PROBE_TIMEOUT_S} s",
             memory_bytes=max(self.settings.container_memory_bytes, PROBE_MEMORY_BYTES),
         )
         outcome = self._run(step)
@@ -819,11 +809,9 @@ class DockerSandbox:
             probe = json.loads(lines[-1]) if outcome.exit_code == 0 and lines else None
         except json.JSONDecodeError:
             probe = None
-        if not isinstance(probe, dict) or not isinstance(probe.get("fixed_hashes"), dict):
-            reason = f"exit {outcome.exit_code}: {outcome.log[-500:]}"
-            raise SandboxUnavailable(f"fixed-files probe failed ({reason})")
-        hashes = {str(k): str(v) for k, v in probe["fixed_hashes"].items()}
-        return FixedFiles(evaluator_version=str(probe.get("evaluator_version", "")), hashes=hashes)
+        if not isinstance(probe, dict):
+            raise SandboxUnavailable(f"{what} failed (exit {outcome.exit_code}: {outcome.log[-500:]})")
+        return probe
 
 
 # -------------------------------------------------------------------------------------------------
