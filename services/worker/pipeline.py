@@ -98,16 +98,28 @@ class Worker:
         self.requeue_lost()
 
     def requeue_lost(self) -> list[str]:
-        """Enqueue the run job of each queued proposal whose job is missing (the controller or the
-        committer died between storing the state and enqueueing) or dead (queue.ensure_run). Job ids
+        """Enqueue the run job of each queued proposal, or confirming one with paired runs to go, whose
+        job is missing (the controller or the committer died between storing the state and enqueueing)
+        or dead (queue.ensure_run). Job ids
         name the spell and are enqueued only if new, so however many workers sweep at once, and
         whatever the process that stored the proposal does meanwhile, each spell gets one job."""
         requeued = []
         queued, _ = self.store.page(State.QUEUED, limit=SWEEP_MAX_QUEUED)
-        for proposal in queued:
-            budget_s = len(proposal.seeds) * self.settings.run_budget_s
+        confirming, _ = self.store.page(State.CONFIRMING, limit=SWEEP_MAX_QUEUED)
+        for proposal in [*queued, *confirming]:
+            if proposal.state == State.CONFIRMING:
+                pending = len(proposal.confirm_seeds) - len(proposal.baseline_results)
+                if pending <= 0:  # its paired runs are done: the committer's turn, not a worker's
+                    continue
+                budget_s = 2 * pending * self.settings.run_budget_s
+            else:
+                budget_s = len(proposal.seeds) * self.settings.run_budget_s
             if queue.ensure_run(self.conn, proposal.id, budget_s, proposal.transitions):
-                log.warning("queued without a run job: enqueued it", extra={"proposal_id": proposal.id})
+                log.warning(
+                    "%s without a run job: enqueued it",
+                    proposal.state.value,
+                    extra={"proposal_id": proposal.id},
+                )
                 requeued.append(proposal.id)
         return requeued
 

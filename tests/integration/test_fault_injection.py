@@ -460,3 +460,25 @@ def test_a_queued_proposal_whose_run_job_died_gets_a_new_one(
     assert [(j.id, j.get_status()) for j in runs.jobs] == [(f"run-{proposal.id}-0", JobStatus.QUEUED)]
     assert in_process_worker.requeue_lost() == []
     assert len(runs) == 1
+
+
+def test_a_confirming_proposal_whose_paired_runs_were_never_enqueued_gets_one_job(
+    in_process_worker: Worker, store: Store, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """Kills: (simulated) the committer between moving a proposal to `confirming` and enqueueing its
+    paired runs. Verifies: the sweep enqueues one run job for the new spell (a second sweep adds
+    none), and leaves alone a confirming proposal whose paired runs are all done (it waits for the
+    committer's verdict, not for a worker)."""
+    waiting = new_proposal(store, BASE)
+    store.transition(waiting.id, State.CONFIRMING, "screened: confirm", confirm_seeds=[7, 8])
+    done = new_proposal(store, BASE + "\n# other\n")
+    finished = in_process_worker.run_once(done, 9, announce=False, subject="best")
+    store.transition(
+        done.id, State.CONFIRMING, "screened: confirm", confirm_seeds=[9], baseline_results=[finished]
+    )
+    assert in_process_worker.requeue_lost() == [waiting.id]
+    runs = queue.runs_queue(redis_client)
+    transitions = store.get(waiting.id).transitions
+    assert [j.id for j in runs.jobs] == [queue.run_job_id(waiting.id, transitions)]
+    assert in_process_worker.requeue_lost() == []
+    assert len(runs) == 1
