@@ -44,6 +44,9 @@ LIVE_LOG_ENTRY_CHARS = 1024
 LIVE_LOG_MAX_ENTRIES = 64
 LIVE_LOG_TTL_S = 3600  # a live log expires an hour after its last append
 LIVE_LOG_READ_MAX = 256  # entries returned by one read
+# A Redis list holds at most 2**32 - 1 members, and Redis refuses an index beyond 64 bits: a larger
+# program.md version cannot exist and is never sent to Redis.
+REDIS_MAX_MEMBERS = 2**32 - 1
 
 
 def _translate(fn: Callable[P, R]) -> Callable[P, R]:
@@ -131,10 +134,10 @@ class Store:
     def page(
         self, state: State | None = None, offset: int = 0, limit: int = 50
     ) -> tuple[list[Proposal], int]:
-        """Newest first."""
+        """Newest first. An offset past the end reads nothing (Redis refuses one beyond 64 bits)."""
         key = f"ar:state:{state}" if state is not None else "ar:proposals"
         total = int(self.r.zcard(key))
-        ids = self.r.zrevrange(key, offset, offset + limit - 1)
+        ids = self.r.zrevrange(key, offset, offset + limit - 1) if offset < total else []
         raws = self.r.mget([f"ar:proposal:{i.decode()}" for i in ids]) if ids else []
         return [Proposal.model_validate_json(raw) for raw in raws if raw is not None], total
 
@@ -378,7 +381,7 @@ class Store:
     @_translate
     def program_version(self, version: int | None = None) -> ProgramVersion | None:
         """Version `version` (from 1), or the current one when None; None if there is no such version."""
-        if version is not None and version < 1:
+        if version is not None and not 1 <= version <= REDIS_MAX_MEMBERS:
             return None
         raw = self.r.lindex("ar:program:versions", -1 if version is None else version - 1)
         return None if raw is None else ProgramVersion.model_validate_json(raw)

@@ -100,6 +100,44 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    _document(app)
+
+
+# ---------------------------------------------------------------------------- the OpenAPI schema
+
+_PROBLEM_REF = "#/components/schemas/Problem"
+_FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def _document(app: FastAPI) -> None:
+    """Make /openapi.json say what the handlers above send: every 4xx and 5xx is a `Problem` as
+    application/problem+json. FastAPI would document its own 422 body (`HTTPValidationError` as
+    application/json) and, for `PROBLEM_RESPONSE`, the model under application/json too; and an
+    operation with a body also answers 400 when the body cannot be decoded."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _problems_in_schema(generate())
+        return generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _problems_in_schema(schema: dict[str, Any]) -> None:
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault(
+                    "400", {"description": "the body cannot be decoded (e.g. invalid UTF-8)"}
+                )
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    response["content"] = {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_REF}}}
+    components = schema.get("components", {}).get("schemas", {})
+    for name in _FASTAPI_VALIDATION_SCHEMAS:
+        components.pop(name, None)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:

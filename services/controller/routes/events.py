@@ -4,6 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
 from services.controller import events
@@ -19,10 +20,26 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {EVENT_STREAM: {}}, "description": "a server-sent events stream"},
     404: PROBLEM_RESPONSE,
 }
+STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+STREAM_ID_PART_MAX = 2**64 - 1  # both halves of a Redis stream entry id are unsigned 64-bit integers
+
+
+def _fits_redis(entry_id: str | None) -> str | None:
+    """The pattern lets 20 digits through, which can exceed 64 bits: Redis would refuse the id only once
+    the stream had started (a dropped connection instead of a 422)."""
+    if entry_id is not None and any(int(part) > STREAM_ID_PART_MAX for part in entry_id.split("-")):
+        raise ValueError(f"both parts of a stream entry id are at most {STREAM_ID_PART_MAX}")
+    return entry_id
+
+
 StreamEntryId = Annotated[
-    str | None, Query(pattern=r"^\d{1,20}-\d{1,20}$", description="resume after this id")
+    str | None,
+    Query(pattern=STREAM_ID_PATTERN, description="resume after this id"),
+    AfterValidator(_fits_redis),
 ]
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^\d{1,20}-\d{1,20}$")]
+LastEventId = Annotated[
+    str | None, Header(alias="Last-Event-ID", pattern=STREAM_ID_PATTERN), AfterValidator(_fits_redis)
+]
 
 
 @router.get("/events", response_class=StreamingResponse, responses=STREAM_RESPONSES)
