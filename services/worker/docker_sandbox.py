@@ -72,6 +72,7 @@ from services.worker.sandbox import (
     Environment,
     EvalRequest,
     FixedFiles,
+    RunPaths,
     StepOutcome,
     TrainRequest,
 )
@@ -322,36 +323,19 @@ class DockerSandbox:
         _fresh_folder(channel)
         if self.scratch_mode == "bind":  # nothing the training step left in /tmp reaches evaluation
             _empty_folder(paths.scratch)
-        command = [
-            self.python, self.evaluator,
-            "--channel", CHANNEL_DIR,
-            "--train-py", f"{CODE_DIR}/train.py",
-            "--checkpoint", CKPT_DIR,
-            "--data-dir", DATA_DIR,
-            "--val-dir", VAL_DIR,
-            "--out", f"{EVAL_OUT_DIR}/{RESULT_FILE}",
-            "--device", request.device,
-            "--seed", str(request.seed),
-            "--connect-timeout", str(request.timeout_s),
+        command = self._scorer_command(
+            request, "--channel", CHANNEL_DIR, "--connect-timeout", str(request.timeout_s),
             "--reply-timeout", str(request.timeout_s),
-        ]  # fmt: skip
-        if self.eval_max_docs is not None:
-            command += ["--max-docs", str(self.eval_max_docs)]
-        if self.eval_batch_size is not None:
-            command += ["--batch-size", str(self.eval_batch_size)]
+        )  # fmt: skip
         scorer = _Step(
             name=f"ar-{request.run_id}-eval",
             step="eval",
             command=command,
             environment=dict(_BASE_ENVIRONMENT),  # the candidate's code never runs here
             mounts=[
-                _bind(paths.code, CODE_DIR, read_only=True),  # hashed, never imported
-                self._data_mount(self.settings.train_data, DATA_DIR),
-                self._data_mount(self.settings.val_data, VAL_DIR),
-                _bind(paths.checkpoint, CKPT_DIR, read_only=True),
-                _bind(paths.eval_out, EVAL_OUT_DIR, read_only=False),
+                *self._scorer_mounts(paths),
                 _bind(channel, CHANNEL_DIR, read_only=False),
-            ],
+            ],  # the code is hashed, never imported
             labels=_labels(request.proposal_id, request.run_id, "eval"),
             deadline_unix=deadline,
             budget_reason=f"evaluation timeout of {request.timeout_s} s exceeded",
@@ -442,27 +426,8 @@ class DockerSandbox:
         paths = request.paths
         if self.scratch_mode == "bind":  # nothing the training step left in /tmp reaches evaluation
             _empty_folder(paths.scratch)
-        command = [
-            self.python, self.evaluator,
-            "--train-py", f"{CODE_DIR}/train.py",
-            "--checkpoint", CKPT_DIR,
-            "--data-dir", DATA_DIR,
-            "--val-dir", VAL_DIR,
-            "--out", f"{EVAL_OUT_DIR}/{RESULT_FILE}",
-            "--device", request.device,
-            "--seed", str(request.seed),
-        ]  # fmt: skip
-        if self.eval_max_docs is not None:
-            command += ["--max-docs", str(self.eval_max_docs)]
-        if self.eval_batch_size is not None:
-            command += ["--batch-size", str(self.eval_batch_size)]
-        mounts = [
-            _bind(paths.code, CODE_DIR, read_only=True),
-            self._data_mount(self.settings.train_data, DATA_DIR),
-            self._data_mount(self.settings.val_data, VAL_DIR),
-            _bind(paths.checkpoint, CKPT_DIR, read_only=True),
-            _bind(paths.eval_out, EVAL_OUT_DIR, read_only=False),
-        ]
+        command = self._scorer_command(request)
+        mounts = self._scorer_mounts(paths)
         step = _Step(
             name=f"ar-{request.run_id}-eval",
             step="eval",
@@ -482,6 +447,35 @@ class DockerSandbox:
             log_path=paths.eval_log,
         )
         return self._run(step)
+
+    def _scorer_command(self, request: EvalRequest, *extra: str) -> list[str]:
+        """evaluate.py's command line, the same for both evaluation paths but for `extra`."""
+        command = [
+            self.python, self.evaluator, *extra,
+            "--train-py", f"{CODE_DIR}/train.py",
+            "--checkpoint", CKPT_DIR,
+            "--data-dir", DATA_DIR,
+            "--val-dir", VAL_DIR,
+            "--out", f"{EVAL_OUT_DIR}/{RESULT_FILE}",
+            "--device", request.device,
+            "--seed", str(request.seed),
+        ]  # fmt: skip
+        if self.eval_max_docs is not None:
+            command += ["--max-docs", str(self.eval_max_docs)]
+        if self.eval_batch_size is not None:
+            command += ["--batch-size", str(self.eval_batch_size)]
+        return command
+
+    def _scorer_mounts(self, paths: RunPaths) -> list[docker.types.Mount]:
+        """What the scorer sees: code, training and validation data, the checkpoint (read-only), and
+        its output folder."""
+        return [
+            _bind(paths.code, CODE_DIR, read_only=True),
+            self._data_mount(self.settings.train_data, DATA_DIR),
+            self._data_mount(self.settings.val_data, VAL_DIR),
+            _bind(paths.checkpoint, CKPT_DIR, read_only=True),
+            _bind(paths.eval_out, EVAL_OUT_DIR, read_only=False),
+        ]
 
     def environment(self) -> Environment:
         """GPU model, driver and a hash of the trainer image's software (Python, torch, CUDA,
