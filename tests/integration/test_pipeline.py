@@ -4,6 +4,7 @@ git repository, behind the fake sandbox: submit → queue → run → score → 
 import json
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +84,10 @@ class Service:
         ).stdout
 
 
-@pytest.fixture
-def service(tmp_path: Path, redis_client: "redis.Redis[bytes]") -> Iterator[Service]:
-    settings = Settings(runs_dir=tmp_path / "runs", repo_dir=tmp_path / "repo", infra_retries=2)
+@contextmanager
+def running_service(settings: Settings, redis_client: "redis.Redis[bytes]") -> Iterator[Service]:
+    """A worker (fake sandbox) and a committer (real git) on the real Redis, wired into in-process RQ
+    jobs, the baseline bootstrapped and scored."""
     store = Store(redis_client)
     sandbox = FakeSandbox()
     repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
@@ -103,6 +105,13 @@ def service(tmp_path: Path, redis_client: "redis.Redis[bytes]") -> Iterator[Serv
         worker_jobs.configure(None)
         committer_jobs.configure(None)
         repo.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path, redis_client: "redis.Redis[bytes]") -> Iterator[Service]:
+    settings = Settings(runs_dir=tmp_path / "runs", repo_dir=tmp_path / "repo", infra_retries=2)
+    with running_service(settings, redis_client) as service:
+        yield service
 
 
 def test_bootstrap_scores_the_baseline_once(service: Service) -> None:

@@ -18,19 +18,12 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from services.auth import bootstrap_admin
-from services.committer import jobs as committer_jobs
 from services.committer import rules
-from services.committer.committer import Committer
-from services.committer.repo import GitResearchRepo
 from services.controller.app import create_app
 from services.models import Proposal, new_id
 from services.settings import Settings
 from services.states import State
-from services.store import Store
-from services.worker import jobs as worker_jobs
-from services.worker.pipeline import Worker
-from tests.fakes import FakeSandbox
-from tests.integration.test_pipeline import BASELINE, Service
+from tests.integration.test_pipeline import BASELINE, Service, running_service
 
 ADMIN = "admin-token-for-research-tests-0123"
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
@@ -45,23 +38,8 @@ def service(tmp_path: Path, redis_url: str, redis_client: "redis.Redis[bytes]") 
         runs_dir=tmp_path / "runs",
         repo_dir=tmp_path / "repo",
     )
-    store = Store(redis_client)
-    sandbox = FakeSandbox()
-    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
-    committer = Committer(settings=settings, store=store, repo=repo, conn=redis_client)
-    worker_jobs.configure(
-        Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="w1")
-    )
-    committer_jobs.configure(committer)
-    committer.bootstrap(BASELINE)
-    service = Service(settings, store, redis_client, repo, sandbox, committer)
-    service.drain()
-    try:
+    with running_service(settings, redis_client) as service:
         yield service
-    finally:
-        worker_jobs.configure(None)
-        committer_jobs.configure(None)
-        repo.close()
 
 
 @pytest.fixture
