@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +35,8 @@ from services.store import Store
 from services.worker import jobs as worker_jobs
 from services.worker.docker_sandbox import LABEL_PROPOSAL, DockerSandbox
 from services.worker.pipeline import Worker
-from tests.integration.conftest import REPO, docker_client, trainer_image
-from tests.integration.test_docker_sandbox import write_corpus
+from tests.integration.conftest import docker_client, trainer_image
+from tests.integration.test_docker_sandbox import prepare_sandbox_data
 
 __all__ = ["docker_client", "trainer_image"]  # the integration suite's fixtures, shared here
 
@@ -199,16 +197,7 @@ def host_processes_with(token: str) -> list[str]:
 def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """Real training and validation folders made by prepare.py from a small corpus (vocab 512),
     readable by the sandbox user; returns (train, val, a string found only in the validation text)."""
-    root = tmp_path_factory.mktemp("hostile-data")
-    write_corpus(root / "source")
-    train, val = root / "train", root / "val"
-    subprocess.run(
-        [sys.executable, str(REPO / "trainer" / "prepare.py"), "--source", str(root / "source"),
-         "--train-dir", str(train), "--val-dir", str(val), "--vocab-size", "512"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    for path in [train, val, *train.rglob("*"), *val.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    train, val = prepare_sandbox_data(tmp_path_factory.mktemp("hostile-data"))
     line = (val / "val.jsonl").read_text().splitlines()[0]
     marker = line[line.index('"text"') + 9 :][:48]  # 48 characters of the validation book
     assert marker not in "".join(p.read_text(errors="replace") for p in train.glob("*.json"))

@@ -6,8 +6,6 @@ import difflib
 import json
 import random
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from services.cli.client import ApiClient
 from services.settings import MIB, Settings
 from services.worker.docker_sandbox import DockerSandbox
 from tests.integration.conftest import REPO
-from tests.integration.test_docker_sandbox import write_corpus
+from tests.integration.test_docker_sandbox import prepare_sandbox_data
 from tests.stack import Stack, running_stack
 
 LLM_KEY = "sk-test-key"
@@ -217,16 +215,7 @@ def test_llm_agent_with_the_real_tiny_trainer_in_docker(
 ) -> None:
     """One idea of the fake LLM, trained and scored for real: the baseline trainer/train.py (tiny
     preset, CPU) and the trusted evaluator through DockerSandbox, screened and confirmed."""
-    write_corpus(tmp_path / "source")
-    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
-    subprocess.run(
-        [sys.executable, str(REPO / "trainer" / "prepare.py"), "--source", str(tmp_path / "source"),
-         "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--vocab-size", "512"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    for folder in (train_dir, val_dir):  # readable by uid 65534
-        for path in [folder, *folder.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+    train_dir, val_dir = prepare_sandbox_data(tmp_path)
     real: dict[str, Any] = {
         "trainer_image": trainer_image,
         "train_data": str(train_dir),

@@ -651,6 +651,21 @@ def test_the_real_evaluator_accepts_the_sandbox_arguments(
     assert "usage:" not in outcome.log and "unrecognized arguments" not in outcome.log, outcome.log[-1000:]
 
 
+def prepare_sandbox_data(root: Path) -> tuple[Path, Path]:
+    """root/source from write_corpus, then root/train and root/val made by prepare.py (vocab 512),
+    readable by the sandbox's user (uid 65534)."""
+    write_corpus(root / "source")
+    train_dir, val_dir = root / "train", root / "val"
+    subprocess.run(
+        [sys.executable, str(REPO / "trainer" / "prepare.py"), "--source", str(root / "source"),
+         "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--vocab-size", "512"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    for path in [train_dir, val_dir, *train_dir.rglob("*"), *val_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return train_dir, val_dir
+
+
 def write_corpus(source: Path) -> None:
     """A small source folder as prepare.py reads it: train-*.jsonl books and a val.jsonl."""
     rng = random.Random(0)
@@ -673,16 +688,7 @@ def test_the_real_trainer_and_evaluator_run_in_the_sandbox(
 ) -> None:
     """The baseline train.py (tiny preset) and the trusted evaluate.py baked into the image, end to
     end through the sandbox: train, collect, evaluate, read the result."""
-    write_corpus(tmp_path / "source")
-    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
-    subprocess.run(
-        [sys.executable, str(REPO / "trainer" / "prepare.py"), "--source", str(tmp_path / "source"),
-         "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--vocab-size", "512"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    for folder in (train_dir, val_dir):  # readable by uid 65534
-        for path in [folder, *folder.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+    train_dir, val_dir = prepare_sandbox_data(tmp_path)
     settings = Settings(
         train_data=str(train_dir), val_data=str(val_dir), runs_dir=tmp_path / "runs",
         container_memory_bytes=4 * 1024 * MIB, max_log_bytes=64 * KIB,
