@@ -83,6 +83,7 @@ def build_model(config):
 
 LOG: list[str] = []
 SETUP: dict[str, float] = {}  # the last model_servers' share() and its first batch, in seconds
+SLOTS = {"want": "auto", "got": ""}  # --slots, and where the last model_servers' slots are
 
 
 def say(line: str) -> None:
@@ -138,9 +139,17 @@ def model_servers(
         for channel in channels:
             channel.wait_ready()
         started = time.perf_counter()
-        if hasattr(evaluate, "SharedSlots"):  # evaluator 3: logits through shared memory slots
+        if hasattr(evaluate, "DeviceSlots") and SLOTS["want"] == "auto":  # evaluator 4: GPU memory on CUDA
+            SLOTS["got"] = " and ".join(
+                sorted({c.open_slots(slot_bytes, device).describe() for c in channels})
+            )
+        elif hasattr(evaluate, "SharedSlots"):  # evaluator 3: logits through shared memory slots
             for channel in channels:
-                channel.share(evaluate.SharedSlots(slot_bytes, device))
+                slots = evaluate.SharedSlots(slot_bytes, device)
+                channel.share(slots)
+                SLOTS["got"] = slots.describe() if hasattr(slots, "describe") else "host memory"
+        else:
+            SLOTS["got"] = "socket"
         SETUP["share_s"] = time.perf_counter() - started
         yield channels
     finally:
@@ -248,8 +257,9 @@ def measure(dtype: str, args: argparse.Namespace, work: Path) -> dict[str, objec
         seconds = transport(channel, rows, args.batch_size, args.vocab, args.device)
     gbps = args.rows * row_bytes / seconds / 1e9
     figures["transport_gbps"] = round(gbps, 2)
+    figures["slots"] = SLOTS["got"]
     figures["setup_s"] = {name: round(value, 3) for name, value in SETUP.items()}
-    say(f"{dtype}: transport {gbps:.2f} GB/s ({args.rows} rows in {seconds:.2f} s)")
+    say(f"{dtype}: transport {gbps:.2f} GB/s ({args.rows} rows in {seconds:.2f} s, slots in {SLOTS['got']})")
     say(f"{dtype}: slots created, pinned and handed over in {SETUP['share_s']:.2f} s (one server), first batch "
         f"(the server pins its side) {SETUP['first_batch_s']:.2f} s")  # fmt: skip
 
@@ -314,6 +324,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8, help="messages for the socket ceiling")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
+        "--slots", choices=["auto", "host"], default="auto",
+        help="auto: what the scorer does (GPU memory on CUDA where it can); host: memory files always",
+    )  # fmt: skip
+    parser.add_argument(
         "--trainer",
         type=Path,
         default=ROOT / "trainer",
@@ -322,6 +336,7 @@ def main() -> None:
     args = parser.parse_args()
     global evaluate
     evaluate = load_evaluate(args.trainer.resolve())
+    SLOTS["want"] = args.slots
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None

@@ -52,7 +52,7 @@ SITE = Path("/tmp/site")  # the carried wheels, installed here by `setup`
 DOCKER_SOCKET = "/tmp/docker.sock"
 HOST_IMAGE = "autoresearch/trainer:host"
 TERMINAL = {"merged", "rejected", "crashed", "timed_out", "oom", "voided", "infra_error", "cancelled"}
-FIXED_FILES = ("prepare.py", "evaluate.py", "model_server.py", "train.py")
+FIXED_FILES = ("prepare.py", "evaluate.py", "model_server.py", "cuda_ipc.py", "train.py")
 
 # The research branch's first train.py and the proposals, as constant overrides of trainer/train.py.
 # GPU: the branch starts from the trainer without Muon weight decay, so that a known improvement (the
@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> None:
     if gpu:
         sys.path.insert(0, str(SITE))
         train_dir, val_dir = work / f"train{args.shards}", work / "val"
-        baseline_overrides, proposals = GPU_BASELINE, GPU_PROPOSALS
+        baseline_overrides, proposals = (GPU_BASELINE if args.baseline == "no-wd" else {}), GPU_PROPOSALS
     else:
         sys.path.insert(0, str(REPO))
         from tests.trainer.conftest import run_prepare, write_corpus
@@ -732,6 +732,10 @@ def main() -> int:
         p.add_argument("--proposals", default="worse,better")
         p.add_argument("--bare", action="store_true", help="first run the baseline bare on the host")
         p.add_argument("--full-budget", type=int, default=0, help="then one run of the best at this budget")
+        p.add_argument(
+            "--baseline", choices=["no-wd", "shipped"], default="no-wd",
+            help="the branch's first train.py: without Muon weight decay (so 'better' exists), or as shipped",
+        )  # fmt: skip
         p.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     p_check = sub.add_parser("evalcheck")
     p_check.add_argument("--carried", type=Path, action="append", default=[])

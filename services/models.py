@@ -72,6 +72,8 @@ class RunResult(Frozen):
     fingerprint: Fingerprint | None = None
     fixed_hashes: dict[str, str] = {}
     timings: StepTimings = StepTimings()
+    scorer_timings: dict[str, float] = {}  # the trusted scorer's own split of evaluation (result.json)
+    logits_slots: str = ""  # where the logits crossed from the model containers: GPU or host memory
     log_tail: str = ""
     finished_at: float = Field(default_factory=now)
 

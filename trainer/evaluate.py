@@ -61,8 +61,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-EVALUATOR_VERSION = "3"  # 2: model in its own container (--channel), causality probes; 3: logits
-# through shared memory slots instead of the socket (the score is unchanged)
+EVALUATOR_VERSION = "4"  # 2: model in its own container (--channel), causality probes; 3: logits
+# through shared memory slots instead of the socket; 4: slots in GPU memory on CUDA (cuda_ipc.py), the
+# model server accepts or refuses each set of slots (the score is unchanged by both)
 ROW_TOKENS = 2049  # 2,048 input positions + 1
 DEFAULT_SEED = 0
 HASH_CHUNK_BYTES = 1 << 22
@@ -97,6 +98,7 @@ def _fixed_sibling(name: str):  # -> module
 # The document splitting of the protocol has one copy, in prepare.py (training documents are split
 # the same way as scored ones).
 _prepare = _fixed_sibling("prepare")
+_cuda_ipc = _fixed_sibling("cuda_ipc")  # the logits slots in GPU memory
 MAX_DOC_CHARS = _prepare.MAX_DOC_CHARS
 book_documents = _prepare.book_documents
 
@@ -322,6 +324,10 @@ class SharedSlots:
             raise
         if self.pinned:
             self.pinned = all(pin(chunk) for chunks in self.chunks for chunk in chunks)
+        self.kind = "host"  # what the model server maps: memory files
+
+    def describe(self) -> str:
+        return f"host memory ({'page-locked' if self.pinned else 'pageable'})"
 
     def _create(self, size: int) -> torch.Tensor:
         fd = os.memfd_create("autoresearch-logits", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -344,8 +350,8 @@ class SharedSlots:
             torch.cuda.current_stream(out.device).synchronize()
 
     def close(self) -> None:
-        """Close the files (the model server has its own descriptors by now); the mappings go with
-        the last reference to the chunks."""
+        """Close the files (the model server has its own descriptors by now, or never will); the
+        mappings go with the last reference to the chunks."""
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -357,6 +363,39 @@ class SharedSlots:
         self.chunks = []
 
 
+class DeviceSlots(SharedSlots):
+    """The same slots in GPU memory (cuda_ipc.py): each slot one allocation on the scorer's GPU,
+    passed to the model server as a file descriptor that it maps; the model copies its logits into
+    it on the GPU and the scorer copies them out on the GPU (~1 ms per batch instead of two trips
+    through host memory). The rules are those of SharedSlots: the model may write any bytes at any
+    time; the scorer reads only its own copy, made before it reads any value. Raises
+    cuda_ipc.CudaShareError where the driver refuses (the caller then uses host memory)."""
+
+    def __init__(self, slot_bytes: int, device: str, slots: int = LOGIT_SLOTS) -> None:
+        self.buffers = []
+        try:
+            for _ in range(slots):
+                self.buffers.append(_cuda_ipc.SharedGpuBuffer.create(slot_bytes, device))
+        except BaseException:
+            for buffer in self.buffers:
+                buffer.close()
+            raise
+        self.layout = [[buffer.size] for buffer in self.buffers]
+        self.fds = [buffer.fd for buffer in self.buffers]
+        self.chunks = [[buffer.tensor] for buffer in self.buffers]
+        self.pinned = False
+        self.kind = "cuda"
+
+    def describe(self) -> str:
+        return "GPU memory"
+
+    def close(self) -> None:
+        self.chunks, self.fds = [], []
+        for buffer in self.buffers:
+            buffer.close()
+        self.buffers = []
+
+
 class ModelChannel:
     """One model server's connection: sends token rows, receives and checks the logits' header
     before it copies their bytes out of its shared slot; anything unexpected raises Voided."""
@@ -364,6 +403,7 @@ class ModelChannel:
     def __init__(self, conn: socket.socket, name: str, timeout_s: float) -> None:
         self.conn, self.name = conn, name
         self.slots: SharedSlots | None = None
+        self.timings = {"wait_s": 0.0, "copy_s": 0.0}  # blocked on replies; copying logits out
         conn.settimeout(timeout_s)
 
     def _recv_exact(self, n: int) -> bytearray:
@@ -413,14 +453,49 @@ class ModelChannel:
         if self._header() != {"ready": True}:
             raise Voided(f"model server {self.name}: protocol violation (no ready message)")
 
-    def share(self, slots: SharedSlots) -> None:
-        """Hand the model server its logits slots (after it is ready)."""
-        self.slots = slots
-        self._send({"op": "buffers", "slots": slots.layout}, fds=slots.fds)
+    def share(self, slots: SharedSlots) -> str | None:
+        """Offer the model server its logits slots (after it is ready): None when it mapped them
+        (they are this channel's from now on), else the reason it gave for refusing them."""
+        self._send({"op": "buffers", "kind": slots.kind, "slots": slots.layout}, fds=slots.fds)
+        header = self._header()
+        if header == {"buffers": "ok"}:
+            self.slots = slots
+            return None
+        if header.get("buffers") == "refused" and set(header) <= {"buffers", "reason"}:
+            return str(header.get("reason", ""))[:500]
+        raise Voided(f"model server {self.name}: protocol violation (no answer to the buffers)")
+
+    def open_slots(self, slot_bytes: int, device: str) -> SharedSlots:
+        """This server's own slots: in GPU memory where the scorer's device is CUDA and both sides
+        can map them, else memory files (what a refusal costs is time, never a score)."""
+        if device.startswith("cuda"):
+            try:
+                offered: SharedSlots = DeviceSlots(slot_bytes, device)
+            except _cuda_ipc.CudaShareError as exc:
+                reason = f"the scorer cannot share GPU memory: {exc}"
+            else:
+                refused = self.share(offered)
+                if refused is None:
+                    return offered
+                offered.close()
+                reason = f"refused by the model server: {refused}"
+            print(f"evaluate: model server {self.name}: logits slots in host memory ({reason})", flush=True)
+        slots = SharedSlots(slot_bytes, device)
+        refused = self.share(slots)
+        if refused is not None:
+            slots.close()
+            raise Voided(f"model server {self.name} refused its logits slots: {refused}")
+        return slots
 
     def _request(self, inputs: torch.Tensor, slot: int) -> None:
         payload = memoryview(inputs.contiguous().numpy()).cast("B")
-        header = {"op": "forward", "shape": list(inputs.shape), "dtype": "int64", "nbytes": len(payload), "slot": slot}
+        header = {
+            "op": "forward",
+            "shape": list(inputs.shape),
+            "dtype": "int64",
+            "nbytes": len(payload),
+            "slot": slot,
+        }
         self._send(header, payload)
 
     def _reply(self, inputs: torch.Tensor, vocab: int, slot: int) -> tuple[list[int], torch.dtype]:
@@ -435,9 +510,13 @@ class ModelChannel:
             raise Voided(f"logits have dtype {header.get('dtype')!r}; want float32, bfloat16 or float16")
         nbytes = math.prod(want) * dtype.itemsize
         if header.get("nbytes") != nbytes:
-            raise Voided(f"model server {self.name}: protocol violation ({header.get('nbytes')} bytes; want {nbytes})")
+            raise Voided(
+                f"model server {self.name}: protocol violation ({header.get('nbytes')} bytes; want {nbytes})"
+            )
         if header.get("slot") != slot:
-            raise Voided(f"model server {self.name}: protocol violation (slot {header.get('slot')!r}; want {slot})")
+            raise Voided(
+                f"model server {self.name}: protocol violation (slot {header.get('slot')!r}; want {slot})"
+            )
         return want, dtype
 
     def _copy_out(self, shape: list[int], dtype: torch.dtype, slot: int, device: str) -> torch.Tensor:
@@ -458,11 +537,16 @@ class ModelChannel:
         k = 0
         while current is not None:
             slot = k % LOGIT_SLOTS
+            started = time.perf_counter()
             shape, dtype = self._reply(current, vocab, slot)
+            self.timings["wait_s"] += time.perf_counter() - started
             following = next(pending, None)
             if following is not None:  # its slot was copied out in the step before
                 self._request(following, (k + 1) % LOGIT_SLOTS)
-            yield self._copy_out(shape, dtype, slot, device)
+            started = time.perf_counter()
+            logits = self._copy_out(shape, dtype, slot, device)
+            self.timings["copy_s"] += time.perf_counter() - started
+            yield logits
             current, k = following, k + 1
 
     def forward(self, inputs: torch.Tensor, vocab: int, device: str = "cpu") -> torch.Tensor:
@@ -545,8 +629,13 @@ def make_probes(rows: Rows, batch_size: int, rng: random.Random) -> ProbeSet:
 
 
 def score_remote(
-    channels: list[ModelChannel], rows: Rows, byte_lengths: np.ndarray, batch_size: int, device: str,
-    seed: int, tolerance: float,
+    channels: list[ModelChannel],
+    rows: Rows,
+    byte_lengths: np.ndarray,
+    batch_size: int,
+    device: str,
+    seed: int,
+    tolerance: float,
 ) -> dict:
     """The scored pass on one model server and the probe pass on the other (a fresh instance), in
     an order drawn from the seed; then every probe and decoy is compared with the scored pass."""
@@ -572,9 +661,13 @@ def score_remote(
 
     nats = 0.0
     num_bytes = num_targets = 0
+    timings: dict[str, float] = {}
     with torch.inference_mode():
         if probe_first:
+            started = time.perf_counter()
             probe_pass()
+            timings["probe_pass_s"] = time.perf_counter() - started
+        started = time.perf_counter()
         batches = batch_order(rows.level, batch_size, seed)
         inputs = (tokens[batch][:, :-1] for batch in batches)
         for batch, logits in zip(batches, scored_channel.stream(inputs, vocab, device), strict=True):
@@ -584,8 +677,14 @@ def score_remote(
             nats -= float(logprobs[mask].double().sum())
             num_bytes += int(byte_table[targets[mask]].sum())
             num_targets += int(mask.sum())
+        timings["scored_pass_s"] = time.perf_counter() - started
         if not probe_first:
+            started = time.perf_counter()
             probe_pass()
+            timings["probe_pass_s"] = time.perf_counter() - started
+    for role, channel in (("scored", scored_channel), ("probe", probe_channel)):
+        for name, seconds in channel.timings.items():
+            timings[f"{role}_{name}"] = seconds
     worst = 0.0
     for k, (i, cut) in enumerate(zip(probes.source, probes.splice, strict=True)):
         compared = masks[i].clone()
@@ -610,6 +709,7 @@ def score_remote(
             "tolerance": tolerance,
             "probe_pass_first": probe_first,
         },
+        "timings": timings,
     }
 
 
@@ -635,12 +735,22 @@ def fixed_hashes(data_dir: Path, val_dir: Path, val_paths: list[Path]) -> dict[s
         **{f"val/{p.name}": p for p in val_paths},
         "val/manifest.json": val_dir / "manifest.json",
         "model_server.py": here / "model_server.py",
+        "cuda_ipc.py": here / "cuda_ipc.py",
     }
     return {name: sha256_file(path) for name, path in paths.items() if path.is_file()}
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     started = time.time()
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:  # seconds since the previous lap (or the start)
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
     torch.manual_seed(args.seed)
     encoding, bos_id, byte_lengths = load_tokenizer(args.data_dir / "tokenizer.json")
     table_path = args.data_dir / "token_bytes.npy"
@@ -654,22 +764,30 @@ def evaluate(args: argparse.Namespace) -> dict:
     encoded = encoding.encode_ordinary_batch(documents, num_threads=os.cpu_count() or 1)
     rows = pack_rows([[bos_id, *ids] for ids in encoded], bos_id)
     doc_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    lap("data_s")
+    slots_in = "in-process"
     if servers:
         channels = []
         try:
             for name, server in servers.items():
-                channels.append(ModelChannel(accept(server, name, args.connect_timeout), name, args.reply_timeout))
+                channels.append(
+                    ModelChannel(accept(server, name, args.connect_timeout), name, args.reply_timeout)
+                )
             for channel in channels:
                 channel.wait_ready()
+            lap("models_ready_s")
             slot_bytes = args.batch_size * (ROW_TOKENS - 1) * len(byte_lengths) * MAX_WIRE_ITEMSIZE
-            for channel in channels:  # each server its own slots: neither sees the other's logits
-                channel.share(SharedSlots(slot_bytes, args.device))
-            pinned = all(channel.slots is not None and channel.slots.pinned for channel in channels)
-            print(f"evaluate: logits slots of {slot_bytes:,} bytes, page-locked: {pinned}", flush=True)
+            # each server its own slots: neither sees the other's logits
+            slots = [channel.open_slots(slot_bytes, args.device) for channel in channels]
+            slots_in = " and ".join(sorted({s.describe() for s in slots}))
+            print(f"evaluate: logits slots of {slot_bytes:,} bytes in {slots_in}", flush=True)
+            lap("slots_s")
             tolerance = args.probe_tolerance
             if tolerance is None:
                 tolerance = PROBE_TOLERANCE["cuda" if args.device.startswith("cuda") else "cpu"]
-            scored = score_remote(channels, rows, byte_lengths, args.batch_size, args.device, args.seed, tolerance)
+            scored = score_remote(
+                channels, rows, byte_lengths, args.batch_size, args.device, args.seed, tolerance
+            )
         finally:
             for channel in channels:
                 channel.close()
@@ -678,10 +796,18 @@ def evaluate(args: argparse.Namespace) -> dict:
     else:
         model, _ = load_candidate(args.train_py, args.checkpoint, args.device)
         scored = score_rows(model, rows, byte_lengths, args.batch_size, args.device, args.seed)
+    lap("passes_s")
     if scored["val_bytes"] != doc_bytes:
         raise ValueError(
             f"target bytes {scored['val_bytes']} != document bytes {doc_bytes} (tokenizer broken?)"
         )
+    hashes = {
+        "checkpoint_sha256": sha256_file(args.checkpoint / "model.safetensors"),
+        "train_py_sha256": sha256_file(args.train_py),
+        "fixed_hashes": fixed_hashes(args.data_dir, args.val_dir, paths),
+    }
+    lap("hash_s")
+    timings.update(scored.get("timings", {}))
     return {
         "val_bpb": scored["val_bpb"],
         "val_tokens": scored["val_tokens"],
@@ -694,10 +820,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         "device": args.device,
         "seed": args.seed,
         "max_docs": args.max_docs,
-        "checkpoint_sha256": sha256_file(args.checkpoint / "model.safetensors"),
-        "train_py_sha256": sha256_file(args.train_py),
-        "fixed_hashes": fixed_hashes(args.data_dir, args.val_dir, paths),
+        **hashes,
         "isolation": "model container" if servers else "in-process",
+        "logits_slots": slots_in,
+        "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
         **({"probes": scored["probes"]} if "probes" in scored else {}),
     }
 
@@ -720,11 +846,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the row order")
     parser.add_argument(
-        "--channel", type=Path, default=None, help="dir of the model servers' sockets (a/, b/): never import the candidate"
+        "--channel",
+        type=Path,
+        default=None,
+        help="dir of the model servers' sockets (a/, b/): never import the candidate",
     )
-    parser.add_argument("--connect-timeout", type=float, default=600.0, help="seconds for a model server to be ready")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=600.0, help="seconds for a model server to be ready"
+    )
     parser.add_argument("--reply-timeout", type=float, default=600.0, help="seconds for one batch's logits")
-    parser.add_argument("--probe-tolerance", type=float, default=None, help="max |Δ log-prob| before a splice")
+    parser.add_argument(
+        "--probe-tolerance", type=float, default=None, help="max |Δ log-prob| before a splice"
+    )
     args = parser.parse_args(argv)
     if args.hash_only:  # what the worker pins at start-up: no candidate, no checkpoint involved
         try:
@@ -734,7 +867,11 @@ def main(argv: list[str] | None = None) -> int:
         hashes = fixed_hashes(args.data_dir, args.val_dir, paths)
         print(json.dumps({"evaluator_version": EVALUATOR_VERSION, "fixed_hashes": hashes}, sort_keys=True))
         return 0
-    missing = [f"--{name.replace('_', '-')}" for name in ("train_py", "checkpoint", "out") if getattr(args, name) is None]
+    missing = [
+        f"--{name.replace('_', '-')}"
+        for name in ("train_py", "checkpoint", "out")
+        if getattr(args, name) is None
+    ]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.batch_size is None:
@@ -758,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val_bytes: {result['val_bytes']}")
     print(f"num_documents: {result['num_documents']}")
     print(f"eval_s: {result['eval_s']:.1f}")
+    print("eval_timings: " + " ".join(f"{name}={seconds:.2f}" for name, seconds in result["timings"].items()))
     return 0
 
 

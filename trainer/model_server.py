@@ -9,15 +9,17 @@ socket, imports the candidate `train.py`, builds `build_model(run.json["config"]
 safetensors weights (never pickle), says it is ready, then answers requests until told to stop:
 
     model  -> scorer  {"ready": true}
-    scorer -> model   {"op": "buffers", "slots": [[bytes, ...], ...]} + memfds (SCM_RIGHTS)
+    scorer -> model   {"op": "buffers", "kind": "cuda"|"host", "slots": [[bytes, ...], ...]} + fds (SCM_RIGHTS)
+    model  -> scorer  {"buffers": "ok"}  or  {"buffers": "refused", "reason": "..."} (then another offer)
     scorer -> model   {"op": "forward", "shape": [B, T], "dtype": "int64", "nbytes": N, "slot": s} + N bytes
     model  -> scorer  {"shape": [B, T, V], "dtype": "float32"|"bfloat16"|"float16", "nbytes": M, "slot": s}
     scorer -> model   {"op": "exit"}
 
 Every message is a 4-byte big-endian header length, a JSON header, then `nbytes` raw bytes, except
-the logits: they go into slot s of the shared buffers that the scorer created (one memory file per
-chunk of a slot, the slot's bytes in order), written before the reply. Errors go back as
-{"error": "..."}. Everything this process sends or writes is untrusted: the candidate's code runs
+the logits: they go into slot s of the shared buffers that the scorer created, written (and, on the
+GPU, finished) before the reply. "cuda" buffers are GPU memory (one exported allocation per slot,
+cuda_ipc.py); "host" buffers are memory files (one per chunk of a slot, the slot's bytes in order).
+Errors go back as {"error": "..."}. Everything this process sends or writes is untrusted: the candidate's code runs
 in it and may replace any of it; evaluate.py copies the logits out of the slot and then checks them
 (shape, dtype, size, finite values).
 """
@@ -108,13 +110,41 @@ def pin(data: torch.Tensor) -> bool:
 
 class Slots:
     """The scorer's buffers as this process maps them: slot s is a list of byte tensors, one per
-    memory file, together holding the slot's bytes in order."""
+    memory file or GPU allocation, together holding the slot's bytes in order."""
 
-    def __init__(self, layout: list[list[int]], fds: list[int], device: str) -> None:
+    def __init__(self, layout: list[list[int]], fds: list[int], device: str, kind: str = "host") -> None:
+        self.kind, self.gpu_buffers = kind, []
         if sum(len(sizes) for sizes in layout) != len(fds):
+            for fd in fds:
+                os.close(fd)
             raise ValueError(f"{len(fds)} buffer files for a layout of {layout}")
+        mapper = {"host": self._map, "cuda": self._map_gpu}.get(kind)
+        if mapper is None:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError(f"unknown kind of buffers {kind!r}")
         files = iter(fds)
-        self.chunks = [[self._map(next(files), int(size), device) for size in sizes] for sizes in layout]
+        try:
+            self.chunks = [[mapper(next(files), int(size), device) for size in sizes] for sizes in layout]
+        except BaseException:
+            for fd in files:  # the ones not mapped yet
+                os.close(fd)
+            self.close()
+            raise
+
+    def _map_gpu(self, fd: int, size: int, device: str) -> torch.Tensor:
+        if not device.startswith("cuda"):
+            os.close(fd)
+            raise ValueError(f"GPU buffers for a model on {device}")
+        buffer = _cuda_ipc().SharedGpuBuffer.open(fd, size, device)
+        self.gpu_buffers.append(buffer)
+        return buffer.tensor
+
+    def close(self) -> None:
+        self.chunks = []
+        for buffer in self.gpu_buffers:
+            buffer.close()
+        self.gpu_buffers = []
 
     @staticmethod
     def _map(fd: int, size: int, device: str) -> torch.Tensor:
@@ -138,6 +168,40 @@ class Slots:
                 return
             chunk[:n].copy_(data[offset : offset + n])
             offset += n
+        if data.is_cuda:  # the bytes are in the slot before the reply says so
+            torch.cuda.current_stream(data.device).synchronize()
+
+
+def _cuda_ipc():  # -> module
+    """The fixed cuda_ipc.py beside this file, loaded by its path."""
+    path = Path(__file__).resolve().parent / "cuda_ipc.py"
+    spec = importlib.util.spec_from_file_location("autoresearch_fixed_cuda_ipc", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[spec.name] = module
+    return module
+
+
+def accept_buffers(sock: socket.socket, device: str) -> Slots | None:
+    """Map the scorer's offers until one works (None when the scorer says stop instead): a refusal
+    tells the scorer why, and it offers host memory next."""
+    while True:
+        header, fds = recv_with_files(sock)
+        if header.get("op") != "buffers":
+            for fd in fds:
+                os.close(fd)
+            return None
+        try:
+            slots = Slots(header["slots"], fds, device, str(header.get("kind", "host")))
+        except Exception as exc:  # the driver or the mapping refused: say so, take the next offer
+            send(sock, {"buffers": "refused", "reason": f"{exc!r}"[:500]})
+            continue
+        send(sock, {"buffers": "ok"})
+        return slots
 
 
 def load_model(train_py: Path, checkpoint: Path, device: str) -> torch.nn.Module:
@@ -198,10 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     send(sock, {"ready": True})
     try:
-        header, fds = recv_with_files(sock)
-        if header.get("op") != "buffers":
-            return 0
-        serve(sock, model, Slots(header["slots"], fds, args.device), args.device)
+        slots = accept_buffers(sock, args.device)
+        if slots is not None:
+            serve(sock, model, slots, args.device)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return 0
     return 0

@@ -6,6 +6,7 @@ Each step is a small function; the sandbox is any `Sandbox` (Docker in productio
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from contextlib import AbstractContextManager
@@ -299,6 +300,8 @@ class Worker:
                 "fingerprint": fingerprint,
                 "fixed_hashes": fixed,
                 "timings": timings,
+                "scorer_timings": _scorer_timings(scored.get("timings")),
+                "logits_slots": str(scored.get("logits_slots", ""))[:80],
             }
         )
 
@@ -388,6 +391,18 @@ def _discard_outputs(paths: RunPaths) -> None:
     run's train.py and the evaluation's result stay in the run folder."""
     for folder in (paths.out, paths.checkpoint, paths.scratch):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _scorer_timings(value: object) -> dict[str, float]:
+    """The scorer's timings from result.json: names to finite seconds, at most 32 of them."""
+    if not isinstance(value, dict):
+        return {}
+    timings = {
+        str(name)[:40]: round(float(seconds), 3)
+        for name, seconds in value.items()
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and math.isfinite(seconds)
+    }
+    return dict(list(timings.items())[:32])
 
 
 def _last_line(log_text: str) -> str:

@@ -136,6 +136,9 @@ def test_better_proposal_merged_worse_rejected(stack: Stack) -> None:
         assert better["decision"]["candidate_bpb"] < baseline_bpb
         assert worse["decision"]["candidate_bpb"] > baseline_bpb
         assert "does not beat" in worse["reason"]
+        scored = better["results"][0]  # the trusted scorer's own split of its evaluation, on the CPU
+        assert scored["logits_slots"] == "host memory (pageable)"
+        assert {"data_s", "models_ready_s", "scored_pass_s", "probe_pass_s"} <= set(scored["scorer_timings"])
         new_best = api.get("/v1/best").json()
         assert new_best["commit"] == better["merged_commit"]
 

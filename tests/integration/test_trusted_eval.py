@@ -222,7 +222,10 @@ def test_honest_score_equals_the_float64_reference(
     assert math.isclose(result["val_bpb"], expected["val_bpb"], rel_tol=1e-6)
     assert result["isolation"] == "model container"
     assert result["probes"]["rows"] >= 2 * BATCH_SIZE and result["probes"]["spliced"] > 0
-    assert {"model_server.py", "evaluate.py", "prepare.py", "tokenizer.json"} <= set(result["fixed_hashes"])
+    assert {"model_server.py", "evaluate.py", "prepare.py", "cuda_ipc.py", "tokenizer.json"} <= set(
+        result["fixed_hashes"]
+    )
+    assert result["logits_slots"] == "host memory (pageable)"  # GPU memory only on CUDA
     setup["honest"] = result
 
 

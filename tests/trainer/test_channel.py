@@ -70,6 +70,39 @@ def test_channel_scores_what_the_in_process_scorer_scores(tmp_path, prepared, ti
     assert channel_result["val_bytes"] == inline_result["val_bytes"]
     assert channel_result["val_bpb"] == pytest.approx(inline_result["val_bpb"], rel=1e-6)
     assert channel_result["probes"]["max_logprob_diff"] <= 1e-5
+    assert channel_result["logits_slots"] == "host memory (pageable)"
+    timings = channel_result["timings"]
+    steps = ("data_s", "models_ready_s", "slots_s", "passes_s", "hash_s", "scored_pass_s", "probe_pass_s")
+    assert all(timings[name] >= 0 for name in steps)
+    assert timings["scored_pass_s"] + timings["probe_pass_s"] <= timings["passes_s"] + 0.01
+    assert timings["scored_wait_s"] + timings["scored_copy_s"] <= timings["scored_pass_s"] + 0.01
+    assert "eval_timings: data_s=" in scorer.stdout
+
+
+def test_a_refused_offer_of_gpu_slots_is_followed_by_host_memory(tmp_path, tiny_checkpoint) -> None:
+    """The real model_server.py on the CPU cannot map GPU slots: it refuses the offer and says why,
+    accepts the memory files offered next, and its logits arrive through them."""
+    sock_path = tmp_path / "c" / "model.sock"
+    listener = evaluate.listen(sock_path)
+    server = start_model_server(sock_path, TRAINER / "train.py", tiny_checkpoint)
+    vocab = json.loads((tiny_checkpoint / "run.json").read_text())["config"]["vocab_size"]
+    inputs = torch.randint(0, vocab, (2, 8))
+    try:
+        channel = evaluate.ModelChannel(evaluate.accept(listener, "a", 60), "a", timeout_s=60)
+        channel.wait_ready()
+        offered = evaluate.SharedSlots(2 * 8 * vocab * 4, "cpu")
+        offered.kind = "cuda"  # what the scorer offers on a GPU; the server's device is the CPU
+        assert channel.share(offered) == "ValueError('GPU buffers for a model on cpu')"
+        assert channel.slots is None
+        offered.close()
+        slots = channel.open_slots(2 * 8 * vocab * 4, "cpu")
+        assert channel.slots is slots and slots.describe() == "host memory (pageable)"
+        logits = channel.forward(inputs, vocab)
+        assert logits.shape == (2, 8, vocab) and bool(torch.isfinite(logits).all())
+        channel.close()
+    finally:
+        output = server.communicate(timeout=30)[0]
+    assert server.returncode == 0, output
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -116,6 +149,7 @@ class HostileServer:
         layout = json.loads(recv_exact(self.sock, length))["slots"]
         for (size,), fd in zip(layout, fds, strict=True):
             self.slots.append(torch.frombuffer(mmap.mmap(fd, size), dtype=torch.float32))
+        send(self.sock, {"buffers": "ok"})
         send(self.sock, self.reply(recv(self.sock), self.slots))
 
     def scribble(self) -> None:
@@ -134,7 +168,7 @@ def hostile() -> Iterator[Callable[..., tuple[evaluate.ModelChannel, HostileServ
         channel = evaluate.ModelChannel(ours, "x", timeout_s=10)
         server = HostileServer(theirs, reply)
         channel.wait_ready()
-        channel.share(evaluate.SharedSlots(2 * 3 * VOCAB * 4, "cpu"))
+        assert channel.share(evaluate.SharedSlots(2 * 3 * VOCAB * 4, "cpu")) is None
         made.append((channel, server))
         return channel, server
 
@@ -175,6 +209,20 @@ def test_a_reply_that_does_not_match_the_request_is_voided(hostile, change: dict
     channel, _ = hostile(lambda request, slots: {**honest(request, slots), **change})
     with pytest.raises(evaluate.Voided, match=reason.replace("(", r"\(").replace(")", r"\)")):
         channel.forward(torch.zeros(2, 3, dtype=torch.int64), VOCAB)
+
+
+def test_a_server_that_does_not_answer_the_offer_of_slots_is_voided() -> None:
+    ours, theirs = socket.socketpair()
+    channel = evaluate.ModelChannel(ours, "x", timeout_s=10)
+    send(theirs, {"ready": True})
+    channel.wait_ready()
+    send(theirs, {"shape": [2, 3, VOCAB], "dtype": "float32", "nbytes": 0, "slot": 0})
+    slots = evaluate.SharedSlots(2 * 3 * VOCAB * 4, "cpu")
+    with pytest.raises(evaluate.Voided, match="protocol violation \\(no answer to the buffers\\)"):
+        channel.share(slots)
+    slots.close()
+    ours.close()
+    theirs.close()
 
 
 def test_slots_are_sealed_memory_files_split_under_the_file_size_cap(tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def test_evaluate_runs_from_a_folder_of_the_fixed_files(tmp_path):
     """As in the image (/opt/autoresearch/trainer): the fixed files in one folder, started from elsewhere."""
     home = tmp_path / "opt"
     home.mkdir()
-    for name in ("evaluate.py", "prepare.py", "model_server.py"):
+    for name in ("evaluate.py", "prepare.py", "model_server.py", "cuda_ipc.py"):
         shutil.copy(TRAINER / name, home / name)
     result = subprocess.run(
         [sys.executable, str(home / "evaluate.py"), "--help"],
