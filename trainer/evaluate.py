@@ -396,6 +396,14 @@ class DeviceSlots(SharedSlots):
         self.buffers = []
 
 
+def gpu_slots(slot_bytes: int, device: str) -> tuple[DeviceSlots | None, str]:
+    """Slots in GPU memory, or None and why the driver refused them."""
+    try:
+        return DeviceSlots(slot_bytes, device), ""
+    except _cuda_ipc.CudaShareError as exc:
+        return None, f"the scorer cannot share GPU memory: {exc}"
+
+
 class ModelChannel:
     """One model server's connection: sends token rows, receives and checks the logits' header
     before it copies their bytes out of its shared slot; anything unexpected raises Voided."""
@@ -465,20 +473,20 @@ class ModelChannel:
             return str(header.get("reason", ""))[:500]
         raise Voided(f"model server {self.name}: protocol violation (no answer to the buffers)")
 
-    def open_slots(self, slot_bytes: int, device: str) -> SharedSlots:
-        """This server's own slots: in GPU memory where the scorer's device is CUDA and both sides
-        can map them, else memory files (what a refusal costs is time, never a score)."""
-        if device.startswith("cuda"):
-            try:
-                offered: SharedSlots = DeviceSlots(slot_bytes, device)
-            except _cuda_ipc.CudaShareError as exc:
-                reason = f"the scorer cannot share GPU memory: {exc}"
-            else:
-                refused = self.share(offered)
-                if refused is None:
-                    return offered
-                offered.close()
-                reason = f"refused by the model server: {refused}"
+    def open_slots(self, slot_bytes: int, device: str, offer: SharedSlots | None = None) -> SharedSlots:
+        """This server's own slots: `offer` (from `gpu_slots`, made while the server was starting)
+        or GPU memory where the scorer's device is CUDA and both sides can map it, else memory
+        files (what a refusal costs is time, never a score)."""
+        reason = ""
+        if offer is None and device.startswith("cuda"):
+            offer, reason = gpu_slots(slot_bytes, device)
+        if offer is not None:
+            refused = self.share(offer)
+            if refused is None:
+                return offer
+            offer.close()
+            reason = f"refused by the model server: {refused}"
+        if reason:
             print(f"evaluate: model server {self.name}: logits slots in host memory ({reason})", flush=True)
         slots = SharedSlots(slot_bytes, device)
         refused = self.share(slots)
@@ -740,10 +748,20 @@ def fixed_hashes(data_dir: Path, val_dir: Path, val_paths: list[Path]) -> dict[s
     return {name: sha256_file(path) for name, path in paths.items() if path.is_file()}
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (interpreter, imports, CUDA); 0.0 where /proc cannot say."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime_s - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     started = time.time()
     clock = time.perf_counter()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"startup_s": process_age_s()}  # before evaluate(): Python, torch
 
     def lap(name: str) -> None:  # seconds since the previous lap (or the start)
         nonlocal clock
@@ -765,10 +783,27 @@ def evaluate(args: argparse.Namespace) -> dict:
     rows = pack_rows([[bos_id, *ids] for ids in encoded], bos_id)
     doc_bytes = sum(len(d.encode("utf-8")) for d in documents)
     lap("data_s")
+    weights = args.checkpoint / "model.safetensors"
+    if not weights.is_file():
+        raise BadCheckpoint(f"missing {weights}")
+    hashes = {  # while the model servers start
+        "checkpoint_sha256": sha256_file(weights),
+        "train_py_sha256": sha256_file(args.train_py),
+        "fixed_hashes": fixed_hashes(args.data_dir, args.val_dir, paths),
+    }
+    lap("hash_s")
     slots_in = "in-process"
     if servers:
         channels = []
+        slot_bytes = args.batch_size * (ROW_TOKENS - 1) * len(byte_lengths) * MAX_WIRE_ITEMSIZE
+        offers: list[SharedSlots | None] = [None] * len(servers)
         try:
+            if args.device.startswith("cuda"):  # each server its own slots: neither sees the other's logits
+                made = [gpu_slots(slot_bytes, args.device) for _ in servers]
+                offers = [offer for offer, _ in made]
+                if made[0][1]:
+                    print(f"evaluate: logits slots in host memory ({made[0][1]})", flush=True)
+            lap("slots_s")
             for name, server in servers.items():
                 channels.append(
                     ModelChannel(accept(server, name, args.connect_timeout), name, args.reply_timeout)
@@ -776,12 +811,13 @@ def evaluate(args: argparse.Namespace) -> dict:
             for channel in channels:
                 channel.wait_ready()
             lap("models_ready_s")
-            slot_bytes = args.batch_size * (ROW_TOKENS - 1) * len(byte_lengths) * MAX_WIRE_ITEMSIZE
-            # each server its own slots: neither sees the other's logits
-            slots = [channel.open_slots(slot_bytes, args.device) for channel in channels]
+            slots = []
+            for i, channel in enumerate(channels):
+                slots.append(channel.open_slots(slot_bytes, args.device, offers[i]))
+                offers[i] = None  # the channel's now (closed with it), or closed on refusal
             slots_in = " and ".join(sorted({s.describe() for s in slots}))
             print(f"evaluate: logits slots of {slot_bytes:,} bytes in {slots_in}", flush=True)
-            lap("slots_s")
+            lap("share_s")
             tolerance = args.probe_tolerance
             if tolerance is None:
                 tolerance = PROBE_TOLERANCE["cuda" if args.device.startswith("cuda") else "cpu"]
@@ -791,6 +827,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         finally:
             for channel in channels:
                 channel.close()
+            for offer in offers:  # made but never handed over
+                if offer is not None:
+                    offer.close()
             for server in servers.values():
                 server.close()
     else:
@@ -801,12 +840,6 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(
             f"target bytes {scored['val_bytes']} != document bytes {doc_bytes} (tokenizer broken?)"
         )
-    hashes = {
-        "checkpoint_sha256": sha256_file(args.checkpoint / "model.safetensors"),
-        "train_py_sha256": sha256_file(args.train_py),
-        "fixed_hashes": fixed_hashes(args.data_dir, args.val_dir, paths),
-    }
-    lap("hash_s")
     timings.update(scored.get("timings", {}))
     return {
         "val_bpb": scored["val_bpb"],
@@ -900,4 +933,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # result.json is written: skip the interpreter's and torch's teardown

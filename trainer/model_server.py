@@ -34,6 +34,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         help="rows of the warm-up batch on CUDA (the scorer's batch size there); 0: none",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):  # the driver starts while the candidate is imported and built
+        threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
     sock = connect(args.socket, args.connect_timeout)
     try:
         model = load_model(args.train_py, args.checkpoint, args.device)
@@ -292,4 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # nothing left to tidy: skip the interpreter's and torch's teardown

@@ -547,11 +547,19 @@ class DockerSandbox:
 
     def _run(self, step: _Step) -> StepOutcome:
         with _translated(f"docker failed running {step.name}"):
+            t0 = time.monotonic()
             container = self._create(step)
+            t1 = time.monotonic()
             try:
-                return self._start_and_supervise(container, step)
+                outcome = self._start_and_supervise(container, step)
             finally:
+                t2 = time.monotonic()
                 _remove(container)
+                log.info(
+                    "container %s: created in %.2f s, start to exit and logs %.2f s, removed in %.2f s",
+                    step.name, t1 - t0, t2 - t1, time.monotonic() - t2,
+                )  # fmt: skip
+            return outcome
 
     def _start_and_supervise(self, container: Any, step: _Step) -> StepOutcome:
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=False)

@@ -72,11 +72,20 @@ def test_channel_scores_what_the_in_process_scorer_scores(tmp_path, prepared, ti
     assert channel_result["probes"]["max_logprob_diff"] <= 1e-5
     assert channel_result["logits_slots"] == "host memory (pageable)"
     timings = channel_result["timings"]
-    steps = ("data_s", "models_ready_s", "slots_s", "passes_s", "hash_s", "scored_pass_s", "probe_pass_s")
+    steps = (
+        "startup_s",
+        "data_s",
+        "hash_s",
+        "slots_s",
+        "models_ready_s",
+        "share_s",
+        "passes_s",
+        "scored_pass_s",
+    )
     assert all(timings[name] >= 0 for name in steps)
     assert timings["scored_pass_s"] + timings["probe_pass_s"] <= timings["passes_s"] + 0.01
     assert timings["scored_wait_s"] + timings["scored_copy_s"] <= timings["scored_pass_s"] + 0.01
-    assert "eval_timings: data_s=" in scorer.stdout
+    assert "eval_timings: startup_s=" in scorer.stdout
 
 
 def test_a_refused_offer_of_gpu_slots_is_followed_by_host_memory(tmp_path, tiny_checkpoint) -> None:
