@@ -102,6 +102,15 @@ def setup(carried: Path, work: Path) -> None:
         probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
         found[module] = probe.returncode == 0
     say("host:", json.dumps(found))
+    # The containers import the host's Python environment read-only, so a module without its bytecode
+    # is compiled again by every process; pip writes the bytecode when it installs into an image.
+    site = Path(torch_site()) if torch_site() else None
+    if site is not None:
+        missing = [p for p in site.rglob("*.py") if not (p.parent / "__pycache__").is_dir()]
+        say(f"host torch: {len(missing)} of its folders with Python files have no bytecode; compiling")
+        started = time.time()
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(site)], capture_output=True)
+        say(f"compileall: {time.time() - started:.1f} s")
     dk = Path("/tmp/dk")
     if not (dk / "dockerd").exists():
         dk.mkdir(parents=True, exist_ok=True)
@@ -141,6 +150,13 @@ def setup(carried: Path, work: Path) -> None:
             time.sleep(1)
     client.api.import_image_from_data(host_rootfs(), repository=HOST_IMAGE.split(":")[0], tag="host")
     say("docker:", client.version()["Version"], "image:", client.images.get(HOST_IMAGE).id[:19])
+
+
+def torch_site() -> str:
+    """The host's torch package folder ("" if torch is missing)."""
+    probe = subprocess.run([sys.executable, "-c", "import torch, os; print(os.path.dirname(torch.__file__))"],
+                           capture_output=True, text=True)  # fmt: skip
+    return probe.stdout.strip() if probe.returncode == 0 else ""
 
 
 def host_rootfs() -> bytes:

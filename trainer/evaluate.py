@@ -53,6 +53,7 @@ import resource
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -872,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         "--hash-only", action="store_true",
         help="print the fixed files' hashes and the evaluator version as one JSON line, score nothing",
     )  # fmt: skip
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda where there is one)")
     parser.add_argument("--max-docs", type=int, default=None, help="score only the first N documents")
     parser.add_argument(
         "--batch-size", type=int, default=None, help="rows per batch (default 32 cuda, 4 cpu)"
@@ -907,6 +908,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda"):  # the driver starts while the documents are read and tokenized
+        threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
     if args.batch_size is None:
         args.batch_size = 32 if args.device.startswith("cuda") else 4
     if args.device == "cpu":

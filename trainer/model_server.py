@@ -38,7 +38,9 @@ import threading
 import time
 from pathlib import Path
 
-import torch
+MODULE_START = time.perf_counter()  # before torch is imported
+
+import torch  # noqa: E402
 
 MAX_HEADER_BYTES = 1 << 16
 MAX_BUFFER_FILES = 256  # the most memory files one SCM_RIGHTS message carries (SCM_MAX_FD 253)
@@ -264,27 +266,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--train-py", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda where there is one)")
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
     parser.add_argument(
         "--warmup-rows", type=int, default=32,
         help="rows of the warm-up batch on CUDA (the scorer's batch size there); 0: none",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda"):  # the driver starts while the candidate is imported and built
         threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
+    started = time.perf_counter()
     sock = connect(args.socket, args.connect_timeout)
     try:
         model = load_model(args.train_py, args.checkpoint, args.device)
     except BaseException as exc:  # the candidate's import or constructor failed: tell the scorer why
         send(sock, {"error": f"cannot build the model: {exc!r}"[:2000]})
         return 2
+    built = time.perf_counter()
     try:
         warm_up(model, args.device, args.warmup_rows, ROW_INPUTS)
     except BaseException as exc:  # it would fail on the first real batch as well
         send(sock, {"error": f"the model failed on a warm-up batch: {exc!r}"[:2000]})
         return 2
     send(sock, {"ready": True})
+    print(
+        f"model_server: ready {time.perf_counter() - MODULE_START:.2f} s after start (imports "
+        f"{started - MODULE_START:.2f} s, connect and model {built - started:.2f} s, warm-up "
+        f"{time.perf_counter() - built:.2f} s)",
+        flush=True,
+    )
     try:
         slots = accept_buffers(sock, args.device)
         if slots is not None:
