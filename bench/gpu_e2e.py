@@ -107,7 +107,7 @@ def setup(carried: Path, work: Path) -> None:
     site = Path(torch_site()) if torch_site() else None
     if site is not None:
         missing = [p for p in site.rglob("*.py") if not (p.parent / "__pycache__").is_dir()]
-        say(f"host torch: {len(missing)} of its folders with Python files have no bytecode; compiling")
+        say(f"host torch: {len(missing)} Python files in folders without bytecode; compiling what is missing")
         started = time.time()
         subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(site)], capture_output=True)
         say(f"compileall: {time.time() - started:.1f} s")
