@@ -26,8 +26,10 @@ so a before/after pair lives in one file) with the raw log in bench/results/logs
 
 The `*-before` runs measured evaluator 2 (logits through the socket), the trainer files of commit
 eff643a, taken out with `git show eff643a:trainer/<name>.py > <dir>/<name>.py` for evaluate.py,
-model_server.py and prepare.py and passed as `--trainer <dir>`; the `*-after` runs evaluator 3.
-On the H100: `--device cuda --batch-size 32 --rows 192` (the scorer's batch size on CUDA).
+model_server.py and prepare.py and passed as `--trainer <dir>`; the `*-after` runs evaluator 3;
+`h100-gpu-slots` evaluator 4 as the scorer runs it (GPU memory slots on CUDA) and `h100-host-slots-v4`
+the same code with `--slots host` (memory files, as evaluator 3). On the H100: `--device cuda
+--batch-size 32 --rows 192 --dtypes float32` (the scorer's batch size on CUDA).
 """
 
 import argparse
