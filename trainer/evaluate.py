@@ -475,20 +475,14 @@ class ModelChannel:
         raise Voided(f"model server {self.name}: protocol violation (no answer to the buffers)")
 
     def open_slots(self, slot_bytes: int, device: str, offer: SharedSlots | None = None) -> SharedSlots:
-        """This server's own slots: `offer` (from `gpu_slots`, made while the server was starting)
-        or GPU memory where the scorer's device is CUDA and both sides can map it, else memory
-        files (what a refusal costs is time, never a score)."""
-        reason = ""
-        if offer is None and device.startswith("cuda"):
-            offer, reason = gpu_slots(slot_bytes, device)
+        """This server's own slots: `offer` (GPU memory from `gpu_slots`) if the server maps it,
+        else memory files (what a refusal costs is time, never a score)."""
         if offer is not None:
             refused = self.share(offer)
             if refused is None:
                 return offer
             offer.close()
-            reason = f"refused by the model server: {refused}"
-        if reason:
-            print(f"evaluate: model server {self.name}: logits slots in host memory ({reason})", flush=True)
+            print(f"evaluate: model server {self.name} refused GPU memory ({refused}); host memory instead", flush=True)
         slots = SharedSlots(slot_bytes, device)
         refused = self.share(slots)
         if refused is not None:

@@ -88,9 +88,9 @@ def test_channel_scores_what_the_in_process_scorer_scores(tmp_path, prepared, ti
     assert "eval_timings: startup_s=" in scorer.stdout
 
 
-def test_a_refused_offer_of_gpu_slots_is_followed_by_host_memory(tmp_path, tiny_checkpoint) -> None:
-    """The real model_server.py on the CPU cannot map GPU slots: it refuses the offer and says why,
-    accepts the memory files offered next, and its logits arrive through them."""
+def test_a_refused_offer_of_gpu_slots_is_followed_by_host_memory(tmp_path, tiny_checkpoint, capsys) -> None:
+    """The real model_server.py on the CPU cannot map GPU slots: it refuses the offer and says why
+    (the scorer logs it), accepts the memory files offered next, and its logits arrive through them."""
     sock_path = tmp_path / "c" / "model.sock"
     listener = evaluate.listen(sock_path)
     server = start_model_server(sock_path, TRAINER / "train.py", tiny_checkpoint)
@@ -101,11 +101,10 @@ def test_a_refused_offer_of_gpu_slots_is_followed_by_host_memory(tmp_path, tiny_
         channel.wait_ready()
         offered = evaluate.SharedSlots(2 * 8 * vocab * 4, "cpu")
         offered.kind = "cuda"  # what the scorer offers on a GPU; the server's device is the CPU
-        assert channel.share(offered) == "ValueError('GPU buffers for a model on cpu')"
-        assert channel.slots is None
-        offered.close()
-        slots = channel.open_slots(2 * 8 * vocab * 4, "cpu")
+        slots = channel.open_slots(2 * 8 * vocab * 4, "cpu", offered)  # refused, then host memory
         assert channel.slots is slots and slots.describe() == "host memory (pageable)"
+        assert offered.fds == [] and offered.chunks == []  # the refused offer is closed
+        assert "refused GPU memory (ValueError('GPU buffers for a model on cpu'))" in capsys.readouterr().out
         logits = channel.forward(inputs, vocab)
         assert logits.shape == (2, 8, vocab) and bool(torch.isfinite(logits).all())
         channel.close()
