@@ -192,7 +192,9 @@ class _LogTail:
                 self._buffer += chunk
                 if len(self._buffer) > 2 * self._cap:  # trim rarely: amortised O(1) per byte
                     del self._buffer[: len(self._buffer) - self._cap]
-        except (OSError, docker.errors.DockerException) as exc:  # stream torn down under us
+        except (OSError, ValueError, docker.errors.DockerException) as exc:
+            # the stream torn down under us: the daemon went away, or close() ran while a read was
+            # blocked (ValueError: "I/O operation on closed file")
             self.error = exc
 
     def finish(self, timeout_s: float) -> tuple[str, bool]:
