@@ -796,8 +796,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             if args.device.startswith("cuda"):  # each server its own slots: neither sees the other's logits
                 made = [gpu_slots(slot_bytes, args.device) for _ in servers]
                 offers = [offer for offer, _ in made]
-                if made[0][1]:
-                    print(f"evaluate: logits slots in host memory ({made[0][1]})", flush=True)
+                for reason in sorted({reason for _, reason in made if reason}):
+                    print(f"evaluate: logits slots in host memory ({reason})", flush=True)
             lap("slots_s")
             for name, server in servers.items():
                 channels.append(
