@@ -4,6 +4,7 @@ and takes seconds when nothing changed), and host folders standing in for the da
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ from services.store import Store
 from tests.integration.live_server import seed, serve, settings_for
 
 REPO = Path(__file__).resolve().parents[2]
-TRAINER_IMAGE = "autoresearch/trainer:cpu"
+# build-images.sh reads the same variable: a checkout can test its own trainer image beside another's
+TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "autoresearch/trainer:cpu")
 BUILD_TIMEOUT_S = 1800  # a cold build (base image, torch wheel, pip installs) takes a few minutes
 TRAIN_MARKER = "train-data-marker"
 VAL_MARKER = "val-data-secret-marker"  # must never be readable in a training container
