@@ -16,7 +16,7 @@ no stored result, so their time is not counted.
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -126,14 +126,20 @@ class Snapshot:
     at: float
 
 
-def snapshot(store: Store, conn: "redis.Redis[bytes]", digests: DigestCache) -> Snapshot:
+def snapshot(
+    store: Store,
+    conn: "redis.Redis[bytes]",
+    digests: DigestCache,
+    score: Callable[[float | None], float | None] = lambda x: x,
+) -> Snapshot:
+    """`score` shows the best's val_bpb as this route's audience may see it (rounded for agents)."""
     best = store.get_best()
     program = store.program_version()
     return Snapshot(
         queues=queue_depths(conn),
         states=store.count_by_state(),
         digests=digests.refresh(store),
-        best_val_bpb=None if best is None else best.val_bpb,
+        best_val_bpb=None if best is None else score(best.val_bpb),
         program_version=None if program is None else program.version,
         at=time.time(),
     )
@@ -163,7 +169,7 @@ class _SnapshotCollector(Collector):
             "runs", "Stored runs (one training + evaluation) by outcome.", "outcome", outcomes.items()
         )
         yield _durations(runs)
-        busy = sum(run.train_s + run.eval_s for run in runs)
+        busy = float(round(sum(run.train_s + run.eval_s for run in runs)))  # whole seconds: no per-run timing
         yield _counter(
             "gpu_busy_seconds", "Seconds training and evaluation containers held a GPU.", None, [("", busy)]
         )

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     screen_margin_sigma: float = Field(0.5, ge=0.0, le=10.0)  # confirm screens up to this many σ worse
     accept_z: float = Field(2.6, gt=0.0, le=10.0)  # one-sided z of the bound; 2.6 keeps false accepts < 1%
     noise_sigma_prior_bpb: float = Field(0.001, gt=0.0, le=1.0)  # σ until calibration has 3 dof
+    # Decimals of the scores agents see (admins see full precision; services/controller/disclosure.py).
+    # 4 (0.0001 bpb) is about σ/10 at the 300 s budget (σ 0.0005 on an H200, 0.0009 on an H100).
+    agent_score_decimals: int = Field(4, ge=1, le=9)
 
     # --- sandbox
     trainer_image: str = "autoresearch/trainer:cpu"

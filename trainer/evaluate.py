@@ -70,12 +70,39 @@ DEFAULT_SEED = 0
 HASH_CHUNK_BYTES = 1 << 22
 
 
+# Why a run could not be scored, as one fixed word: the only thing about a failure that leaves the
+# evaluation (result.json's "failure"). The message beside it names shapes, values or text that the
+# candidate's code chose, so it goes to the scorer's own log alone, which agents never see.
+FAILURE_CODES = (
+    "checkpoint",  # model.safetensors or run.json missing or unreadable
+    "model_build",  # the candidate's model could not be built or loaded, or failed its warm-up
+    "model_forward",  # the model server reported an error for a batch
+    "model_crashed",  # the model server closed the channel, or the channel broke
+    "model_timeout",  # the model server did not connect, get ready or answer in time
+    "protocol",  # the model server sent something the protocol does not allow
+    "logits_shape",  # logits not [B, T, V]
+    "logits_dtype",  # logits not of a float dtype
+    "non_finite",  # logits with NaN or infinity
+    "lookahead",  # the causality probes differ from the scored pass
+)
+
+
 class BadCheckpoint(Exception):
-    """The checkpoint or the model it builds cannot be scored (exit code 2)."""
+    """The checkpoint or the model it builds cannot be scored (exit code 2). `code` is one of
+    FAILURE_CODES; the message is for the scorer's log only."""
+
+    default_code = "checkpoint"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code or self.default_code
+        assert self.code in FAILURE_CODES, self.code
 
 
 class Voided(BadCheckpoint):
-    """The model broke the protocol or cheated (exit code 2, "evaluate: voided: <reason>")."""
+    """The model broke the protocol or cheated (exit code 2, "evaluate: voided [code]: <reason>")."""
+
+    default_code = "protocol"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,19 +242,19 @@ def load_candidate(train_py: Path, checkpoint: Path, device: str) -> tuple[torch
         raise BadCheckpoint(f"{run_json}: no JSON object with a 'config' field ({exc})") from exc
     spec = importlib.util.spec_from_file_location("candidate_train", train_py)
     if spec is None or spec.loader is None:
-        raise BadCheckpoint(f"cannot import {train_py}")
+        raise BadCheckpoint(f"cannot import {train_py}", "model_build")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not callable(getattr(module, "build_model", None)):
-        raise BadCheckpoint(f"{train_py} defines no build_model(config)")
+        raise BadCheckpoint(f"{train_py} defines no build_model(config)", "model_build")
     try:
         model = module.build_model(config)
     except Exception as exc:  # any failure of the candidate's constructor is the checkpoint's fault
-        raise BadCheckpoint(f"build_model(run.json config) failed: {exc!r}") from exc
+        raise BadCheckpoint(f"build_model(run.json config) failed: {exc!r}", "model_build") from exc
     try:
         load_model(model, str(weights), strict=True, device="cpu")
     except Exception as exc:  # safetensors reports shape and key mismatches as RuntimeError or others
-        raise BadCheckpoint(f"{weights} does not fit build_model(config): {exc}") from exc
+        raise BadCheckpoint(f"{weights} does not fit build_model(config): {exc}", "model_build") from exc
     return model.to(device).eval(), config
 
 
@@ -249,12 +276,12 @@ def score_rows(model, rows: Rows, byte_lengths: np.ndarray, batch_size: int, dev
             logits = model(inputs)
             if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (*inputs.shape, vocab):
                 shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise BadCheckpoint(f"logits have shape {shape}; want {(*inputs.shape, vocab)}")
+                raise BadCheckpoint(f"logits have shape {shape}; want {(*inputs.shape, vocab)}", "logits_shape")
             if not logits.is_floating_point():
-                raise BadCheckpoint(f"logits have dtype {logits.dtype}; want a float dtype")
+                raise BadCheckpoint(f"logits have dtype {logits.dtype}; want a float dtype", "logits_dtype")
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             if not bool(torch.isfinite(logprobs).all()):
-                raise BadCheckpoint("non-finite logits")
+                raise BadCheckpoint("non-finite logits", "non_finite")
             target_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             nats -= target_logprobs[mask].double().sum()
             num_bytes += byte_table[targets[mask]].sum()
@@ -413,6 +440,7 @@ class ModelChannel:
         self.conn, self.name = conn, name
         self.slots: SharedSlots | None = None
         self.timings = {"wait_s": 0.0, "copy_s": 0.0}  # blocked on replies; copying logits out
+        self.ready = False  # an error before "ready" is the model's build; after, a forward pass
         conn.settimeout(timeout_s)
 
     def _recv_exact(self, n: int) -> bytearray:
@@ -423,11 +451,11 @@ class ModelChannel:
             try:
                 k = self.conn.recv_into(view[got:], n - got)
             except TimeoutError as exc:
-                raise Voided(f"model server {self.name}: no reply in time") from exc
+                raise Voided(f"model server {self.name}: no reply in time", "model_timeout") from exc
             except OSError as exc:
-                raise Voided(f"model server {self.name}: channel error {exc}") from exc
+                raise Voided(f"model server {self.name}: channel error {exc}", "model_crashed") from exc
             if k == 0:
-                raise Voided(f"model server {self.name} closed the channel (crashed or exited)")
+                raise Voided(f"model server {self.name} closed the channel (crashed or exited)", "model_crashed")
             got += k
         return buffer
 
@@ -442,7 +470,8 @@ class ModelChannel:
         if not isinstance(header, dict):
             raise Voided(f"model server {self.name}: protocol violation (header not an object)")
         if "error" in header:
-            raise BadCheckpoint(f"model server {self.name}: {str(header['error'])[:500]}")
+            code = "model_forward" if self.ready else "model_build"
+            raise BadCheckpoint(f"model server {self.name}: {str(header['error'])[:500]}", code)
         return header
 
     def _send(self, header: dict, payload: memoryview | bytes = b"", fds: list[int] | None = None) -> None:
@@ -456,11 +485,12 @@ class ModelChannel:
             if len(payload):
                 self.conn.sendall(payload)
         except OSError as exc:
-            raise Voided(f"model server {self.name}: channel error {exc}") from exc
+            raise Voided(f"model server {self.name}: channel error {exc}", "model_crashed") from exc
 
     def wait_ready(self) -> None:
         if self._header() != {"ready": True}:
             raise Voided(f"model server {self.name}: protocol violation (no ready message)")
+        self.ready = True
 
     def share(self, slots: SharedSlots) -> str | None:
         """Offer the model server its logits slots (after it is ready): None when it mapped them
@@ -507,10 +537,12 @@ class ModelChannel:
         header = self._header()
         want = [*inputs.shape, vocab]
         if header.get("shape") != want:
-            raise Voided(f"logits have shape {header.get('shape')}; want {want}")
+            raise Voided(f"logits have shape {header.get('shape')}; want {want}", "logits_shape")
         dtype = WIRE_DTYPES.get(str(header.get("dtype")))
         if dtype is None:
-            raise Voided(f"logits have dtype {header.get('dtype')!r}; want float32, bfloat16 or float16")
+            raise Voided(
+                f"logits have dtype {header.get('dtype')!r}; want float32, bfloat16 or float16", "logits_dtype"
+            )
         nbytes = math.prod(want) * dtype.itemsize
         if header.get("nbytes") != nbytes:
             raise Voided(
@@ -580,7 +612,7 @@ def accept(server: socket.socket, name: str, timeout_s: float) -> socket.socket:
     try:
         conn, _ = server.accept()
     except TimeoutError as exc:
-        raise Voided(f"model server {name} did not connect within {timeout_s:.0f} s") from exc
+        raise Voided(f"model server {name} did not connect within {timeout_s:.0f} s", "model_timeout") from exc
     finally:
         server.close()  # one connection per socket: one container, one model instance
     conn.setblocking(True)
@@ -591,7 +623,7 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, device: str) ->
     """log_softmax in float32 by the scorer, gathered at the targets; checks finiteness."""
     logprobs = torch.log_softmax(logits.to(device).float(), dim=-1)
     if not bool(torch.isfinite(logprobs).all()):
-        raise Voided("non-finite logits")
+        raise Voided("non-finite logits", "non_finite")
     return logprobs.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
 
 
@@ -698,7 +730,8 @@ def score_remote(
             what = f"a probe spliced at {int(cut)}" if cut < rows.tokens.shape[1] else "a repeated row"
             raise Voided(
                 f"look-ahead or inconsistent logits: {what} changed log-probs before its splice by "
-                f"{diff:.3g} (tolerance {tolerance:g})"
+                f"{diff:.3g} (tolerance {tolerance:g})",
+                "lookahead",
             )
     return {
         "nats": nats,
@@ -856,6 +889,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
 
 
+def write_result(path: Path, result: dict) -> None:
+    """result.json, whole or not at all (written beside it, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-py", type=Path, help="hashed only, with --channel")
@@ -912,16 +953,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     try:
         result = evaluate(args)
-    except Voided as exc:
-        print(f"evaluate: voided: {exc}", file=sys.stderr)
-        return 2
     except BadCheckpoint as exc:
-        print(f"evaluate: bad checkpoint: {exc}", file=sys.stderr)
+        kind = "voided" if isinstance(exc, Voided) else "bad checkpoint"
+        print(f"evaluate: {kind} [{exc.code}]: {exc}", file=sys.stderr)
+        write_result(args.out, {"evaluator_version": EVALUATOR_VERSION, "failure": exc.code})
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    write_result(args.out, result)
     print(f"val_bpb: {result['val_bpb']:.6f}")
     print(f"val_tokens: {result['val_tokens']}")
     print(f"val_bytes: {result['val_bytes']}")

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import auth
+from services.controller.disclosure import Disclosure
 from services.controller.events import EventHub
 from services.metrics import DigestCache
 from services.settings import Settings
@@ -74,3 +75,11 @@ def _admin(principal: Caller) -> auth.Principal:
 
 
 Admin = Annotated[auth.Principal, Depends(_admin)]
+
+
+def _viewer(principal: Caller, settings: SettingsDep) -> Disclosure:
+    return Disclosure.of(principal, settings)
+
+
+# An authenticated caller and what it may see (admins everything; agents rounded scores, no test figures)
+Viewer = Annotated[Disclosure, Depends(_viewer)]

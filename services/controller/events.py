@@ -25,6 +25,7 @@ from typing import Any
 
 from anyio import to_thread
 
+from services.controller.disclosure import Disclosure
 from services.errors import StoreUnavailable
 from services.states import TERMINAL, State
 from services.store import EventSubscription, Store
@@ -145,15 +146,16 @@ def _put(queue: "asyncio.Queue[dict[str, Any] | None]", message: dict[str, Any] 
 
 
 async def transitions(
-    hub: EventHub, store: Store, proposal_id: str | None, heartbeat_s: float = HEARTBEAT_S
+    hub: EventHub, store: Store, proposal_id: str | None, viewer: Disclosure, heartbeat_s: float = HEARTBEAT_S
 ) -> AsyncIterator[str]:
-    """`state` events for every transition (or one proposal's). For one proposal, the first event is
-    its current state, and the stream ends after a terminal state."""
+    """`state` events for every transition (or one proposal's), as `viewer` may see them. For one
+    proposal, the first event is its current state, and the stream ends after a terminal state."""
     async with hub.listen() as queue:
         yield preamble()
         if proposal_id is not None:
             proposal = await to_thread.run_sync(store.get, proposal_id)
-            yield sse("state", _transition(proposal.id, proposal.state, proposal.reason, proposal.updated_at))
+            current = _transition(proposal.id, proposal.state, proposal.reason, proposal.updated_at)
+            yield sse("state", viewer.data(current))
             if proposal.state in TERMINAL:
                 return
         while True:
@@ -169,7 +171,7 @@ async def transitions(
                 return
             if proposal_id is not None and message.get("proposal_id") != proposal_id:
                 continue
-            yield sse("state", message)
+            yield sse("state", viewer.data(message))
             if proposal_id is not None and message.get("state") in TERMINAL:
                 return
 

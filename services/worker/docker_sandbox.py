@@ -20,7 +20,10 @@ Enforced
   - output size: the writable folders are measured about once a second and the container killed
     beyond max_output_bytes (or max_output_files entries)
   - log: stdout and stderr are read live from the attach stream (the Docker log driver is off, so
-    the daemon writes nothing to the host's disk); the last max_log_bytes are kept
+    the daemon writes nothing to the host's disk); the last max_log_bytes are kept; only a training
+    container's output is streamed to the proposal's live log: the evaluation's containers (scorer and
+    model servers) are logged to the run folder alone, since the candidate's model prints there while
+    it holds validation rows
   - every container labelled (`autoresearch.managed=1`, proposal, run, step, and the owner that
     started it) and removed in `finally`; `reaper.py` removes strays
 
@@ -168,6 +171,9 @@ class _Step:
     # model containers: the scorer's end kills them on purpose, and a daemon stop shows in the scorer.
     outside_stop_is_infra: bool = True
     memory_bytes: int | None = None  # instead of container_memory_bytes (probes: trusted code only)
+    # Streamed to `log_sink` (the proposal's live log, which agents read): training only. What the
+    # scorer and the model containers print during evaluation may hold validation data.
+    live_log: bool = False
 
 
 class _LogTail:
@@ -233,7 +239,8 @@ class DockerSandbox:
     runs the old single evaluation container (tests with their own evaluator only).
     `extra_env` is operator configuration added to every container (e.g. LD_LIBRARY_PATH for
     gpu_mode "devices" with the host's driver mounted); nothing is taken from the worker's own
-    environment. `log_sink(proposal_id, chunk)` receives the output live (the API's log stream).
+    environment. `log_sink(proposal_id, chunk)` receives a training container's output live (the
+    API's log stream); evaluation output never goes there.
     `owner` labels the containers (the worker's name), for `remove_strays`.
     """
 
@@ -311,6 +318,7 @@ class DockerSandbox:
             watched=[paths.out, paths.cache],
             scratch=paths.scratch,
             log_path=paths.train_log,
+            live_log=True,
         )
         return self._run(step)
 
@@ -567,7 +575,7 @@ class DockerSandbox:
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=False)
         sink = None
         proposal_id = step.labels.get(LABEL_PROPOSAL)
-        if self.log_sink is not None and proposal_id:  # the environment probe belongs to no proposal
+        if self.log_sink is not None and proposal_id and step.live_log:
             sink = functools.partial(self.log_sink, proposal_id)
         logs = _LogTail(stream, self.settings.max_log_bytes, sink)
         try:

@@ -21,7 +21,7 @@ from services.models import Fingerprint, Proposal, RunResult, StepTimings, new_i
 from services.settings import Settings
 from services.states import State
 from services.store import Store
-from services.worker import fixed_files, lease
+from services.worker import eval_failure, fixed_files, lease
 from services.worker.collect import collect_checkpoint, prepare_run_dir, read_result
 from services.worker.sandbox import EvalRequest, RunPaths, Sandbox, StepOutcome, TrainRequest
 
@@ -227,12 +227,9 @@ class Worker:
         timings = StepTimings(
             prepare_s=t1 - t0, train_container_s=t2 - t1, collect_s=t3 - t2, eval_container_s=t4 - t3
         )
-        if evaluated.exit_code != 0 or evaluated.timed_out:
-            why = "timed out" if evaluated.timed_out else f"exit code {evaluated.exit_code}"
-            return RunResult(
-                **{**base, "log_tail": self._tail(evaluated.log)}, state=State.VOIDED,
-                reason=f"evaluation failed ({why}): {_last_line(evaluated.log)}", timings=timings,
-            )  # fmt: skip
+        if evaluated.exit_code != 0 or evaluated.timed_out:  # the scorer's log never reaches the proposal
+            why = eval_failure.reason(evaluated, _failure_code(paths), self.settings.eval_timeout_s)
+            return RunResult(**base, state=State.VOIDED, reason=why, timings=timings)
         try:
             scored = read_result(paths)
         except RunFailed as exc:
@@ -391,6 +388,14 @@ def _discard_outputs(paths: RunPaths) -> None:
     run's train.py and the evaluation's result stay in the run folder."""
     for folder in (paths.out, paths.checkpoint, paths.scratch):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _failure_code(paths: RunPaths) -> str:
+    """The trusted scorer's failure code from its result.json, "" if it wrote none."""
+    try:
+        return str(read_result(paths).get("failure", ""))
+    except RunFailed:
+        return ""
 
 
 def _scorer_timings(value: object) -> dict[str, float]:

@@ -128,14 +128,14 @@ CHEATS: dict[str, str] = {
         """),
 }
 
-VOIDED_BECAUSE = {
-    "look_ahead": "look-ahead",
-    "batch_position": "look-ahead",
-    "row_content": "look-ahead",
-    "eval_detector": "look-ahead",
-    "non_finite": "non-finite logits",
-    "wrong_shape": "logits have shape",
-    "protocol": "protocol violation",
+VOIDED_BECAUSE = {  # the scorer's failure code (result.json) and its log's wording
+    "look_ahead": ("lookahead", "look-ahead"),
+    "batch_position": ("lookahead", "look-ahead"),
+    "row_content": ("lookahead", "look-ahead"),
+    "eval_detector": ("lookahead", "look-ahead"),
+    "non_finite": ("non_finite", "non-finite logits"),
+    "wrong_shape": ("logits_shape", "logits have shape"),
+    "protocol": ("protocol", "protocol violation"),
 }
 
 
@@ -232,9 +232,12 @@ def test_honest_score_equals_the_float64_reference(
 @pytest.mark.parametrize("cheat", sorted(VOIDED_BECAUSE))
 def test_cheat_is_voided_with_its_reason(evaluate_code: Callable[..., Any], cheat: str) -> None:
     outcome, result = evaluate_code(cheat.replace("_", "-"), TRAIN_PY + WRAP + CHEATS[cheat])
-    assert outcome.exit_code == 2 and result is None, outcome.log[-2000:]
+    code, wording = VOIDED_BECAUSE[cheat]
+    assert outcome.exit_code == 2, outcome.log[-2000:]
+    assert result is not None and set(result) == {"evaluator_version", "failure"}, result
+    assert result["failure"] == code  # the one word that leaves the evaluation
     last = outcome.log.strip().splitlines()[-1]
-    assert last.startswith("evaluate: voided: ") and VOIDED_BECAUSE[cheat] in last, last
+    assert last.startswith(f"evaluate: voided [{code}]: ") and wording in last, last
 
 
 @pytest.mark.parametrize("cheat", ["monkeypatch", "forger"])

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from services.controller import logic, research
-from services.controller.deps import Caller, SettingsDep, StoreDep
+from services.controller.deps import Caller, SettingsDep, StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import BestView, LeaderboardRow, score_of
 
@@ -15,12 +15,13 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: PROBLEM_RESPONSE, 422: PROBLE
 
 
 @router.get("/best", response_model=BestView)
-def best(caller: Caller, store: StoreDep) -> BestView:
+def best(viewer: Viewer, store: StoreDep) -> BestView:
     """The head of the research branch: commit, score and its train.py."""
     current, train_py = logic.best_train_py(store)
-    return BestView(
+    view = BestView(
         **current.model_dump(include={"commit", "val_bpb", "proposal_id", "updated_at"}), train_py=train_py
     )
+    return viewer.model(view)
 
 
 @router.get("/best/train.py", response_class=PlainTextResponse)
@@ -41,7 +42,7 @@ FingerprintKey = Annotated[
 
 @router.get("/leaderboard", response_model=list[LeaderboardRow], responses=NOT_FOUND)
 def leaderboard(
-    caller: Caller,
+    viewer: Viewer,
     store: StoreDep,
     settings: SettingsDep,
     limit: Annotated[int | None, Query(ge=1, description="default 50")] = None,
@@ -49,7 +50,7 @@ def leaderboard(
 ) -> list[LeaderboardRow]:
     """Scored proposals of one fingerprint, best (lowest val_bpb) first; fingerprints never mix."""
     key, proposals = research.leaderboard(store, logic.page_size(settings, limit), fingerprint)
-    return [
+    rows = [
         LeaderboardRow(
             id=p.id,
             title=p.title,
@@ -62,3 +63,4 @@ def leaderboard(
         )
         for p in proposals
     ]
+    return viewer.models(rows)

@@ -8,7 +8,7 @@ from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
 from services.controller import events
-from services.controller.deps import Caller, HeartbeatDep, HubDep, StoreDep
+from services.controller.deps import Caller, HeartbeatDep, HubDep, StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.routes.proposals import ProposalId
 
@@ -44,7 +44,7 @@ LastEventId = Annotated[
 
 @router.get("/events", response_class=StreamingResponse, responses=STREAM_RESPONSES)
 async def transitions(
-    caller: Caller,
+    viewer: Viewer,
     store: StoreDep,
     hub: HubDep,
     heartbeat_s: HeartbeatDep,
@@ -54,7 +54,7 @@ async def transitions(
     (then the current state comes first and the stream ends after a terminal state)."""
     if proposal_id is not None:
         await run_in_threadpool(store.get, proposal_id)  # 404 before the stream starts
-    stream = events.transitions(hub, store, proposal_id, heartbeat_s)
+    stream = events.transitions(hub, store, proposal_id, viewer, heartbeat_s)
     return StreamingResponse(stream, media_type=EVENT_STREAM, headers=STREAM_HEADERS)
 
 

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from services.controller import logic, research
-from services.controller.deps import Caller, DigestsDep, RedisDep, StoreDep
+from services.controller.deps import DigestsDep, RedisDep, StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import Health, Ready, StatusView
 
@@ -23,12 +23,12 @@ def readyz(store: StoreDep) -> Ready:
 
 
 @router.get("/v1/status", response_model=StatusView, tags=["health"])
-def status(caller: Caller, store: StoreDep, conn: RedisDep, digests: DigestsDep) -> StatusView:
+def status(viewer: Viewer, store: StoreDep, conn: RedisDep, digests: DigestsDep) -> StatusView:
     """Queue depths, proposals per state, the best commit, and GPU-seconds spent per improvement."""
     current = logic.status(store, conn)
     best = current.best
     cost = research.cost(store, digests)
-    return StatusView(
+    view = StatusView(
         queues=current.queues,
         states=current.states,
         best_commit=None if best is None else best.commit,
@@ -37,3 +37,4 @@ def status(caller: Caller, store: StoreDep, conn: RedisDep, digests: DigestsDep)
         merged_improvements=cost.merged_improvements,
         gpu_seconds_per_improvement=cost.gpu_seconds_per_improvement,
     )
+    return viewer.model(view)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
 from services.controller import logic
-from services.controller.deps import Admin, Caller, RedisDep, SettingsDep, StoreDep
+from services.controller.deps import Admin, Caller, RedisDep, SettingsDep, StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import ProposalDetail, ProposalPage, ProposalSummary, SubmitProposal
 from services.states import State
@@ -41,6 +41,7 @@ def submit(
     body: SubmitProposal,
     response: Response,
     caller: Caller,
+    viewer: Viewer,
     store: StoreDep,
     conn: RedisDep,
     settings: SettingsDep,
@@ -50,12 +51,12 @@ def submit(
     proposal, created = logic.submit_proposal(store, conn, settings, caller, body, idempotency_key)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/proposals/{proposal.id}"
-    return ProposalDetail.of(proposal, store.events(proposal.id))
+    return viewer.model(ProposalDetail.of(proposal, store.events(proposal.id)))
 
 
 @router.get("", response_model=ProposalPage, responses={422: PROBLEM_RESPONSE})
 def list_proposals(
-    caller: Caller,
+    viewer: Viewer,
     store: StoreDep,
     settings: SettingsDep,
     state: State | None = None,
@@ -64,15 +65,16 @@ def list_proposals(
 ) -> ProposalPage:
     """Newest first, optionally only those in one state."""
     proposals, total, size = logic.list_proposals(store, settings, state, offset, limit)
-    return ProposalPage(
+    page = ProposalPage(
         items=[ProposalSummary.of(p) for p in proposals], total=total, offset=offset, limit=size
     )
+    return viewer.model(page)
 
 
 @router.get("/{proposal_id}", response_model=ProposalDetail, responses=NOT_FOUND)
-def get_proposal(proposal_id: ProposalId, caller: Caller, store: StoreDep) -> ProposalDetail:
-    """Everything about one proposal, with its event history."""
-    return ProposalDetail.of(*logic.get_proposal(store, proposal_id))
+def get_proposal(proposal_id: ProposalId, viewer: Viewer, store: StoreDep) -> ProposalDetail:
+    """Everything about one proposal, with its event history (agents: rounded scores, no test figures)."""
+    return viewer.model(ProposalDetail.of(*logic.get_proposal(store, proposal_id)))
 
 
 @router.get("/{proposal_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND)

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from services.controller import research
-from services.controller.deps import Caller, SettingsDep, StoreDep
+from services.controller.deps import Caller, SettingsDep, StoreDep, Viewer
 from services.controller.schemas import CalibrationView, FingerprintView, LineageView
 
 router = APIRouter(prefix="/v1", tags=["research"])
@@ -17,9 +17,9 @@ class TsvResponse(PlainTextResponse):
 
 
 @router.get("/lineage", response_model=list[LineageView])
-def lineage(caller: Caller, store: StoreDep) -> list[LineageView]:
+def lineage(viewer: Viewer, store: StoreDep) -> list[LineageView]:
     """The research branch, oldest first: each commit with its parent, proposal, score, Δ and decision."""
-    return research.lineage(store)
+    return viewer.models(research.lineage(store))
 
 
 @router.get(
@@ -27,15 +27,15 @@ def lineage(caller: Caller, store: StoreDep) -> list[LineageView]:
     response_class=TsvResponse,
     responses={200: {"content": {TSV_MEDIA_TYPE: {}}, "description": "upstream's results.tsv columns"}},
 )
-def results_tsv(caller: Caller, store: StoreDep) -> TsvResponse:
+def results_tsv(viewer: Viewer, store: StoreDep) -> TsvResponse:
     """`commit val_bpb memory_gb status description`, tab-separated: keep, discard and crash rows."""
-    return TsvResponse(research.results_tsv(store))
+    return TsvResponse(viewer.text(research.results_tsv(store)))
 
 
 @router.get("/calibration", response_model=list[CalibrationView])
-def calibration(caller: Caller, store: StoreDep, settings: SettingsDep) -> list[CalibrationView]:
+def calibration(viewer: Viewer, store: StoreDep, settings: SettingsDep) -> list[CalibrationView]:
     """Per fingerprint: the run-to-run σ the committer decides with, where it comes from, and its runs."""
-    return [CalibrationView(**vars(row)) for row in research.calibration(store, settings)]
+    return viewer.models([CalibrationView(**vars(row)) for row in research.calibration(store, settings)])
 
 
 @router.get("/fingerprints", response_model=list[FingerprintView])
