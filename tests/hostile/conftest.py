@@ -239,7 +239,9 @@ def hostile(
     (victim / "train.log").write_text("another run's log\n")
     for path in (tmp_path, settings.runs_dir, victim, victim / "out"):
         path.chmod(0o755)  # readable by uid 65534, as a careless host would leave them
-    sandbox = DockerSandbox(settings, docker_client, eval_max_docs=8, log_sink=store.append_live_log)  # as in production
+    sandbox = DockerSandbox(
+        settings, docker_client, eval_max_docs=8, log_sink=store.append_live_log
+    )  # as in production
     worker_jobs.configure(
         Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="hw")
     )
