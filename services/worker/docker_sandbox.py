@@ -98,7 +98,7 @@ POLL_INTERVAL_S = 1.0  # how often the writable folders are measured while a con
 STOP_TIMEOUT_S = 30.0  # how long a SIGKILLed container may take to be reported as exited
 EVENTS_SLACK_S = 1.0  # the events query starts this long before `start`: the daemon's clock may lag ours
 READY_POLL_S = 0.5  # how often `wait_ready` asks the daemon whether it answers again
-LOG_DRAIN_TIMEOUT_S = 10.0  # how long the log stream may lag behind the container's exit
+LOG_DRAIN_TIMEOUT_S = 10.0  # after the container's exit, how long the log stream may send nothing
 PROBE_TIMEOUT_S = 120  # the environment probe imports torch; a cold start takes a few seconds
 # Both probes import torch (~220 MB resident) and run no candidate code, so a container_memory_bytes
 # set low for hostile code (tests) does not starve them.
@@ -203,12 +203,18 @@ class _LogTail:
             # blocked (ValueError: "I/O operation on closed file")
             self.error = exc
 
-    def finish(self, timeout_s: float) -> tuple[str, bool]:
-        """Wait for the stream to end (close it if it lags), then return (text, truncated)."""
-        self._thread.join(timeout_s)
+    def finish(self, idle_timeout_s: float) -> tuple[str, bool]:
+        """Wait for the stream to end, then return (text, truncated). The container has exited, so
+        the stream ends once the daemon has sent what it holds: wait as long as bytes keep arriving
+        (on a loaded machine reading a flood takes long, and the last bytes are the ones users need),
+        and close it only after `idle_timeout_s` with none."""
+        seen = -1
+        while self._thread.is_alive() and self.total_bytes != seen:
+            seen = self.total_bytes
+            self._thread.join(idle_timeout_s)
         if self._thread.is_alive():
             self.close()
-            self._thread.join(timeout_s)
+            self._thread.join(idle_timeout_s)
         kept = bytes(self._buffer[-self._cap :])
         truncated = self.total_bytes > len(kept)
         text = kept.decode("utf-8", "replace")
