@@ -15,7 +15,7 @@ from services.committer import rules
 from services.committer.repo import CommitInfo, HeadMoved, ResearchRepo
 from services.errors import ProposalError
 from services.models import Best, Decision, LineageEntry, Proposal, RunResult, new_id, now
-from services.patches import build_candidate
+from services.patches import build_candidate, split_lines
 from services.settings import Settings
 from services.states import State
 from services.store import Store
@@ -329,7 +329,7 @@ def only_seed_changed(diff: str) -> bool:
     """True when every line the diff adds or removes mentions a seed: such a change cannot improve the
     model, only pick luck (the harness chooses seeds)."""
     changed = [
-        line[1:] for line in diff.splitlines()
+        line[1:] for line in split_lines(diff)
         if line[:1] in "+-" and not line.startswith(("+++", "---")) and line[1:].strip()
     ]  # fmt: skip
     return bool(changed) and all("seed" in line.lower() for line in changed)
