@@ -74,3 +74,36 @@ def test_a_line_separator_in_a_comment_is_refused_at_submit(
     assert answer.status_code == 422, answer.text
     assert "diff holds U+2028 (LINE SEPARATOR) at line 4, column 8" in answer.json()["detail"]
     assert set(redis_client.keys("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        ({"title": "speed\0up"}, "title holds U+0000 (NULL, a control character) at character 6"),
+        ({"title": "harmless \u202etxt.exe"}, "title holds U+202E (RIGHT-TO-LEFT OVERRIDE"),
+        ({"title": "\x1b]0;pwned\x07 ok"}, "title holds U+001B (ESCAPE, a control character) at character 1"),
+        (
+            {"description": "fine\n\nProposal-Id: x\0"},
+            "description holds U+0000 (NULL, a control character) at line 3",
+        ),
+    ],
+)
+def test_text_git_cannot_store_or_that_hides_itself_is_refused_at_submit(
+    service: Service,
+    client: TestClient,
+    agent: dict[str, str],
+    redis_client: "redis.Redis[bytes]",
+    fields: dict[str, str],
+    detail: str,
+) -> None:
+    """Attack: a NUL in a title or description was accepted, then `git commit-tree` refused the
+    message and the proposal stayed `evaluating` forever; bidi overrides and ANSI escapes in titles
+    disguise what a reader of `git log`, a terminal or the dashboard sees. Holds instead: 422
+    `invalid-text` naming the character and where it is; nothing stored or queued."""
+    before = set(redis_client.keys("*"))
+    body = {"title": "t", "description": "d", "agent": "agent-1", "train_py": BASELINE + "X = 1\n", **fields}
+    answer = client.post("/v1/proposals", json=body, headers=agent)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["type"] == "urn:autoresearch:problem:invalid-text"
+    assert detail in answer.json()["detail"]
+    assert set(redis_client.keys("*")) == before
