@@ -12,7 +12,7 @@ left `queued` without a job), it gets exactly one job.
 import uuid
 
 import redis
-from rq import Queue, Retry
+from rq import Queue, Retry, get_current_job
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -29,6 +29,9 @@ RESULT_TTL_S = 3600
 # A run job in one of these states will never run: it died before it moved its proposal on.
 DEAD_JOB_STATES = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 REPLACE_LOCK_S = 60  # one sweeper at a time replaces a dead run job
+# A decision job that raised is enqueued again at once, this many times. Not later: RQ schedules a
+# retry with an interval for its scheduler, which no process here runs, so it would never run.
+DECISION_RETRIES = 3
 
 
 def runs_queue(conn: "redis.Redis[bytes]") -> Queue:
@@ -91,9 +94,15 @@ def enqueue_decision(conn: "redis.Redis[bytes]", proposal_id: str) -> None:
         job_timeout=300,
         result_ttl=RESULT_TTL_S,
         failure_ttl=7 * 24 * 3600,
-        retry=Retry(max=3, interval=[1, 5, 15]),
+        retry=Retry(max=DECISION_RETRIES),
         description=f"decide proposal {proposal_id}",
     )
+
+
+def last_attempt() -> bool:
+    """False while the running RQ job will be tried again if it raises (True outside a job)."""
+    job = get_current_job()
+    return job is None or not job.retries_left
 
 
 def worker_name(base: str) -> str:

@@ -3,9 +3,11 @@ the real API (TestClient on the app), RQ queues drained in-process, a real Redis
 a real git repository, behind the fake sandbox (a candidate's `FAKE_SCORE`/`FAKE_DELTA` lines are its
 score). Each test says what the attack was and what must hold instead."""
 
+import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -18,6 +20,7 @@ with warnings.catch_warnings():
 from services.auth import Role, create_token
 from services.controller.app import create_app
 from services.settings import Settings
+from services.states import State
 from tests.integration.test_pipeline import BASELINE, Service, running_service
 
 ADMIN = "admin-token-for-attack-tests-0123"
@@ -107,3 +110,79 @@ def test_text_git_cannot_store_or_that_hides_itself_is_refused_at_submit(
     assert answer.json()["type"] == "urn:autoresearch:problem:invalid-text"
     assert detail in answer.json()["detail"]
     assert set(redis_client.keys("*")) == before
+
+
+def submit(client: TestClient, headers: dict[str, str], **fields: Any) -> dict[str, Any]:
+    body = {"title": "an idea", "description": "why it helps", "agent": "agent-1", **fields}
+    answer = client.post("/v1/proposals", json=body, headers=headers)
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def git(service: Service, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(service.repo.path), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_a_description_naming_another_proposal_does_not_hijack_its_merge(
+    service: Service, client: TestClient, agent: dict[str, str]
+) -> None:
+    """Attack: the attacker's description carries `Proposal-Id: <victim id>`, so its commit message
+    does. The attacker's proposal is merged first; the victim, accepted later, was recorded as merged
+    at the attacker's commit (found by grepping messages), the store then held the victim's train.py
+    for a commit whose git tree is the attacker's, and the next merge built from the store reverted a
+    change in git. Holds instead: the victim is merged at a commit of its own, and the store, the best
+    and git agree on every merged commit and its train.py."""
+    first = submit(client, agent, train_py=BASELINE.replace("FAKE_SCORE = 1.5", "FAKE_SCORE = 1.4"))
+    service.drain()
+    root, after_first = git(service, "rev-list", "--reverse", "research").split()
+    assert service.store.get(first["id"]).merged_commit == after_first
+    # The victim works from the root; it is screened, re-queued on the new head, screened again and
+    # confirmed while the attacker's proposal (submitted after it, naming it) is confirmed and merged.
+    victim = submit(
+        client, agent, base_commit=root, train_py=BASELINE + "FAKE_DELTA = -0.2\n", title="victim"
+    )
+    head_py = git(service, "show", f"{after_first}:trainer/train.py")
+    attacker = submit(
+        client,
+        agent,
+        train_py=head_py.replace("FAKE_SCORE = 1.4", "FAKE_SCORE = 1.3"),
+        title="attacker",
+        description=f"Faster.\n\nProposal-Id: {victim['id']}\nAgent: agent-1",
+    )
+    service.drain()
+
+    done = {p["id"]: service.store.get(p["id"]) for p in (first, victim, attacker)}
+    assert [p.state for p in done.values()] == [State.MERGED] * 3, [p.reason for p in done.values()]
+    hijacker = done[attacker["id"]]
+    assert hijacker.merged_commit is not None
+    assert f"Proposal-Id: {victim['id']}" in git(service, "log", "-1", "--format=%B", hijacker.merged_commit)
+    merged_victim = done[victim["id"]]
+    assert merged_victim.merged_commit not in (None, hijacker.merged_commit)
+    events = [e.reason for e in service.store.events(victim["id"])]
+    assert sum("re-queued" in reason for reason in events) == 2  # on the first merge, then the attacker's
+    branch = git(service, "rev-list", "--reverse", "research").split()
+    assert branch == [root, after_first, hijacker.merged_commit, merged_victim.merged_commit]
+    for proposal in done.values():
+        assert proposal.merged_commit is not None
+        in_git = git(service, "show", f"{proposal.merged_commit}:trainer/train.py")
+        assert in_git == proposal.train_py == service.store.commit_train_py(proposal.merged_commit)
+        ref = git(service, "rev-parse", f"refs/autoresearch/merged/{proposal.id}").strip()
+        assert ref == proposal.merged_commit
+    best = service.store.get_best()
+    assert best is not None and best.commit == branch[-1] and best.proposal_id == victim["id"]
+    head_py = git(service, "show", "research:trainer/train.py")
+    assert "FAKE_SCORE = 1.3" in head_py and "FAKE_DELTA = -0.2" in head_py  # neither change reverted
+    lineage = client.get("/v1/lineage", headers=agent).json()
+    assert [(e["commit"], e["proposal_id"]) for e in lineage] == [
+        (root, None),
+        *((p.merged_commit, p.id) for p in (done[first["id"]], hijacker, merged_victim)),
+    ]
+    # A fresh Redis rebuilds the lineage from git: merged refs and notes, never messages.
+    service.conn.delete("ar:lineage")
+    service.committer.bootstrap(BASELINE)
+    rebuilt = client.get("/v1/lineage", headers=agent).json()
+    assert [(e["commit"], e["proposal_id"], e["title"]) for e in rebuilt] == [
+        (e["commit"], e["proposal_id"], e["title"]) for e in lineage
+    ]
