@@ -29,7 +29,7 @@ from services.models import Best, Decision, Proposal, RunResult, new_id
 from services.patches import canonical_diff, content_hash
 from services.settings import Settings
 from services.states import State
-from services.store import Store
+from services.store import Store, connect
 from services.worker import lease
 from services.worker.pipeline import Worker
 from tests.conftest import free_port, wait_for
@@ -149,7 +149,7 @@ def persistent_redis(tmp_path: Path) -> Iterator[tuple[list["subprocess.Popen[by
 
     def start() -> None:
         procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        client = redis.Redis(port=port)
+        client = connect(f"redis://127.0.0.1:{port}/0")
         wait_for(lambda: _answers(client), 10, "redis-server to answer")
         client.close()
 
@@ -177,7 +177,7 @@ def test_redis_restart_with_aof_keeps_proposals_and_queue(
     """Kills: redis-server, by a clean SHUTDOWN (as `docker compose restart` does, SIGTERM) and
     restarts it on the same folder. Verifies: the proposals, their histories and the queued job."""
     procs, port = persistent_redis
-    conn = redis.Redis(port=port)
+    conn = connect(f"redis://127.0.0.1:{port}/0")
     store = Store(conn)
     proposals = [new_proposal(store, f"FAKE_SCORE = 1.{i}\n") for i in range(3)]
     for p in proposals:
@@ -188,7 +188,7 @@ def test_redis_restart_with_aof_keeps_proposals_and_queue(
     conn.close()
     args = list(procs[0].args)  # type: ignore[arg-type]
     procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    conn = redis.Redis(port=port)
+    conn = connect(f"redis://127.0.0.1:{port}/0")
     wait_for(lambda: _answers(conn), 10, "redis-server to come back")
     store = Store(conn)
     assert [store.get(p.id).state for p in proposals] == [State.RUNNING, State.QUEUED, State.QUEUED]
