@@ -61,8 +61,11 @@ class Committer:
     def _record_legacy_merges(self, history: list[CommitInfo]) -> None:
         """Branch commits merged before merged refs were kept get theirs, from the proposal id in the
         committer's own note on the commit (never from the commit message)."""
-        known = set(self.repo.merged_refs())
-        for info in history:
+        refs = self.repo.merged_refs()
+        known, recorded = set(refs), set(refs.values())
+        for info in history[1:]:  # the root merged nothing
+            if info.sha in recorded:
+                continue
             proposal_id = _note_fields(self.repo.note(info.sha)).get("proposal_id")
             if isinstance(proposal_id, str) and proposal_id not in known:
                 try:
