@@ -22,7 +22,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import git
 from gitdb import IStream
@@ -232,17 +232,20 @@ class GitResearchRepo:
     ) -> str:
         """Run git; `stdin` (a message) goes through a file, never the command line (no length limit,
         and git itself refuses what it cannot store, e.g. a NUL in a commit message)."""
+        if stdin is None:
+            return self._run(args, env, strip, None)
+        with tempfile.TemporaryFile() as feed:
+            feed.write(stdin.encode("utf-8", errors="backslashreplace"))
+            feed.seek(0)
+            return self._run(args, env, strip, feed)
+
+    def _run(
+        self, args: tuple[str, ...], env: dict[str, str] | None, strip: bool, feed: BinaryIO | None
+    ) -> str:
         try:
-            with tempfile.TemporaryFile() as feed:
-                if stdin is not None:
-                    feed.write(stdin.encode("utf-8", errors="backslashreplace"))
-                    feed.seek(0)
-                out: str = self._open().git.execute(
-                    ["git", *args],
-                    env=env,
-                    strip_newline_in_stdout=strip,
-                    istream=feed if stdin is not None else None,
-                )
+            out: str = self._open().git.execute(
+                ["git", *args], env=env, strip_newline_in_stdout=strip, istream=feed
+            )
         except git.GitCommandError as exc:
             raise RepoError(f"git {args[0]} failed: {_stderr(exc)}") from exc
         return out
@@ -273,4 +276,5 @@ def _checked_id(proposal_id: str) -> str:
 
 def _stderr(exc: git.GitCommandError) -> str:
     text = exc.stderr if isinstance(exc.stderr, str) else str(exc)
-    return " ".join(text.replace("stderr:", "").split())[:500] or f"exit status {exc.status}"
+    text = " ".join(text.replace("stderr:", "").split()).strip("'")
+    return text[:500] or f"exit status {exc.status}"
