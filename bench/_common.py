@@ -28,13 +28,15 @@ def private_redis() -> Iterator[str]:
     """A redis-server on a free port for the benchmark's lifetime; yields its URL."""
     import redis
 
+    from services.store import connect
+
     port = free_port()
     folder = tempfile.mkdtemp(prefix="bench-redis-")
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    client = redis.Redis(port=port)
+    client = connect(f"redis://127.0.0.1:{port}/0")
     try:
         for _ in range(100):
             try:

@@ -30,7 +30,7 @@ from bench._common import private_redis, write_results  # noqa: E402
 from services import queue  # noqa: E402
 from services.models import Proposal, new_id  # noqa: E402
 from services.settings import GIB, Settings  # noqa: E402
-from services.store import Store  # noqa: E402
+from services.store import Store, connect  # noqa: E402
 from services.worker import jobs  # noqa: E402
 from services.worker.docker_sandbox import DockerSandbox  # noqa: E402
 from services.worker.pipeline import Worker  # noqa: E402
@@ -148,7 +148,7 @@ def main() -> None:
             device="cpu",
             container_memory_bytes=4 * GIB,
         )
-        conn = redis.Redis.from_url(url)
+        conn = connect(url)
         worker = Worker(
             settings=settings, store=Store(conn), sandbox=DockerSandbox(settings), conn=conn, name="bench"
         )

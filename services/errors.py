@@ -4,6 +4,7 @@
     ├── ProposalError            the caller's input is wrong; mapped to a 4xx, nothing is stored
     │   ├── InvalidPatch         not UTF-8, too large, not a diff, touches other files, does not apply
     │   ├── InvalidPython        the resulting train.py does not parse
+    │   ├── InvalidText          a title, description or message holds a control or format character
     │   ├── UnknownBase          the base commit is not on the research branch
     │   └── NotFound             no proposal / run / commit with that id
     ├── AuthError                missing or wrong bearer token (401) or role (403)
@@ -34,6 +35,10 @@ class InvalidPatch(ProposalError):
 
 class InvalidPython(ProposalError):
     pass
+
+
+class InvalidText(ProposalError):
+    """Free text (a title, a description, a message) holds a character that is not stored."""
 
 
 class UnknownBase(ProposalError):

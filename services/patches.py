@@ -3,13 +3,22 @@
 What is checked, in order, each failure raising `InvalidPatch` or `InvalidPython` with a message
 that says what to fix:
 
-    1. exactly one of `train_py` / `diff`; size in UTF-8 bytes; valid UTF-8 (no lone surrogates), no NUL
+    1. exactly one of `train_py` / `diff`; size in UTF-8 bytes; valid UTF-8 (no lone surrogates), no NUL,
+       no line break other than `\\n` and `\\r\\n` (see "Lines" below)
     2. a diff touches `trainer/train.py` only: no other path, no rename, copy, creation, deletion,
        mode change or binary patch, one file only
     3. the diff applies strictly: every hunk's old lines must equal the base at the line its header
        states (no offset search, no fuzz); hunks in order and not overlapping
     4. the candidate compiles as Python (it is never run here)
     5. the candidate differs from the base after normalisation
+
+Lines: `split_lines` is the one definition of a line of `train.py` or of a diff, used wherever one is
+parsed, canonicalised, applied or re-applied: a line ends at `\\n` (`\\r\\n` counts as `\\n`). Python
+agrees (its tokenizer ends lines at `\\n`, `\\r\\n` and a lone `\\r` only), but `str.splitlines`, editors
+and other tools also break lines at U+2028, U+2029, U+0085, VT, FF and `\\x1c`-`\\x1e`. A comment holding
+one of those is one line to Python and two to such a tool: a diff made or re-applied by it would turn
+the comment's tail into live code. So a submission holding any of them, or a lone `\\r`, is refused
+(`check_line_breaks`, naming the character, line and column).
 
 Normalisation (what deduplication hashes): line endings become `\\n`, trailing whitespace is
 stripped from every line and trailing blank lines are dropped. Python's tokenizer treats `\\r\\n`
@@ -49,6 +58,20 @@ _FORBIDDEN_GIT_HEADERS = {
     "Binary files": "is a binary patch",
 }
 _ALLOWED_PATHS = {TRAIN_PY, f"a/{TRAIN_PY}", f"b/{TRAIN_PY}"}
+# Characters that some tool takes for a line break though Python does not (or, for a lone `\r`, though
+# `split_lines` does not): refused in every submitted train.py and diff. Their names, for the error.
+_FOREIGN_BREAKS = {
+    "\x0b": "LINE TABULATION (VT)",
+    "\x0c": "FORM FEED (FF)",
+    "\x1c": "INFORMATION SEPARATOR FOUR",
+    "\x1d": "INFORMATION SEPARATOR THREE",
+    "\x1e": "INFORMATION SEPARATOR TWO",
+    "\x85": "NEXT LINE (NEL)",
+    "\u2028": "LINE SEPARATOR",
+    "\u2029": "PARAGRAPH SEPARATOR",
+    "\r": "CARRIAGE RETURN not followed by a line feed",
+}
+_FOREIGN_BREAK = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]|\r(?!\n)")
 _COMPILE_LOCK = threading.Lock()
 
 
@@ -72,13 +95,13 @@ def build_candidate(
         raise InvalidPatch("send exactly one of `train_py` (the whole file) or `diff` (a unified diff)")
     if diff is not None:
         check_text(diff, "diff", max_bytes)
-        candidate = apply_unified_diff(_lf(base_train_py), diff)
+        candidate = apply_unified_diff(lf(base_train_py), diff)
         check_text(candidate, "the patched train.py", max_bytes)
     else:
         assert train_py is not None
         check_text(train_py, "train_py", max_bytes)
         candidate = train_py
-    candidate = _lf(candidate)
+    candidate = lf(candidate)
     check_python(candidate)
     if normalise(candidate) == normalise(base_train_py):
         raise InvalidPatch(
@@ -87,7 +110,7 @@ def build_candidate(
         )
     return Candidate(
         train_py=candidate,
-        diff=canonical_diff(_lf(base_train_py), candidate),
+        diff=canonical_diff(lf(base_train_py), candidate),
         content_hash=content_hash(base_commit, candidate),
     )
 
@@ -96,7 +119,7 @@ def build_candidate(
 
 
 def check_text(text: str, what: str, max_bytes: int) -> None:
-    """Size cap in UTF-8 bytes, no lone surrogates, no NUL."""
+    """Size cap in UTF-8 bytes, no lone surrogates, no NUL, no line break but `\\n` and `\\r\\n`."""
     if not text.strip():
         raise InvalidPatch(f"{what} is empty")
     try:
@@ -114,6 +137,30 @@ def check_text(text: str, what: str, max_bytes: int) -> None:
     nul = text.find("\0")
     if nul >= 0:
         raise InvalidPatch(f"{what} contains a NUL byte on line {text.count(chr(10), 0, nul) + 1}; remove it")
+    check_line_breaks(text, what)
+
+
+def check_line_breaks(text: str, what: str) -> None:
+    """Refuse any character that some tool takes for a line break other than `\\n` and `\\r\\n`
+    (module docstring, "Lines"), naming it and its 1-based line and column (lines as `split_lines`
+    counts them)."""
+    found = _FOREIGN_BREAK.search(text)
+    if found is None:
+        return
+    at = found.start()
+    char = text[at]
+    line = text.count("\n", 0, at) + 1
+    column = at - (text.rfind("\n", 0, at) + 1) + 1
+    who = (
+        "Python takes it for a line break and the service's diffs do not"
+        if char == "\r"
+        else "some tools take it for a line break and Python does not"
+    )
+    raise InvalidPatch(
+        f"{what} holds U+{ord(char):04X} ({_FOREIGN_BREAKS[char]}) at line {line}, column {column}: {who}, "
+        "so the code a reviewer or a diff tool sees could differ from the code that runs; remove it (inside "
+        f"a string literal write it as an escape, e.g. '\\u{ord(char):04x}') and end lines with \\n or \\r\\n"
+    )
 
 
 def check_python(source: str) -> None:
@@ -136,13 +183,24 @@ def check_python(source: str) -> None:
 # ---------------------------------------------------------------------------- normal forms
 
 
-def _lf(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+def lf(text: str) -> str:
+    """`\\r\\n` line endings become `\\n` (the only other line ending `split_lines` knows)."""
+    return text.replace("\r\n", "\n")
+
+
+def split_lines(text: str, *, keepends: bool = False) -> list[str]:
+    """The one definition of a line of `train.py` or of a diff: a line ends at `\\n`, and `\\r\\n`
+    counts as `\\n` (it is returned as `\\n`). Like `str.splitlines`, a final line without a line end
+    is kept and an empty text has no lines; unlike it, no other character ends a line."""
+    parts = lf(text).split("\n")
+    last = parts.pop()
+    lines = [part + "\n" for part in parts] if keepends else parts
+    return [*lines, last] if last else lines
 
 
 def normalise(text: str) -> str:
     """`\\n` line endings, no trailing whitespace per line, no trailing blank lines, one final newline."""
-    lines = [line.rstrip() for line in _lf(text).split("\n")]
+    lines = [line.rstrip() for line in split_lines(text)]
     while lines and not lines[-1]:
         lines.pop()
     return "\n".join(lines) + "\n"
@@ -160,8 +218,8 @@ def canonical_diff(base: str, candidate: str) -> str:
     """difflib's unified diff with git-style headers and `\\ No newline at end of file` markers."""
     out: list[str] = []
     lines = difflib.unified_diff(
-        base.splitlines(keepends=True),
-        candidate.splitlines(keepends=True),
+        split_lines(base, keepends=True),
+        split_lines(candidate, keepends=True),
         fromfile=f"a/{TRAIN_PY}",
         tofile=f"b/{TRAIN_PY}",
     )
@@ -189,9 +247,7 @@ class Hunk:
 
 def parse_unified_diff(diff: str) -> list[Hunk]:
     """The hunks of a one-file unified diff of `trainer/train.py`."""
-    lines = _lf(diff).split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+    lines = split_lines(diff)
     index = _parse_file_header(lines)
     hunks: list[Hunk] = []
     while index < len(lines):
@@ -331,10 +387,8 @@ def _parse_hunk(lines: list[str], index: int, number: int) -> tuple[Hunk, int]:
 def apply_unified_diff(base: str, diff: str) -> str:
     """Apply a one-file unified diff to `base` exactly: no offsets, no fuzz."""
     hunks = parse_unified_diff(diff)
-    base_lines = base.split("\n")
-    base_has_final_newline = base_lines[-1] == ""
-    if base_has_final_newline:
-        base_lines.pop()
+    base_lines = split_lines(base)
+    base_has_final_newline = not base or lf(base).endswith("\n")
     out: list[str] = []
     cursor = 0  # index of the next base line not yet copied
     final_newline = base_has_final_newline

@@ -12,9 +12,11 @@ left `queued` without a job), it gets exactly one job.
 import uuid
 
 import redis
-from rq import Queue, Retry
+from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+
+from services.store import connect
 
 RUNS_QUEUE = "runs"
 COMMITS_QUEUE = "commits"
@@ -29,6 +31,17 @@ RESULT_TTL_S = 3600
 # A run job in one of these states will never run: it died before it moved its proposal on.
 DEAD_JOB_STATES = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 REPLACE_LOCK_S = 60  # one sweeper at a time replaces a dead run job
+# RQ's default: a worker not heard from for this long counts as dead. An idle RQ worker blocks in
+# BLPOP for its dequeue timeout, RQ's `worker_ttl - 15` s (405 s).
+WORKER_TTL_S = 420
+# The RQ worker's Redis client waits for a reply this much longer than the worker's TTL, so longer
+# than any BLPOP it makes. With a shorter socket timeout (redis-py 8's default is 5 s) an idle
+# worker's BLPOP fails with a timeout, RQ logs it and backs off (1, 2, 4, ... 60 s) before it
+# listens again, and a job enqueued meanwhile waits for nothing.
+DEQUEUE_REPLY_MARGIN_S = 30
+# A decision job that raised is enqueued again at once, this many times. Not later: RQ schedules a
+# retry with an interval for its scheduler, which no process here runs, so it would never run.
+DECISION_RETRIES = 3
 
 
 def runs_queue(conn: "redis.Redis[bytes]") -> Queue:
@@ -91,9 +104,43 @@ def enqueue_decision(conn: "redis.Redis[bytes]", proposal_id: str) -> None:
         job_timeout=300,
         result_ttl=RESULT_TTL_S,
         failure_ttl=7 * 24 * 3600,
-        retry=Retry(max=3, interval=[1, 5, 15]),
+        retry=Retry(max=DECISION_RETRIES),
         description=f"decide proposal {proposal_id}",
     )
+
+
+def last_attempt() -> bool:
+    """False while the running RQ job will be tried again if it raises (True outside a job)."""
+    job = get_current_job()
+    return job is None or not job.retries_left
+
+
+def worker_connection(redis_url: str, ttl_s: int = WORKER_TTL_S) -> "redis.Redis[bytes]":
+    """The Redis client an RQ worker of TTL `ttl_s` listens on: its socket timeout outlasts the
+    worker's blocking dequeue (`DEQUEUE_REPLY_MARGIN_S`). The service's other Redis work uses a store
+    client (`store.connect`), whose shorter timeout notices a silent Redis sooner."""
+    return connect(redis_url, socket_timeout_s=ttl_s + DEQUEUE_REPLY_MARGIN_S)
+
+
+def rq_worker(
+    queue_name: str,
+    conn: "redis.Redis[bytes]",
+    name: str,
+    *,
+    ttl_s: int = WORKER_TTL_S,
+    worker_class: type[SimpleWorker] = SimpleWorker,
+) -> SimpleWorker:
+    """An in-process RQ worker on one queue, listening on `conn` (from `worker_connection` with the
+    same `ttl_s`). A client whose socket timeout is not explicit and longer than the TTL is refused:
+    RQ raises the timeout of its connection pool, but only for connections made after, so one
+    pooled before (by another thread using the client) would still time out in BLPOP."""
+    socket_timeout = conn.connection_pool.connection_kwargs.get("socket_timeout")
+    if socket_timeout is None or socket_timeout <= ttl_s:
+        raise ValueError(
+            f"the RQ worker's Redis client has socket timeout {socket_timeout}, not longer than the "
+            f"worker's {ttl_s} s TTL (its blocking dequeue): make it with queue.worker_connection"
+        )
+    return worker_class([Queue(queue_name, connection=conn)], connection=conn, name=name, worker_ttl=ttl_s)
 
 
 def worker_name(base: str) -> str:

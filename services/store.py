@@ -47,6 +47,13 @@ LIVE_LOG_READ_MAX = 256  # entries returned by one read
 # A Redis list holds at most 2**32 - 1 members, and Redis refuses an index beyond 64 bits: a larger
 # program.md version cannot exist and is never sent to Redis.
 REDIS_MAX_MEMBERS = 2**32 - 1
+# Every Redis client is made by `connect`, with explicit timeouts (redis-py 8 defaults both to 5 s).
+REDIS_CONNECT_TIMEOUT_S = 5  # a Redis that accepts no connection within 5 s is down: fail, retry later
+# How long a store client waits for a reply. It sends no blocking command (no BLPOP, no XREAD BLOCK):
+# its pub/sub polls each wait their own `timeout` (at most 5 s, for the subscription's confirmation),
+# and `PubSub.listen()` reads with no timeout by redis-py's design. So 10 s only ever cuts off a Redis
+# that stopped answering. (RQ's clients block longer: `queue.rq_worker` makes its own.)
+STORE_SOCKET_TIMEOUT_S = 10
 
 
 def _translate(fn: Callable[P, R]) -> Callable[P, R]:
@@ -60,13 +67,21 @@ def _translate(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def connect(url: str, socket_timeout_s: float = STORE_SOCKET_TIMEOUT_S) -> "redis.Redis[bytes]":
+    """A Redis client with explicit timeouts; `socket_timeout_s` must be longer than every blocking
+    command made on it."""
+    return redis.Redis.from_url(
+        url, socket_timeout=socket_timeout_s, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S
+    )
+
+
 class Store:
     def __init__(self, client: "redis.Redis[bytes]") -> None:
         self.r = client
 
     @classmethod
     def from_url(cls, url: str) -> "Store":
-        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5))
+        return cls(connect(url))
 
     @_translate
     def ping(self) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.store import Store
+from services.store import Store, connect
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port)
+    client = connect(f"redis://127.0.0.1:{port}/0")
 
     def up() -> bool:
         try:
@@ -73,7 +73,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator["redis.Redis[bytes]"]:
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushdb()
     yield client
     client.flushdb()

@@ -21,7 +21,7 @@ from services.committer import jobs as committer_jobs
 from services.committer.committer import Committer
 from services.committer.repo import GitResearchRepo
 from services.settings import Settings
-from services.store import Store
+from services.store import Store, connect
 from services.worker import jobs as worker_jobs
 from services.worker.pipeline import Worker
 from services.worker.sandbox import Sandbox
@@ -113,7 +113,7 @@ def running_stack(
         **settings,
     }
     service_settings = Settings(**values)
-    conn: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+    conn = connect(redis_url)
     store = Store(conn)
     sandbox = sandbox or FakeSandbox()
     repo = GitResearchRepo(

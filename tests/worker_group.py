@@ -12,12 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
-from rq import SimpleWorker
-
 from services import queue
 from services.settings import Settings
-from services.store import Store
+from services.store import Store, connect
 from services.worker import jobs
 from services.worker.pipeline import Worker
 from services.worker.sandbox import StepOutcome, TrainRequest
@@ -46,12 +43,11 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     args = parser.parse_args()
     settings = Settings(redis_url=args.redis_url, runs_dir=args.runs_dir, repo_dir=args.runs_dir / "no-repo")
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = connect(settings.redis_url)
     sandbox = LoggingFakeSandbox(log_path=args.log)
     jobs.configure(Worker(settings=settings, store=Store(conn), sandbox=sandbox, conn=conn, name=args.name))
-    SimpleWorker([queue.runs_queue(conn)], connection=conn, name=args.name).work(
-        with_scheduler=False, logging_level="WARNING"
-    )
+    rq_conn = queue.worker_connection(settings.redis_url)
+    queue.rq_worker(queue.RUNS_QUEUE, rq_conn, args.name).work(with_scheduler=False, logging_level="WARNING")
 
 
 if __name__ == "__main__":

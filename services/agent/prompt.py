@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from services.agent import AgentError
 from services.agent.llm import Message
 from services.agent.loop import Outcome, Research
+from services.patches import split_lines
 
 MEMORY = 12  # own past outcomes shown in each prompt, newest last
 REASON_CHARS = 400  # of a past outcome's reason
@@ -115,7 +116,7 @@ def extract_diff(answer: str) -> str:
 
 def retarget(diff: str) -> str:
     """File headers naming TARGET, whatever path the model wrote (train.py, a/train.py, ...)."""
-    lines = [line for line in diff.splitlines() if not line.startswith(("diff --git", "index "))]
+    lines = [line for line in split_lines(diff) if not line.startswith(("diff --git", "index "))]
     out = [f"--- a/{TARGET}" if line.startswith("--- ") else line for line in lines]
     out = [f"+++ b/{TARGET}" if line.startswith("+++ ") else line for line in out]
     if not any(line.startswith("--- ") for line in out):
@@ -126,7 +127,7 @@ def retarget(diff: str) -> str:
 def reanchor(diff: str, base: str) -> str:
     """Each hunk's header rewritten from its body: counts recounted, and the old start moved to the
     one place in `base` where the hunk's old lines occur (left as written when not exactly once)."""
-    base_lines = base.splitlines()
+    base_lines = split_lines(base)
     out: list[str] = []
     hunk: list[str] = []
     header: re.Match[str] | None = None
@@ -145,7 +146,7 @@ def reanchor(diff: str, base: str) -> str:
         out.extend(hunk)
         shift += new_count - len(old)
 
-    for line in diff.splitlines():
+    for line in split_lines(diff):
         match = _HUNK.match(line)
         if match:
             flush()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from services.agent.loop import Clock, Outcome, agent_token, log_outcome, submit_and_wait, wait_ready
 from services.cli.client import ApiClient
 from services.logs import configure_logging
+from services.patches import split_lines
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Constant:
 
 def hyperparameters(source: str, exclude: frozenset[str] = frozenset()) -> list[Constant]:
     """Module-level UPPER_CASE names bound to a non-zero int or float literal (bools excluded)."""
-    lines = source.splitlines()
+    lines = split_lines(source)
     found = []
     for node in ast.parse(source).body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
@@ -92,7 +93,7 @@ def _rounded(value: float) -> float:
 
 
 def with_value(source: str, constant: Constant, value: int | float) -> str:
-    lines = source.splitlines(keepends=True)
+    lines = split_lines(source, keepends=True)
     line = lines[constant.line - 1]
     lines[constant.line - 1] = line[: constant.start] + repr(value) + line[constant.end :]
     return "".join(lines)

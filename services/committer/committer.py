@@ -1,23 +1,29 @@
 """Deciding on scored proposals and writing the research branch. Runs only in the committer
-process (one RQ worker on the `commits` queue), so decisions and commits are serial."""
+process (one RQ worker on the `commits` queue), so decisions and commits are serial.
+
+The committer never parses text a proposal's author wrote: which proposal a branch commit merged
+comes from the repo's merged refs, the lineage's agent and title from the committer's own notes
+(JSON of validated fields). Commit messages carry the title and description for people to read,
+and trailers made of validated fields only (`Proposal-Id`, the agent's name)."""
 
 import json
 import logging
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from pydantic import ValidationError
 
 from services import queue
 from services.committer import rules
-from services.committer.repo import CommitInfo, HeadMoved, ResearchRepo
+from services.committer.repo import CommitInfo, HeadMoved, RepoError, ResearchRepo
 from services.errors import ProposalError
 from services.models import Best, Decision, LineageEntry, Proposal, RunResult, new_id, now
-from services.patches import build_candidate
+from services.patches import build_candidate, split_lines
 from services.settings import Settings
-from services.states import State
+from services.states import TERMINAL, State
 from services.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,7 @@ class Committer:
         history = self.repo.history()
         for info in history:
             self.store.add_commit(info.sha, info.train_py)
+        self._record_legacy_merges(history)
         self._backfill_lineage(history)
         best = self.store.get_best()
         if best is None or self.store.commit_train_py(best.commit) is None:
@@ -51,13 +58,38 @@ class Committer:
             self.request_baseline(best.commit)
         return head
 
+    def _record_legacy_merges(self, history: list[CommitInfo]) -> None:
+        """Branch commits merged before merged refs were kept get theirs, from the proposal id in the
+        committer's own note on the commit (never from the commit message)."""
+        refs = self.repo.merged_refs()
+        known, recorded = set(refs), set(refs.values())
+        for info in history[1:]:  # the root merged nothing
+            if info.sha in recorded:
+                continue
+            proposal_id = _note_fields(self.repo.note(info.sha)).get("proposal_id")
+            if isinstance(proposal_id, str) and proposal_id not in known:
+                try:
+                    self.repo.record_merged(proposal_id, info.sha)
+                except RepoError as exc:
+                    log.warning("no merged ref for %s: %s", info.sha[:10], exc)
+                    continue
+                known.add(proposal_id)
+                log.info(
+                    "merged ref for %s recorded from its note",
+                    proposal_id,
+                    extra={"proposal_id": proposal_id},
+                )
+
     def _backfill_lineage(self, history: list[CommitInfo]) -> None:
         """Mirror the branch's history into the store's lineage (a fresh Redis recovers it from git:
-        commit messages and notes); entries already recorded are kept as they are."""
+        merged refs and notes); entries already recorded are kept as they are."""
+        merged_by = {sha: proposal_id for proposal_id, sha in self.repo.merged_refs().items()}
         parent: str | None = None
         for position, info in enumerate(history):
             if self.store.lineage_entry(info.sha) is None:
-                self.store.add_lineage(_lineage_from_git(info, parent, position, self.repo.note(info.sha)))
+                note = self.repo.note(info.sha)
+                entry = _lineage_from_git(info, parent, position, note, merged_by.get(info.sha))
+                self.store.add_lineage(entry)
             parent = info.sha
 
     def request_baseline(self, head: str) -> None:
@@ -95,8 +127,27 @@ class Committer:
 
     # --- deciding
 
-    def decide(self, proposal_id: str) -> Proposal:
-        """One step of a proposal's verdict; idempotent, so a retried or duplicated job is harmless."""
+    def decide(self, proposal_id: str, *, last_attempt: bool = True) -> Proposal:
+        """One step of a proposal's verdict; idempotent, so a retried or duplicated job is harmless.
+        When git fails, the job is tried again; on its `last_attempt` the proposal ends `infra_error`
+        with git's reason, unless its commit was published (then recovery finishes the merge)."""
+        try:
+            return self._decide(proposal_id)
+        except RepoError as exc:
+            if not last_attempt or self.repo.find_merged(proposal_id) is not None:
+                raise
+            return self._git_failed(proposal_id, exc)
+
+    def _git_failed(self, proposal_id: str, exc: RepoError) -> Proposal:
+        proposal = self.store.get(proposal_id)
+        if proposal.state in TERMINAL:
+            return proposal
+        log.error("git failed on %s: %s", proposal_id, exc, extra={"proposal_id": proposal_id})
+        return self.store.transition(
+            proposal_id, State.INFRA_ERROR, f"the research repository failed, nothing was merged: {exc}"
+        )
+
+    def _decide(self, proposal_id: str) -> Proposal:
         proposal = self.store.get(proposal_id)
         if proposal.state == State.ACCEPTED and proposal.decision is not None:
             return self._merge(proposal_id, proposal.decision)  # a committer died before merging
@@ -133,9 +184,9 @@ class Committer:
                 "reason": "the change only touches seeding; the harness chooses seeds, so it cannot improve",
             })  # fmt: skip
         if not decision.confirm:
-            self._keep_tried(proposal, decision)
+            reason = decision.reason + self._keep_tried(proposal, decision)
             return self.store.transition(
-                proposal.id, State.REJECTED, decision.reason, decision=decision, screening=decision
+                proposal.id, State.REJECTED, reason, decision=decision, screening=decision
             )
         if proposal.base_commit != self.repo.head():
             return self._requeue_on_head(proposal)
@@ -166,8 +217,8 @@ class Committer:
         )
         self.store.record_score(proposal.id, decision.candidate_bpb, fingerprint)
         if not decision.accepted:
-            self._keep_tried(proposal, decision)
-            return self.store.transition(proposal.id, State.REJECTED, decision.reason, decision=decision)
+            reason = decision.reason + self._keep_tried(proposal, decision)
+            return self.store.transition(proposal.id, State.REJECTED, reason, decision=decision)
         self.store.transition(proposal.id, State.ACCEPTED, decision.reason, decision=decision)
         return self._merge(proposal.id, decision)
 
@@ -187,14 +238,11 @@ class Committer:
                 return self._requeue_on_head(proposal)
             try:
                 merged = self.repo.commit_on_branch(
-                    proposal.base_commit,
-                    proposal.train_py,
-                    _message(proposal, decision),
-                    _note(proposal, decision),
+                    proposal.base_commit, proposal.train_py, _message(proposal, decision), proposal.id
                 )
             except HeadMoved:
                 return self._requeue_on_head(proposal)
-        elif self.repo.note(merged) is None:  # it died between moving the branch and writing the note
+        if self.repo.note(merged) is None:  # new, or it died between moving the branch and the note
             self.repo.set_note(merged, _note(proposal, decision))
         pauses = self.settings.pauses  # test-only kill points (services/faults.py); inert by default
         pauses.reached("merge:noted")
@@ -306,15 +354,22 @@ class Committer:
         while (raw := self.conn.lpop(WAITING_FOR_BASELINE)) is not None:
             queue.enqueue_decision(self.conn, raw.decode())
 
-    def _keep_tried(self, proposal: Proposal, decision: Decision) -> None:
-        sha = self.repo.keep_tried(
-            proposal.id,
-            proposal.base_commit,
-            proposal.train_py,
-            _message(proposal, decision),
-            _note(proposal, decision),
-        )
+    def _keep_tried(self, proposal: Proposal, decision: Decision) -> str:
+        """Keep the proposal's tried ref; "" or, when git failed, a note for the proposal's reason (the
+        verdict stands without its ref)."""
+        try:
+            sha = self.repo.keep_tried(
+                proposal.id,
+                proposal.base_commit,
+                proposal.train_py,
+                _message(proposal, decision),
+                _note(proposal, decision),
+            )
+        except RepoError as exc:
+            log.error("tried ref of %s not kept: %s", proposal.id, exc, extra={"proposal_id": proposal.id})
+            return f" (its tried ref could not be kept: {exc})"
         self.store.update(proposal.id, tried_ref=sha)
+        return ""
 
 
 def _runs_complete(proposal: Proposal) -> bool:
@@ -329,7 +384,7 @@ def only_seed_changed(diff: str) -> bool:
     """True when every line the diff adds or removes mentions a seed: such a change cannot improve the
     model, only pick luck (the harness chooses seeds)."""
     changed = [
-        line[1:] for line in diff.splitlines()
+        line[1:] for line in split_lines(diff)
         if line[:1] in "+-" and not line.startswith(("+++", "---")) and line[1:].strip()
     ]  # fmt: skip
     return bool(changed) and all("seed" in line.lower() for line in changed)
@@ -360,14 +415,24 @@ def _peak_memory(results: list[RunResult]) -> int | None:
     return None if first is None else first.peak_memory_bytes
 
 
-def _lineage_from_git(info: CommitInfo, parent: str | None, position: int, note: str | None) -> LineageEntry:
-    """A lineage entry rebuilt from a branch commit: its message (title, trailers) and its note (the
-    decision and the runs, as `_note` wrote them). The root has no note and no proposal."""
-    lines = info.message.splitlines()
-    trailers = dict(line.split(": ", 1) for line in lines if line.startswith(("Proposal-Id: ", "Agent: ")))
-    fields: dict[str, object] = {}
+def _note_fields(note: str | None) -> dict[str, Any]:
+    """The JSON object of a note the committer wrote; {} for none or anything else."""
     try:
         data = json.loads(note) if note else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _lineage_from_git(
+    info: CommitInfo, parent: str | None, position: int, note: str | None, proposal_id: str | None
+) -> LineageEntry:
+    """A lineage entry rebuilt from a branch commit: the proposal its merged ref names, and its note
+    (agent, title, the decision and the runs, as `_note` wrote them). The root has no note and no
+    proposal. A note written before notes carried the title leaves the commit's subject as title."""
+    data = _note_fields(note)
+    fields: dict[str, object] = {}
+    try:
         if data.get("decision"):
             decision = Decision.model_validate(data["decision"])
             results = [RunResult.model_validate(r) for r in data.get("results", [])]
@@ -375,12 +440,13 @@ def _lineage_from_git(info: CommitInfo, parent: str | None, position: int, note:
                       "peak_memory_bytes": _peak_memory(results)}  # fmt: skip
         elif data.get("val_bpb") is not None:  # the root, scored by runs of it (`_score_root`)
             fields = {"val_bpb": float(data["val_bpb"]), "peak_memory_bytes": data.get("peak_memory_bytes")}
-    except (json.JSONDecodeError, ValidationError, AttributeError) as exc:
+    except (ValidationError, AttributeError, TypeError, ValueError) as exc:
         log.warning("note of %s is unreadable (%s); lineage without its numbers", info.sha[:10], exc)
-    proposal_id = trailers.get("Proposal-Id")
+    title, agent = data.get("title"), data.get("agent")
     return LineageEntry(
         commit=info.sha, parent=parent, position=position, proposal_id=proposal_id,
-        title=lines[0] if lines else "", agent=trailers.get("Agent"),
+        title=title if isinstance(title, str) else info.message.split("\n", 1)[0],
+        agent=agent if isinstance(agent, str) and proposal_id else None,
         merged_at=info.committed_at if proposal_id else None, **fields,
     )  # fmt: skip
 
@@ -414,6 +480,7 @@ def _note(proposal: Proposal, decision: Decision) -> str:
         {
             "proposal_id": proposal.id,
             "agent": proposal.agent,
+            "title": proposal.title,
             "program_version": proposal.program_version,
             "decision": decision.model_dump(mode="json"),
             "results": _results_json(proposal.results),

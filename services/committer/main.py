@@ -3,16 +3,13 @@
 import logging
 import socket
 
-import redis
-from rq import SimpleWorker
-
 from services import queue
 from services.committer import jobs
 from services.committer.committer import Committer
 from services.committer.repo import GitResearchRepo
 from services.logs import configure_logging
 from services.settings import Settings
-from services.store import Store
+from services.store import Store, connect
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +17,7 @@ log = logging.getLogger(__name__)
 def main() -> None:
     configure_logging()
     settings = Settings()
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = connect(settings.redis_url)
     repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author, settings.pauses)
     committer = Committer(settings=settings, store=Store(conn), repo=repo, conn=conn)
     head = committer.bootstrap(settings.baseline_train_py.read_text(encoding="utf-8"))
@@ -29,11 +26,9 @@ def main() -> None:
     )
     jobs.configure(committer)
     try:
-        SimpleWorker(
-            [queue.commits_queue(conn)],
-            connection=conn,
-            name=queue.worker_name(f"{socket.gethostname()}-{queue.COMMITS_QUEUE}"),
-        ).work(logging_level="WARNING")
+        rq_name = queue.worker_name(f"{socket.gethostname()}-{queue.COMMITS_QUEUE}")
+        rq_conn = queue.worker_connection(settings.redis_url)
+        queue.rq_worker(queue.COMMITS_QUEUE, rq_conn, rq_name).work(logging_level="WARNING")
     finally:
         repo.close()
 

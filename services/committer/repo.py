@@ -1,18 +1,28 @@
 """The one module that talks to git (GitPython): the research repository.
 
 The repository is bare (people clone it; nothing keeps a work tree in sync). Commits are made with
-plumbing (`hash-object`, a private index, `write-tree`, `commit-tree`) and published with
-`update-ref <ref> <new> <old>`, a compare-and-swap: if the branch moved, nothing is written. Every
-commit on the branch carries a `Proposal-Id:` trailer, so a committer that crashed after publishing
-finds its commit instead of making it twice.
+plumbing (`hash-object`, a private index, `write-tree`, `commit-tree`, the message on stdin) and
+published with `update-ref <ref> <new> <old>`, a compare-and-swap: if the branch moved, nothing is
+written.
+
+Which proposal a branch commit merged is recorded in refs only the committer writes, never read
+back from commit messages (a proposal's description is part of its message, so a message can claim
+anything): `refs/autoresearch/merged/<id>` points to the proposal's commit. It is written *before*
+the branch moves, and a proposal counts as merged only while that commit is on the branch. So a
+committer killed anywhere in a merge finds, after a restart, either its commit on the branch (merged:
+nothing is committed twice) or not (the ref is stale: it commits again and moves the ref), and a
+failed compare-and-swap leaves nothing that counts.
+
+Every git failure is raised as RepoError.
 """
 
 import io
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import git
 from gitdb import IStream
@@ -22,8 +32,10 @@ from services.faults import NO_PAUSES, PausePoints
 
 TRAIN_PY_PATH = "trainer/train.py"
 TRIED_REF_PREFIX = "refs/autoresearch/tried/"
+MERGED_REF_PREFIX = "refs/autoresearch/merged/"
 NOTES_REF = "refs/notes/commits"  # the default, so `git log` shows the result under each commit
-TRAILER = "Proposal-Id"
+# Proposal ids are made by the service (`models.new_id`); anything else is never made into a ref name.
+_PROPOSAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class RepoError(InfraError):
@@ -51,7 +63,11 @@ class ResearchRepo(Protocol):
 
     def find_merged(self, proposal_id: str) -> str | None: ...
 
-    def commit_on_branch(self, parent: str, train_py: str, message: str, note: str) -> str: ...
+    def merged_refs(self) -> dict[str, str]: ...
+
+    def record_merged(self, proposal_id: str, sha: str) -> None: ...
+
+    def commit_on_branch(self, parent: str, train_py: str, message: str, proposal_id: str) -> str: ...
 
     def keep_tried(self, proposal_id: str, base: str, train_py: str, message: str, note: str) -> str: ...
 
@@ -83,14 +99,13 @@ class GitResearchRepo:
             if not (self.path / "HEAD").exists():
                 self.path.mkdir(parents=True, exist_ok=True)
                 git.Repo.init(self.path, bare=True, initial_branch=self.branch)
-            repo = self._open()
             if self._ref_sha(f"refs/heads/{self.branch}") is None:
                 tree = self._tree_with(None, baseline_train_py)
                 sha = self._git("commit-tree", tree, "-m", "Baseline trainer", env=self._ident)
                 self._git("update-ref", f"refs/heads/{self.branch}", sha, "0" * 40)
-                repo.git.symbolic_ref("HEAD", f"refs/heads/{self.branch}")
+                self._git("symbolic-ref", "HEAD", f"refs/heads/{self.branch}")
             return self.head()
-        except git.GitCommandError as exc:
+        except (git.GitCommandError, RepoError) as exc:
             raise RepoError(f"cannot initialise the research repo at {self.path}: {exc}") from exc
 
     # --- reads
@@ -114,48 +129,72 @@ class GitResearchRepo:
         return self._git("show", f"{sha}:{TRAIN_PY_PATH}", strip=False)
 
     def find_merged(self, proposal_id: str) -> str | None:
-        out = self._git(
-            "log",
-            f"refs/heads/{self.branch}",
-            "--format=%H",
-            "--fixed-strings",
-            f"--grep={TRAILER}: {proposal_id}",
-        )
-        return out.split()[0] if out else None
+        """The branch commit that merged the proposal, from its merged ref; None if there is no such
+        ref or its commit is not on the branch (a merge that never published)."""
+        sha = self._ref_sha(_merged_ref(proposal_id))
+        return sha if sha is not None and self._on_branch(sha) else None
+
+    def merged_refs(self) -> dict[str, str]:
+        """Every merged ref, proposal id → commit (including stale ones; see `find_merged`)."""
+        return self._refs(MERGED_REF_PREFIX)
+
+    def record_merged(self, proposal_id: str, sha: str) -> None:
+        """Point the proposal's merged ref at `sha` (a branch commit merged before merged refs were
+        kept, found by the committer's own note)."""
+        self._git("update-ref", _merged_ref(proposal_id), sha)
 
     def note(self, sha: str) -> str | None:
         try:
             return self._git("notes", f"--ref={NOTES_REF}", "show", sha)
-        except git.GitCommandError:
+        except RepoError:
             return None
 
     def tried_refs(self) -> dict[str, str]:
-        out = self._git("for-each-ref", "--format=%(refname) %(objectname)", TRIED_REF_PREFIX)
-        pairs = (line.split() for line in out.splitlines() if line)
-        return {ref.removeprefix(TRIED_REF_PREFIX): sha for ref, sha in pairs}
+        return self._refs(TRIED_REF_PREFIX)
+
+    def _refs(self, prefix: str) -> dict[str, str]:
+        out = self._git("for-each-ref", "--format=%(refname) %(objectname)", prefix)
+        pairs = (line.split() for line in out.split("\n") if line)
+        return {ref.removeprefix(prefix): sha for ref, sha in pairs}
+
+    def _on_branch(self, sha: str) -> bool:
+        status, _, err = self._open().git.execute(
+            ["git", "merge-base", "--is-ancestor", sha, f"refs/heads/{self.branch}"],
+            with_extended_output=True,
+            with_exceptions=False,
+        )
+        if status not in (0, 1):  # 1: not an ancestor; anything else: git failed
+            raise RepoError(f"cannot tell whether {sha[:10]} is on {self.branch}: {err}")
+        return bool(status == 0)
 
     # --- writes
 
-    def commit_on_branch(self, parent: str, train_py: str, message: str, note: str) -> str:
-        """Commit `train_py` on top of `parent` and move the branch there, only if the branch is
-        still at `parent`. Raises HeadMoved otherwise."""
+    def commit_on_branch(self, parent: str, train_py: str, message: str, proposal_id: str) -> str:
+        """Commit `train_py` on top of `parent`, record it as the proposal's merge (its merged ref)
+        and move the branch there, only if the branch is still at `parent`; raises HeadMoved
+        otherwise (the merged ref is dropped again). The caller writes the note."""
         sha = self._commit(parent, train_py, message)
+        merged_ref = _merged_ref(proposal_id)
+        self._git("update-ref", merged_ref, sha)  # before publishing: see the module docstring
         self.pauses.reached("merge:commit-written")
         try:
             self._git("update-ref", f"refs/heads/{self.branch}", sha, parent)
-        except git.GitCommandError as exc:
-            if self.head() != parent:
+        except RepoError as exc:
+            head = self.head()
+            if head == sha:  # moved, though git reported a failure after (e.g. writing its reflog)
+                return sha
+            if head != parent:
+                self._git("update-ref", "-d", merged_ref, sha)
                 raise HeadMoved(f"branch {self.branch} moved from {parent[:10]}") from exc
             raise RepoError(f"cannot move {self.branch}: {exc}") from exc
         self.pauses.reached("merge:branch-moved")
-        self._add_note(sha, note)
         return sha
 
     def keep_tried(self, proposal_id: str, base: str, train_py: str, message: str, note: str) -> str:
         """Keep a tried proposal as `refs/autoresearch/tried/<id>` (a commit on its base), with its
         result as a note."""
         sha = self._commit(base, train_py, message)
-        self._git("update-ref", f"{TRIED_REF_PREFIX}{proposal_id}", sha)
+        self._git("update-ref", f"{TRIED_REF_PREFIX}{_checked_id(proposal_id)}", sha)
         self._add_note(sha, note)
         return sha
 
@@ -167,7 +206,7 @@ class GitResearchRepo:
 
     def _commit(self, parent: str, train_py: str, message: str) -> str:
         tree = self._tree_with(parent, train_py)
-        return self._git("commit-tree", tree, "-p", parent, "-m", message, env=self._ident)
+        return self._git("commit-tree", tree, "-p", parent, "-F", "-", env=self._ident, stdin=message)
 
     def _tree_with(self, parent: str | None, train_py: str) -> str:
         data = train_py.encode("utf-8")
@@ -180,16 +219,35 @@ class GitResearchRepo:
             return self._git("write-tree", env=env)
 
     def _add_note(self, sha: str, note: str) -> None:
-        self._git("notes", f"--ref={NOTES_REF}", "add", "-f", "-m", note, sha, env=self._ident)
+        self._git("notes", f"--ref={NOTES_REF}", "add", "-f", "-F", "-", sha, env=self._ident, stdin=note)
 
     def _ref_sha(self, ref: str) -> str | None:
         try:
             return self._git("rev-parse", "--verify", "--quiet", ref)
-        except git.GitCommandError:
+        except RepoError:
             return None
 
-    def _git(self, *args: str, env: dict[str, str] | None = None, strip: bool = True) -> str:
-        out: str = self._open().git.execute(["git", *args], env=env, strip_newline_in_stdout=strip)
+    def _git(
+        self, *args: str, env: dict[str, str] | None = None, strip: bool = True, stdin: str | None = None
+    ) -> str:
+        """Run git; `stdin` (a message) goes through a file, never the command line (no length limit,
+        and git itself refuses what it cannot store, e.g. a NUL in a commit message)."""
+        if stdin is None:
+            return self._run(args, env, strip, None)
+        with tempfile.TemporaryFile() as feed:
+            feed.write(stdin.encode("utf-8", errors="backslashreplace"))
+            feed.seek(0)
+            return self._run(args, env, strip, feed)
+
+    def _run(
+        self, args: tuple[str, ...], env: dict[str, str] | None, strip: bool, feed: BinaryIO | None
+    ) -> str:
+        try:
+            out: str = self._open().git.execute(
+                ["git", *args], env=env, strip_newline_in_stdout=strip, istream=feed
+            )
+        except git.GitCommandError as exc:
+            raise RepoError(f"git {args[0]} failed: {_stderr(exc)}") from exc
         return out
 
     def _open(self) -> git.Repo:
@@ -204,3 +262,19 @@ class GitResearchRepo:
         if self._repo is not None:
             self._repo.close()
             self._repo = None
+
+
+def _merged_ref(proposal_id: str) -> str:
+    return f"{MERGED_REF_PREFIX}{_checked_id(proposal_id)}"
+
+
+def _checked_id(proposal_id: str) -> str:
+    if not _PROPOSAL_ID.match(proposal_id):
+        raise RepoError(f"{proposal_id[:80]!r} is not a proposal id; no ref is made of it")
+    return proposal_id
+
+
+def _stderr(exc: git.GitCommandError) -> str:
+    text = exc.stderr if isinstance(exc.stderr, str) else str(exc)
+    text = " ".join(text.replace("stderr:", "").split()).strip("'")
+    return text[:500] or f"exit status {exc.status}"

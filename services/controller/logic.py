@@ -22,6 +22,7 @@ from services.queue import enqueue_run, queue_depths
 from services.settings import Settings
 from services.states import FAILURES, State
 from services.store import Store
+from services.text import check_multiline, check_one_line
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,8 @@ def set_program(store: Store, principal: Principal, text: str, message: str) -> 
     """Store a new version (admin); text identical to the current version returns that version."""
     check_program_text(text)
     message = message.strip()
-    if not message or "\n" in message or len(message) > PROGRAM_MESSAGE_MAX_CHARS:
+    check_one_line(message, "message")
+    if not message or len(message) > PROGRAM_MESSAGE_MAX_CHARS:
         raise InvalidProgram(
             f"message must be one non-empty line of at most {PROGRAM_MESSAGE_MAX_CHARS} characters "
             "saying what changed"
@@ -399,8 +401,9 @@ def _stats_row(version: int | None, digests: list[Digest]) -> ProgramStats:
 
 
 def _check_text_limits(settings: Settings, title: str, description: str) -> None:
-    if "\n" in title or "\r" in title:
-        raise ProposalError("title must be one line; put details in description")
+    """Titles and descriptions go into commit messages: printable text only (services/text.py)."""
+    check_one_line(title, "title")
+    check_multiline(description, "description")
     if len(title) > settings.max_title_chars:
         raise ProposalError(f"title is {len(title)} characters; the limit is {settings.max_title_chars}")
     if len(description) > settings.max_description_chars:

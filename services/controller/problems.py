@@ -1,6 +1,7 @@
 """Errors as RFC 9457 problem details (`application/problem+json`), mapped in this one place.
 
-    ProposalError   NotFound 404, Conflict 409, InvalidPatch / InvalidPython / UnknownBase / other 422
+    ProposalError   NotFound 404, Conflict 409, InvalidPatch / InvalidPython / InvalidText / UnknownBase /
+                    other 422
     AuthError       401 (with `WWW-Authenticate: Bearer`), 403 when the role is too low
     QuotaExceeded   429 (with `Retry-After`, seconds)
     InfraError      NotReady / StoreUnavailable / others 503
@@ -31,6 +32,7 @@ from services.errors import (
     InfraError,
     InvalidPatch,
     InvalidPython,
+    InvalidText,
     NotFound,
     ProposalError,
     QuotaExceeded,
@@ -50,6 +52,7 @@ _SERVICE_ERRORS: list[tuple[type[ServiceError], int, str, str]] = [
     (Conflict, 409, "conflict", "Conflict with the current state"),
     (InvalidPatch, 422, "invalid-patch", "Invalid patch"),
     (InvalidPython, 422, "invalid-python", "Candidate is not valid Python"),
+    (InvalidText, 422, "invalid-text", "Text holds a character that is not stored"),
     (UnknownBase, 422, "unknown-base", "Unknown base commit"),
     (UnknownProgramVersion, 422, "unknown-program-version", "Unknown program.md version"),
     (InvalidProgram, 422, "invalid-program", "Invalid program.md"),

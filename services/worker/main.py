@@ -3,14 +3,11 @@
 import logging
 import socket
 
-import redis
-from rq import SimpleWorker
-
 from services import queue
 from services.errors import InfraError
 from services.logs import configure_logging
 from services.settings import Settings
-from services.store import Store
+from services.store import Store, connect
 from services.worker import jobs, lease
 from services.worker.docker_sandbox import DockerSandbox
 from services.worker.pipeline import Worker
@@ -21,7 +18,7 @@ log = logging.getLogger(__name__)
 def main() -> None:
     configure_logging()
     settings = Settings()
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = connect(settings.redis_url)
     name = (
         f"{socket.gethostname()}-gpu{settings.gpu_id}"
         if settings.gpu_mode != "none"
@@ -48,9 +45,8 @@ def main() -> None:
     # SimpleWorker runs jobs in this process: the sandbox's containers are the isolation, and one
     # process per GPU keeps the Docker client and Redis connections alive between runs.
     rq_name = queue.worker_name(f"{name}-{queue.RUNS_QUEUE}")
-    SimpleWorker([queue.runs_queue(conn)], connection=conn, name=rq_name).work(
-        with_scheduler=False, logging_level="WARNING"
-    )
+    rq_conn = queue.worker_connection(settings.redis_url)
+    queue.rq_worker(queue.RUNS_QUEUE, rq_conn, rq_name).work(with_scheduler=False, logging_level="WARNING")
 
 
 if __name__ == "__main__":

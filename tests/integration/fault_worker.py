@@ -6,12 +6,9 @@ Usage: python -m tests.integration.fault_worker <worker name>"""
 import sys
 import uuid
 
-import redis
-from rq import SimpleWorker
-
 from services import queue
 from services.settings import Settings
-from services.store import Store
+from services.store import Store, connect
 from services.worker import jobs
 from services.worker.pipeline import Worker
 from tests.fakes import FakeSandbox
@@ -20,14 +17,13 @@ from tests.fakes import FakeSandbox
 def main() -> None:
     name = sys.argv[1]
     settings = Settings()
-    conn = redis.Redis.from_url(settings.redis_url)
+    conn = connect(settings.redis_url)
     worker = Worker(settings=settings, store=Store(conn), sandbox=FakeSandbox(), conn=conn, name=name)
     jobs.configure(worker)
     worker.sweep()
     rq_name = f"{name}-{uuid.uuid4().hex[:8]}"
-    SimpleWorker([queue.runs_queue(conn)], connection=conn, name=rq_name).work(
-        burst=True, logging_level="ERROR"
-    )
+    rq_conn = queue.worker_connection(settings.redis_url)
+    queue.rq_worker(queue.RUNS_QUEUE, rq_conn, rq_name).work(burst=True, logging_level="ERROR")
 
 
 if __name__ == "__main__":

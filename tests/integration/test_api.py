@@ -127,6 +127,15 @@ def assert_problem(answer: Any, status: int, slug: str, detail_part: str) -> dic
 # ---------------------------------------------------------------------------- submit: accepted
 
 
+def test_descriptions_keep_lines_and_tabs_and_titles_any_printable_text(
+    client: TestClient, agent: Headers
+) -> None:
+    fields = {"title": "Größere Lernrate: ×2 ✓", "description": "Why:\n\t- faster\n\t- 😀 stable\n"}
+    answer = client.post("/v1/proposals", json=submission(**fields), headers=agent)
+    assert answer.status_code == 201, answer.text
+    assert {k: answer.json()[k] for k in fields} == fields
+
+
 def test_full_file_is_stored_and_enqueued(
     client: TestClient, agent: Headers, store: Store, redis_client: "redis.Redis[bytes]"
 ) -> None:
@@ -198,7 +207,81 @@ REJECTED = [
     ({"title": ...}, 422, "validation-error", "body.title: Field required"),
     ({"title": ""}, 422, "validation-error", "body.title"),
     ({"title": "x" * 201}, 422, "invalid-request", "title is 201 characters; the limit is 200"),
-    ({"title": "two\nlines"}, 422, "invalid-request", "one line"),
+    (
+        {"title": "two\nlines"},
+        422,
+        "invalid-text",
+        "title holds U+000A (LINE FEED, a control character) at character 4; it must be one line",
+    ),
+    (
+        {"title": "fix\0it"},
+        422,
+        "invalid-text",
+        "title holds U+0000 (NULL, a control character) at character 4",
+    ),
+    ({"title": "a\u2028b"}, 422, "invalid-text", "U+2028 (LINE SEPARATOR, a line separator) at character 2"),
+    ({"title": "a\u2029b"}, 422, "invalid-text", "U+2029 (PARAGRAPH SEPARATOR, a paragraph separator)"),
+    ({"title": "a\x85b"}, 422, "invalid-text", "U+0085 (NEXT LINE, a control character) at character 2"),
+    ({"title": "a\x0bb"}, 422, "invalid-text", "U+000B (LINE TABULATION, a control character)"),
+    ({"title": "a\tb"}, 422, "invalid-text", "U+0009 (CHARACTER TABULATION, a control character)"),
+    ({"title": "\x1b[31mred"}, 422, "invalid-text", "U+001B (ESCAPE, a control character) at character 1"),
+    ({"title": "x\x9bred"}, 422, "invalid-text", "U+009B (a control character) at character 2"),
+    (
+        {"title": "safe \u202egnp.exe"},
+        422,
+        "invalid-text",
+        "U+202E (RIGHT-TO-LEFT OVERRIDE, an invisible format",
+    ),
+    ({"title": "a\u2066b\u2069"}, 422, "invalid-text", "U+2066 (LEFT-TO-RIGHT ISOLATE, an invisible format"),
+    (
+        {"title": "a\u200fb"},
+        422,
+        "invalid-text",
+        "U+200F (RIGHT-TO-LEFT MARK, an invisible format character)",
+    ),
+    (
+        {"title": "a\u061cb"},
+        422,
+        "invalid-text",
+        "U+061C (ARABIC LETTER MARK, an invisible format character)",
+    ),
+    (
+        {"description": "ok\n\tindented\nbad \0"},
+        422,
+        "invalid-text",
+        "description holds U+0000 (NULL, a control character) at line 3, column 5",
+    ),
+    (
+        {"description": "a\r\nb"},
+        422,
+        "invalid-text",
+        "U+000D (CARRIAGE RETURN, a control character) at line 1, column 2; end lines with \\n only",
+    ),
+    ({"description": "x\n\u202ey"}, 422, "invalid-text", "description holds U+202E (RIGHT-TO-LEFT OVERRIDE"),
+    (
+        {"description": "x\u2028y"},
+        422,
+        "invalid-text",
+        "description holds U+2028 (LINE SEPARATOR, a line separator) at line 1, column 2",
+    ),
+    (
+        {"train_py": BETTER + "# note\u2028print('pwned')\n"},
+        422,
+        "invalid-patch",
+        "train_py holds U+2028 (LINE SEPARATOR) at line 18, column 7",
+    ),
+    (
+        {"train_py": BETTER + "x = 1\x0cy = 2\n"},
+        422,
+        "invalid-patch",
+        "U+000C (FORM FEED (FF)) at line 18, column 6",
+    ),
+    (
+        {"train_py": BETTER + "x = 1\ry = 2\n"},
+        422,
+        "invalid-patch",
+        "U+000D (CARRIAGE RETURN not followed by a line feed) at line 18",
+    ),
     ({"agent": "bad\nname"}, 422, "validation-error", "body.agent"),
     ({"program_version": -1}, 422, "validation-error", "body.program_version"),
     ({"surprise": 1}, 422, "validation-error", "body.surprise: Extra inputs are not permitted"),
@@ -496,6 +579,17 @@ def test_runs_with_seeds_and_an_older_commit(client: TestClient, admin: Headers,
         ({"count": 0}, "validation-error", "body.count"),
         ({"count": 33}, "validation-error", "body.count"),
         ({"commit": "deadbeef"}, "unknown-base", "unknown base commit"),
+        (
+            {"title": "calibrate\0"},
+            "invalid-text",
+            "title holds U+0000 (NULL, a control character) at character 10",
+        ),
+        ({"title": "\u202ecalibrate"}, "invalid-text", "title holds U+202E (RIGHT-TO-LEFT OVERRIDE"),
+        (
+            {"description": "one\ntwo\x1b[0m"},
+            "invalid-text",
+            "description holds U+001B (ESCAPE, a control character) at line 2, column 4",
+        ),
         ({"count": 1, "extra": True}, "validation-error", "body.extra"),
     ],
 )

@@ -29,7 +29,7 @@ from services.models import Best, Decision, Proposal, RunResult, new_id
 from services.patches import canonical_diff, content_hash
 from services.settings import Settings
 from services.states import State
-from services.store import Store
+from services.store import Store, connect
 from services.worker import lease
 from services.worker.pipeline import Worker
 from tests.conftest import free_port, wait_for
@@ -149,7 +149,7 @@ def persistent_redis(tmp_path: Path) -> Iterator[tuple[list["subprocess.Popen[by
 
     def start() -> None:
         procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        client = redis.Redis(port=port)
+        client = connect(f"redis://127.0.0.1:{port}/0")
         wait_for(lambda: _answers(client), 10, "redis-server to answer")
         client.close()
 
@@ -177,7 +177,7 @@ def test_redis_restart_with_aof_keeps_proposals_and_queue(
     """Kills: redis-server, by a clean SHUTDOWN (as `docker compose restart` does, SIGTERM) and
     restarts it on the same folder. Verifies: the proposals, their histories and the queued job."""
     procs, port = persistent_redis
-    conn = redis.Redis(port=port)
+    conn = connect(f"redis://127.0.0.1:{port}/0")
     store = Store(conn)
     proposals = [new_proposal(store, f"FAKE_SCORE = 1.{i}\n") for i in range(3)]
     for p in proposals:
@@ -188,7 +188,7 @@ def test_redis_restart_with_aof_keeps_proposals_and_queue(
     conn.close()
     args = list(procs[0].args)  # type: ignore[arg-type]
     procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    conn = redis.Redis(port=port)
+    conn = connect(f"redis://127.0.0.1:{port}/0")
     wait_for(lambda: _answers(conn), 10, "redis-server to come back")
     store = Store(conn)
     assert [store.get(p.id).state for p in proposals] == [State.RUNNING, State.QUEUED, State.QUEUED]
@@ -375,9 +375,11 @@ def test_committer_sigkilled_at_each_step_of_a_merge_merges_exactly_once(
     point of a merge in turn (services/faults.py: commit written, branch moved, note written, tried
     ref kept, best set), then restarts it at once. Verifies, for each: right after the kill the
     branch is consistent (fsck clean; head is the old head, or the one new commit when the kill came
-    after update-ref); after the restart the proposal is `merged` exactly once (one commit on the
-    branch with its Proposal-Id, the head, parent the old head), its note and tried ref (with note)
-    exist, the store's best is the commit. The restart right after a SIGKILL also checks that the
+    after update-ref) and the proposal's merged ref, written before the branch moves, points at its
+    commit (off the branch when the kill came before update-ref); after the restart the proposal is
+    `merged` exactly once (one commit on the branch with its Proposal-Id, the head, parent the old
+    head, its merged ref), its note and tried ref (with note) exist, the store's best is the commit.
+    The restart right after a SIGKILL also checks that the
     committer's RQ worker name is per process (RQ refuses a name a killed process still holds)."""
     repo_dir = tmp_path / "repo"
     baseline = tmp_path / "baseline_train.py"
@@ -408,10 +410,13 @@ def test_committer_sigkilled_at_each_step_of_a_merge_merges_exactly_once(
             paused.wait(10)
         git(repo_dir, "fsck", "--strict", "--no-dangling")  # raises on any error
         after_kill = git(repo_dir, "rev-parse", "research").strip()
-        if point == "merge:commit-written":
-            assert after_kill == head, point
+        recorded = git(repo_dir, "rev-parse", f"refs/autoresearch/merged/{proposal.id}").strip()
+        if point == "merge:commit-written":  # recorded before publishing; not on the branch, so stale
+            assert after_kill == head and recorded != head, point
+            assert git(repo_dir, "rev-parse", f"{recorded}^").strip() == head, point
         else:
             assert git(repo_dir, "rev-parse", f"{after_kill}^").strip() == head, point
+            assert recorded == after_kill, point
             assert f"Proposal-Id: {proposal.id}" in git(repo_dir, "log", "-1", "--format=%B", after_kill)
         assert store.get(proposal.id).state == State.ACCEPTED, point
         # Restart in the next second: a commit made in the same second as the killed one, with the same
@@ -429,6 +434,10 @@ def test_committer_sigkilled_at_each_step_of_a_merge_merges_exactly_once(
         ).split()
         assert on_branch == [done.merged_commit] == [git(repo_dir, "rev-parse", "research").strip()], point
         assert git(repo_dir, "rev-parse", f"{done.merged_commit}^").strip() == head, point
+        assert (
+            git(repo_dir, "rev-parse", f"refs/autoresearch/merged/{proposal.id}").strip()
+            == done.merged_commit
+        )
         assert git(repo_dir, "rev-list", "--count", "research").strip() == str(i + 2), point
         assert (
             json.loads(git(repo_dir, "notes", "show", str(done.merged_commit)))["proposal_id"] == proposal.id

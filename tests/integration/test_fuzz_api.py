@@ -40,7 +40,6 @@ from typing import Any
 import httpx
 import hypothesis
 import pytest
-import redis
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -56,7 +55,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.controller.problems import PROBLEM_JSON
-from services.store import Store
+from services.store import Store, connect
 from tests.integration.live_server import ADMIN, agent_token, seed, serve, settings_for, stored_proposal
 
 FUZZ_DB = 9  # a Redis database of its own: nothing another test reads or flushes
@@ -118,7 +117,7 @@ def _curl(case: Case, headers: dict[str, str]) -> str:
 
 @pytest.fixture
 def fuzz_store(redis_url: str) -> Iterator[Store]:
-    client: redis.Redis[bytes] = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{FUZZ_DB}")
+    client = connect(redis_url.rsplit("/", 1)[0] + f"/{FUZZ_DB}")
     client.flushdb()
     yield seed(Store(client))
     client.flushdb()

@@ -35,7 +35,7 @@ from services.models import Proposal, new_id
 from services.patches import build_candidate
 from services.settings import Settings
 from services.states import TERMINAL, State
-from services.store import Store
+from services.store import Store, connect
 from tests.conftest import free_port, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def _group(tmp_path: Path, name: str, prefix: tuple[str, ...], redis_url: str) -
 
 
 def _wait_for_redis(url: str) -> None:
-    client = redis.Redis.from_url(url)
+    client = connect(url)
 
     def up() -> bool:
         try:
@@ -191,7 +191,7 @@ def _submit(store: Store, conn: "redis.Redis[bytes]", settings: Settings, title:
 
 
 def _exchange(network: Network, tmp_path: Path) -> None:
-    conn = redis.Redis.from_url(network.redis_url)
+    conn = connect(network.redis_url)
     conn.flushdb()
     settings = Settings(
         redis_url=network.redis_url, runs_dir=tmp_path / "committer-runs", repo_dir=tmp_path / "repo",

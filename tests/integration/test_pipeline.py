@@ -15,7 +15,7 @@ from rq import SimpleWorker
 from services import queue
 from services.committer import jobs as committer_jobs
 from services.committer.committer import Committer
-from services.committer.repo import GitResearchRepo
+from services.committer.repo import GitResearchRepo, HeadMoved
 from services.models import Proposal, new_id
 from services.patches import build_candidate
 from services.settings import Settings
@@ -319,3 +319,46 @@ def test_two_winners_finishing_together_give_one_merge_and_one_requeue(service: 
     assert len(requeued) == 1
     assert requeued[0].base_commit != a.base_commit  # it was re-run on the first winner's commit
     assert service.git("rev-list", "--count", "research").strip() == "3"
+
+
+def test_a_commit_git_refuses_ends_the_proposal_with_gits_reason(service: Service) -> None:
+    """Proposals stored before titles were checked at submit (a NUL in the title; the API refuses one
+    now): git refuses their commit messages. Before, the decision job failed each time and its retries
+    were scheduled for an RQ scheduler that no process runs, so the winner stayed `accepted` for good.
+    Now the retries run (at once), and the last one ends the winner `infra_error` with git's reason,
+    nothing merged; the loser keeps its verdict, its reason saying the tried ref was not kept."""
+    head = service.repo.head()
+    best = service.store.get_best()
+    winner = service.submit(BASELINE.replace("1.5", "1.4"), title="faster\0")
+    loser = service.submit(BASELINE.replace("1.5", "1.6"), title="slower\0")
+    service.drain()
+    won = service.store.get(winner.id)
+    assert won.state == State.INFRA_ERROR, won.reason
+    assert "nothing was merged" in won.reason and "NUL byte" in won.reason
+    assert won.merged_commit is None and service.repo.find_merged(winner.id) is None
+    lost = service.store.get(loser.id)
+    assert lost.state == State.REJECTED, lost.reason
+    assert "its tried ref could not be kept" in lost.reason and "NUL byte" in lost.reason
+    assert service.repo.head() == head and service.store.get_best() == best
+    assert queue.queue_depths(service.conn) == {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 0}
+
+
+def test_a_merge_whose_branch_moved_leaves_no_merged_record(service: Service) -> None:
+    head = service.repo.head()
+    first = service.repo.commit_on_branch(head, BASELINE + "A = 1\n", "first", "p_first")
+    with pytest.raises(HeadMoved):
+        service.repo.commit_on_branch(head, BASELINE + "B = 1\n", "second", "p_second")
+    assert service.repo.find_merged("p_second") is None and "p_second" not in service.repo.merged_refs()
+    assert service.repo.find_merged("p_first") == first == service.repo.head()
+
+
+def test_merges_from_before_merged_refs_get_theirs_from_the_committers_notes(service: Service) -> None:
+    """A repository whose merges predate merged refs: at start the committer records each from the
+    proposal id in its own note on the commit (never from the message)."""
+    proposal = service.submit(BASELINE.replace("1.5", "1.4"))
+    service.drain()
+    merged = service.store.get(proposal.id).merged_commit
+    service.git("update-ref", "-d", f"refs/autoresearch/merged/{proposal.id}")
+    assert service.repo.find_merged(proposal.id) is None
+    service.committer.bootstrap(BASELINE)
+    assert service.repo.find_merged(proposal.id) == merged

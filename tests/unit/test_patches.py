@@ -14,6 +14,7 @@ from services.patches import (
     canonical_diff,
     content_hash,
     normalise,
+    split_lines,
 )
 
 BASE = "".join(f"x{i} = {i}\n" for i in range(1, 31))  # 30 lines of valid Python
@@ -247,6 +248,48 @@ def test_lone_surrogate_and_nul_are_rejected() -> None:
         build(train_py="a = 1\nb = '\ud800'\n")
     with pytest.raises(InvalidPatch, match="NUL byte on line 3"):
         build(train_py="a = 1\nb = 2\nc = '\0'\n")
+
+
+# Every character `str.splitlines` (or some editor) breaks a line at, besides `\n` and `\r\n`.
+FOREIGN_BREAKS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+
+
+@pytest.mark.parametrize("char", FOREIGN_BREAKS)
+def test_canonical_diff_and_the_applier_agree_on_what_a_line_is(char: str) -> None:
+    """The one definition of a line: a comment holding `char` is one line to `split_lines` (as to
+    Python), one added line in the canonical diff, and applying that diff gives the candidate back.
+    With `str.splitlines` in canonical_diff, the comment's tail became a line of code of its own."""
+    comment = f"# note{char}print('pwned')"
+    candidate = BASE + comment + "\n"
+    assert split_lines(candidate)[-1] == comment and len(split_lines(candidate)) == 31
+    diff = canonical_diff(BASE, candidate)
+    assert [line for line in split_lines(diff) if line.startswith("+") and not line.startswith("+++")] == [
+        "+" + comment
+    ]
+    assert apply_unified_diff(BASE, diff) == candidate
+    unterminated = BASE + comment  # and at the end of a file without a final newline
+    assert apply_unified_diff(BASE, canonical_diff(BASE, unterminated)) == unterminated
+
+
+def test_split_lines_counts_crlf_as_one_line_end() -> None:
+    assert split_lines("a\r\nb\n\nc") == ["a", "b", "", "c"]
+    assert split_lines("a\r\nb\n", keepends=True) == ["a\n", "b\n"]
+    assert split_lines("") == [] and split_lines("x", keepends=True) == ["x"]
+
+
+@pytest.mark.parametrize("char", [*FOREIGN_BREAKS, "\r"])
+def test_other_line_breaks_are_refused_naming_the_character_line_and_column(char: str) -> None:
+    code = f"# note{char}print('pwned')"
+    with pytest.raises(InvalidPatch, match=rf"train_py holds U\+{ord(char):04X} \(.+\) at line 3, column 7"):
+        build(train_py=edit(BASE, 3, code))
+    diff = "--- a/trainer/train.py\n+++ b/trainer/train.py\n@@ -3 +3 @@\n-x3 = 3\n+" + code + "\n"
+    with pytest.raises(InvalidPatch, match=rf"diff holds U\+{ord(char):04X} \(.+\) at line 5, column 8"):
+        build(diff=diff)
+
+
+def test_crlf_line_endings_are_accepted() -> None:
+    crlf = edit(BASE, 3, "x3 = 33").replace("\n", "\r\n")
+    assert build(train_py=crlf).train_py == edit(BASE, 3, "x3 = 33")
 
 
 def test_unchanged_candidate_is_rejected() -> None:
