@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.errors import RunFailed
+from services.errors import InfraError, RunFailed
 from services.settings import MIB
 from services.states import State
+from services.worker.folders import remove_tree
 from services.worker.sandbox import CHECKPOINT_FILE, RESULT_FILE, RUN_JSON_FILE, RunPaths
 
 MAX_RUN_JSON_BYTES = 1 * MIB
@@ -52,8 +53,7 @@ def prepare_run_dir(root: Path, run_id: str, train_py: str) -> RunPaths:
     if not RUN_ID_PATTERN.fullmatch(run_id):
         raise ValueError(f"run id {run_id!r} is not a safe folder name")
     paths = RunPaths(Path(root) / run_id)
-    if paths.root.exists():
-        shutil.rmtree(paths.root)  # does not follow symlinks
+    _remove_or_raise(paths.root, "the run folder an earlier attempt left")
     paths.root.mkdir(parents=True, mode=CODE_MODE)
     paths.code.mkdir(mode=CODE_MODE)
     os.chmod(paths.code, CODE_MODE)  # mkdir's mode is masked by the umask
@@ -70,8 +70,7 @@ def prepare_run_dir(root: Path, run_id: str, train_py: str) -> RunPaths:
 def collect_checkpoint(paths: RunPaths, max_checkpoint_bytes: int) -> CollectedRun:
     """Copy `model.safetensors` and `run.json` from the run's output folder into its checkpoint
     folder (mounted read-only into evaluation). Raises CollectError with the reason."""
-    if paths.checkpoint.exists():
-        shutil.rmtree(paths.checkpoint)
+    _remove_or_raise(paths.checkpoint, "the checkpoint folder an earlier attempt left")
     paths.checkpoint.mkdir(mode=CODE_MODE)
     os.chmod(paths.checkpoint, CODE_MODE)
     target = paths.checkpoint / CHECKPOINT_FILE
@@ -95,6 +94,14 @@ def copy_cache(source: RunPaths, target: RunPaths) -> None:
 
 
 # -------------------------------------------------------------------------------------------------
+
+
+def _remove_or_raise(path: Path, what: str) -> None:
+    """Remove `path` by descriptor (folders.py: any depth, links never followed); a folder the
+    worker cannot clear is the host's failure, not the run's."""
+    failed = remove_tree(path)
+    if failed:
+        raise InfraError(f"cannot remove {what}: {failed}")
 
 
 def _open_untrusted(folder: Path, name: str, max_bytes: int) -> tuple[int, int]:

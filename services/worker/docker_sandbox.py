@@ -17,8 +17,10 @@ Enforced
   - wall clock: SIGKILL at the deadline (a trainer that ignores SIGTERM cannot outlive it); inside
     the container, coreutils `timeout` SIGKILLs the step kill_grace_s later as a backstop for a
     worker that died mid-step (a hostile step can kill that backstop: the worker's kill is the rule)
-  - output size: the writable folders are measured about once a second and the container killed
-    beyond max_output_bytes (or max_output_files entries)
+  - output size: the writable folders are measured about once a second, and once more after the
+    container exits, and the step killed (or failed) beyond max_output_bytes, max_output_files
+    entries or MAX_OUTPUT_DEPTH levels of nesting; folders.py walks them by file descriptor, so an
+    entry counts however deep it is, and one that cannot be examined is a violation
   - log: stdout and stderr are read live from the attach stream (the Docker log driver is off, so
     the daemon writes nothing to the host's disk); the last max_log_bytes are kept; only a training
     container's output is streamed to the proposal's live log: the evaluation's containers (scorer and
@@ -32,7 +34,8 @@ Not enforced (operators take note)
   - kernel or runtime exploits (runc, the NVIDIA container toolkit): the container shares the host
     kernel; use a VM or gVisor for a stronger boundary
   - the output cap is polled, so between two polls a run can write up to ~1 s of disk bandwidth
-    more (any single file is still capped by RLIMIT_FSIZE); use a filesystem quota for a hard cap
+    more (any single file is still capped by RLIMIT_FSIZE; the check after exit still fails the
+    step); use a filesystem quota for a hard cap
   - /dev/shm (64 MiB tmpfs, counted in the memory limit) is writable
   - CPU time and disk I/O bandwidth are shared with other containers unless container_cpus is set
   - timing: the trainer can read the clock and its own speed; only the wall clock is enforced
@@ -47,8 +50,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -62,6 +63,7 @@ from docker.client import DockerClient  # not `DockerClient`: mypy sees ./docker
 
 from services.errors import SandboxUnavailable
 from services.settings import GIB, MIB, Settings
+from services.worker.folders import MAX_OUTPUT_DEPTH, empty_folder, over_cap, remove_tree
 from services.worker.sandbox import (
     CACHE_DIR,
     CKPT_DIR,
@@ -621,15 +623,19 @@ class DockerSandbox:
 
     def _supervise(self, container: Any, step: _Step, exited: threading.Event) -> tuple[bool, str]:
         """Wait for the container to exit, killing it at the deadline or when its writable folders
-        outgrow the cap. Returns (timed_out, killed_reason)."""
+        outgrow the cap; once it has exited by itself, measure them once more (a tree written after
+        the last poll must not escape). Returns (timed_out, killed_reason)."""
         while True:
             remaining_s = step.deadline_unix - time.time()
             if remaining_s <= 0:
-                return (True, step.budget_reason) if _kill(container) else (False, "")
+                if _kill(container):
+                    return True, step.budget_reason
+                return False, self._over_output_cap(self._watched(step))  # it exited just before
             if exited.wait(min(self.poll_interval_s, remaining_s)):
-                return False, ""
+                return False, self._over_output_cap(self._watched(step))
             over = self._over_output_cap(self._watched(step))
-            if over and _kill(container):
+            if over:
+                _kill(container)  # False if it exited meanwhile: over the cap all the same
                 return False, over
 
     def _waiter(self, container: Any) -> threading.Event:
@@ -654,26 +660,16 @@ class DockerSandbox:
             return [*step.watched, step.scratch]
         return step.watched
 
-    def _over_output_cap(self, folders: Sequence[Path]) -> str:
-        total_bytes = 0
-        entries = 0
-        pending = [str(folder) for folder in folders]
-        while pending:
-            for entry in _scan(pending.pop()):
-                entries += 1
-                if entries > self.max_output_files:
-                    return f"output exceeded {self.max_output_files} files"
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:  # removed since the scan listed it
-                    continue
-                if stat.S_ISDIR(info.st_mode):
-                    pending.append(entry.path)
-                else:
-                    total_bytes += info.st_size
-        if total_bytes > self.settings.max_output_bytes:
-            return f"output exceeded {self.settings.max_output_bytes} bytes"
-        return ""
+    def _over_output_cap(self, watched: Sequence[Path]) -> str:
+        """Why the step's writable folders are over the cap ("" if they are not): folders.py walks
+        them by descriptor, so every entry counts however deep, and one it cannot examine counts
+        as a violation."""
+        return over_cap(
+            watched,
+            max_bytes=self.settings.max_output_bytes,
+            max_entries=self.max_output_files,
+            max_depth=MAX_OUTPUT_DEPTH,
+        )
 
     # ---------------------------------------------------------------------------------------------
     # Container configuration
@@ -900,28 +896,20 @@ def _remove_stray(containers: Any, name: str) -> None:
 
 
 def _fresh_folder(folder: Path) -> None:
-    """An empty folder writable by the sandbox user (whatever an earlier attempt left is deleted)."""
-    if folder.exists():
-        shutil.rmtree(folder)  # does not follow symlinks
+    """An empty folder writable by the sandbox user (whatever an earlier attempt left is removed,
+    by descriptor, without following links)."""
+    failed = remove_tree(folder)
+    if failed:
+        raise SandboxUnavailable(f"cannot make a fresh {folder.name} folder: {failed}")
     folder.mkdir()
     os.chmod(folder, 0o777)
 
 
 def _empty_folder(folder: Path) -> None:
-    """Delete what is inside `folder` without following symlinks (rmtree does not follow them)."""
-    for entry in _scan(str(folder)):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
-
-
-def _scan(folder: str) -> Iterator[os.DirEntry[str]]:
-    try:
-        with os.scandir(folder) as entries:
-            yield from entries
-    except (FileNotFoundError, NotADirectoryError):
-        return
+    """Delete what is inside `folder`, by descriptor, without following links."""
+    failed = empty_folder(folder)
+    if failed:
+        raise SandboxUnavailable(f"cannot empty the {folder.name} folder: {failed}")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import math
-import shutil
+import os
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from services.states import State
 from services.store import Store
 from services.worker import eval_failure, fixed_files, lease
 from services.worker.collect import collect_checkpoint, prepare_run_dir, read_result
+from services.worker.folders import remove_tree
 from services.worker.sandbox import EvalRequest, RunPaths, Sandbox, StepOutcome, TrainRequest
 
 log = logging.getLogger(__name__)
@@ -187,11 +188,30 @@ class Worker:
         train_py = proposal.train_py if subject == "candidate" else proposal.base_train_py
         t0 = time.monotonic()
         paths = prepare_run_dir(self.settings.runs_dir, run_id, train_py)
+        result: RunResult | None = None
         try:
-            return self._train_and_score(proposal, seed, subject, run_id, paths, t0, announce)
+            result = self._train_and_score(proposal, seed, subject, run_id, paths, t0, announce)
         finally:
-            if not self.settings.keep_checkpoints:
-                _discard_outputs(paths)
+            self._clean_up(paths, result, proposal.id)
+        return result
+
+    def _clean_up(self, paths: RunPaths, result: RunResult | None, proposal_id: str) -> None:
+        """Remove what the run's containers wrote, keeping its logs, train.py and the evaluation's
+        result; the compile cache too once the checkpoint was collected (a run of the same code may
+        reuse it), and the weights with keep_checkpoints. A run that failed before (or raised)
+        keeps nothing it wrote, however hostile the tree. A removal that fails is logged, never
+        raised: the run's own outcome stands and is never turned into an infrastructure error."""
+        kept = {paths.code.name, paths.eval_out.name}
+        if result is not None and result.state in (State.EVALUATING, State.VOIDED):  # collected
+            kept.add(paths.cache.name)
+            if self.settings.keep_checkpoints:
+                kept |= {paths.out.name, paths.checkpoint.name}
+        failed = _discard_outputs(paths, kept)
+        if failed:
+            log.error(
+                "run %s: what its containers wrote could not all be removed: %s",
+                paths.root.name, "; ".join(failed), extra={"proposal_id": proposal_id},
+            )  # fmt: skip
 
     def _train_and_score(
         self,
@@ -383,11 +403,21 @@ def _scored_all(proposal: Proposal) -> bool:
     )
 
 
-def _discard_outputs(paths: RunPaths) -> None:
-    """Weights and scratch go once a run is scored (hundreds of MB each on a GPU); the logs, the
-    run's train.py and the evaluation's result stay in the run folder."""
-    for folder in (paths.out, paths.checkpoint, paths.scratch):
-        shutil.rmtree(folder, ignore_errors=True)
+def _discard_outputs(paths: RunPaths, kept: set[str]) -> list[str]:
+    """Remove every entry of the run folder but the `kept` names and the logs (*.log files), by
+    descriptor (folders.py: any depth, links never followed); returns what could not be removed."""
+    try:
+        with os.scandir(paths.root) as entries:
+            doomed = [
+                entry.name
+                for entry in entries
+                if entry.name not in kept
+                and not (entry.name.endswith(".log") and entry.is_file(follow_symlinks=False))
+            ]
+    except OSError as exc:
+        return [f"cannot list {paths.root}: {exc.strerror}"]
+    failed = (remove_tree(paths.root / name) for name in sorted(doomed))
+    return [reason for reason in failed if reason]
 
 
 def _failure_code(paths: RunPaths) -> str:

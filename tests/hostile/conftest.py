@@ -154,6 +154,18 @@ class Harness:
         path = self.settings.runs_dir / runs[0]["run_id"] / "train.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def assert_outputs_removed(self, ran: Ran) -> None:
+        """Nothing the proposal's containers wrote is left under the runs folder: beside the victim,
+        only its runs' folders, each holding its train.py, logs and an empty evaluation folder."""
+        run_ids = [str(result["run_id"]) for result in ran.detail["results"]]
+        runs = self.settings.runs_dir
+        assert sorted(path.name for path in runs.iterdir()) == sorted([self.victim.name, *run_ids])
+        for run_id in run_ids:
+            left = sorted(path.name for path in (runs / run_id).iterdir())
+            assert set(left) <= {"code", "eval", "train.log", "eval.log"}, left
+            assert [path.name for path in (runs / run_id / "code").iterdir()] == ["train.py"]
+            assert list((runs / run_id / "eval").iterdir()) == []
+
     def proposal_count(self) -> int:
         return int(self.api.get("/v1/proposals").json()["total"])
 
@@ -206,6 +218,7 @@ def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
 
 @pytest.fixture
 def hostile(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     redis_url: str,
     store: Store,
@@ -216,9 +229,11 @@ def hostile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Harness]:
     train, val, val_marker = prepared_data
+    # indirect parametrization: {"settings": {...}, "sandbox": {...}} changes the defaults below
+    options: dict[str, dict[str, Any]] = getattr(request, "param", {})
     monkeypatch.setenv("AR_WORKER_SECRET", SECRET)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    settings = Settings(
+    values: dict[str, Any] = dict(
         redis_url=redis_url, admin_token=SecretStr(ADMIN), runs_dir=tmp_path / "runs",
         repo_dir=tmp_path / "repo", trainer_image=trainer_image, train_data=str(train),
         val_data=str(val), run_wall_clock_s=WALL_CLOCK_S, eval_timeout_s=60, kill_grace_s=2,
@@ -227,6 +242,7 @@ def hostile(
         max_log_bytes=MAX_LOG_BYTES, log_tail_bytes=LOG_TAIL_BYTES, infra_retries=0, preset="tiny",
         device="cpu",
     )  # fmt: skip
+    settings = Settings(**{**values, **options.get("settings", {})})
     repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
     head = repo.ensure(MODEL_TRAIN_PY)
     store.add_commit(head, MODEL_TRAIN_PY)
@@ -239,9 +255,9 @@ def hostile(
     (victim / "train.log").write_text("another run's log\n")
     for path in (tmp_path, settings.runs_dir, victim, victim / "out"):
         path.chmod(0o755)  # readable by uid 65534, as a careless host would leave them
-    sandbox = DockerSandbox(
-        settings, docker_client, eval_max_docs=8, log_sink=store.append_live_log
-    )  # as in production
+    sandbox = DockerSandbox(  # the live log as in production
+        settings, docker_client, eval_max_docs=8, log_sink=store.append_live_log, **options.get("sandbox", {})
+    )
     worker_jobs.configure(
         Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="hw")
     )

@@ -11,6 +11,7 @@ state the sandbox gives them: `oom`, `timed_out`, `crashed` by a kill or a refus
 
 import pytest
 
+from services.worker.folders import MAX_OUTPUT_DEPTH
 from tests.hostile.conftest import (
     BEST_BPB,
     LOG_TAIL_BYTES,
@@ -21,6 +22,7 @@ from tests.hostile.conftest import (
     TMPFS_BYTES,
     WALL_CLOCK_S,
     Harness,
+    Ran,
     host_processes_with,
 )
 
@@ -402,6 +404,78 @@ def test_detached_double_forked_process_does_not_outlive_the_run(hostile: Harnes
     assert ran.state == "crashed" and "missing model.safetensors" in ran.reason
     assert host_processes_with("987654") == []
     hostile.assert_untouched(ran.id)
+
+
+# --------------------------------------------------------------------------------------------------
+# Trees that a walk by path cannot see: deeper than PATH_MAX, thousands of levels deep. The cap counts
+# every entry (by descriptor), once more after the container exits, and the worker removes them all.
+
+DEEP_TREE = """\
+import os
+
+
+def deep_tree(top, depth, name, files):
+    \"\"\"Folders `name` nested `depth` deep, each made relative to its parent's descriptor (no path
+    the kernel sees is longer than `name`), then `files` empty files at the bottom.\"\"\"
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for level in range(depth):
+        os.mkdir(name, dir_fd=fd)
+        deeper = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    print(f"{depth} levels deep", flush=True)
+    for i in range(files):
+        os.close(os.open(f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    print(f"{files} files at the bottom", flush=True)
+    os.close(fd)
+
+
+"""
+LONG_NAME = "d" * 255  # 17 levels of it are longer than PATH_MAX (4096)
+
+
+def assert_crashed_by_the_cap(hostile: Harness, ran: Ran, cap: str) -> None:
+    """`crashed` by the sandbox with `cap` named, never an infrastructure failure or a retry, and
+    nothing of the tree left on the host."""
+    assert ran.state == "crashed", (ran.state, ran.reason, ran.log[-2000:])
+    assert f"stopped by the sandbox: {cap}" in ran.reason, ran.reason
+    assert hostile.store.get(ran.id).attempts == 0
+    assert len(ran.detail["results"]) == 1
+    hostile.assert_outputs_removed(ran)
+    hostile.assert_untouched(ran.id)
+
+
+def test_a_tree_thousands_of_levels_deep_is_killed_and_removed(hostile: Harness) -> None:
+    """The outside review's attack: 150,000 files under 2,100 levels; a walk by path never counted
+    them and shutil.rmtree died of recursion (the run became a worker error, then infra_error)."""
+    code = DEEP_TREE + f"deep_tree('/out', 2100, {LONG_NAME!r}, 150_000)\nimport time\ntime.sleep(600)\n"
+    ran = hostile.run(code)
+    assert_crashed_by_the_cap(hostile, ran, f"output nested deeper than {MAX_OUTPUT_DEPTH} levels")
+
+
+@pytest.mark.parametrize(
+    "hostile", [{"sandbox": {"poll_interval_s": 3600.0}, "settings": {"run_wall_clock_s": 40}}], indirect=True
+)
+def test_a_deep_tree_written_after_the_last_poll_is_caught_when_the_container_exits(hostile: Harness) -> None:
+    """An honest model and outputs, then a deep tree in the compile cache, then exit 0 before any
+    poll (polls are an hour apart here): the check after exit fails the run before collection."""
+    code = DEEP_TREE + MODEL_TRAIN_PY.replace(
+        '    print("done", flush=True)\n',
+        f'    print("done", flush=True)\n    deep_tree("/cache", 1500, {LONG_NAME!r}, 2000)\n',
+    )
+    ran = hostile.run(code)
+    assert "2000 files at the bottom" in ran.log, ran.log[-2000:]
+    assert_crashed_by_the_cap(hostile, ran, f"output nested deeper than {MAX_OUTPUT_DEPTH} levels")
+    assert ran.detail["val_bpb"] is None  # never evaluated
+
+
+@pytest.mark.parametrize("hostile", [{"sandbox": {"max_output_files": 2000}}], indirect=True)
+def test_files_beyond_path_max_count_towards_the_cap(hostile: Harness) -> None:
+    """3,000 files 20 levels of 255-character names down (within the nesting limit, past PATH_MAX),
+    where a walk by path could not stat them: every one counts."""
+    code = DEEP_TREE + f"deep_tree('/out', 20, {LONG_NAME!r}, 3000)\nimport time\ntime.sleep(600)\n"
+    ran = hostile.run(code)
+    assert_crashed_by_the_cap(hostile, ran, "output exceeded 2000 files and folders")
 
 
 # --------------------------------------------------------------------------------------------------
