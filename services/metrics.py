@@ -219,5 +219,7 @@ def _durations(runs: list[RunDigest]) -> HistogramMetricFamily:
         values = [getattr(run, f"{step}_s") for run in runs]
         buckets = [(str(bound), float(sum(v <= bound for v in values))) for bound in DURATION_BUCKETS_S]
         buckets.append(("+Inf", float(len(values))))
-        family.add_metric([step], buckets, sum_value=float(sum(values)))
+        # whole seconds, as agents see durations: a sum that moves by one run's exact seconds is that
+        # run's evaluation time to the microsecond (services/controller/disclosure.py)
+        family.add_metric([step], buckets, sum_value=float(round(sum(values))))
     return family

@@ -6,7 +6,9 @@ Admins see everything. Agents (and the unauthenticated /metrics) see:
     run-to-run σ at the 300 s budget): at full precision a score carries tens of bits about the rows
     it was computed on; the committer decides on the full numbers
   - numbers in reason texts rounded the same way (the committer writes its verdicts with six)
-  - the evaluation's duration in whole seconds, and no finer split of it (`scorer_timings`)
+  - the evaluation's duration in whole seconds, and no finer split of it (`scorer_timings`); every
+    timestamp in whole seconds too, since two of them (a run's `finished_at` and its `evaluating`
+    event's `at`) bracket the evaluation to the millisecond
   - nothing of the held-out test split but whether the tripwire passed (`test_*` fields hidden): agents
     who saw test figures could tune against them, and the tripwire would become a ranking
   - not where the logits crossed (`logits_slots`): the model server chooses it
@@ -34,6 +36,8 @@ SIGMA_KEYS = frozenset({"sigma_bpb"})  # shown to two significant digits
 SECONDS_KEYS = frozenset(
     {"eval_container_s", "gpu_seconds", "gpu_seconds_total", "gpu_seconds_per_improvement"}
 )
+# Timestamps (seconds since the epoch) of the record: events, runs, decisions, proposals, lineage.
+TIME_KEYS = frozenset({"at", "finished_at", "decided_at", "created_at", "updated_at", "merged_at"})
 HIDDEN_KEYS = frozenset({"scorer_timings", "logits_slots"})
 HIDDEN_PREFIX = "test_"  # the held-out split's figures: admins only
 TEXT_KEYS = frozenset({"reason"})
@@ -88,7 +92,7 @@ class Disclosure:
             return _map_numbers(value, self.score)
         if key in SIGMA_KEYS:
             return _map_numbers(value, _significant)
-        if key in SECONDS_KEYS:
+        if key in SECONDS_KEYS or key in TIME_KEYS:
             return _map_numbers(value, lambda x: float(round(x)))
         if key in TEXT_KEYS and isinstance(value, str):
             return self.text(value)

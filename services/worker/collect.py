@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from services.errors import InfraError, RunFailed
 from services.settings import MIB
 from services.states import State
@@ -26,6 +28,7 @@ from services.worker.sandbox import CHECKPOINT_FILE, RESULT_FILE, RUN_JSON_FILE,
 
 MAX_RUN_JSON_BYTES = 1 * MIB
 MAX_RESULT_BYTES = 1 * MIB
+MAX_COUNT = 2**63 - 1  # steps, tokens and bytes the worker keeps: a number Redis, JSON and floats all hold
 COPY_CHUNK_BYTES = 4 * MIB
 WRITABLE_MODE = 0o1777  # folders the sandbox user (65534) writes: like /tmp, sticky
 CODE_MODE = 0o755
@@ -40,11 +43,26 @@ class CollectError(RunFailed):
         super().__init__(State.CRASHED, reason)
 
 
+class RunStats(BaseModel):
+    """What the worker keeps of the trainer's own run.json (the trainer contract's fields). Strict:
+    the trainer wrote it, so a string, a list or a 400-digit integer is its failure, never the
+    worker's (such a value would otherwise fail the worker's own records, or a float conversion later)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    steps: int | None = Field(None, ge=0, le=MAX_COUNT)
+    tokens: int | None = Field(None, ge=0, le=MAX_COUNT)
+    startup_s: float | None = Field(None, ge=0, allow_inf_nan=False)
+    training_s: float | None = Field(None, ge=0, allow_inf_nan=False)
+    peak_memory_bytes: int | None = Field(None, ge=0, le=MAX_COUNT)
+
+
 @dataclass(frozen=True)
 class CollectedRun:
     checkpoint: Path  # the copied model.safetensors, in paths.checkpoint
     checkpoint_bytes: int
     run_json: dict[str, Any]
+    stats: RunStats
 
 
 def prepare_run_dir(root: Path, run_id: str, train_py: str) -> RunPaths:
@@ -77,8 +95,9 @@ def collect_checkpoint(paths: RunPaths, max_checkpoint_bytes: int) -> CollectedR
     size = _copy_untrusted(paths.out, CHECKPOINT_FILE, target, max_checkpoint_bytes)
     run_json_bytes = _read_untrusted(paths.out, RUN_JSON_FILE, MAX_RUN_JSON_BYTES)
     run_json = _json_object(run_json_bytes, RUN_JSON_FILE)
+    stats = _run_stats(run_json)
     _write_readonly(paths.checkpoint / RUN_JSON_FILE, run_json_bytes)
-    return CollectedRun(checkpoint=target, checkpoint_bytes=size, run_json=run_json)
+    return CollectedRun(checkpoint=target, checkpoint_bytes=size, run_json=run_json, stats=stats)
 
 
 def read_result(paths: RunPaths) -> dict[str, Any]:
@@ -186,9 +205,20 @@ def _json_object(data: bytes, name: str) -> dict[str, Any]:
         value = json.loads(data.decode("utf-8"), parse_constant=refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise CollectError(f"{name} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than the parser's stack, e.g. 100,000 brackets
+        raise CollectError(f"{name} is not valid JSON: nested too deeply") from exc
     if not isinstance(value, dict):
         raise CollectError(f"{name} is not a JSON object")
     return value
+
+
+def _run_stats(run_json: dict[str, Any]) -> RunStats:
+    try:
+        return RunStats.model_validate(run_json)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise CollectError(f"{RUN_JSON_FILE} field {field!r} is invalid: {error['msg']}") from exc
 
 
 def _size(n: int) -> str:

@@ -22,7 +22,7 @@ from services.settings import Settings
 from services.states import State
 from services.store import Store
 from services.worker import eval_failure, fixed_files, lease
-from services.worker.collect import collect_checkpoint, prepare_run_dir, read_result
+from services.worker.collect import RunStats, collect_checkpoint, prepare_run_dir, read_result
 from services.worker.folders import remove_tree
 from services.worker.sandbox import EvalRequest, RunPaths, Sandbox, StepOutcome, TrainRequest
 
@@ -151,6 +151,9 @@ class Worker:
                 return self._confirm_runs(proposal, pending)
         except InfraError as exc:
             infra = exc
+        except Exception as exc:  # a bug of ours: bounded retries as in `execute`, never a failed job
+            log.exception("confirmation failed unexpectedly", extra={"proposal_id": proposal.id})
+            infra = InfraError(f"worker error: {exc!r}")  # that the sweep would re-run without end
         finally:  # before any re-queue, so that the worker taking the retry can claim it
             self.conn.delete(f"ar:claim:{proposal.id}:confirm")
         return self._retry_later(proposal.id, infra, State.CONFIRMING)
@@ -234,14 +237,12 @@ class Worker:
             timings = StepTimings(prepare_s=t1 - t0, train_container_s=t2 - t1)
             return RunResult(**base, state=failure[0], reason=failure[1], timings=timings)
         try:
-            run_json = collect_checkpoint(paths, self.settings.max_checkpoint_bytes).run_json
+            stats = collect_checkpoint(paths, self.settings.max_checkpoint_bytes).stats
         except RunFailed as exc:
             return RunResult(**base, state=exc.state, reason=exc.reason)
         t3 = time.monotonic()
         if announce:
-            self.store.transition(
-                proposal.id, State.EVALUATING, f"trained {run_json.get('steps')} steps; evaluating"
-            )
+            self.store.transition(proposal.id, State.EVALUATING, f"trained {stats.steps} steps; evaluating")
         evaluated = self.sandbox.evaluate(self._eval_request(proposal, run_id, paths, seed))
         t4 = time.monotonic()
         timings = StepTimings(
@@ -261,7 +262,7 @@ class Worker:
                 f"{pinned.pinned_at}): {', '.join(changed)}"
             )
             return RunResult(**base, state=State.VOIDED, reason=reason, timings=timings)
-        return self._scored(base, run_json, scored, timings)
+        return self._scored(base, stats, scored, timings)
 
     def pinned_fixed_files(self) -> fixed_files.Pin:
         """The fixed files' expected hashes for this worker's runs: the record pinned in Redis for
@@ -288,7 +289,7 @@ class Worker:
     def _scored(
         self,
         base: dict[str, object],
-        run_json: dict[str, object],
+        stats: RunStats,
         scored: dict[str, object],
         timings: StepTimings,
     ) -> RunResult:
@@ -309,11 +310,7 @@ class Worker:
                 "val_bpb": scored["val_bpb"],
                 "val_tokens": scored.get("val_tokens"),
                 "val_bytes": scored.get("val_bytes"),
-                "steps": run_json.get("steps"),
-                "tokens": run_json.get("tokens"),
-                "startup_s": run_json.get("startup_s"),
-                "training_s": run_json.get("training_s"),
-                "peak_memory_bytes": run_json.get("peak_memory_bytes"),
+                **stats.model_dump(),
                 "fingerprint": fingerprint,
                 "fixed_hashes": fixed,
                 "timings": timings,
