@@ -14,7 +14,7 @@ bash docker/build-images.sh --trainer-only --cuda
 echo "cuda-smoke: build took $((SECONDS - start)) s"
 size=$(docker image inspect -f '{{.Size}}' "$TRAINER_IMAGE")
 echo "cuda-smoke: $TRAINER_IMAGE is $((size / 1000000)) MB"
-docker run --rm --network none "$TRAINER_IMAGE" python - <<'PY'
+docker run --rm -i --network none "$TRAINER_IMAGE" python - <<'PY'
 import ctypes, glob, os, sys
 import torch
 assert torch.version.cuda, "torch has no CUDA"
@@ -31,7 +31,7 @@ for pattern in wanted:
 print("cuda-smoke: loaded", ", ".join(loaded))
 print("cuda-smoke: torch.cuda.is_available() =", torch.cuda.is_available(), "(no GPU here)")
 PY
-AR_TRAINER_IMAGE=$TRAINER_IMAGE TRAINER_TARGET=cuda "$PY" -m pytest -p no:cacheprovider -q \
+AR_TRAINER_IMAGE=$TRAINER_IMAGE TRAINER_TARGET=cuda "$PY" -m pytest -p no:cacheprovider -v \
     "tests/integration/test_docker_sandbox.py::test_the_real_trainer_and_evaluator_run_in_the_sandbox" \
     tests/integration/test_gpu_request.py
 echo "cuda-smoke: passed in $((SECONDS - start)) s"
