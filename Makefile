@@ -1,19 +1,27 @@
 # Every target works on a fresh checkout: `make test` sets up what it needs first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# docker compose v2 where the plugin exists, else docker-compose v1.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+CPU_FILES := -f compose.yaml -f compose.cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup images test test-fast lint format up up-cpu down bench reap clean
+.PHONY: setup wheels images test test-fast lint format up up-cpu down down-cpu cuda-smoke bench reap clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# torch 2.13.0, hash-pinned: a local CPU wheel, else PyTorch's CPU index, else PyPI's CUDA build
+# (docker/install-torch.sh).
+$(VENV)/.installed: pyproject.toml docker/lock/torch-cpu.lock docker/lock/torch-cuda.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	sh docker/install-torch.sh $(PY) docker/lock docker/wheels
 	$(PY) -m pip install -q -e '.[dev,trainer]'
 	touch $@
+
+# torch's CPU wheel into docker/wheels/ when this machine has one locally (image builds use it).
+wheels:
+	@bash docker/local-wheels.sh
 
 # Images for the Docker tests; skipped (the tests then skip with a reason) when no engine answers.
 images:
@@ -36,14 +44,22 @@ format: setup
 	$(VENV)/bin/ruff format services tests bench
 	$(VENV)/bin/ruff check --fix services tests bench
 
+# The stack, built by compose itself. A failing prepare (bad corpus) stops `up`; its log is shown.
 up:
-	$(COMPOSE) up
+	$(COMPOSE) up --build || { $(COMPOSE) logs --no-color --tail 20 prepare; exit 1; }
 
-up-cpu: images
-	$(COMPOSE) -f compose.yaml -f compose.cpu.yaml up
+up-cpu: wheels
+	$(COMPOSE) $(CPU_FILES) up --build || { $(COMPOSE) $(CPU_FILES) logs --no-color --tail 20 prepare; exit 1; }
 
 down:
 	$(COMPOSE) down
+
+down-cpu:
+	$(COMPOSE) $(CPU_FILES) down
+
+# Build the cuda trainer image and check it on this machine's CPU (docker/cuda-smoke.sh).
+cuda-smoke: setup
+	bash docker/cuda-smoke.sh
 
 bench: setup images
 	$(PY) bench/cycle.py

@@ -19,6 +19,7 @@ from enum import StrEnum
 from pydantic import SecretStr
 
 from services.errors import AuthError
+from services.logs import boxed
 from services.store import Store
 
 log = logging.getLogger(__name__)
@@ -91,4 +92,21 @@ def bootstrap_admin(store: Store, admin_token: SecretStr | None) -> None:
         return
     token = create_token(store, BOOTSTRAP_ADMIN_NAME, Role.ADMIN)
     # Shown once, on purpose: the operator copies it from the log; only its hash is stored.
-    log.warning("AR_ADMIN_TOKEN is unset and no tokens exist: created admin token %s (store it now)", token)
+    log.warning(
+        "AR_ADMIN_TOKEN is unset and no tokens exist: created admin token %s (store it now)",
+        token,
+        extra={"banner": first_admin_banner(token)},
+    )
+
+
+def first_admin_banner(token: str) -> str:
+    return boxed(
+        [
+            "FIRST ADMIN TOKEN (shown once; only its hash is stored):",
+            "",
+            f"    {token}",
+            "",
+            "Use it as `Authorization: Bearer <token>` (dashboard, CLI, API).",
+            "Lost it? A new admin token: docker compose exec controller autoresearch-admin token",
+        ]
+    )

@@ -67,9 +67,14 @@ class Settings(BaseSettings):
     # The interpreter inside the trainer image (an absolute in-container path): the image's venv, or on
     # a host-runtime image (gpu_mode "devices" with the host's /usr and Python mounted) the host's.
     trainer_python: str = Field("/opt/venv/bin/python", pattern=r"^/[A-Za-z0-9._/+-]+$")
-    runs_dir: Path = Path("/var/lib/autoresearch/runs")  # host path; per-run folders live here
-    train_data: str = "autoresearch-train-data"  # a volume name or an absolute host path
-    val_data: str = "autoresearch-val-data"  # a volume name or an absolute host path
+    runs_dir: Path = Path("/var/lib/autoresearch/runs")  # the worker's path; per-run folders live here
+    # Where runs_dir lies on the Docker host, if not at the same path: a worker in a container finds
+    # it itself (docker_sandbox.resolve_for_host); run containers' bind mounts are translated to it.
+    runs_host_dir: Path | None = None
+    # A volume name, an absolute host path, or (a worker in a compose stack) a volume key of its
+    # compose file ("train-data"), resolved to that project's own volume.
+    train_data: str = "autoresearch-train-data"
+    val_data: str = "autoresearch-val-data"
     container_memory_bytes: int = Field(64 * GIB, ge=32 * MIB)
     container_pids_limit: int = Field(1024, ge=16)
     container_cpus: float = Field(0.0, ge=0.0)  # 0 = no CPU limit

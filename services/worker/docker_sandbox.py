@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -735,6 +736,7 @@ class DockerSandbox:
             memlock = settings.eval_memlock_bytes
             kwargs["ulimits"].append(docker.types.Ulimit(name="memlock", soft=memlock, hard=memlock))
         kwargs.update(self._gpu_kwargs(mounts))
+        kwargs["mounts"] = [_on_host(mount, self.settings) for mount in mounts]
         return kwargs
 
     def _gpu_kwargs(self, mounts: list[docker.types.Mount]) -> dict[str, Any]:
@@ -922,3 +924,78 @@ def _translated(what: str) -> Iterator[None]:
         raise SandboxUnavailable(f"{what}: image missing ({exc}); {BUILD_HINT}") from exc
     except (docker.errors.DockerException, OSError) as exc:
         raise SandboxUnavailable(f"{what}: {exc}") from exc
+
+
+# -------------------------------------------------------------------------------------------------
+# A worker in a container (compose): its settings as the host's engine sees them
+
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_VOLUME_LABEL = "com.docker.compose.volume"
+DATA_VOLUME_SETTINGS = ("train_data", "val_data")  # settings that may name a compose volume key
+_CONTAINER_ID_IN_MOUNTINFO = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def resolve_for_host(
+    settings: Settings, client: DockerClient | None = None, container_id: str | None = None
+) -> Settings:
+    """Settings of a worker running in a container (`container_id`, else its own, found from
+    /proc/self/mountinfo), translated to what the host's engine sees: `runs_host_dir` is where the
+    container's mount at `runs_dir` lies on the host (a named volume's mountpoint), and a data
+    setting naming a volume key of the container's compose project ("train-data") becomes that
+    project's volume, so stacks on one host never share one. Outside a container: unchanged."""
+    container_id = container_id or _own_container_id()
+    if container_id is None:
+        return settings
+    if client is None:
+        with _translated("cannot reach the Docker daemon"):
+            client = DockerClient.from_env()
+        with contextlib.closing(client):
+            return resolve_for_host(settings, client, container_id)
+    with _translated("docker failed inspecting the worker's own container"):
+        try:
+            attrs = client.api.inspect_container(container_id)
+        except docker.errors.NotFound:  # a container of another engine (the host is one itself)
+            return settings
+    update: dict[str, Any] = {}
+    runs_source = _mount_source(attrs, settings.runs_dir)
+    if runs_source is not None and runs_source != settings.runs_dir:
+        update["runs_host_dir"] = runs_source
+    project = str((attrs.get("Config", {}).get("Labels") or {}).get(COMPOSE_PROJECT_LABEL) or "")
+    for name in DATA_VOLUME_SETTINGS if project else ():
+        volume = _compose_volume(client, project, getattr(settings, name))
+        if volume is not None:
+            update[name] = volume
+    return settings.model_copy(update=update) if update else settings
+
+
+def _own_container_id() -> str | None:
+    try:  # Docker bind-mounts /etc/hostname and friends from /var/lib/docker/containers/<id>/
+        found = _CONTAINER_ID_IN_MOUNTINFO.search(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def _mount_source(attrs: Mapping[str, Any], destination: Path) -> Path | None:
+    for mount in attrs.get("Mounts") or []:
+        if Path(mount.get("Destination", "")) == destination and mount.get("Source"):
+            return Path(mount["Source"])
+    return None
+
+
+def _compose_volume(client: DockerClient, project: str, key: str) -> str | None:
+    labels = [f"{COMPOSE_PROJECT_LABEL}={project}", f"{COMPOSE_VOLUME_LABEL}={key}"]
+    with _translated("docker failed listing the compose project's volumes"):
+        volumes = client.volumes.list(filters={"label": labels})
+    return str(volumes[0].name) if len(volumes) == 1 else None
+
+
+def _on_host(mount: docker.types.Mount, settings: Settings) -> docker.types.Mount:
+    """A bind mount of a run folder, its source moved from the worker's runs_dir to the host's."""
+    if settings.runs_host_dir is None or mount.get("Type") != "bind":
+        return mount
+    source = Path(mount["Source"])
+    if not source.is_relative_to(settings.runs_dir):
+        return mount
+    host_source = settings.runs_host_dir / source.relative_to(settings.runs_dir)
+    return _bind(host_source, mount["Target"], read_only=bool(mount.get("ReadOnly")))

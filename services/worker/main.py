@@ -9,7 +9,7 @@ from services.logs import configure_logging
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs, lease
-from services.worker.docker_sandbox import DockerSandbox
+from services.worker.docker_sandbox import DockerSandbox, resolve_for_host
 from services.worker.pipeline import Worker
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 def main() -> None:
     configure_logging()
-    settings = Settings()
+    # In a compose stack: its own project's volumes, and where its runs folder lies on the host.
+    settings = resolve_for_host(Settings())
+    log.info("runs in %s (on the host: %s)", settings.runs_dir, settings.runs_host_dir or settings.runs_dir)
     conn = connect(settings.redis_url)
     name = (
         f"{socket.gethostname()}-gpu{settings.gpu_id}"

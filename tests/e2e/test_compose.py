@@ -1,11 +1,12 @@
-"""The whole stack from compose (CPU variant, tiny trainer): a proposal that improves the tiny run is
-merged on the research branch with its numbers, one that makes it worse is rejected with its numbers.
+"""The whole stack from compose (CPU variant, tiny trainer), built by compose itself: a proposal that
+improves the tiny run is merged on the research branch with its numbers, one that makes it worse is
+rejected with its numbers, and `down -v` leaves nothing of the stack behind (containers, networks,
+volumes, run folders). A corpus without a validation file stops `up` with prepare's message.
 Real Docker, real Redis, real git, real trainer and evaluator; driven through the REST API only."""
 
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,28 +15,25 @@ from pathlib import Path
 
 import httpx
 import pytest
+from docker.client import DockerClient
 
 from tests.conftest import free_port
+from tests.e2e.conftest import compose_command
 from tests.trainer.conftest import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"merged", "rejected", "crashed", "timed_out", "oom", "voided", "infra_error", "cancelled"}
+PROJECT_LABEL = "com.docker.compose.project"
+CPU_FILES = ["-f", "compose.yaml", "-f", "compose.cpu.yaml"]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
-
-
-def compose_command() -> list[str]:
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    pytest.skip("neither `docker compose` nor `docker-compose` is installed")
 
 
 @dataclass
 class Stack:
     url: str
     token: str
+    project: str
     compose: list[str]
     env: dict[str, str]
 
@@ -50,7 +48,7 @@ class Stack:
             check=check,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=1200,
         )
 
 
@@ -68,39 +66,73 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 1.0):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_images: None) -> Iterator[Stack]:
-    compose = compose_command()
-    work = tmp_path_factory.mktemp("e2e")
-    source = write_corpus(work / "source", seed=1)
-    runs = work / "runs"
-    runs.mkdir()
+def make_stack(work: Path, build_env: dict[str, str], source: Path) -> Stack:
     project = f"ar-e2e-{secrets.token_hex(3)}"
     token = secrets.token_urlsafe(24)
     port = free_port()
     env = {
         **os.environ,
+        **build_env,
         "COMPOSE_PROJECT_NAME": project,
-        "AR_VOLUME_PREFIX": project,
         "AR_ADMIN_TOKEN": token,
         "AR_PORT": str(port),
         "AR_SOURCE_DIR": str(source),
-        "AR_RUNS_DIR": str(runs),
-        "AR_RUN_WALL_CLOCK_S": "120",
+        # The tiny preset runs a fixed number of steps unless the deadline stops it early; on a busy
+        # machine 120 s did (noisy scores), so the budget is far above its idle ~10 s.
+        "AR_RUN_WALL_CLOCK_S": "600",
     }
-    stack = Stack(
-        f"http://127.0.0.1:{port}", token, [*compose, "-f", "compose.yaml", "-f", "compose.cpu.yaml"], env
-    )
+    return Stack(f"http://127.0.0.1:{port}", token, project, [*compose_command(), *CPU_FILES], env)
+
+
+def save_logs(stack: Stack, name: str) -> None:
+    logs = stack.run("logs", "--no-color", check=False).stdout
+    (ROOT / "test-output").mkdir(exist_ok=True)
+    (ROOT / "test-output" / name).write_text(logs)
+
+
+def leftovers(client: DockerClient, project: str) -> dict[str, list[str]]:
+    labelled = {"label": f"{PROJECT_LABEL}={project}"}
+    return {
+        "containers": [c.name for c in client.containers.list(all=True, filters=labelled)],
+        "networks": [n.name for n in client.networks.list(filters=labelled)],
+        "volumes": [v.name for v in client.volumes.list(filters=labelled)],
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, build_env: dict[str, str]) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("e2e")
+    stack = make_stack(work, build_env, write_corpus(work / "source", seed=1))
     try:
-        stack.run("up", "-d")
+        stack.run("up", "-d", "--build")
         yield stack
     finally:
-        logs = stack.run("logs", "--no-color", check=False).stdout
-        (ROOT / "test-output").mkdir(exist_ok=True)
-        (ROOT / "test-output" / "e2e-compose.log").write_text(logs)
+        save_logs(stack, "e2e-compose.log")
         stack.run("down", "-v", "--remove-orphans", check=False)
 
 
+def test_a_corpus_without_validation_file_stops_up_with_prepares_message(
+    tmp_path: Path, build_env: dict[str, str], docker_client: DockerClient
+) -> None:
+    source = write_corpus(tmp_path / "source", seed=2)
+    (source / "val.jsonl").rename(source / "holdout.jsonl")
+    stack = make_stack(tmp_path, build_env, source)
+    try:
+        proc = subprocess.run(
+            ["make", "up-cpu", f"COMPOSE={' '.join(compose_command())}"],
+            cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=1200, check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0
+        assert "want exactly one validation file named val*, found 0" in proc.stdout + proc.stderr
+        assert not [c for c in leftovers(docker_client, stack.project)["containers"] if "worker" in c]
+    finally:
+        stack.run("down", "-v", "--remove-orphans", check=False)
+    assert leftovers(docker_client, stack.project) == {"containers": [], "networks": [], "volumes": []}
+
+
+# A liveness bound, not a speed claim: about ten tiny runs, each 20 s on an idle 2-core machine and
+# over 2 minutes on a busy one.
+@pytest.mark.timeout(3600)
 def test_better_proposal_merged_worse_rejected(stack: Stack) -> None:
     with stack.client() as api:
         wait_until(lambda: api.get("/healthz").status_code == 200, 120, "the controller to answer")
@@ -129,7 +161,7 @@ def test_better_proposal_merged_worse_rejected(stack: Stack) -> None:
             found = {name: api.get(f"/v1/proposals/{pid}").json() for name, pid in ids.items()}
             return found if all(p["state"] in TERMINAL for p in found.values()) else None
 
-        done = wait_until(finished, 900, "both proposals to finish", interval_s=2)
+        done = wait_until(finished, 2400, "both proposals to finish", interval_s=2)
         better, worse = done["better"], done["worse"]
         assert better["state"] == "merged", better["reason"]
         assert worse["state"] == "rejected", worse["reason"]
@@ -160,3 +192,25 @@ def test_better_proposal_merged_worse_rejected(stack: Stack) -> None:
         "exec", "-T", "committer", "git", "-C", "/var/lib/autoresearch/repo", "notes", "show", "research"
     ).stdout
     assert json.loads(note)["decision"]["accepted"] is True
+
+
+def test_down_v_leaves_nothing_behind(stack: Stack, docker_client: DockerClient) -> None:
+    """After the runs above: their folders live in the project's runs volume, and `down -v` removes
+    them with every container, network and volume of the project, and no run container is left."""
+    [runs] = docker_client.volumes.list(
+        filters={"label": [f"{PROJECT_LABEL}={stack.project}", "com.docker.compose.volume=runs"]}
+    )
+    runs_folder = Path(runs.attrs["Mountpoint"])
+    assert any(runs_folder.iterdir()), "the runs left no folders in the runs volume"
+    [worker] = docker_client.containers.list(
+        all=True,
+        filters={"label": [f"{PROJECT_LABEL}={stack.project}", "com.docker.compose.service=cpu-worker"]},
+    )
+    assert leftovers(docker_client, stack.project)["volumes"]
+    save_logs(stack, "e2e-compose.log")
+    stack.run("down", "-v", "--remove-orphans")
+    assert leftovers(docker_client, stack.project) == {"containers": [], "networks": [], "volumes": []}
+    assert not runs_folder.exists()
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"autoresearch.owner={worker.id[:12]}"}
+    )

@@ -20,6 +20,8 @@ from tests.integration.live_server import seed, serve, settings_for
 REPO = Path(__file__).resolve().parents[2]
 # build-images.sh reads the same variable: a checkout can test its own trainer image beside another's
 TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "autoresearch/trainer:cpu")
+# TRAINER_TARGET=cuda: the image's cuda target (docker/cuda-smoke.sh runs the sandbox tests on it)
+TARGET_FLAGS = ["--cuda"] if os.environ.get("TRAINER_TARGET") == "cuda" else []
 BUILD_TIMEOUT_S = 1800  # a cold build (base image, torch wheel, pip installs) takes a few minutes
 TRAIN_MARKER = "train-data-marker"
 VAL_MARKER = "val-data-secret-marker"  # must never be readable in a training container
@@ -40,7 +42,7 @@ def docker_client() -> Iterator[DockerClient]:
 def trainer_image(docker_client: DockerClient) -> str:
     """The trainer image's cpu target, built (or found up to date) once per session."""
     proc = subprocess.run(
-        ["bash", str(REPO / "docker" / "build-images.sh"), "--trainer-only"],
+        ["bash", str(REPO / "docker" / "build-images.sh"), "--trainer-only", *TARGET_FLAGS],
         cwd=REPO,
         capture_output=True,
         text=True,

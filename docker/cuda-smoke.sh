@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build the trainer's cuda target and check it on this machine's CPU (no GPU needed):
+#   1. torch reports its CUDA version and the NVIDIA libraries (cuDNN, cuBLAS, NCCL, ...) load;
+#   2. the tiny preset trains and is scored inside the image, through the sandbox, on the CPU;
+#   3. the GPU request shapes (tests/integration/test_gpu_request.py) hold against this engine.
+# Prints the build time and the image size. Environment: TRAINER_IMAGE (default
+# autoresearch/trainer:cuda), BASE_IMAGE and CA_BUNDLE as docker/build-images.sh reads them, PY.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TRAINER_IMAGE=${TRAINER_IMAGE:-autoresearch/trainer:cuda}
+PY=${PY:-.venv/bin/python}
+start=$SECONDS
+bash docker/build-images.sh --trainer-only --cuda
+echo "cuda-smoke: build took $((SECONDS - start)) s"
+size=$(docker image inspect -f '{{.Size}}' "$TRAINER_IMAGE")
+echo "cuda-smoke: $TRAINER_IMAGE is $((size / 1000000)) MB"
+docker run --rm -i --network none "$TRAINER_IMAGE" python - <<'PY'
+import ctypes, glob, os, sys
+import torch
+assert torch.version.cuda, "torch has no CUDA"
+print(f"cuda-smoke: torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+root = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia")
+wanted = ["libcudart.so*", "libcublas.so*", "libcudnn.so*", "libnccl.so*", "libcusparse.so*", "libcufft.so*"]
+loaded = []
+for pattern in wanted:
+    found = sorted(glob.glob(os.path.join(root, "**", pattern), recursive=True))
+    if not found:
+        sys.exit(f"cuda-smoke: no {pattern} in the image")
+    ctypes.CDLL(found[0], mode=ctypes.RTLD_GLOBAL)
+    loaded.append(os.path.basename(found[0]))
+print("cuda-smoke: loaded", ", ".join(loaded))
+print("cuda-smoke: torch.cuda.is_available() =", torch.cuda.is_available(), "(no GPU here)")
+PY
+AR_TRAINER_IMAGE=$TRAINER_IMAGE TRAINER_TARGET=cuda "$PY" -m pytest -p no:cacheprovider -v \
+    "tests/integration/test_docker_sandbox.py::test_the_real_trainer_and_evaluator_run_in_the_sandbox" \
+    tests/integration/test_gpu_request.py
+echo "cuda-smoke: passed in $((SECONDS - start)) s"
