@@ -16,11 +16,16 @@ constants replaced (as a proposal would patch it), as a subprocess with the trai
 environment, then evaluate.py on the full validation set. A variant's compile cache is its own
 (cold start, as a proposal's first run) unless `--shared-cache` is given.
 
-Writes RESULTS/trainer-h100.json for the first variant (the headline), RESULTS/trainer-h100-LABEL.json
-for the others (or all variants in RESULTS/trainer-h100-variants.json with --label-all, for tuning),
-and RESULTS/logs/trainer-h100-LABEL.log; MFU follows DESIGN.md: FLOPs per token = 6 x (parameters
-except token embedding and scalar gains) + sum over layers of 12 x d_model x min(window, T),
-against a 989.5 TFLOP/s dense bf16 peak.
+Writes RESULTS/NAME.json for the first variant (the headline), RESULTS/NAME-LABEL.json for the
+others (or all variants in RESULTS/NAME-variants.json with --label-all, for tuning), and
+RESULTS/logs/NAME-LABEL.log; NAME is --name (default trainer-h100). With `--seeds 0,1,2` every
+variant first runs with the first seed, then the best of them (lowest val_bpb) with the other seeds:
+RESULTS/NAME.json then holds that variant's runs and their summary (val_bpb_seeds, val_bpb_mean,
+val_bpb_std, startup_s_max, mfu_percent as the mean over seeds), RESULTS/NAME-screen.json every
+variant's first-seed result, and the logs are RESULTS/logs/NAME-LABEL-seedS.log. MFU follows
+DESIGN.md: FLOPs per token = 6 x (parameters except the token, value and bigram embeddings and
+scalar gains) + sum over layers of 12 x d_model x min(window, T), against a 989.5 TFLOP/s dense bf16
+peak (train.py reports it; this script copies its inputs).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -76,11 +82,12 @@ def patched_train_py(overrides: dict[str, str], dest: Path) -> Path:
 
 
 def run_variant(label: str, budget: float, overrides: dict[str, str], train_dir: Path, val_dir: Path,
-                work: Path, seed: int, shared_cache: bool) -> dict:  # fmt: skip
-    run_dir = work / "runs" / label
+                work: Path, seed: int, shared_cache: bool, run_name: str | None = None) -> dict:  # fmt: skip
+    run_name = run_name or label
+    run_dir = work / "runs" / run_name
     shutil.rmtree(run_dir, ignore_errors=True)
     train_py = patched_train_py(overrides, run_dir / "train.py")
-    cache = work / "cache" / ("shared" if shared_cache else label)
+    cache = work / "cache" / ("shared" if shared_cache else run_name)
     if not shared_cache:
         shutil.rmtree(cache, ignore_errors=True)
     env = {
@@ -120,7 +127,7 @@ def run_variant(label: str, budget: float, overrides: dict[str, str], train_dir:
             scores["eval_seed"], scores["eval_device"] = scores.pop("seed"), scores.pop("device")
             result.update(scores)  # the training seed stays under "seed"
         result.update(summarize(run))
-    print(f"variant {label}: {json.dumps({k: result.get(k) for k in HEADLINE})}", flush=True)
+    print(f"variant {run_name}: {json.dumps({k: result.get(k) for k in HEADLINE})}", flush=True)
     return result
 
 
@@ -160,6 +167,33 @@ def summarize(run: dict) -> dict:
     }
 
 
+def summarize_seeds(runs: list[dict]) -> dict:
+    """One variant run with several seeds: the figures that are compared, over the scored runs."""
+    scored = [r for r in runs if r.get("val_bpb") is not None]
+    bpb = [r["val_bpb"] for r in scored]
+    summary = {
+        "label": runs[0]["label"],
+        "overrides": runs[0]["overrides"],
+        "seeds": [r["seed"] for r in runs],
+        "scored_runs": len(scored),
+        "val_bpb_seeds": bpb,
+        "val_bpb_mean": statistics.fmean(bpb) if bpb else None,
+        "val_bpb_std": statistics.stdev(bpb) if len(bpb) > 1 else None,
+        "startup_s_seeds": [r.get("startup_s") for r in runs],
+        "startup_s_max": max((r["startup_s"] for r in scored), default=None),
+        "mfu_percent_seeds": [r.get("mfu_percent") for r in runs],
+        "mfu_percent": statistics.fmean(r["mfu_percent"] for r in scored) if scored else None,
+        "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in scored) if scored else None,
+        "num_steps_seeds": [r.get("num_steps") for r in runs],
+        "wall_s_max": max(r["wall_s"] for r in runs),
+        "all_within_deadline": all(r["within_deadline"] for r in runs),
+    }
+    for key in ("gpu", "gpu_smi", "device", "torch", "config", "hyperparameters", "mfu_formula", "num_params",
+                "train_shards", "prepare_s", "budget_s"):  # fmt: skip
+        summary[key] = next((r[key] for r in scored if key in r), runs[0].get(key))
+    return summary
+
+
 def parse_variant(text: str) -> tuple[str, float, dict[str, str]]:
     label, budget, *rest = text.split(":", 2)
     overrides = dict(item.split("=", 1) for item in rest[0].split(",")) if rest and rest[0] else {}
@@ -187,6 +221,10 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--label-all", action="store_true", help="name every results file by its label")
     parser.add_argument("--device", default="nvidia-h100-x1", help="the device kind, for the record")
+    parser.add_argument("--name", default="trainer-h100", help="results file name (without .json)")
+    parser.add_argument(
+        "--seeds", help="comma-separated seeds: all variants with the first, the best with all"
+    )
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -196,11 +234,11 @@ def main() -> int:
     train_dir, val_dir, prepare_s = prepare(args.work, args.shards)
     (args.results / "logs").mkdir(parents=True, exist_ok=True)
     gpu = gpu_name()
-    results = []
-    for index, text in enumerate(args.variant):
-        label, budget, overrides = parse_variant(text)
+    variants = [parse_variant(text) for text in args.variant]
+
+    def run(label: str, budget: float, overrides: dict[str, str], seed: int, run_name: str) -> dict:
         result = run_variant(
-            label, budget, overrides, train_dir, val_dir, args.work, args.seed, args.shared_cache
+            label, budget, overrides, train_dir, val_dir, args.work, seed, args.shared_cache, run_name
         )
         result.update({
             "gpu_smi": gpu,
@@ -210,18 +248,51 @@ def main() -> int:
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join(["python", "bench/trainer_gpu.py", *sys.argv[1:]]),
         })  # fmt: skip
-        results.append(result)
-        if args.label_all:  # tuning: one file for all variants (the device returns few files)
-            (args.results / "trainer-h100-variants.json").write_text(json.dumps(results, indent=1) + "\n")
-        else:
-            name = "trainer-h100" if index == 0 else f"trainer-h100-{label}"
-            (args.results / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-        run_dir = args.work / "runs" / label
-        with open(args.results / "logs" / f"trainer-h100-{label}.log", "w") as log:
+        run_dir = args.work / "runs" / run_name
+        with open(args.results / "logs" / f"{args.name}-{run_name}.log", "w") as log:
             for part in ("train.log", "eval.log"):
                 if (run_dir / part).exists():
                     log.write(f"==> {part} <==\n{(run_dir / part).read_text()}\n")
+        return result
+
+    if args.seeds:
+        run_seeds(args, variants, run)
+        return 0
+    results = []
+    for index, (label, budget, overrides) in enumerate(variants):
+        result = run(label, budget, overrides, args.seed, label)
+        results.append(result)
+        if args.label_all:  # tuning: one file for all variants (the device returns few files)
+            (args.results / f"{args.name}-variants.json").write_text(json.dumps(results, indent=1) + "\n")
+        else:
+            name = args.name if index == 0 else f"{args.name}-{label}"
+            (args.results / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def run_seeds(args: argparse.Namespace, variants: list, run) -> None:
+    """Every variant with the first seed, then the best (lowest val_bpb) with the others."""
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    first = [
+        run(label, budget, overrides, seeds[0], f"{label}-seed{seeds[0]}")
+        for label, budget, overrides in variants
+    ]
+    if len(variants) > 1:
+        (args.results / f"{args.name}-screen.json").write_text(json.dumps(first, indent=1) + "\n")
+    scored = [(r["val_bpb"], index) for index, r in enumerate(first) if r.get("val_bpb") is not None]
+    if not scored:
+        raise SystemExit("no variant was scored; see the logs")
+    best = min(scored)[1]
+    label, budget, overrides = variants[best]
+    runs = [first[best]]
+    for seed in seeds[1:]:
+        runs.append(run(label, budget, overrides, seed, f"{label}-seed{seed}"))
+        summary = {**summarize_seeds(runs), "runs": runs}
+        (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary = {**summarize_seeds(runs), "runs": runs}
+    (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    keys = ("val_bpb_seeds", "val_bpb_mean", "startup_s_max", "mfu_percent")
+    print(f"best {label}: {json.dumps({k: summary[k] for k in keys})}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ Environment (the trainer contract, DESIGN.md):
   AR_PRESET         full (one GPU, the budget decides the steps) | tiny (2 CPU threads, fixed steps)
 Exit codes: 0 done, 3 out of memory, 4 non-finite loss, anything else a crash.
 
-Recipe: pre-norm transformer with rotary positions, QK-norm, ReLU^2 MLP, a learned mix of each
-block's input with the embedding, logit soft-capping; Muon for the block matrices and AdamW for
-embeddings, head and scalars; bf16 autocast, torch.compile, flash attention through SDPA; the
-learning rate decays over the last part of the *time* budget, so compile time cannot push the
-decay past the deadline.
+Recipe: pre-norm transformer with rotary positions, QK-norm, ReLU^2 MLP, value embeddings, a learned mix
+of each block's input with the embedding, logit soft-capping; Muon for the block matrices and AdamW for
+embeddings, head and scalars; bf16 autocast, torch.compile, flash attention through SDPA; the learning
+rate decays over the last part of the *time* budget, so compile time cannot push the decay past the
+deadline. Off by default (docs/trainer.md has what each did): a hashed bigram embedding, Polar Express
+coefficients, NorMuon row normalisation and cautious weight decay in Muon.
 """
 
 # ruff: noqa: E402  (the clock starts before the imports, which take seconds)
@@ -41,13 +42,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------------
-# Configuration: the `full` preset (one H100, 300 s all-in)
+# Configuration: the `full` preset (one H100 or H200, 300 s all-in)
 
 DEPTH = 6  # transformer blocks
 MODEL_DIM = 768  # residual stream width (channels)
 HEAD_DIM = 128  # channels per attention head (MODEL_DIM / HEAD_DIM heads)
 MLP_RATIO = 4  # MLP hidden width as a multiple of MODEL_DIM
 VALUE_EMBEDS = 2  # value-embedding tables; table i feeds block i and block DEPTH-1-i (0: none)
+BIGRAM_ROWS = 0  # rows of a hashed (previous token, token) embedding (0: none; 131072 overfit 8 shards)
 SEQ_LEN = 2048  # input positions per training row (the scorer's rows are 2048 too)
 DEVICE_BATCH = 64  # rows per forward/backward pass
 BATCH_ROWS = 128  # rows per optimizer step (gradient accumulation when > DEVICE_BATCH): 262,144 tokens
@@ -56,6 +58,9 @@ MUON_MOMENTUM = 0.95  # Muon momentum after warm-up
 MUON_MOMENTUM_START = 0.85  # ... and at step 0, rising linearly over MUON_MOMENTUM_WARMUP steps
 MUON_MOMENTUM_WARMUP = 300  # steps
 MUON_WEIGHT_DECAY = 0.1  # decoupled weight decay of the block matrices, scaled by the current lr
+CAUTIOUS_WD = False  # decay only the weights whose update already points towards zero
+NORMUON_BETA2 = 0.0  # decay rate of NorMuon's per-row second moment of the update (0: off; 0.95 typical)
+ORTHOGONALIZER = "quintic"  # Muon's iteration coefficients: "quintic" (Muon's own) or "polar" (Polar Express)
 EMBED_LR = 0.6  # AdamW learning rate of the token embedding
 HEAD_LR = 0.005  # AdamW learning rate of the output projection
 SCALAR_LR = 0.04  # AdamW learning rate of the per-block mixing scalars
@@ -76,6 +81,7 @@ TINY_DEPTH = 2  # transformer blocks
 TINY_DIM = 64  # residual stream width
 TINY_HEAD_DIM = 16  # channels per head
 TINY_VALUE_EMBEDS = 1  # value-embedding tables (see VALUE_EMBEDS)
+TINY_BIGRAM_ROWS = 0  # bigram-embedding rows (see BIGRAM_ROWS)
 TINY_SEQ_LEN = 256  # input positions per row
 TINY_BATCH_ROWS = 8  # rows per step
 TINY_STEPS = 60  # optimizer steps
@@ -140,11 +146,14 @@ class Block(nn.Module):
         super().__init__()
         self.attn = Attention(dim, head_dim)
         self.mlp = MLP(dim, mlp_ratio)
-        # The block's input is mix[0] * stream + mix[1] * embedding: a cheap shortcut to the tokens.
-        self.mix = nn.Parameter(torch.tensor([1.0, 0.0]))
+        # The block's input is mix[0] * stream + mix[1] * embedding + mix[2] * bigram embedding: cheap
+        # shortcuts to the current token and to the pair (previous token, token).
+        self.mix = nn.Parameter(torch.tensor([1.0, 0.0, 0.1]))
 
-    def forward(self, x, x0, ve, cos, sin):
+    def forward(self, x, x0, xb, ve, cos, sin):
         x = self.mix[0] * x + self.mix[1] * x0
+        if xb is not None:
+            x = x + self.mix[2] * xb
         x = x + self.attn(rms_norm(x), ve, cos, sin)
         return x + self.mlp(rms_norm(x))
 
@@ -166,14 +175,22 @@ class Head(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
 
+def bigram_ids(idx: torch.Tensor, rows: int) -> torch.Tensor:
+    """Row of the bigram table for each position of idx [B, T]: a hash of (previous token, token) into
+    [0, rows - 1). Position 0, whose previous token is not in the row, gets the reserved row rows - 1."""
+    pairs = torch.bitwise_xor(36313 * idx[:, 1:], 27191 * idx[:, :-1]) % (rows - 1)
+    return torch.cat((torch.full_like(idx[:, :1], rows - 1), pairs), dim=1)
+
+
 class GPT(nn.Module):
     def __init__(self, vocab_size, depth, model_dim, head_dim, mlp_ratio, value_embeds, logit_softcap, rope_base,
-                 rope_max_len):  # fmt: skip
+                 rope_max_len, bigram_rows=0):  # fmt: skip
         super().__init__()
         assert model_dim % head_dim == 0 and head_dim % 2 == 0, "model_dim must be whole heads of even size"
         assert 2 * value_embeds <= depth, "each value embedding feeds two distinct blocks"
         self.embed = nn.Embedding(vocab_size, model_dim)
         self.value_embeds = nn.ModuleList(nn.Embedding(vocab_size, model_dim) for _ in range(value_embeds))
+        self.bigram = nn.Embedding(bigram_rows, model_dim) if bigram_rows else None
         self.blocks = nn.ModuleList(Block(model_dim, head_dim, mlp_ratio) for _ in range(depth))
         self.head = Head(model_dim, vocab_size, logit_softcap)
         cos, sin = rotary_tables(rope_max_len, head_dim, rope_base)
@@ -187,6 +204,8 @@ class GPT(nn.Module):
         nn.init.normal_(self.embed.weight, std=1.0)
         for table in self.value_embeds:
             nn.init.normal_(table.weight, std=1.0)
+        if self.bigram is not None:
+            nn.init.zeros_(self.bigram.weight)  # learned from nothing, like a count table
         for block in self.blocks:
             nn.init.normal_(block.attn.qkv.weight, std=dim**-0.5)
             nn.init.normal_(block.mlp.fc.weight, std=dim**-0.5)
@@ -201,16 +220,17 @@ class GPT(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x0 = rms_norm(self.embed(idx))
         x = x0.clone()  # not an alias of x0, so blocks share compiled graphs
+        xb = self.bigram(bigram_ids(idx, self.bigram.num_embeddings)) if self.bigram is not None else None
         tables = [table(idx) for table in self.value_embeds]
         ves = tables + [None] * (len(self.blocks) - 2 * len(tables)) + tables[::-1]
         for block, ve in zip(self.blocks, ves, strict=True):
-            x = block(x, x0, ve, cos, sin)
+            x = block(x, x0, xb, ve, cos, sin)
         return self.head(x, targets)
 
     def compile_regions(self) -> None:
         """Compile each block and the head in place. The blocks share one compiled graph (same code,
-        same shapes), so cold compilation costs about one block instead of the whole network; the
-        state dict keeps its plain keys."""
+        same shapes; blocks with and without a value embedding are two), so cold compilation costs
+        about one block instead of the whole network; the state dict keeps its plain keys."""
         for module in (*self.blocks, self.head):
             module.compile(dynamic=False, fullgraph=True)
 
@@ -224,21 +244,47 @@ def build_model(config: dict) -> GPT:
 # Optimizer: Muon (orthogonalised momentum) for block matrices
 
 
-def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+# Five iterations of X <- a X + b (X X^T) X + c (X X^T)^2 X, one (a, b, c) each. "quintic": Muon's fixed
+# coefficients, which trade exact convergence for speed (singular values land in roughly [0.7, 1.2]).
+# "polar": Polar Express (Amsel et al. 2025), chosen per iteration to bring them close to 1 in bf16.
+ORTHOGONALIZERS = {
+    "quintic": ((3.4445, -4.7750, 2.0315),) * 5,
+    "polar": (
+        (8.156554524902461, -22.48329292557795, 15.878769915207462),
+        (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+        (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+        (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+        (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+    ),
+}
+
+
+def orthogonalize(G: torch.Tensor, scheme: str = "quintic") -> torch.Tensor:
     """Approximately replace each matrix of G [N, rows, cols] by the nearest semi-orthogonal matrix
-    (U V^T of its SVD), with a quintic Newton-Schulz iteration in bf16. The coefficients trade exact
-    convergence for speed: singular values land in roughly [0.7, 1.2], which is fine for updates."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    (U V^T of its SVD), with a Newton-Schulz-style iteration in bf16."""
     X = G.bfloat16()
     wide = X.size(-2) <= X.size(-1)
     if not wide:
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(steps):
+    margin = 1.02 if scheme == "polar" else 1.0  # Polar Express wants the spectral norm safely below 1
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * margin + 1e-7)
+    for a, b, c in ORTHOGONALIZERS[scheme]:
         A = X @ X.mT
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)
     return X if wide else X.mT
+
+
+def normalize_rows(U: torch.Tensor, second: torch.Tensor, beta2: float) -> torch.Tensor:
+    """NorMuon (Li et al. 2025): scale each vector of the orthogonalised updates U [N, rows, cols] along
+    their longer side (each hidden unit of an MLP) by the inverse RMS of its recent values, kept in
+    `second`, then restore each matrix's norm, so that no unit's update dominates."""
+    dim = -1 if U.size(-2) >= U.size(-1) else -2
+    U = U.float()
+    second.lerp_(U.square().mean(dim=dim, keepdim=True), 1 - beta2)
+    scaled = U * second.clamp_min(1e-10).rsqrt()
+    ratio = U.norm(dim=(-2, -1), keepdim=True) / scaled.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10)
+    return scaled * ratio
 
 
 class Muon(torch.optim.Optimizer):
@@ -246,8 +292,11 @@ class Muon(torch.optim.Optimizer):
     are orthogonalised together in one batched iteration (a parameter with attribute `muon_blocks`
     is split along its rows into that many matrices first)."""
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float):
-        super().__init__(list(params), dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float, beta2: float = 0.0,
+                 cautious: bool = False, scheme: str = "quintic"):  # fmt: skip
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, beta2=beta2, cautious=cautious,
+                        scheme=scheme)  # fmt: skip
+        super().__init__(list(params), defaults)
 
     @staticmethod
     def blocks(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -270,21 +319,40 @@ class Muon(torch.optim.Optimizer):
             updates: list[torch.Tensor] = [None] * len(params)
             for (rows, cols), indices in by_shape.items():
                 stacked = torch.cat([self.blocks(params[i], nesterov[i]) for i in indices])
-                ortho = orthogonalize(stacked) * max(1.0, rows / cols) ** 0.5
+                ortho = orthogonalize(stacked, group["scheme"])
+                if group["beta2"]:  # one running second moment per shape, in the first matrix's state
+                    longer = (stacked.size(0), rows, 1) if rows >= cols else (stacked.size(0), 1, cols)
+                    second = self.state[params[indices[0]]].setdefault("second", stacked.new_zeros(longer))
+                    ortho = normalize_rows(ortho, second, group["beta2"])
+                ortho = ortho * max(1.0, rows / cols) ** 0.5
                 counts = [getattr(params[i], "muon_blocks", 1) for i in indices]
                 for i, chunk in zip(indices, ortho.split(counts), strict=True):
                     updates[i] = chunk.reshape(params[i].shape).to(params[i].dtype)
-            if group["weight_decay"]:
-                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-            torch._foreach_add_(params, updates, alpha=-group["lr"])
+            self.update_params(params, updates, group)
+
+    @staticmethod
+    def update_params(params: list[torch.Tensor], updates: list[torch.Tensor], group: dict) -> None:
+        """p <- p - lr * update, after decoupled weight decay (lr * weight_decay); cautious decay only
+        shrinks the entries whose update has the sign of the weight (it moves them towards zero too)."""
+        decay = group["lr"] * group["weight_decay"]
+        if decay and group["cautious"]:
+            for p, u in zip(params, updates, strict=True):
+                p.mul_(torch.where(u * p >= 0, 1 - decay, 1.0))
+        elif decay:
+            torch._foreach_mul_(params, 1 - decay)
+        torch._foreach_add_(params, updates, alpha=-group["lr"])
 
 
 def make_optimizers(model: GPT, lr_scale: float, fused: bool) -> list[torch.optim.Optimizer]:
     matrices = [p for block in model.blocks for p in block.parameters() if p.ndim == 2]
     scalars = [p for block in model.blocks for p in block.parameters() if p.ndim < 2]
-    muon = Muon(matrices, lr=MATRIX_LR * lr_scale, momentum=MUON_MOMENTUM, weight_decay=MUON_WEIGHT_DECAY)
+    muon = Muon(matrices, lr=MATRIX_LR * lr_scale, momentum=MUON_MOMENTUM, weight_decay=MUON_WEIGHT_DECAY,
+                beta2=NORMUON_BETA2, cautious=CAUTIOUS_WD, scheme=ORTHOGONALIZER)  # fmt: skip
+    embeddings = [model.embed.weight, *model.value_embeds.parameters()]
+    if model.bigram is not None:
+        embeddings.append(model.bigram.weight)
     adam_groups = [
-        dict(params=[model.embed.weight, *model.value_embeds.parameters()], lr=EMBED_LR * lr_scale),
+        dict(params=embeddings, lr=EMBED_LR * lr_scale),
         dict(params=[model.head.weight], lr=HEAD_LR * lr_scale),
         dict(params=scalars, lr=SCALAR_LR * lr_scale),
     ]
@@ -364,6 +432,7 @@ class Preset:
     model_dim: int
     head_dim: int
     value_embeds: int
+    bigram_rows: int
     seq_len: int
     device_batch: int
     batch_rows: int
@@ -392,30 +461,39 @@ def read_env() -> Env:
 
 def preset_for(env: Env) -> Preset:
     if env.preset == "tiny":
-        return Preset(TINY_DEPTH, TINY_DIM, TINY_HEAD_DIM, TINY_VALUE_EMBEDS, TINY_SEQ_LEN, TINY_BATCH_ROWS,
-                      TINY_BATCH_ROWS, TINY_LR, TINY_STEPS, compile=False)  # fmt: skip
-    return Preset(DEPTH, MODEL_DIM, HEAD_DIM, VALUE_EMBEDS, SEQ_LEN, DEVICE_BATCH, BATCH_ROWS, 1.0, None,
-                  compile=COMPILE and env.device == "cuda")  # fmt: skip
+        return Preset(TINY_DEPTH, TINY_DIM, TINY_HEAD_DIM, TINY_VALUE_EMBEDS, TINY_BIGRAM_ROWS, TINY_SEQ_LEN,
+                      TINY_BATCH_ROWS, TINY_BATCH_ROWS, TINY_LR, TINY_STEPS, compile=False)  # fmt: skip
+    return Preset(DEPTH, MODEL_DIM, HEAD_DIM, VALUE_EMBEDS, BIGRAM_ROWS, SEQ_LEN, DEVICE_BATCH, BATCH_ROWS, 1.0,
+                  None, compile=COMPILE and env.device == "cuda")  # fmt: skip
 
 
-def setup_runtime(env: Env) -> None:
-    """Seeds, threads and compile caches. HOME may be read-only: caches default to the temp dir."""
+def setup_runtime(env: Env, preset: Preset) -> None:
+    """Seeds, threads and compile caches. HOME may be read-only: caches default to the temp dir. With
+    compilation on, its worker processes start now, booting while data loads and the model is built."""
     if env.preset == "tiny":
         torch.set_num_threads(TINY_THREADS)
     cache = os.environ.setdefault(
         "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{os.getuid()}")
     )
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache, "triton"))
+    if preset.compile:
+        try:
+            from torch._inductor.async_compile import maybe_warm_pool
+        except ImportError:  # a torch without it warms the pool at the first compilation instead
+            pass
+        else:
+            maybe_warm_pool()
     random.seed(env.seed)
     np.random.seed(env.seed)
     torch.manual_seed(env.seed)
 
 
 def model_flops_per_token(model: GPT, config: dict, seq_len: int) -> tuple[int, int]:
-    """(FLOPs per token, parameters counted): 6 x all parameters except the token and value embeddings
-    and scalar gains, plus 12 x width x context per layer for attention (DESIGN.md, Benchmarks)."""
+    """(FLOPs per token, parameters counted): 6 x all parameters except the token, value and bigram
+    embeddings (lookups, not products) and scalar gains, plus 12 x width x context per layer for
+    attention (DESIGN.md, Benchmarks)."""
     counted = sum(p.numel() for name, p in model.named_parameters()
-                  if p.ndim == 2 and not name.startswith(("embed.", "value_embeds.")))  # fmt: skip
+                  if p.ndim == 2 and not name.startswith(("embed.", "value_embeds.", "bigram.")))  # fmt: skip
     attention = config["depth"] * 12 * config["model_dim"] * seq_len
     return 6 * counted + attention, counted
 
@@ -542,16 +620,17 @@ def is_out_of_memory(exc: BaseException | None) -> bool:
 def main() -> int:
     env = read_env()
     preset = preset_for(env)
-    setup_runtime(env)
+    setup_runtime(env, preset)
     imported = time.time()
     data = TokenData(env.data_dir, preset.seq_len, env.device, env.seed)
     data_loaded = time.time()
     config = dict(vocab_size=data.vocab_size, depth=preset.depth, model_dim=preset.model_dim,
                   head_dim=preset.head_dim, mlp_ratio=MLP_RATIO, value_embeds=preset.value_embeds,
-                  logit_softcap=LOGIT_SOFTCAP,
-                  rope_base=ROPE_BASE, rope_max_len=ROPE_MAX_LEN)  # fmt: skip
+                  logit_softcap=LOGIT_SOFTCAP, rope_base=ROPE_BASE, rope_max_len=ROPE_MAX_LEN,
+                  bigram_rows=preset.bigram_rows)  # fmt: skip
     with torch.device(env.device):
         model = build_model(config)
+    model_built = time.time()
     optimizers = make_optimizers(model, preset.lr_scale, fused=env.device == "cuda")
     built = time.time()
     if preset.compile:
@@ -564,7 +643,8 @@ def main() -> int:
 
     print(f"preset {env.preset} on {env.device}: {config}, {data.num_tokens:,} training tokens; "
           f"imports {imported - PROCESS_START:.1f} s, data {data_loaded - imported:.1f} s, "
-          f"model {built - data_loaded:.1f} s, compile setup {time.time() - built:.1f} s; "
+          f"model {model_built - data_loaded:.1f} s, optimizers {built - model_built:.1f} s, "
+          f"compile setup {time.time() - built:.1f} s; "
           f"{env.deadline - time.time():.1f} s left", flush=True)  # fmt: skip
     try:
         stats = train(env, preset, model, step_fn, data, optimizers)

@@ -16,18 +16,22 @@ CONFIG = dict(vocab_size=300, depth=4, model_dim=64, head_dim=16, mlp_ratio=4, v
               logit_softcap=15.0, rope_base=10000.0, rope_max_len=4096)  # fmt: skip
 
 
-def random_model(seed: int = 0) -> train.GPT:
+BIGRAM_CONFIG = {**CONFIG, "bigram_rows": 97}
+
+
+def random_model(seed: int = 0, config: dict = CONFIG) -> train.GPT:
     """A model whose every weight is random (the real init zeroes some, which would hide leaks)."""
     torch.manual_seed(seed)
-    model = train.build_model(CONFIG)
+    model = train.build_model(config)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)
     return model.eval()
 
 
-def test_model_is_causal():
-    model = random_model()
+@pytest.mark.parametrize("config", [CONFIG, BIGRAM_CONFIG], ids=["plain", "bigram"])
+def test_model_is_causal(config):
+    model = random_model(config=config)
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 300, (2, 96), generator=generator)
     with torch.no_grad():
@@ -82,10 +86,61 @@ def test_compiled_blocks_share_graphs_and_keep_plain_keys():
     torch._dynamo.reset()
 
 
-def test_orthogonalize_gives_near_orthogonal_updates():
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_value_embeddings_in_every_block_and_a_bigram_table_give_one_block_graph():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = random_model(config={**BIGRAM_CONFIG, "value_embeds": 2}).train()  # tables feed blocks 0/3, 1/2
+    for module in (*model.blocks, model.head):
+        module.compile(backend="aot_eager", dynamic=False, fullgraph=True)
+    tokens = torch.randint(0, 300, (2, 32))
+    model(tokens, tokens).backward()
+    assert counters["stats"]["unique_graphs"] == 2  # one for the four blocks, one for the head
+    assert model.bigram.weight.grad is not None and model.bigram.weight.grad.abs().sum() > 0
+    torch._dynamo.reset()
+
+
+def test_bigram_ids_hash_each_pair_and_reserve_a_row_for_the_first_position():
+    tokens = torch.tensor([[5, 7, 5, 7, 9], [1, 5, 7, 2, 2]])
+    ids = train.bigram_ids(tokens, 97)
+    assert ids[:, 0].tolist() == [96, 96]  # no previous token in the row
+    assert ((ids[:, 1:] >= 0) & (ids[:, 1:] < 96)).all()
+    assert ids[0, 1] == ids[0, 3] == ids[1, 2]  # the pair (5, 7) wherever it occurs
+    assert ids[0, 1] != ids[0, 2]  # (5, 7) and (7, 5) differ
+
+
+@pytest.mark.parametrize(("scheme", "low", "high"), [("quintic", 0.5, 1.3), ("polar", 0.85, 1.15)])
+def test_orthogonalize_gives_near_orthogonal_updates(scheme, low, high):
     G = torch.randn(3, 64, 32)
-    singular_values = torch.linalg.svdvals(train.orthogonalize(G).float())
-    assert singular_values.min() > 0.5 and singular_values.max() < 1.3
+    singular_values = torch.linalg.svdvals(train.orthogonalize(G, scheme).float())
+    assert singular_values.min() > low and singular_values.max() < high
+
+
+@pytest.mark.parametrize("shape", [(2, 48, 16), (2, 16, 48)], ids=["tall", "wide"])
+def test_normalize_rows_evens_out_units_and_keeps_each_matrix_norm(shape):
+    U = torch.randn(shape)
+    longer = -2 if shape[1] >= shape[2] else -1  # the units are indexed along the longer side
+    U = U * torch.linspace(0.1, 3.0, max(shape[1:])).unsqueeze(-1 if longer == -2 else 0)
+    second = torch.zeros(U.shape[0], *(n if i == longer else 1 for i, n in ((-2, shape[1]), (-1, shape[2]))))
+    for _ in range(200):  # the running second moment converges to this U's
+        out = train.normalize_rows(U, second, beta2=0.9)
+    torch.testing.assert_close(out.norm(dim=(-2, -1)), U.norm(dim=(-2, -1)))
+    unit_rms = out.square().mean(dim=-1 if longer == -2 else -2).sqrt()
+    assert (unit_rms.amax(dim=-1) / unit_rms.amin(dim=-1)).max() < 1.01  # within each matrix
+
+
+def test_cautious_weight_decay_only_shrinks_weights_the_update_moves_towards_zero():
+    p = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    u = torch.tensor([0.5, -0.5, -0.5, 0.5])  # p <- p - lr * u
+    group = dict(lr=0.1, weight_decay=0.5, cautious=True)
+    train.Muon.update_params([p], [u], group)
+    # decayed by 1 - 0.05 where u and p agree in sign (entries 0 and 2), untouched elsewhere
+    torch.testing.assert_close(p, torch.tensor([0.95 - 0.05, 1.0 + 0.05, -0.95 + 0.05, -1.0 - 0.05]))
+    plain = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    train.Muon.update_params([plain], [u], {**group, "cautious": False})
+    torch.testing.assert_close(plain, torch.tensor([0.95 - 0.05, 0.95 + 0.05, -0.95 + 0.05, -0.95 - 0.05]))
 
 
 def test_muon_treats_qkv_as_three_matrices():
