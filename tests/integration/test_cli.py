@@ -257,7 +257,7 @@ def test_entry_point_with_the_server_down() -> None:
     command = [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
     env = {**os.environ, "AUTORESEARCH_URL": f"http://127.0.0.1:{free_port()}", "AUTORESEARCH_TOKEN": "t"}
     proc = subprocess.run(
-        [*command, "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30, check=False
+        [*command, "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout == ""

@@ -659,7 +659,7 @@ def prepare_sandbox_data(root: Path) -> tuple[Path, Path]:
     subprocess.run(
         [sys.executable, str(REPO / "trainer" / "prepare.py"), "--source", str(root / "source"),
          "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--vocab-size", "512"],
-        check=True, capture_output=True, timeout=120,
+        check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     for path in [train_dir, val_dir, *train_dir.rglob("*"), *val_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)

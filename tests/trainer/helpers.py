@@ -136,5 +136,5 @@ def run_evaluate(train_py: Path, checkpoint: Path, data_dir: Path, val_dir: Path
     return subprocess.run(
         [sys.executable, str(TRAINER / "evaluate.py"), "--train-py", str(train_py), "--checkpoint", str(checkpoint),
          "--data-dir", str(data_dir), "--val-dir", str(val_dir), "--out", str(out), "--device", "cpu", *extra],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -58,10 +58,10 @@ def test_channel_scores_what_the_in_process_scorer_scores(tmp_path, prepared, ti
              "--checkpoint", str(tiny_checkpoint), "--data-dir", str(train_dir), "--val-dir", str(val_dir),
              "--out", str(tmp_path / "channel.json"), "--device", "cpu", "--seed", "3", "--connect-timeout", "60",
              "--reply-timeout", "60"],
-            capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size(1 << 20),
+            capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size(1 << 20),
         )  # fmt: skip
     finally:
-        outputs = [server.communicate(timeout=30)[0] for server in servers]
+        outputs = [server.communicate(timeout=300)[0] for server in servers]
     assert scorer.returncode == 0, scorer.stderr + "".join(outputs)
     inline_result = json.loads((tmp_path / "inline.json").read_text())
     channel_result = json.loads((tmp_path / "channel.json").read_text())
@@ -109,7 +109,7 @@ def test_a_refused_offer_of_gpu_slots_is_followed_by_host_memory(tmp_path, tiny_
         assert logits.shape == (2, 8, vocab) and bool(torch.isfinite(logits).all())
         channel.close()
     finally:
-        output = server.communicate(timeout=30)[0]
+        output = server.communicate(timeout=300)[0]
     assert server.returncode == 0, output
 
 
@@ -254,7 +254,7 @@ print(slots.layout, len(slots.fds), seals & need == need, shrunk)
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
         preexec_fn=limit_file_size(64 << 10),
     )
     assert proc.returncode == 0, proc.stderr

@@ -146,7 +146,7 @@ def test_hash_only_prints_what_a_scored_run_records(tmp_path, prepared):
     result = json.loads((tmp_path / "result.json").read_text())
     probe = subprocess.run(
         [sys.executable, str(TRAINER / "evaluate.py"), "--hash-only", "--data-dir", str(prepared[0]),
-         "--val-dir", str(prepared[1])], capture_output=True, text=True, timeout=60,
+         "--val-dir", str(prepared[1])], capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert probe.returncode == 0, probe.stderr
     pinned = json.loads(probe.stdout.strip().splitlines()[-1])

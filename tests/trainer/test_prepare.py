@@ -135,7 +135,7 @@ def test_evaluate_runs_from_a_folder_of_the_fixed_files(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
 
