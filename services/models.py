@@ -64,6 +64,11 @@ class RunResult(Frozen):
     val_bpb: float | None = None
     val_tokens: int | None = None
     val_bytes: int | None = None
+    # The held-out test split, scored in the same pass for runs that can decide a merge (confirmation
+    # runs, runs of commits); None when it was not scored. Never shown to agents.
+    test_bpb: float | None = None
+    test_tokens: int | None = None
+    test_bytes: int | None = None
     steps: int | None = None
     tokens: int | None = None
     startup_s: float | None = None
@@ -98,6 +103,25 @@ class Decision(Frozen):
     params: dict[str, float] = {}
     reason: str
     decided_at: float = Field(default_factory=now)
+    # The held-out test tripwire (rule test-gap/v1), run on a confirmation the val rule accepts. The
+    # reason never holds a test figure; the figures are here, in fields named test_* (never shown to
+    # agents, never written to git). g_i = (test_cand_i − test_best_i) − (val_cand_i − val_best_i).
+    tripwire: Literal["passed", "blocked", "not-run"] = "not-run"
+    test_candidate_runs: list[float] = []  # test_bpb of the candidate's paired runs (seeds as `seeds`)
+    test_best_runs: list[float] = []  # ... and of the best's
+    test_gaps: list[float] = []  # g_i per seed: the part of the val gain that test did not show
+    test_gap_bpb: float | None = None  # mean(g)
+    test_gap_sigma_bpb: float | None = None  # σ_g: √2 × the calibrated σ of one run's (test − val)
+    test_gap_sigma_source: str = ""  # calibrated | prior
+    test_n: int | None = None  # paired runs
+    test_val_gain_bpb: float | None = None  # −mean(val_cand − val_best): the val gain being checked
+    test_threshold_bpb: float | None = None  # z σ_g / √n + slack × val gain; blocked when mean(g) > it
+    test_cumulative_gap_bpb: float | None = (
+        None  # Σ mean(g) of the branch's steps since the root, with this one
+    )
+    test_cumulative_threshold_bpb: float | None = None  # z √(Σ σ_g²/n) + slack × Σ val gain
+    test_cumulative_steps: int | None = None  # steps in those sums (merges with test figures, and this one)
+    test_params: dict[str, float] = {}
 
 
 ProposalKind = Literal["proposal", "run"]

@@ -61,6 +61,20 @@ class Settings(BaseSettings):
     # Decimals of the scores agents see (admins see full precision; services/controller/disclosure.py).
     # 4 (0.0001 bpb) is about σ/10 at the 300 s budget (σ 0.0005 on an H200, 0.0009 on an H100).
     agent_score_decimals: int = Field(4, ge=1, le=9)
+    # Runs of the best commit asked for once on each new fingerprint (a new evaluator version, image,
+    # GPU model or data): its score and the noise calibrations there. 0: none.
+    new_fingerprint_runs: int = Field(3, ge=0, le=32)
+
+    # --- held-out test tripwire (rule test-gap/v1, services/committer/rules.py; docs/evaluation.md)
+    # A merge is blocked when the candidate's val gain over the best, in the paired confirmation runs,
+    # is not matched on the held-out test split beyond z · its noise plus a slack share of the gain.
+    tripwire_z: float = Field(3.0, gt=0.0, le=10.0)  # one-sided z of the gap's noise bound
+    # σ of one run's (test_bpb − val_bpb) around its commit's mean, in bpb, until the best's runs on a
+    # fingerprint give 3 degrees of freedom; a paired gap has √2 times it.
+    tripwire_sigma_prior_bpb: float = Field(0.001, gt=0.0, le=1.0)
+    # The share of a val gain that may go unmatched on test (0 ≤ slack < 1): honest changes do not gain
+    # exactly as much on other books; a model that memorised the validation text gains nothing there.
+    tripwire_gain_slack: float = Field(0.5, ge=0.0, lt=1.0)
 
     # --- sandbox
     trainer_image: str = "autoresearch/trainer:cpu"
@@ -75,6 +89,9 @@ class Settings(BaseSettings):
     # compose file ("train-data"), resolved to that project's own volume.
     train_data: str = "autoresearch-train-data"
     val_data: str = "autoresearch-val-data"
+    # The held-out test split (prepare.py --test-dir): like train_data, mounted into the scorer of the
+    # runs that can decide a merge; "" = none (the tripwire does not run).
+    test_data: str = ""
     container_memory_bytes: int = Field(64 * GIB, ge=32 * MIB)
     container_pids_limit: int = Field(1024, ge=16)
     container_cpus: float = Field(0.0, ge=0.0)  # 0 = no CPU limit

@@ -12,6 +12,8 @@ Keys (prefix `ar:`):
     fingerprints           set of fingerprint keys seen
     fingerprint-fields     hash fingerprint key → JSON of its Fingerprint (what the key stands for)
     calibration:<fp>       hash commit → JSON list of every val_bpb of that branch commit (noise)
+    calibration-gap:<fp>   hash commit → JSON list of test_bpb − val_bpb of its runs that scored the
+                           test split (the held-out test tripwire's noise)
     best                   JSON of Best
     commits                hash commit → train.py on the research branch
     lineage                hash commit → JSON of its LineageEntry (the branch's history, for the API)
@@ -315,7 +317,23 @@ class Store:
 
     @_translate
     def add_calibration_runs(self, fingerprint_key: str, commit: str, scores: list[float]) -> None:
-        key = f"ar:calibration:{fingerprint_key}"
+        self._append_runs(f"ar:calibration:{fingerprint_key}", fingerprint_key, commit, scores)
+
+    @_translate
+    def calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
+        return self._runs_by_commit(f"ar:calibration:{fingerprint_key}")
+
+    @_translate
+    def add_gap_calibration_runs(self, fingerprint_key: str, commit: str, gaps: list[float]) -> None:
+        """Record test_bpb − val_bpb of runs of a branch commit (the tripwire's noise calibration)."""
+        if gaps:
+            self._append_runs(f"ar:calibration-gap:{fingerprint_key}", fingerprint_key, commit, gaps)
+
+    @_translate
+    def gap_calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
+        return self._runs_by_commit(f"ar:calibration-gap:{fingerprint_key}")
+
+    def _append_runs(self, key: str, fingerprint_key: str, commit: str, scores: list[float]) -> None:
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -330,9 +348,8 @@ class Store:
                 except redis.WatchError:
                     continue
 
-    @_translate
-    def calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
-        raw = self.r.hgetall(f"ar:calibration:{fingerprint_key}")
+    def _runs_by_commit(self, key: str) -> dict[str, list[float]]:
+        raw = self.r.hgetall(key)
         return {k.decode(): [float(x) for x in json.loads(v)] for k, v in raw.items()}
 
     # --- tokens

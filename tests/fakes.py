@@ -9,7 +9,11 @@ It never executes the candidate. It reads directives from the candidate's text i
     FAKE_INFRA = N        the first N training attempts fail as infrastructure (daemon down)
     FAKE_HOLD = /a/path   training blocks while that file exists (at most 60 s): a run in flight
     FAKE_FIXED = {...}    the fixed_hashes its result.json reports (JSON), as a forging candidate's
-                          would; otherwise the sandbox's own `fixed` ones
+                          would; otherwise the sandbox's own `fixed` ones (`test/...` only when the
+                          request scores the held-out test split)
+    FAKE_TEST_SCORE = 1.5 the test_bpb of an evaluation that scores the test split (plus a seed wobble
+                          of its own); otherwise the val score + TEST_OFFSET: an honest model gains
+                          on test what it gains on validation, a memoriser does not
 and writes outputs with the same file names the real trainer and evaluator write.
 """
 
@@ -32,6 +36,7 @@ from services.worker.sandbox import (
 )
 
 HOLD_MAX_S = 60
+TEST_OFFSET = 0.01  # an honest model's test_bpb − val_bpb (the test books are a little harder)
 
 
 def directive(text: str, name: str, default: str | None = None) -> str | None:
@@ -42,6 +47,11 @@ def directive(text: str, name: str, default: str | None = None) -> str | None:
 def seed_wobble(seed: int) -> float:
     """A deterministic, seed-dependent offset in [-0.0001, 0.0001]."""
     return ((seed * 2654435761) % 2001 - 1000) * 1e-7
+
+
+def test_wobble(seed: int) -> float:
+    """The test split's own seed-dependent offset in [-0.00005, 0.00005] (not the val wobble's)."""
+    return ((seed * 40503 + 17) % 1001 - 500) * 1e-7
 
 
 @dataclass
@@ -89,15 +99,22 @@ class FakeSandbox:
         self.evaluated.append(request)
         score = float(directive(text, "FAKE_SCORE", "1.5") or 1.5)
         score += float(directive(text, "FAKE_DELTA", "0") or 0)
+        test = float(directive(text, "FAKE_TEST_SCORE", str(score + TEST_OFFSET)) or 0)
         if not directive(text, "FAKE_IGNORES_SEED"):
             score += seed_wobble(request.seed)
-        result = {
+            test += seed_wobble(request.seed) + test_wobble(request.seed)
+        honest = {
+            k: v for k, v in self.fixed.hashes.items() if request.score_test or not k.startswith("test/")
+        }
+        result: dict[str, object] = {
             "val_bpb": score,
             "val_tokens": 100,
             "val_bytes": 400,
             "evaluator_version": self.fixed.evaluator_version,
-            "fixed_hashes": json.loads(directive(text, "FAKE_FIXED") or json.dumps(dict(self.fixed.hashes))),
+            "fixed_hashes": json.loads(directive(text, "FAKE_FIXED") or json.dumps(honest)),
         }
+        if request.score_test:
+            result |= {"test_bpb": test, "test_tokens": 110, "test_bytes": 420}
         (request.paths.eval_out / RESULT_FILE).write_text(json.dumps(result))
         return StepOutcome(0, False, False, f"val_bpb: {score:.6f}\n", False, 0.5)
 

@@ -1,10 +1,18 @@
-"""The trusted scorer (a fixed file): bits per byte of a checkpoint on the validation books.
+"""The trusted scorer (a fixed file): bits per byte of a checkpoint on the validation books, and on
+the held-out test books when asked.
 
     python evaluate.py --train-py <candidate train.py> --checkpoint <dir> --data-dir <train dir>
-                       --val-dir <val dir> --out <result.json> [--device cpu|cuda] [--max-docs N]
-                       [--batch-size B] [--seed S]
+                       --val-dir <val dir> [--test-dir <test dir>] --out <result.json>
+                       [--device cpu|cuda] [--max-docs N] [--batch-size B] [--seed S]
     python evaluate.py --channel <dir> --data-dir <train dir> --val-dir <val dir> --out <result.json> ...
-    python evaluate.py --hash-only --data-dir <train dir> --val-dir <val dir>
+    python evaluate.py --hash-only --data-dir <train dir> --val-dir <val dir> [--test-dir <test dir>]
+
+With --test-dir the test books are scored in the same pass as the validation books, by the same
+protocol: their documents are packed into rows of their own (no row mixes the two splits), those rows
+join the validation rows in the same shuffled batches through the same channel (nothing tells the
+model which rows are which), and each split has its own float64 sums; result.json gets `test_bpb`,
+`test_tokens` and `test_bytes`, and the test files are hashed with the other fixed files. Nothing
+about the test split is printed: the log may reach the proposal's author, result.json does not.
 
 With --channel (what the worker runs; docs/evaluation.md) the candidate never enters this process:
 two model containers, each running model_server.py on its own socket `<dir>/a/model.sock` and
@@ -62,9 +70,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-EVALUATOR_VERSION = "4"  # 2: model in its own container (--channel), causality probes; 3: logits
+EVALUATOR_VERSION = "5"  # 2: model in its own container (--channel), causality probes; 3: logits
 # through shared memory slots instead of the socket; 4: slots in GPU memory on CUDA (cuda_ipc.py), the
-# model server accepts or refuses each set of slots (the score is unchanged by both)
+# model server accepts or refuses each set of slots (the score is unchanged by both); 5: --test-dir,
+# the held-out test split scored in the same pass (val_bpb unchanged)
 ROW_TOKENS = 2049  # 2,048 input positions + 1
 DEFAULT_SEED = 0
 HASH_CHUNK_BYTES = 1 << 22
@@ -131,15 +140,24 @@ MAX_DOC_CHARS = _prepare.MAX_DOC_CHARS
 book_documents = _prepare.book_documents
 
 
-def val_files(val_dir: Path) -> list[Path]:
-    files = sorted(p for p in Path(val_dir).iterdir() if p.name.endswith((".jsonl", ".jsonl.xz")))
+def split_files(directory: Path, what: str) -> list[Path]:
+    """The .jsonl and .jsonl.xz files of a held-out split's directory, in name order."""
+    files = sorted(p for p in Path(directory).iterdir() if p.name.endswith((".jsonl", ".jsonl.xz")))
     if not files:
-        raise FileNotFoundError(f"{val_dir}: no validation .jsonl or .jsonl.xz file")
+        raise FileNotFoundError(f"{directory}: no {what} .jsonl or .jsonl.xz file")
     return files
 
 
+def val_files(val_dir: Path) -> list[Path]:
+    return split_files(val_dir, "validation")
+
+
+def test_files(test_dir: Path) -> list[Path]:
+    return split_files(test_dir, "test")
+
+
 def load_documents(paths: list[Path], max_docs: int | None = None) -> list[str]:
-    """All validation documents in protocol order (files, books, documents), the first `max_docs`."""
+    """All documents of a split in protocol order (files, books, documents), the first `max_docs`."""
     documents: list[str] = []
     for path in paths:
         opener = lzma.open if path.name.endswith(".xz") else open
@@ -172,11 +190,73 @@ def load_tokenizer(path: Path):  # -> (tiktoken.Encoding, bos_id, token byte len
 # Rows
 
 
+VAL, TEST = 0, 1  # a row's split
+
+
 @dataclass
 class Rows:
     tokens: np.ndarray  # int64 [R, 2049]; unfilled positions hold BOS
     targets_mask: np.ndarray  # bool [R, 2048]: position t scores tokens[:, t + 1]
     level: np.ndarray  # int64 [R]: 0 for a row that starts a document, k for its k-th continuation
+    split: np.ndarray | None = None  # int64 [R]: VAL or TEST (None: every row is a validation row)
+
+    def split_ids(self) -> np.ndarray:
+        return np.full(len(self.level), VAL, dtype=np.int64) if self.split is None else self.split
+
+
+def join_rows(val: Rows, test: Rows) -> Rows:
+    """Validation rows and test rows, each packed on its own (no row holds both), as one set of rows
+    whose batches mix the two at random like any other rows."""
+    split = np.concatenate([np.full(len(val.level), VAL), np.full(len(test.level), TEST)]).astype(np.int64)
+    return Rows(
+        np.concatenate([val.tokens, test.tokens]),
+        np.concatenate([val.targets_mask, test.targets_mask]),
+        np.concatenate([val.level, test.level]),
+        split,
+    )
+
+
+@dataclass
+class SplitSums:
+    """One split's float64 sum of nats, and its targets' UTF-8 bytes and count."""
+
+    nats: float = 0.0
+    num_bytes: int = 0
+    targets: int = 0
+
+    def add(
+        self, logprobs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, byte_table: torch.Tensor
+    ) -> None:
+        self.nats -= float(logprobs[mask].double().sum())
+        self.num_bytes += int(byte_table[targets[mask]].sum())
+        self.targets += int(mask.sum())
+
+    def bpb(self) -> float:
+        return self.nats / (math.log(2) * self.num_bytes) if self.num_bytes else float("nan")
+
+
+def add_batch(
+    sums: list[SplitSums], logprobs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+    split: np.ndarray, byte_table: torch.Tensor,
+) -> None:  # fmt: skip
+    """Add one batch's target log-probs [B, T] to the sums of the split each row belongs to."""
+    for index, total in enumerate(sums):
+        rows = torch.from_numpy(split == index).to(logprobs.device)
+        if bool(rows.all()):
+            total.add(logprobs, targets, mask, byte_table)
+        elif bool(rows.any()):
+            total.add(logprobs[rows], targets[rows], mask[rows], byte_table)
+
+
+def split_scores(sums: list[SplitSums], rows: Rows) -> dict:
+    """The scores' fields: val_* always, test_* when there are test rows."""
+    val = sums[VAL]
+    scores = {"nats": val.nats, "val_tokens": val.targets, "val_bytes": val.num_bytes, "val_bpb": val.bpb()}
+    if bool((rows.split_ids() == TEST).any()):
+        test = sums[TEST]
+        scores |= {"test_nats": test.nats, "test_tokens": test.targets, "test_bytes": test.num_bytes,
+                   "test_bpb": test.bpb()}  # fmt: skip
+    return scores
 
 
 def pack_rows(docs: list[list[int]], bos_id: int, row_tokens: int = ROW_TOKENS) -> Rows:
@@ -259,16 +339,16 @@ def load_candidate(train_py: Path, checkpoint: Path, device: str) -> tuple[torch
 
 
 def score_rows(model, rows: Rows, byte_lengths: np.ndarray, batch_size: int, device: str, seed: int) -> dict:
-    """Sum nats and bytes over all targets; checks every batch's logits (shape, dtype, finite)."""
+    """Sum nats and bytes over all targets, per split; checks every batch's logits (shape, dtype,
+    finite)."""
     vocab = len(byte_lengths)
     tokens = torch.from_numpy(rows.tokens)
     masks = torch.from_numpy(rows.targets_mask)
     byte_table = torch.from_numpy(byte_lengths).to(device)
-    num_targets = 0
+    split = rows.split_ids()
+    sums = [SplitSums(), SplitSums()]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     with torch.inference_mode(), autocast:
-        nats = torch.zeros((), dtype=torch.float64, device=device)
-        num_bytes = torch.zeros((), dtype=torch.int64, device=device)
         for batch in batch_order(rows.level, batch_size, seed):
             row = tokens[batch].to(device)
             inputs, targets = row[:, :-1], row[:, 1:]
@@ -283,16 +363,8 @@ def score_rows(model, rows: Rows, byte_lengths: np.ndarray, batch_size: int, dev
             if not bool(torch.isfinite(logprobs).all()):
                 raise BadCheckpoint("non-finite logits", "non_finite")
             target_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            nats -= target_logprobs[mask].double().sum()
-            num_bytes += byte_table[targets[mask]].sum()
-            num_targets += int(mask.sum())
-    total_bytes = int(num_bytes)
-    return {
-        "nats": float(nats),
-        "val_tokens": num_targets,
-        "val_bytes": total_bytes,
-        "val_bpb": float(nats) / (math.log(2) * total_bytes) if total_bytes else float("nan"),
-    }
+            add_batch(sums, target_logprobs, targets, mask, split[batch], byte_table)
+    return split_scores(sums, rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -673,7 +745,8 @@ def score_remote(
     tolerance: float,
 ) -> dict:
     """The scored pass on one model server and the probe pass on the other (a fresh instance), in
-    an order drawn from the seed; then every probe and decoy is compared with the scored pass."""
+    an order drawn from the seed; then every probe and decoy is compared with the scored pass.
+    Validation and test rows (`rows.split`) go through the same batches; each split has its sums."""
     rng = random.Random(f"probes-{seed}")
     vocab = len(byte_lengths)
     probes = make_probes(rows, batch_size, rng)
@@ -682,6 +755,7 @@ def score_remote(
     tokens = torch.from_numpy(rows.tokens)
     masks = torch.from_numpy(rows.targets_mask)
     byte_table = torch.from_numpy(byte_lengths)
+    split = rows.split_ids()
     row_logprobs = torch.zeros(rows.targets_mask.shape, dtype=torch.float32)
     probe_logprobs = torch.zeros((len(probes.source), rows.targets_mask.shape[1]), dtype=torch.float32)
 
@@ -694,8 +768,7 @@ def score_remote(
             targets = source_targets[start : start + batch_size]
             probe_logprobs[start : start + batch_size] = target_logprobs(logits, targets, device).cpu()
 
-    nats = 0.0
-    num_bytes = num_targets = 0
+    sums = [SplitSums(), SplitSums()]  # validation, test
     timings: dict[str, float] = {}
     with torch.inference_mode():
         if probe_first:
@@ -709,9 +782,7 @@ def score_remote(
             targets, mask = tokens[batch][:, 1:], masks[batch]
             logprobs = target_logprobs(logits, targets, device).cpu()
             row_logprobs[batch] = logprobs
-            nats -= float(logprobs[mask].double().sum())
-            num_bytes += int(byte_table[targets[mask]].sum())
-            num_targets += int(mask.sum())
+            add_batch(sums, logprobs, targets, mask, split[batch], byte_table)
         timings["scored_pass_s"] = time.perf_counter() - started
         if not probe_first:
             started = time.perf_counter()
@@ -734,10 +805,7 @@ def score_remote(
                 "lookahead",
             )
     return {
-        "nats": nats,
-        "val_tokens": num_targets,
-        "val_bytes": num_bytes,
-        "val_bpb": nats / (math.log(2) * num_bytes) if num_bytes else float("nan"),
+        **split_scores(sums, rows),
         "probes": {
             "rows": len(probes.source),
             "spliced": int((probes.splice < rows.tokens.shape[1]).sum()),
@@ -761,7 +829,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fixed_hashes(data_dir: Path, val_dir: Path, val_paths: list[Path]) -> dict[str, str]:
+def fixed_hashes(
+    data_dir: Path, val_dir: Path, val_paths: list[Path], test_dir: Path | None = None,
+    test_paths: list[Path] | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """The fixed files' hashes; the test split's (`test/...`) only when a test directory is given."""
     here = Path(__file__).resolve().parent
     paths = {
         "prepare.py": here / "prepare.py",
@@ -773,6 +845,9 @@ def fixed_hashes(data_dir: Path, val_dir: Path, val_paths: list[Path]) -> dict[s
         "model_server.py": here / "model_server.py",
         "cuda_ipc.py": here / "cuda_ipc.py",
     }
+    if test_dir is not None:
+        paths |= {f"test/{p.name}": p for p in test_paths or []}
+        paths["test/manifest.json"] = test_dir / "manifest.json"
     return {name: sha256_file(path) for name, path in paths.items() if path.is_file()}
 
 
@@ -807,9 +882,17 @@ def evaluate(args: argparse.Namespace) -> dict:
         servers = {name: listen(args.channel / name / "model.sock") for name in ("a", "b")}
     paths = val_files(args.val_dir)
     documents = load_documents(paths, args.max_docs)
-    encoded = encoding.encode_ordinary_batch(documents, num_threads=os.cpu_count() or 1)
-    rows = pack_rows([[bos_id, *ids] for ids in encoded], bos_id)
+    test_paths = test_files(args.test_dir) if args.test_dir is not None else []
+    test_documents = load_documents(test_paths, args.max_docs) if test_paths else []
+    if test_paths and not test_documents:
+        raise ValueError(f"{args.test_dir}: the test split holds no documents")
+    encoded = encoding.encode_ordinary_batch(documents + test_documents, num_threads=os.cpu_count() or 1)
+    rows = val_rows = pack_rows([[bos_id, *ids] for ids in encoded[: len(documents)]], bos_id)
+    if test_documents:
+        test_rows = pack_rows([[bos_id, *ids] for ids in encoded[len(documents) :]], bos_id)
+        rows = join_rows(val_rows, test_rows)
     doc_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    test_doc_bytes = sum(len(d.encode("utf-8")) for d in test_documents)
     lap("data_s")
     weights = args.checkpoint / "model.safetensors"
     if not weights.is_file():
@@ -817,7 +900,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     hashes = {  # while the model servers start
         "checkpoint_sha256": sha256_file(weights),
         "train_py_sha256": sha256_file(args.train_py),
-        "fixed_hashes": fixed_hashes(args.data_dir, args.val_dir, paths),
+        "fixed_hashes": fixed_hashes(args.data_dir, args.val_dir, paths, args.test_dir, test_paths),
     }
     lap("hash_s")
     slots_in = "in-process"
@@ -864,18 +947,30 @@ def evaluate(args: argparse.Namespace) -> dict:
         model, _ = load_candidate(args.train_py, args.checkpoint, args.device)
         scored = score_rows(model, rows, byte_lengths, args.batch_size, args.device, args.seed)
     lap("passes_s")
-    if scored["val_bytes"] != doc_bytes:
+    if scored["val_bytes"] != doc_bytes or scored.get("test_bytes", 0) != test_doc_bytes:
         raise ValueError(
-            f"target bytes {scored['val_bytes']} != document bytes {doc_bytes} (tokenizer broken?)"
+            f"target bytes {scored['val_bytes']} != document bytes {doc_bytes}, or the test split's differ "
+            "(tokenizer broken?)"
         )
     timings.update(scored.get("timings", {}))
+    test_fields = {}
+    if test_documents:
+        test_fields = {
+            "test_bpb": scored["test_bpb"],
+            "test_tokens": scored["test_tokens"],
+            "test_bytes": scored["test_bytes"],
+            "test_nats": scored["test_nats"],
+            "test_documents": len(test_documents),
+            "test_rows": len(test_rows.level),
+        }
     return {
         "val_bpb": scored["val_bpb"],
         "val_tokens": scored["val_tokens"],
         "val_bytes": scored["val_bytes"],
         "val_nats": scored["nats"],
         "num_documents": len(documents),
-        "num_rows": len(rows.level),
+        "num_rows": len(val_rows.level),
+        **test_fields,
         "evaluator_version": EVALUATOR_VERSION,
         "eval_s": round(time.time() - started, 3),
         "device": args.device,
@@ -903,6 +998,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="dir with model.safetensors and run.json")
     parser.add_argument("--data-dir", type=Path, required=True, help="training data dir (for the tokenizer)")
     parser.add_argument("--val-dir", type=Path, required=True)
+    parser.add_argument(
+        "--test-dir", type=Path, default=None, help="the held-out test split, scored in the same pass"
+    )
     parser.add_argument("--out", type=Path, help="result.json path")
     parser.add_argument(
         "--hash-only", action="store_true",
@@ -929,11 +1027,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.hash_only:  # what the worker pins at start-up: no candidate, no checkpoint involved
-        try:
+        paths, test_paths = [], []
+        with contextlib.suppress(FileNotFoundError):  # hashed as absent; the scorer would fail on it anyway
             paths = val_files(args.val_dir)
-        except FileNotFoundError:  # hashed as absent; the scorer would fail on it anyway
-            paths = []
-        hashes = fixed_hashes(args.data_dir, args.val_dir, paths)
+        with contextlib.suppress(FileNotFoundError):
+            test_paths = test_files(args.test_dir) if args.test_dir is not None else []
+        hashes = fixed_hashes(args.data_dir, args.val_dir, paths, args.test_dir, test_paths)
         print(json.dumps({"evaluator_version": EVALUATOR_VERSION, "fixed_hashes": hashes}, sort_keys=True))
         return 0
     missing = [

@@ -1,31 +1,40 @@
-"""Data preparation (a fixed file): tokenizer, per-token byte lengths, training tokens, validation text.
+"""Data preparation (a fixed file): tokenizer, per-token byte lengths, training tokens, validation
+text, and the held-out test text.
 
-    python prepare.py --source <dir or https URL> --train-dir <dir> --val-dir <dir>
+    python prepare.py --source <dir or https URL> --train-dir <dir> --val-dir <dir> [--test-dir <dir>]
                       [--vocab-size 8192] [--max-train-shards N] [--val-source <file or URL>]
-                      [--tokenizer <tokenizer.json>]
+                      [--test-source <file or URL>] [--tokenizer <tokenizer.json>]
 
 Sources
   * a local directory of `.txt`, `.jsonl`, `.jsonl.xz` or `.parquet` files. A `.txt` file is one
     book; a JSON Lines or parquet file holds one book per line/row in its "text" field. Files whose
-    name starts with "val" are validation; all other files are training, in name order.
+    name starts with "val" are validation, files whose name starts with "test" (in the directory or
+    in its `heldout/` subfolder) are the test split; all other files of the directory are training,
+    in name order.
   * an https URL of a hub-style parquet dataset: `<URL>/shard_00000.parquet`, `shard_00001`, ...
     (a "text" column). Downloads resume with HTTP Range requests, are checked against published
     SHA-256 sums (`<URL>/SHA256SUMS`, else a 64-hex ETag, as Hugging Face sends for LFS files) and
     print progress lines. Validation comes from `--val-source` (default: the last shard of the
-    default dataset).
+    default dataset), the test split from `--test-source` (default: the shard before it).
 
-Outputs (the two directories never share data)
+The test split is never training data: it is neither tokenized into the training shards nor read by
+the tokenizer's training, whether or not `--test-dir` is given. It is written only with `--test-dir`,
+and then a test source is required.
+
+Outputs (the directories never share data)
   train-dir/tokenizer.json    BPE tokenizer that tiktoken loads (see `load_tokenizer`): regex pattern,
                               mergeable ranks (base64 bytes, index = rank), BOS special token = last id
   train-dir/token_bytes.npy   int32 [vocab]: UTF-8 byte length of each token, 0 for special tokens
   train-dir/tokens_NNNNN.npy  uint16 token stream of one source file: each document is [BOS] + tokens
   val-dir/val.jsonl           the validation books, one {"text": ...} a line (evaluate.py tokenizes them)
+  test-dir/test.jsonl         the test books, the same way (only the trusted scorer ever mounts them)
   */manifest.json             sha256 and size of every file, plus a hash of the inputs; written last
 
 Books are split exactly as the evaluation protocol splits them (paragraphs, documents of at most
 6,000 characters), so training documents look like scored documents and no text is dropped.
 Re-running with the same inputs finds matching manifests and does nothing; the outputs depend only
-on the inputs (no timestamps), so two runs produce identical bytes.
+on the inputs (no timestamps), so two runs produce identical bytes. The test directory has its own
+inputs hash (the test file alone), so adding a test split to prepared data rebuilds nothing else.
 """
 
 from __future__ import annotations
@@ -57,6 +66,8 @@ SPLIT_PATTERN = (
 TOKENIZER_MAX_CHARS = 2_000_000_000  # tokenizer training reads at most this many characters
 DEFAULT_REMOTE_SOURCE = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 DEFAULT_REMOTE_VAL_SHARD = 6542  # that dataset's last shard, kept for validation
+DEFAULT_REMOTE_TEST_SHARD = 6541  # the shard before it, held out as the test split
+HELDOUT_DIR = "heldout"  # a local source's subfolder for the test split (out of a trainer's sight)
 DEFAULT_REMOTE_TRAIN_SHARDS = 8
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 DOWNLOAD_RETRIES = 4
@@ -124,22 +135,47 @@ def read_books(path: Path) -> Iterator[dict]:
 SOURCE_SUFFIXES = (".txt", ".jsonl", ".jsonl.xz", ".parquet")
 
 
-def local_sources(source: Path, val_source: str | None, max_train: int | None) -> tuple[list[Path], Path]:
-    files = sorted(p for p in source.iterdir() if p.is_file() and p.name.endswith(SOURCE_SUFFIXES))
+def _source_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SOURCE_SUFFIXES))
+
+
+def _same_file(a: Path, b: Path | None) -> bool:
+    return b is not None and a.resolve() == b.resolve()
+
+
+def local_sources(
+    source: Path, val_source: str | None, max_train: int | None, test_source: str | None = None
+) -> tuple[list[Path], Path, Path | None]:
+    """(training files, validation file, test file or None). Files named val* and test* are never
+    training, and neither is a file named by --val-source or --test-source."""
+    files = _source_files(source)
     val_files = [p for p in files if p.name.startswith("val")]
-    train = [p for p in files if not p.name.startswith("val")]
+    test_files = [p for p in [*files, *_source_files(source / HELDOUT_DIR)] if p.name.startswith("test")]
+    train = [p for p in files if not p.name.startswith(("val", "test"))]
     if val_source:
         val = Path(val_source)
-        train = [p for p in train if p.resolve() != val.resolve()]
     elif len(val_files) == 1:
         val = val_files[0]
     else:
         raise PrepareError(f"{source}: want exactly one validation file named val*, found {len(val_files)}")
+    test: Path | None = None
+    if test_source:
+        test = Path(test_source)
+    elif len(test_files) == 1:
+        test = test_files[0]
+    elif len(test_files) > 1:
+        names = ", ".join(str(p.relative_to(source)) for p in test_files)
+        raise PrepareError(
+            f"{source}: want at most one test file named test* (here or in {HELDOUT_DIR}/), found {names}"
+        )
+    train = [p for p in train if not _same_file(p, val) and not _same_file(p, test)]
     if max_train is not None:
         train = train[:max_train]
     if not train:
         raise PrepareError(f"{source}: no training files")
-    return train, val
+    return train, val, test
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,19 +253,35 @@ def download(url: str, dest: Path, expected_sha256: str | None) -> Path:
 
 
 def remote_sources(
-    base_url: str, train_dir: Path, val_dir: Path, val_source: str | None, max_train: int | None
-) -> tuple[list[Path], Path]:
+    base_url: str, train_dir: Path, val_dir: Path, val_source: str | None, max_train: int | None,
+    test_dir: Path | None = None, test_source: str | None = None,
+) -> tuple[list[Path], Path, Path | None]:  # fmt: skip
+    """(training shards, validation file, test file or None): the test split only with a test_dir."""
     base_url = base_url.rstrip("/")
     sums = published_checksums(base_url)
     count = DEFAULT_REMOTE_TRAIN_SHARDS if max_train is None else max_train
     names = [f"shard_{i:05d}.parquet" for i in range(count)]
-    train = [download(f"{base_url}/{n}", train_dir / ".download" / n, sums.get(n)) for n in names]
     val_url = val_source or f"{base_url}/shard_{DEFAULT_REMOTE_VAL_SHARD:05d}.parquet"
-    if not val_url.startswith(("http://", "https://")):
-        return train, Path(val_url)
-    val_name = val_url.rsplit("/", 1)[-1]
-    val = download(val_url, val_dir / ".download" / val_name, sums.get(val_name))
-    return train, val
+    test_url = None
+    if test_dir is not None:
+        test_url = test_source or f"{base_url}/shard_{DEFAULT_REMOTE_TEST_SHARD:05d}.parquet"
+        if test_url == val_url:
+            raise PrepareError(f"the test source {test_url} is the validation source: they must differ")
+    for url in (val_url, test_url):
+        if url is not None and url.rsplit("/", 1)[-1] in names and url.startswith(base_url + "/"):
+            raise PrepareError(f"{url} is one of the {count} training shards; lower --max-train-shards")
+    train = [download(f"{base_url}/{n}", train_dir / ".download" / n, sums.get(n)) for n in names]
+    val = _fetch_split(val_url, val_dir, sums)
+    test = None if test_url is None or test_dir is None else _fetch_split(test_url, test_dir, sums)
+    return train, val, test
+
+
+def _fetch_split(url: str, directory: Path, sums: dict[str, str]) -> Path:
+    """A held-out file named by URL (downloaded into the split's own directory) or by local path."""
+    if not url.startswith(("http://", "https://")):
+        return Path(url)
+    name = url.rsplit("/", 1)[-1]
+    return download(url, directory / ".download" / name, sums.get(name))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,11 +360,11 @@ def tokenize_file(path: Path, encoding, bos_id: int) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
 
 
-def write_val(val_file: Path, out: Path) -> int:
-    """Copy the validation books as plain JSON Lines; returns the number of books."""
+def write_books(source: Path, out: Path) -> int:
+    """Copy a held-out file's books (validation or test) as plain JSON Lines; returns their number."""
     count = 0
     with open(out, "w", encoding="utf-8") as f:
-        for book in read_books(val_file):
+        for book in read_books(source):
             f.write(json.dumps({"text": book["text"]}, ensure_ascii=False) + "\n")
             count += 1
     return count
@@ -336,6 +388,12 @@ def inputs_hash(train: list[Path], val: Path, vocab_size: int, tokenizer: Path |
     parts += [f"val:{val.name}:{sha256_file(val)}"]
     if tokenizer is not None:
         parts.append(f"tokenizer:{sha256_file(tokenizer)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def test_inputs_hash(test: Path) -> str:
+    """The test directory's inputs: the test file alone (it is text; no tokenizer is involved)."""
+    parts = [f"prepare-v{PREPARE_VERSION}", f"test:{test.name}:{sha256_file(test)}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -394,26 +452,57 @@ def prepare(
     max_train_shards: int | None = None,
     val_source: str | None = None,
     tokenizer: Path | None = None,
+    test_dir: Path | None = None,
+    test_source: str | None = None,
 ) -> None:
     if not 257 <= vocab_size <= 65536:
         raise PrepareError(
             f"--vocab-size {vocab_size}: want 257..65536 (uint16 tokens, 256 byte tokens + BOS)"
         )
-    train_dir.mkdir(parents=True, exist_ok=True)
-    val_dir.mkdir(parents=True, exist_ok=True)
-    if train_dir.resolve() == val_dir.resolve():
-        raise PrepareError(
-            "--train-dir and --val-dir must differ: validation data never goes with training data"
-        )
+    if test_source and test_dir is None:
+        raise PrepareError("--test-source needs --test-dir: the test split is written only there")
+    _check_directories(train_dir, val_dir, test_dir)
     started = time.time()
     if source.startswith(("http://", "https://")):
-        train, val = remote_sources(source, train_dir, val_dir, val_source, max_train_shards)
+        train, val, test = remote_sources(
+            source, train_dir, val_dir, val_source, max_train_shards, test_dir, test_source
+        )
     else:
-        train, val = local_sources(Path(source), val_source, max_train_shards)
+        train, val, test = local_sources(Path(source), val_source, max_train_shards, test_source)
+    if test_dir is not None and test is None:
+        raise PrepareError(
+            f"{source}: no test split for --test-dir (want one file named test*, in the source folder or "
+            f"its {HELDOUT_DIR}/ subfolder, or --test-source)"
+        )
+    if test is not None and test.resolve() == val.resolve():
+        raise PrepareError(f"{test} is both the test and the validation source: they must differ")
     inputs = inputs_hash(train, val, vocab_size, tokenizer)
     if manifest_matches(train_dir, inputs) and manifest_matches(val_dir, inputs):
         print(f"prepare: {train_dir} and {val_dir} are up to date (inputs {inputs[:12]}); nothing to do")
-        return
+    else:
+        prepare_train_and_val(train, val, train_dir, val_dir, inputs, vocab_size, tokenizer, started)
+    if test_dir is not None and test is not None:
+        prepare_test(test, test_dir)
+
+
+def _check_directories(train_dir: Path, val_dir: Path, test_dir: Path | None) -> None:
+    named = {"--train-dir": train_dir, "--val-dir": val_dir, **({"--test-dir": test_dir} if test_dir else {})}
+    for directory in named.values():
+        directory.mkdir(parents=True, exist_ok=True)
+    seen: dict[Path, str] = {}
+    for option, directory in named.items():
+        if directory.resolve() in seen:
+            raise PrepareError(
+                f"{seen[directory.resolve()]} and {option} must differ: each split has its own directory "
+                "(validation and test data never go with training data, nor with each other)"
+            )
+        seen[directory.resolve()] = option
+
+
+def prepare_train_and_val(
+    train: list[Path], val: Path, train_dir: Path, val_dir: Path, inputs: str, vocab_size: int,
+    tokenizer: Path | None, started: float,
+) -> None:  # fmt: skip
     print(f"prepare: {len(train)} training files, validation {val.name}, vocab {vocab_size}", flush=True)
     clear_outputs(train_dir)
     clear_outputs(val_dir)
@@ -437,7 +526,7 @@ def prepare(
         atomic_save_npy(train_dir / f"tokens_{index:05d}.npy", stream)
         total += len(stream)
         print(f"prepare: {path.name} -> tokens_{index:05d}.npy, {len(stream):,} tokens", flush=True)
-    books = write_val(val, val_dir / "val.jsonl")
+    books = write_books(val, val_dir / "val.jsonl")
     write_manifest(train_dir, inputs, {"kind": "train", "tokens": total, "vocab_size": vocab_size})
     write_manifest(val_dir, inputs, {"kind": "val", "books": books})
     print(
@@ -445,16 +534,36 @@ def prepare(
     )
 
 
+def prepare_test(test: Path, test_dir: Path) -> None:
+    """The test split's directory: its books as text and a manifest of their own."""
+    inputs = test_inputs_hash(test)
+    if manifest_matches(test_dir, inputs):
+        print(f"prepare: {test_dir} is up to date (test inputs {inputs[:12]}); nothing to do")
+        return
+    clear_outputs(test_dir)
+    books = write_books(test, test_dir / "test.jsonl")
+    write_manifest(test_dir, inputs, {"kind": "test", "books": books})
+    print(f"prepare: test split {test.name}: {books} books", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=DEFAULT_REMOTE_SOURCE, help="local directory or https URL")
     parser.add_argument("--train-dir", type=Path, required=True)
     parser.add_argument("--val-dir", type=Path, required=True)
+    parser.add_argument(
+        "--test-dir", type=Path, default=None,
+        help="where the held-out test split goes (only the trusted scorer mounts it)",
+    )  # fmt: skip
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--max-train-shards", type=int, default=None)
     parser.add_argument(
         "--val-source", default=None, help="validation file or URL (default: val* / last shard)"
     )
+    parser.add_argument(
+        "--test-source", default=None,
+        help="test file or URL (default: test* or heldout/test* / the shard before the last)",
+    )  # fmt: skip
     parser.add_argument(
         "--tokenizer", type=Path, default=None, help="use this tokenizer.json instead of training"
     )
@@ -468,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             args.max_train_shards,
             args.val_source,
             args.tokenizer,
+            args.test_dir,
+            args.test_source,
         )
     except PrepareError as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 WAITING_FOR_BASELINE = "ar:waiting-for-baseline"  # proposals scored before the baseline was
 BASELINE_REQUESTED = "ar:baseline-requested"
+NEW_FINGERPRINT_RUNS = "ar:new-fingerprint-runs:{}"  # fingerprint key → the runs of the best asked for on it
+# Test figures stay out of git (commit messages, notes, tried refs): agents may read the repository.
+TEST_RESULT_FIELDS = frozenset({"test_bpb", "test_tokens", "test_bytes"})
 
 
 @dataclass
@@ -95,23 +98,45 @@ class Committer:
     def request_baseline(self, head: str) -> None:
         if not self.conn.set(BASELINE_REQUESTED, head, nx=True):
             return
-        train_py = self.store.commit_train_py(head) or ""
-        run = Proposal(
-            id=new_id("r"),
-            kind="run",
-            title="Baseline run",
-            agent="committer",
-            description=f"Establishes the score of {head[:10]}",
-            base_commit=head,
-            base_train_py=train_py,
-            train_py=train_py,
-            diff="",
-            content_hash="",
-            seeds=[self.settings.first_seed],
+        run = self._request_runs(
+            head, "Baseline run", f"Establishes the score of {head[:10]}", [self.settings.first_seed]
         )
-        stored, _ = self.store.create(run, dedupe=False)
-        queue.enqueue_run(self.conn, run.id, self.settings.run_budget_s, stored.transitions)
         log.info("baseline run requested", extra={"proposal_id": run.id, "commit": head})
+
+    def request_runs_on_new_fingerprint(self, fingerprint: str | None) -> None:
+        """On a fingerprint where the best commit has no runs yet (a new evaluator version, trainer
+        image, GPU model or data), ask once for `new_fingerprint_runs` runs of it, as POST /v1/runs
+        would: they give the best a score there and calibrate the noise (val, and test − val)."""
+        count = self.settings.new_fingerprint_runs
+        best = self.store.get_best()
+        if fingerprint is None or count == 0 or best is None or best.val_bpb is None:
+            return  # before the baseline's score, the baseline run is what establishes it
+        if self.store.calibration_runs(fingerprint).get(best.commit):
+            return
+        if not self.conn.set(NEW_FINGERPRINT_RUNS.format(fingerprint), best.commit, nx=True):
+            return
+        seeds = [self.settings.first_seed + i for i in range(count)]
+        description = (
+            f"Runs of the best ({best.commit[:10]}) on fingerprint {fingerprint}, new to the branch: its score "
+            "and the noise calibration there"
+        )
+        run = self._request_runs(
+            best.commit, f"{count} run(s) of the best on a new fingerprint", description, seeds
+        )
+        log.info(
+            "runs of the best requested on new fingerprint %s", fingerprint,
+            extra={"proposal_id": run.id, "commit": best.commit},
+        )  # fmt: skip
+
+    def _request_runs(self, commit: str, title: str, description: str, seeds: list[int]) -> Proposal:
+        train_py = self.store.commit_train_py(commit) or ""
+        run = Proposal(
+            id=new_id("r"), kind="run", title=title, agent="committer", description=description,
+            base_commit=commit, base_train_py=train_py, train_py=train_py, diff="", content_hash="", seeds=seeds,
+        )  # fmt: skip
+        stored, _ = self.store.create(run, dedupe=False)
+        queue.enqueue_run(self.conn, run.id, self.settings.run_budget_s * len(seeds), stored.transitions)
+        return stored
 
     def recover(self) -> int:
         """After a restart, finish the verdicts that were in flight: accepted but not yet merged, or
@@ -173,6 +198,7 @@ class Committer:
     def _screen(self, proposal: Proposal, scored: list[RunResult], best: Best) -> Proposal:
         self._remember_fingerprints(scored)
         fingerprint = _fingerprint_key(scored)
+        self.request_runs_on_new_fingerprint(fingerprint)
         screen_bpb = _mean(scored)
         self.store.record_score(proposal.id, screen_bpb, fingerprint)
         decision = rules.screen(
@@ -207,6 +233,10 @@ class Committer:
         fingerprint = _fingerprint_key([*confirm_runs, *proposal.baseline_results])
         if fingerprint is not None:
             self.store.add_calibration_runs(fingerprint, proposal.base_commit, baseline)
+            self.store.add_gap_calibration_runs(
+                fingerprint, proposal.base_commit, _gaps(proposal.baseline_results)
+            )
+            self.request_runs_on_new_fingerprint(fingerprint)
         decision = rules.confirm(
             candidate,
             baseline,
@@ -215,6 +245,8 @@ class Committer:
             self.noise(fingerprint),
             self.params,
         )
+        if decision.accepted:
+            decision = self._tripwire(proposal, confirm_runs, decision, fingerprint)
         self.store.record_score(proposal.id, decision.candidate_bpb, fingerprint)
         if not decision.accepted:
             reason = decision.reason + self._keep_tried(proposal, decision)
@@ -222,9 +254,52 @@ class Committer:
         self.store.transition(proposal.id, State.ACCEPTED, decision.reason, decision=decision)
         return self._merge(proposal.id, decision)
 
+    def _tripwire(
+        self, proposal: Proposal, confirm_runs: list[RunResult], decision: Decision, fingerprint: str | None
+    ) -> Decision:
+        """The held-out test tripwire on an accepted confirmation (rules.tripwire); not run when the
+        paired runs carry no test scores (no test split configured where they ran)."""
+        pairs = list(zip(confirm_runs, proposal.baseline_results, strict=True))
+        if not pairs or any(r.test_bpb is None or r.val_bpb is None for pair in pairs for r in pair):
+            log.warning(
+                "held-out test tripwire not run: the paired runs carry no test scores (set AR_TEST_DATA on "
+                "the workers)", extra={"proposal_id": proposal.id},
+            )  # fmt: skip
+            return decision
+        scores = rules.PairedScores(
+            val_candidate=[c.val_bpb or 0.0 for c, _ in pairs], val_best=[b.val_bpb or 0.0 for _, b in pairs],
+            test_candidate=[c.test_bpb or 0.0 for c, _ in pairs], test_best=[b.test_bpb or 0.0 for _, b in pairs],
+        )  # fmt: skip
+        checked = rules.tripwire(
+            decision, scores, self.gap_noise(fingerprint), self._gap_history(proposal.base_commit),
+            rules.tripwire_params_from(self.settings),
+        )  # fmt: skip
+        log.info("held-out test tripwire: %s", checked.tripwire, extra={"proposal_id": proposal.id})
+        return checked
+
+    def _gap_history(self, commit: str) -> list[rules.GapStep]:
+        """The tripwire's figures of the merged steps from the root to `commit` (the cumulative check);
+        steps merged before the tripwire measured them count for nothing."""
+        entries = {entry.commit: entry for entry in self.store.lineage()}
+        steps: list[rules.GapStep] = []
+        seen: set[str] = set()
+        entry = entries.get(commit)
+        while entry is not None and entry.commit not in seen:
+            seen.add(entry.commit)
+            step = rules.gap_step(entry.decision) if entry.decision is not None else None
+            if step is not None:
+                steps.append(step)
+            entry = entries.get(entry.parent) if entry.parent is not None else None
+        return steps[::-1]
+
     def noise(self, fingerprint_key: str | None) -> rules.Noise:
         runs = self.store.calibration_runs(fingerprint_key) if fingerprint_key else {}
         return rules.calibrate(runs, self.params)
+
+    def gap_noise(self, fingerprint_key: str | None) -> rules.Noise:
+        """σ of one run's (test_bpb − val_bpb) on the fingerprint, from the branch commits' runs."""
+        runs = self.store.gap_calibration_runs(fingerprint_key) if fingerprint_key else {}
+        return rules.calibrate_gap(runs, rules.tripwire_params_from(self.settings))
 
     @property
     def params(self) -> rules.RuleParams:
@@ -317,6 +392,8 @@ class Committer:
             self.store.add_calibration_runs(
                 fingerprint, proposal.base_commit, [r.val_bpb or 0.0 for r in scored]
             )
+            self.store.add_gap_calibration_runs(fingerprint, proposal.base_commit, _gaps(scored))
+            self.request_runs_on_new_fingerprint(fingerprint)
         best = self.store.get_best()
         reason = f"run of {proposal.base_commit[:10]} scored val_bpb {val_bpb:.6f}"
         if best is not None and best.commit == proposal.base_commit:
@@ -400,6 +477,11 @@ def _fresh_seeds(count: int, exclude: set[int]) -> list[int]:
     return seeds
 
 
+def _gaps(results: list[RunResult]) -> list[float]:
+    """test_bpb − val_bpb of the runs that scored the test split."""
+    return [r.test_bpb - r.val_bpb for r in results if r.test_bpb is not None and r.val_bpb is not None]
+
+
 def _mean(results: list[RunResult]) -> float:
     values = [r.val_bpb for r in results if r.val_bpb is not None]
     return sum(values) / len(values)
@@ -472,7 +554,13 @@ def _message(proposal: Proposal, decision: Decision) -> str:
 
 
 def _results_json(results: list[RunResult]) -> list[dict[str, object]]:
-    return [r.model_dump(mode="json", exclude={"log_tail"}) for r in results]
+    return [r.model_dump(mode="json", exclude={"log_tail", *TEST_RESULT_FIELDS}) for r in results]
+
+
+def _decision_json(decision: Decision) -> dict[str, object]:
+    """The decision as git keeps it: every field but the tripwire's test figures (`test_*`)."""
+    test_fields = {name for name in Decision.model_fields if name.startswith("test_")}
+    return decision.model_dump(mode="json", exclude=test_fields)
 
 
 def _note(proposal: Proposal, decision: Decision) -> str:
@@ -482,7 +570,7 @@ def _note(proposal: Proposal, decision: Decision) -> str:
             "agent": proposal.agent,
             "title": proposal.title,
             "program_version": proposal.program_version,
-            "decision": decision.model_dump(mode="json"),
+            "decision": _decision_json(decision),
             "results": _results_json(proposal.results),
         },
         indent=2,

@@ -17,6 +17,28 @@ Rule `paired-z/v1` (the default), in two stages:
 z = 2.33 would give 1% false accepts with a known σ; σ is estimated from a few runs, and at 2.33
 the simulation measured 1.0% under Gaussian noise, so the default is z = 2.6 (measured ≤ 0.7%
 under Gaussian, Student-t(3), resampled-real and drifting noise with outliers: bench/acceptance.py).
+
+Rule `test-gap/v1`, the held-out test tripwire, runs on a confirmation that paired-z accepted, on the
+same checkpoints: each confirmation run was scored on the validation books and, in the same pass, on
+the held-out test books, which no agent ever sees. A gain that exists only on the validation books
+(a model that memorised them, through whatever channel) shows up as a gap:
+
+    g_i = (test_cand_i − test_best_i) − (val_cand_i − val_best_i)     per paired seed i
+    block when  mean(g) > z · σ_g / √n + slack · G,   G = −mean(val_cand − val_best) > 0
+
+σ_g = √2 · σ_gap, σ_gap the run-to-run σ of one run's (test_bpb − val_bpb), pooled over the runs of
+branch commits on the fingerprint like the val σ (each commit's own mean removed), or a prior until
+they give 3 degrees of freedom. The slack is the share of a val gain that may go unmatched on test:
+an honest change does not gain exactly as much on other books, a memoriser gains nothing there.
+
+The **cumulative** check catches a gap spread over many merges, each under its own bound: the gaps of
+the branch's merged steps since the root (those measured by this rule) and the candidate's add up,
+their noise only as the root of the summed variances:
+
+    block when  Σ_k mean(g_k) > z · √(Σ_k σ_g,k² / n_k) + slack · Σ_k G_k
+
+The reason of a blocked decision says only that the tripwire blocked it; every test figure is in the
+decision's `test_*` fields, which agents never see.
 """
 
 import math
@@ -28,6 +50,14 @@ from services.models import Decision
 from services.settings import Settings
 
 PAIRED_Z_RULE = "paired-z/v1"
+TRIPWIRE_RULE = "test-gap/v1"
+TRIPWIRE_BLOCKED = (
+    "blocked by the held-out test tripwire: its validation gain was not matched on the held-out test split"
+)
+TRIPWIRE_BLOCKED_CUMULATIVE = (
+    "blocked by the held-out test tripwire: with it, the branch's validation gain since the root would not "
+    "be matched on the held-out test split"
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +73,40 @@ class Noise:
     sigma_bpb: float
     source: Literal["calibrated", "prior"]
     runs: int  # how many runs the calibration saw
+
+
+@dataclass(frozen=True)
+class TripwireParams:
+    z: float = 3.0  # one-sided z of the gap's noise bound
+    sigma_prior_bpb: float = 0.001  # σ of one run's (test − val) until calibration has 3 dof
+    gain_slack: float = 0.5  # share of the val gain that may go unmatched on test
+
+
+@dataclass(frozen=True)
+class GapStep:
+    """One merged step of the branch as the tripwire measured it."""
+
+    gap_bpb: float  # mean(g)
+    se_bpb: float  # σ_g / √n
+    val_gain_bpb: float  # −mean(val_cand − val_best)
+
+
+@dataclass(frozen=True)
+class PairedScores:
+    """The paired confirmation runs' scores, index i for seed i: val and test, candidate and best."""
+
+    val_candidate: list[float]
+    val_best: list[float]
+    test_candidate: list[float]
+    test_best: list[float]
+
+
+def tripwire_params_from(settings: Settings) -> TripwireParams:
+    return TripwireParams(
+        z=settings.tripwire_z,
+        sigma_prior_bpb=settings.tripwire_sigma_prior_bpb,
+        gain_slack=settings.tripwire_gain_slack,
+    )
 
 
 def params_from(settings: Settings) -> RuleParams:
@@ -122,13 +186,80 @@ def confirm(
 def calibrate(runs_by_commit: dict[str, list[float]], params: RuleParams, min_dof: int = 3) -> Noise:
     """Pooled run-to-run σ over commits (each commit's own mean removed); the prior until the runs
     give at least `min_dof` degrees of freedom."""
+    return pooled_noise(runs_by_commit, params.sigma_prior_bpb, min_dof)
+
+
+def calibrate_gap(gaps_by_commit: dict[str, list[float]], params: TripwireParams, min_dof: int = 3) -> Noise:
+    """σ of one run's (test_bpb − val_bpb), pooled like `calibrate` over the branch commits' runs."""
+    return pooled_noise(gaps_by_commit, params.sigma_prior_bpb, min_dof)
+
+
+def pooled_noise(runs_by_commit: dict[str, list[float]], prior_bpb: float, min_dof: int = 3) -> Noise:
     groups = [runs for runs in runs_by_commit.values() if len(runs) > 1]
     dof = degrees_of_freedom(runs_by_commit)
     total = sum(len(runs) for runs in runs_by_commit.values())
     if dof < min_dof:
-        return Noise(params.sigma_prior_bpb, "prior", total)
+        return Noise(prior_bpb, "prior", total)
     squares = sum(sum((x - statistics.fmean(runs)) ** 2 for x in runs) for runs in groups)
     return Noise(math.sqrt(squares / dof), "calibrated", total)
+
+
+def tripwire(
+    decision: Decision, scores: PairedScores, gap_noise: Noise, history: list[GapStep], params: TripwireParams
+) -> Decision:
+    """The held-out test tripwire on a confirmation that the val rule accepted: the same decision,
+    `tripwire="passed"` with its figures, or not accepted with `tripwire="blocked"`. `history` holds
+    the branch's earlier steps since the root (the cumulative check)."""
+    n = len(scores.val_candidate)
+    columns = (scores.val_best, scores.test_candidate, scores.test_best)
+    if n == 0 or any(len(column) != n for column in columns):
+        raise ValueError("the tripwire needs val and test scores of every paired run, candidate and best")
+    gaps = [
+        (tc - tb) - (vc - vb)
+        for vc, vb, tc, tb in zip(scores.val_candidate, scores.val_best, scores.test_candidate, scores.test_best,
+                                  strict=True)
+    ]  # fmt: skip
+    step = GapStep(
+        gap_bpb=statistics.fmean(gaps),
+        se_bpb=math.sqrt(2) * gap_noise.sigma_bpb / math.sqrt(n),
+        val_gain_bpb=statistics.fmean(scores.val_best) - statistics.fmean(scores.val_candidate),
+    )
+    threshold = params.z * step.se_bpb + params.gain_slack * max(0.0, step.val_gain_bpb)
+    steps = [*history, step]
+    cumulative = sum(s.gap_bpb for s in steps)
+    cumulative_threshold = params.z * math.sqrt(sum(s.se_bpb**2 for s in steps)) + params.gain_slack * max(
+        0.0, sum(s.val_gain_bpb for s in steps)
+    )
+    reason = ""
+    if step.gap_bpb > threshold:
+        reason = TRIPWIRE_BLOCKED
+    elif cumulative > cumulative_threshold:
+        reason = TRIPWIRE_BLOCKED_CUMULATIVE
+    figures = {
+        "tripwire": "blocked" if reason else "passed", "test_candidate_runs": scores.test_candidate,
+        "test_best_runs": scores.test_best, "test_gaps": gaps, "test_gap_bpb": step.gap_bpb,
+        "test_gap_sigma_bpb": math.sqrt(2) * gap_noise.sigma_bpb, "test_gap_sigma_source": gap_noise.source,
+        "test_n": n, "test_val_gain_bpb": step.val_gain_bpb, "test_threshold_bpb": threshold,
+        "test_cumulative_gap_bpb": cumulative, "test_cumulative_threshold_bpb": cumulative_threshold,
+        "test_cumulative_steps": len(steps), "test_params": _tripwire_params(params),
+    }  # fmt: skip
+    if reason:  # no test figure in the reason: agents read it
+        figures |= {"accepted": False, "reason": f"{reason} (on validation, {decision.reason})"}
+    return decision.model_copy(update=figures)
+
+
+def gap_step(decision: Decision) -> GapStep | None:
+    """A merged step's figures for the cumulative check; None where the tripwire did not measure it."""
+    if decision.test_gap_bpb is None or decision.test_gap_sigma_bpb is None or not decision.test_n:
+        return None
+    gain = decision.test_val_gain_bpb
+    if gain is None:
+        gain = -(decision.delta_bpb or 0.0)
+    return GapStep(decision.test_gap_bpb, decision.test_gap_sigma_bpb / math.sqrt(decision.test_n), gain)
+
+
+def _tripwire_params(params: TripwireParams) -> dict[str, float]:
+    return {"z": params.z, "sigma_prior_bpb": params.sigma_prior_bpb, "gain_slack": params.gain_slack}
 
 
 def _params(params: RuleParams) -> dict[str, float]:

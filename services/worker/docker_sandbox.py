@@ -6,7 +6,8 @@ Threat model: `train.py` is hostile code written by an agent. What every contain
 Enforced
   - no network (network mode `none`: loopback only), no Docker socket, no host paths but the run's
     own folders and the read-only data; validation data only in the evaluation's scorer container,
-    never where the candidate's code runs (training, and the evaluation's model containers)
+    never where the candidate's code runs (training, and the evaluation's model containers); the
+    held-out test split likewise, and only in the scorer of an evaluation that asks for it
   - read-only root filesystem; writable only: the run's output and cache folders (training), the
     evaluation output folder (evaluation), and /tmp (a size-capped tmpfs, or the run's scratch folder)
   - user 65534:65534, all capabilities dropped, no-new-privileges, the default seccomp profile,
@@ -73,12 +74,12 @@ from services.worker.sandbox import (
     EVAL_OUT_DIR,
     OUT_DIR,
     RESULT_FILE,
+    TEST_DIR,
     TRAINER_HOME,
     VAL_DIR,
     Environment,
     EvalRequest,
     FixedFiles,
-    RunPaths,
     StepOutcome,
     TrainRequest,
 )
@@ -352,7 +353,7 @@ class DockerSandbox:
             command=command,
             environment=dict(_BASE_ENVIRONMENT),  # the candidate's code never runs here
             mounts=[
-                *self._scorer_mounts(paths),
+                *self._scorer_mounts(request),
                 _bind(channel, CHANNEL_DIR, read_only=False),
             ],  # the code is hashed, never imported
             labels=_labels(request.proposal_id, request.run_id, "eval"),
@@ -441,12 +442,17 @@ class DockerSandbox:
 
     def _evaluate_in_process(self, request: EvalRequest) -> StepOutcome:
         """The old single-container evaluation (the candidate imported by the scorer): only for
-        tests that put their own evaluator at `evaluator` (isolate_model=False)."""
+        tests that put their own evaluator at `evaluator` (isolate_model=False). The candidate's code
+        runs in the scorer's container here, so it never scores the held-out test split."""
+        if request.score_test:
+            raise SandboxUnavailable(
+                "the in-process evaluation runs the candidate beside the data: it never gets the test split"
+            )
         paths = request.paths
         if self.scratch_mode == "bind":  # nothing the training step left in /tmp reaches evaluation
             _empty_folder(paths.scratch)
         command = self._scorer_command(request)
-        mounts = self._scorer_mounts(paths)
+        mounts = self._scorer_mounts(request)
         step = _Step(
             name=f"ar-{request.run_id}-eval",
             step="eval",
@@ -479,22 +485,32 @@ class DockerSandbox:
             "--device", request.device,
             "--seed", str(request.seed),
         ]  # fmt: skip
+        if request.score_test:
+            command += ["--test-dir", TEST_DIR]
         if self.eval_max_docs is not None:
             command += ["--max-docs", str(self.eval_max_docs)]
         if self.eval_batch_size is not None:
             command += ["--batch-size", str(self.eval_batch_size)]
         return command
 
-    def _scorer_mounts(self, paths: RunPaths) -> list[docker.types.Mount]:
-        """What the scorer sees: code, training and validation data, the checkpoint (read-only), and
-        its output folder."""
-        return [
+    def _scorer_mounts(self, request: EvalRequest) -> list[docker.types.Mount]:
+        """What the scorer sees: code, training and validation data, the held-out test split when the
+        request asks for it, the checkpoint (read-only), and its output folder."""
+        paths = request.paths
+        mounts = [
             _bind(paths.code, CODE_DIR, read_only=True),
             self._data_mount(self.settings.train_data, DATA_DIR),
             self._data_mount(self.settings.val_data, VAL_DIR),
             _bind(paths.checkpoint, CKPT_DIR, read_only=True),
             _bind(paths.eval_out, EVAL_OUT_DIR, read_only=False),
         ]
+        if request.score_test:
+            if not self.settings.test_data:
+                raise SandboxUnavailable(
+                    "asked to score the held-out test split, but no test_data is configured"
+                )
+            mounts.append(self._data_mount(self.settings.test_data, TEST_DIR))
+        return mounts
 
     def environment(self) -> Environment:
         """GPU model, driver and a hash of the trainer image's software (Python, torch, CUDA,
@@ -800,6 +816,9 @@ class DockerSandbox:
             self._data_mount(self.settings.train_data, DATA_DIR),
             self._data_mount(self.settings.val_data, VAL_DIR),
         ]
+        if self.settings.test_data:  # hashed too: the runs that score it are compared with them
+            arguments += ["--test-dir", TEST_DIR]
+            mounts.append(self._data_mount(self.settings.test_data, TEST_DIR))
         probe = self._run_probe("fixed-files probe", [self.python, "-c", _HASH_PROBE, *arguments], mounts)
         if not isinstance(probe.get("fixed_hashes"), dict):
             raise SandboxUnavailable(f"fixed-files probe failed (no fixed_hashes in {str(probe)[:500]})")
@@ -931,7 +950,7 @@ def _translated(what: str) -> Iterator[None]:
 
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 COMPOSE_VOLUME_LABEL = "com.docker.compose.volume"
-DATA_VOLUME_SETTINGS = ("train_data", "val_data")  # settings that may name a compose volume key
+DATA_VOLUME_SETTINGS = ("train_data", "val_data", "test_data")  # settings that may name a compose volume key
 _CONTAINER_ID_IN_MOUNTINFO = re.compile(r"/containers/([0-9a-f]{64})/")
 
 

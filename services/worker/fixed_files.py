@@ -3,8 +3,10 @@
 
 The fixed files are what the score depends on besides the candidate: `evaluate.py`,
 `model_server.py` and `prepare.py` in the trainer image, the tokenizer and its byte table, the
-validation files and their manifest. Every scored run's result.json lists their hashes as the
-scorer saw them; a run whose hashes differ from the expected ones is voided, naming the files.
+validation files and their manifest, and the held-out test split's files and manifest (`test/...`)
+where the worker has one (a run that does not score the test split is compared without those). Every
+scored run's result.json lists their hashes as the scorer saw them; a run whose hashes differ from
+the expected ones is voided, naming the files.
 
 Where the expected values come from. A candidate controls its `train.py` and whatever its processes
 can write inside their own containers (the training container's /out and /cache, each container's
@@ -76,6 +78,17 @@ def pin(conn: "redis.Redis[bytes]", local: FixedFiles, environment_hash: str, by
         pinned_by=str(stored.get("pinned_by", "")),
         pinned_at=str(stored.get("pinned_at", "")),
     )
+
+
+TEST_PREFIX = "test/"  # the held-out test split's files: hashed only by runs that score it
+
+
+def expected(pinned: Pin, score_test: bool) -> Mapping[str, str]:
+    """What a run's `fixed_hashes` must be: the pin, without the test split's files unless the run
+    scored it (the probe hashes them whenever the worker has a test split)."""
+    if score_test:
+        return pinned.hashes
+    return {name: digest for name, digest in pinned.hashes.items() if not name.startswith(TEST_PREFIX)}
 
 
 def differing(expected: Mapping[str, str], actual: object) -> list[str]:

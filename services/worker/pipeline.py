@@ -130,8 +130,8 @@ class Worker:
 
     def _run_seeds(self, proposal: Proposal) -> list[RunResult]:
         results: list[RunResult] = []
-        for seed in proposal.seeds:
-            result = self.run_once(proposal, seed)
+        for seed in proposal.seeds:  # runs of a commit can decide (the best's score): they score test
+            result = self.run_once(proposal, seed, score_test=proposal.kind == "run")
             results.append(result)
             self.store.update(proposal.id, results=results)
             if result.state != State.EVALUATING:
@@ -159,15 +159,15 @@ class Worker:
         return self._retry_later(proposal.id, infra, State.CONFIRMING)
 
     def _confirm_runs(self, proposal: Proposal, pending: list[int]) -> Proposal:
-        for seed in pending:
-            candidate = self.run_once(proposal, seed, announce=False)
+        for seed in pending:  # the runs that decide a merge: both score the held-out test split too
+            candidate = self.run_once(proposal, seed, announce=False, score_test=True)
             if candidate.state != State.EVALUATING:
                 results = [*proposal.results, candidate]
                 return self.store.transition(
                     proposal.id, candidate.state, f"confirmation run (seed {seed}): {candidate.reason}",
                     results=results,
                 )  # fmt: skip
-            best = self.run_once(proposal, seed, announce=False, subject="best")
+            best = self.run_once(proposal, seed, announce=False, subject="best", score_test=True)
             if best.state != State.EVALUATING:
                 raise SandboxUnavailable(f"the best's paired run failed ({best.state}: {best.reason})")
             proposal = self.store.update(
@@ -184,16 +184,19 @@ class Worker:
         *,
         announce: bool = True,
         subject: Literal["candidate", "best"] = "candidate",
+        score_test: bool = False,
     ) -> RunResult:
         """Train and evaluate one train.py (the candidate, or with subject="best" its base) with one
-        seed. `announce` moves the proposal to `evaluating` when its evaluation starts."""
+        seed. `announce` moves the proposal to `evaluating` when its evaluation starts; `score_test`
+        scores the held-out test split too, where one is configured (runs that can decide a merge)."""
         run_id = new_id("run")
         train_py = proposal.train_py if subject == "candidate" else proposal.base_train_py
         t0 = time.monotonic()
         paths = prepare_run_dir(self.settings.runs_dir, run_id, train_py)
+        step = _Step(subject, announce, score_test and bool(self.settings.test_data))
         result: RunResult | None = None
         try:
-            result = self._train_and_score(proposal, seed, subject, run_id, paths, t0, announce)
+            result = self._train_and_score(proposal, seed, step, run_id, paths, t0)
         finally:
             self._clean_up(paths, result, proposal.id)
         return result
@@ -217,20 +220,13 @@ class Worker:
             )  # fmt: skip
 
     def _train_and_score(
-        self,
-        proposal: Proposal,
-        seed: int,
-        subject: str,
-        run_id: str,
-        paths: RunPaths,
-        t0: float,
-        announce: bool,
+        self, proposal: Proposal, seed: int, step: "_Step", run_id: str, paths: RunPaths, t0: float
     ) -> RunResult:
         pinned = self.pinned_fixed_files()  # before training: a probe that cannot run wastes no run
         t1 = time.monotonic()
         trained = self.sandbox.train(self._train_request(proposal, run_id, paths, seed))
         t2 = time.monotonic()
-        base = {"run_id": run_id, "proposal_id": proposal.id, "seed": seed, "subject": subject,
+        base = {"run_id": run_id, "proposal_id": proposal.id, "seed": seed, "subject": step.subject,
                 "log_tail": self._tail(trained.log)}  # fmt: skip
         failure = classify_training(trained, self.settings.run_wall_clock_s)
         if failure is not None:
@@ -241,9 +237,9 @@ class Worker:
         except RunFailed as exc:
             return RunResult(**base, state=exc.state, reason=exc.reason)
         t3 = time.monotonic()
-        if announce:
+        if step.announce:
             self.store.transition(proposal.id, State.EVALUATING, f"trained {stats.steps} steps; evaluating")
-        evaluated = self.sandbox.evaluate(self._eval_request(proposal, run_id, paths, seed))
+        evaluated = self.sandbox.evaluate(self._eval_request(proposal, run_id, paths, seed, step.score_test))
         t4 = time.monotonic()
         timings = StepTimings(
             prepare_s=t1 - t0, train_container_s=t2 - t1, collect_s=t3 - t2, eval_container_s=t4 - t3
@@ -255,14 +251,19 @@ class Worker:
             scored = read_result(paths)
         except RunFailed as exc:
             return RunResult(**base, state=State.VOIDED, reason=exc.reason, timings=timings)
-        changed = fixed_files.differing(pinned.hashes, scored.get("fixed_hashes"))
+        changed = fixed_files.differing(
+            fixed_files.expected(pinned, step.score_test), scored.get("fixed_hashes")
+        )
         if changed:
             reason = (
                 f"fixed files differ from the pinned ones ({pinned.key}, pinned by {pinned.pinned_by} at "
                 f"{pinned.pinned_at}): {', '.join(changed)}"
             )
             return RunResult(**base, state=State.VOIDED, reason=reason, timings=timings)
-        return self._scored(base, stats, scored, timings)
+        if step.score_test and scored.get("test_bpb") is None:
+            reason = "the scorer was asked for the held-out test split and returned no test score"
+            return RunResult(**base, state=State.VOIDED, reason=reason, timings=timings)
+        return self._scored(base, stats, scored, timings, pinned)
 
     def pinned_fixed_files(self) -> fixed_files.Pin:
         """The fixed files' expected hashes for this worker's runs: the record pinned in Redis for
@@ -292,14 +293,19 @@ class Worker:
         stats: RunStats,
         scored: dict[str, object],
         timings: StepTimings,
+        pinned: fixed_files.Pin,
     ) -> RunResult:
         env = self.sandbox.environment()
         fixed = {str(k): str(v) for k, v in dict(scored.get("fixed_hashes") or {}).items()}  # type: ignore[call-overload]
+        # The fingerprint's fixed hash is the pin's, test split included, whether or not this run
+        # scored it: a screening run and a confirmation run of one setup share one fingerprint.
         fingerprint = Fingerprint(
             gpu=env.gpu,
             driver=env.driver,
             environment_hash=env.environment_hash,
-            fixed_hash=hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16],
+            fixed_hash=hashlib.sha256(json.dumps(dict(pinned.hashes), sort_keys=True).encode()).hexdigest()[
+                :16
+            ],
             wall_clock_s=self.settings.run_wall_clock_s,
             evaluator_version=str(scored.get("evaluator_version", "")),
         )
@@ -311,6 +317,9 @@ class Worker:
                 "val_tokens": scored.get("val_tokens"),
                 "val_bytes": scored.get("val_bytes"),
                 **stats.model_dump(),
+                "test_bpb": scored.get("test_bpb"),
+                "test_tokens": scored.get("test_tokens"),
+                "test_bytes": scored.get("test_bytes"),
                 "fingerprint": fingerprint,
                 "fixed_hashes": fixed,
                 "timings": timings,
@@ -330,7 +339,9 @@ class Worker:
             device=self.settings.device,
         )
 
-    def _eval_request(self, proposal: Proposal, run_id: str, paths: RunPaths, seed: int) -> EvalRequest:
+    def _eval_request(
+        self, proposal: Proposal, run_id: str, paths: RunPaths, seed: int, score_test: bool
+    ) -> EvalRequest:
         return EvalRequest(
             run_id=run_id,
             proposal_id=proposal.id,
@@ -338,6 +349,7 @@ class Worker:
             seed=seed,
             timeout_s=self.settings.eval_timeout_s,
             device=self.settings.device,
+            score_test=score_test,
         )
 
     def _retry_later(self, proposal_id: str, exc: InfraError, retry_state: State) -> Proposal:
@@ -375,6 +387,16 @@ class Worker:
     def _tail(self, text: str) -> str:
         data = text.encode("utf-8", "replace")[-self.settings.log_tail_bytes :]
         return data.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one run is for: whose train.py, whether it announces `evaluating`, whether it scores the
+    held-out test split."""
+
+    subject: Literal["candidate", "best"]
+    announce: bool
+    score_test: bool
 
 
 def classify_training(outcome: StepOutcome, wall_clock_s: int) -> tuple[State, str] | None:

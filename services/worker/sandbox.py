@@ -13,13 +13,15 @@ In-container layout (the same for every run):
     /cache           compile caches, writable                 (training only)
     /tmp             scratch: size-capped tmpfs, or the run's scratch folder
     /val             validation data, read-only               (evaluation only, never training)
+    /test            the held-out test split, read-only       (the scorer only, and only when asked)
     /ckpt            collected checkpoint, read-only          (evaluation only)
     /eval-out        result.json, writable                    (evaluation only)
     /channel         the scorer's sockets                     (evaluation: scorer rw, each model container
                                                                its own socket folder ro; docs/evaluation.md)
 
-Evaluation runs the scorer (val, eval-out) and two model containers (code, data, ckpt; the candidate's
-model behind trainer/model_server.py); /code, /data and /ckpt are read-only in all three.
+Evaluation runs the scorer (val, eval-out; test when the request asks) and two model containers (code,
+data, ckpt; the candidate's model behind trainer/model_server.py); /code, /data and /ckpt are read-only
+in all three.
 """
 
 from collections.abc import Mapping
@@ -32,6 +34,7 @@ DATA_DIR = "/data"
 OUT_DIR = "/out"
 CACHE_DIR = "/cache"
 VAL_DIR = "/val"
+TEST_DIR = "/test"
 CKPT_DIR = "/ckpt"
 EVAL_OUT_DIR = "/eval-out"
 TRAINER_HOME = "/opt/autoresearch/trainer"  # fixed files baked into the trainer image
@@ -99,6 +102,9 @@ class EvalRequest:
     seed: int  # shuffles the batch order of the evaluation
     timeout_s: int
     device: Literal["cpu", "cuda"]
+    # Score the held-out test split in the same pass (the runs that can decide a merge): the sandbox
+    # mounts it into the scorer's container only, never where the candidate's code runs.
+    score_test: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,17 @@ from tests.trainer.helpers import TRAINER, run_prepare, run_train, write_corpus
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> tuple[Path, Path]:
-    """(train_dir, val_dir) of the synthetic corpus, prepared once for the whole session."""
+    """(train_dir, val_dir) of the synthetic corpus, prepared once for the whole session; its test
+    split is beside them (`prepared_test`)."""
     root = tmp_path_factory.mktemp("corpus")
-    return run_prepare(write_corpus(root / "source"), root / "prepared")
+    out = root / "prepared"
+    return run_prepare(write_corpus(root / "source"), out, 512, "--test-dir", str(out / "test"))
+
+
+@pytest.fixture(scope="session")
+def prepared_test(prepared) -> Path:
+    """The test dir of the `prepared` corpus (prepare.py --test-dir): its held-out test split."""
+    return prepared[0].parent / "test"
 
 
 @pytest.fixture(scope="session")

@@ -81,20 +81,27 @@ def make_books(seed: int, count: int, paragraphs: int) -> list[str]:
 
 
 def write_corpus(root: Path, seed: int = 0, train_files: int = 2, books_per_file: int = 6) -> Path:
-    """A source directory as prepare.py reads it: train-*.jsonl books and a val.jsonl."""
-    books = make_books(seed, train_files * books_per_file + 2, 120)
+    """A source directory as prepare.py reads it: train-*.jsonl books, a val.jsonl and the held-out
+    test split in heldout/test.jsonl (two books each, from the same distribution as training)."""
+    count = train_files * books_per_file
+    books = make_books(seed, count + 4, 120)  # the first count + 2 are those of a corpus without a test split
     root.mkdir(parents=True, exist_ok=True)
     for i in range(train_files):
         with open(root / f"train-{i:02d}.jsonl", "w") as f:
             for j in range(books_per_file):
                 f.write(json.dumps({"id": f"t{i}-{j}", "text": books[i * books_per_file + j]}) + "\n")
     with open(root / "val.jsonl", "w") as f:
-        for j in (-2, -1):
-            f.write(json.dumps({"id": f"v{j}", "text": books[j][:20_000]}) + "\n")
+        for j in (count, count + 1):
+            f.write(json.dumps({"id": f"v{j - count - 2}", "text": books[j][:20_000]}) + "\n")
+    (root / "heldout").mkdir(exist_ok=True)
+    with open(root / "heldout" / "test.jsonl", "w") as f:
+        for j in (count + 2, count + 3):
+            f.write(json.dumps({"id": f"x{j}", "text": books[j][:20_000]}) + "\n")
     return root
 
 
 def run_prepare(source: Path, out: Path, vocab_size: int = 512, *extra: str) -> tuple[Path, Path]:
+    """prepare.py into out/train and out/val; with "--test-dir", out/test too (pass it in `extra`)."""
     train_dir, val_dir = out / "train", out / "val"
     subprocess.run(
         [sys.executable, str(TRAINER / "prepare.py"), "--source", str(source), "--train-dir", str(train_dir),

@@ -88,6 +88,41 @@ def test_channel_scores_what_the_in_process_scorer_scores(tmp_path, prepared, ti
     assert "eval_timings: startup_s=" in scorer.stdout
 
 
+def test_channel_scores_the_test_split_as_the_in_process_scorer_does(
+    tmp_path, prepared, prepared_test, tiny_checkpoint
+):
+    """--test-dir through the channel: the test rows go to the same model server in the same batches
+    as the validation rows, and both splits score what the in-process scorer gives them."""
+    train_dir, val_dir = prepared
+    train_py = TRAINER / "train.py"
+    extra = ("--seed", "6", "--batch-size", "2", "--test-dir", str(prepared_test))
+    inline = run_evaluate(train_py, tiny_checkpoint, train_dir, val_dir, tmp_path / "inline.json", *extra)
+    assert inline.returncode == 0, inline.stderr
+    channel = tmp_path / "channel"
+    servers = [
+        start_model_server(channel / name / "model.sock", train_py, tiny_checkpoint) for name in ("a", "b")
+    ]
+    try:
+        scorer = subprocess.run(
+            [sys.executable, str(TRAINER / "evaluate.py"), "--channel", str(channel), "--train-py", str(train_py),
+             "--checkpoint", str(tiny_checkpoint), "--data-dir", str(train_dir), "--val-dir", str(val_dir),
+             "--out", str(tmp_path / "channel.json"), "--device", "cpu", "--connect-timeout", "60",
+             "--reply-timeout", "60", *extra],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        outputs = [server.communicate(timeout=30)[0] for server in servers]
+    assert scorer.returncode == 0, scorer.stderr + "".join(outputs)
+    inline_result = json.loads((tmp_path / "inline.json").read_text())
+    channel_result = json.loads((tmp_path / "channel.json").read_text())
+    for split in ("val", "test"):
+        assert channel_result[f"{split}_bytes"] == inline_result[f"{split}_bytes"]
+        assert channel_result[f"{split}_tokens"] == inline_result[f"{split}_tokens"]
+        assert channel_result[f"{split}_bpb"] == pytest.approx(inline_result[f"{split}_bpb"], rel=1e-6)
+    assert channel_result["probes"]["max_logprob_diff"] <= 1e-5
+    assert "test" not in scorer.stdout + scorer.stderr
+
+
 def test_a_refused_offer_of_gpu_slots_is_followed_by_host_memory(tmp_path, tiny_checkpoint, capsys) -> None:
     """The real model_server.py on the CPU cannot map GPU slots: it refuses the offer and says why
     (the scorer logs it), accepts the memory files offered next, and its logits arrive through them."""

@@ -15,7 +15,9 @@ import torch
 from tests.trainer.helpers import TRAINER, run_evaluate
 from trainer import evaluate
 
-GUTENBERG_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg" / "val.jsonl.xz"
+GUTENBERG = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg"
+GUTENBERG_VAL = GUTENBERG / "val.jsonl.xz"
+GUTENBERG_TEST = GUTENBERG / "heldout" / "test.jsonl.xz"
 
 
 @pytest.mark.skipif(not GUTENBERG_VAL.is_file(), reason=f"{GUTENBERG_VAL} is absent")
@@ -23,6 +25,13 @@ def test_protocol_pins_gutenberg_validation():
     documents = evaluate.load_documents([GUTENBERG_VAL])
     assert len(documents) == 2091
     assert sum(len(d.encode("utf-8")) for d in documents) == 11_590_992
+
+
+@pytest.mark.skipif(not GUTENBERG_TEST.is_file(), reason=f"{GUTENBERG_TEST} is absent")
+def test_protocol_pins_gutenberg_test_split():
+    documents = evaluate.load_documents(evaluate.test_files(GUTENBERG_TEST.parent))
+    assert len(documents) == 2105
+    assert sum(len(d.encode("utf-8")) for d in documents) == 11_896_642
 
 
 def test_rows_place_documents_whole_and_split_long_ones():
@@ -82,6 +91,28 @@ def test_bits_per_byte_matches_hand_computation():
     assert scored["nats"] == pytest.approx(nats, rel=1e-6)
     assert scored["val_bpb"] == pytest.approx(nats / (math.log(2) * 8), rel=1e-6)
     assert scored["val_bpb"] == pytest.approx(1.212843, abs=1e-6)  # by hand: 6.725434 / 5.545177
+
+
+def test_test_rows_are_packed_apart_and_summed_apart_in_mixed_batches():
+    """Validation and test documents never share a row; their rows share batches (shuffled together),
+    and each split's sums are its own: the same as scoring each split alone."""
+    bos = 3
+    byte_lengths = np.array([1, 2, 3, 0])
+    val = evaluate.pack_rows([[bos, 0, 1, 2], [bos, 1]], bos, row_tokens=8)
+    test = evaluate.pack_rows([[bos, 2, 2], [bos, 0, 0, 0, 0, 0, 0]], bos, row_tokens=8)
+    rows = evaluate.join_rows(val, test)
+    assert rows.split.tolist() == [0, 1, 1]  # [2, 2] and the 7-token document do not share a row
+    assert rows.tokens[1].tolist() == [bos, 2, 2, bos, bos, bos, bos, bos]  # the rest of the row is padding
+    batches = evaluate.batch_order(rows.level, batch_size=2, seed=0)
+    assert any(len(set(rows.split[b].tolist())) == 2 for b in batches)  # a batch holds both splits
+    both = evaluate.score_rows(FixedLogits(), rows, byte_lengths, batch_size=2, device="cpu", seed=0)
+    alone = evaluate.score_rows(FixedLogits(), test, byte_lengths, batch_size=2, device="cpu", seed=0)
+    val_alone = evaluate.score_rows(FixedLogits(), val, byte_lengths, batch_size=2, device="cpu", seed=0)
+    assert (both["test_tokens"], both["test_bytes"]) == (alone["val_tokens"], alone["val_bytes"]) == (8, 12)
+    assert both["test_nats"] == pytest.approx(alone["nats"], rel=1e-12)
+    assert both["test_bpb"] == pytest.approx(alone["val_bpb"], rel=1e-12)
+    assert (both["nats"], both["val_bpb"]) == (val_alone["nats"], val_alone["val_bpb"])
+    assert "test_bpb" not in val_alone  # no test rows: no test fields
 
 
 FAKE_TRAIN_PY = """
@@ -157,6 +188,50 @@ def test_hash_only_prints_what_a_scored_run_records(tmp_path, prepared):
     assert {"evaluate.py", "prepare.py", "model_server.py", "tokenizer.json", "val/val.jsonl"} <= set(
         pinned["fixed_hashes"]
     )
+
+
+def test_test_split_scores_equal_a_separate_scoring_of_the_test_books(
+    tmp_path, prepared, prepared_test, tiny_checkpoint
+):
+    """--test-dir: the test books scored in the pass that scores validation give what scoring them
+    alone as a validation set gives; val_bpb is that of a run without them; the test files are hashed
+    (and --hash-only with --test-dir gives the same hashes); nothing about the test split is printed."""
+    train_dir, val_dir = prepared
+    as_val = tmp_path / "test-as-val"
+    as_val.mkdir()
+    for name in ("test.jsonl", "manifest.json"):
+        (as_val / name).write_bytes((prepared_test / name).read_bytes())
+    runs = {
+        "both": (val_dir, "--test-dir", str(prepared_test)),
+        "val": (val_dir,),
+        "test_alone": (as_val,),
+    }
+    results = {}
+    for name, (folder, *extra) in runs.items():
+        done = run_evaluate(
+            TRAINER / "train.py", tiny_checkpoint, train_dir, folder, tmp_path / f"{name}.json", "--seed", "4",
+            "--batch-size", "2", *extra,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        results[name] = (json.loads((tmp_path / f"{name}.json").read_text()), done.stdout)
+    (both, stdout), (val, _), (alone, _) = results["both"], results["val"], results["test_alone"]
+    assert both["test_tokens"] == alone["val_tokens"] and both["test_bytes"] == alone["val_bytes"]
+    assert both["test_bpb"] == pytest.approx(alone["val_bpb"], rel=1e-6)
+    assert both["test_documents"] == alone["num_documents"]
+    assert both["val_bpb"] == pytest.approx(val["val_bpb"], rel=1e-6)
+    assert (both["val_tokens"], both["val_bytes"]) == (val["val_tokens"], val["val_bytes"])
+    assert both["test_bpb"] != both["val_bpb"]
+    assert "test_bpb" not in val
+    hashes = both["fixed_hashes"]
+    assert hashes["test/test.jsonl"] == alone["fixed_hashes"]["val/test.jsonl"]
+    assert hashes["test/manifest.json"] == alone["fixed_hashes"]["val/manifest.json"]
+    assert {k: v for k, v in hashes.items() if not k.startswith("test/")} == val["fixed_hashes"]
+    probe = subprocess.run(
+        [sys.executable, str(TRAINER / "evaluate.py"), "--hash-only", "--data-dir", str(train_dir),
+         "--val-dir", str(val_dir), "--test-dir", str(prepared_test)], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert json.loads(probe.stdout.strip().splitlines()[-1])["fixed_hashes"] == hashes
+    assert "test" not in stdout and f"{both['test_bpb']:.6f}" not in stdout
 
 
 def test_max_docs_scores_a_prefix(tmp_path, prepared, tiny_checkpoint):

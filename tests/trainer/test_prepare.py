@@ -174,16 +174,24 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def parquet_server(tmp_path):
-    """(base URL, served dir, request log): two training shards, a validation shard, SHA256SUMS."""
+    """(base URL, served dir, request log): two training shards, a validation shard and a test shard
+    (also at the default dataset's pinned shard numbers), SHA256SUMS."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     served = tmp_path / "served"
     served.mkdir()
-    books = make_books(seed=6, count=14, paragraphs=120)
+    books = make_books(seed=6, count=16, paragraphs=120)
     for index, rows in enumerate((books[:6], books[6:12])):
         pq.write_table(pa.table({"text": rows}), served / f"shard_{index:05d}.parquet")
-    pq.write_table(pa.table({"text": books[12:]}), served / "val.parquet")
+    pq.write_table(pa.table({"text": books[12:14]}), served / "val.parquet")
+    pq.write_table(pa.table({"text": books[14:]}), served / "test.parquet")
+    pq.write_table(
+        pa.table({"text": books[12:14]}), served / f"shard_{prepare.DEFAULT_REMOTE_VAL_SHARD:05d}.parquet"
+    )
+    pq.write_table(
+        pa.table({"text": books[14:]}), served / f"shard_{prepare.DEFAULT_REMOTE_TEST_SHARD:05d}.parquet"
+    )
     sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in sorted(served.iterdir())]
     (served / "SHA256SUMS").write_text("\n".join(sums) + "\n")
 
@@ -232,3 +240,114 @@ def test_remote_checksum_mismatch_is_refused(tmp_path, parquet_server, capsys):
     assert "sha256" in capsys.readouterr().err
     assert not (tmp_path / "t" / "manifest.json").exists()
     assert not (tmp_path / "t" / ".download" / "shard_00000.parquet").exists()
+
+
+def test_remote_test_split_is_the_pinned_shard_and_never_a_training_one(tmp_path, parquet_server):
+    """Without --val-source and --test-source, validation is the dataset's last shard and the test split
+    the one before it, each downloaded into its own directory; the test rows reach only the test dir."""
+    import pyarrow.parquet as pq
+
+    base, served, requests = parquet_server
+    dirs = {name: tmp_path / name for name in ("train", "val", "test")}
+    code = prepare.main(["--source", base, "--train-dir", str(dirs["train"]), "--val-dir", str(dirs["val"]),
+                         "--test-dir", str(dirs["test"]), "--max-train-shards", "2",
+                         "--vocab-size", "512"])  # fmt: skip
+    assert code == 0
+    test_shard = f"shard_{prepare.DEFAULT_REMOTE_TEST_SHARD:05d}.parquet"
+    assert (dirs["test"] / ".download" / test_shard).is_file()
+    assert not (dirs["train"] / ".download" / test_shard).exists()
+    rows = [json.loads(line)["text"] for line in (dirs["test"] / "test.jsonl").read_text().splitlines()]
+    assert rows == pq.read_table(served / test_shard).column("text").to_pylist()
+    manifest = json.loads((dirs["test"] / "manifest.json").read_text())
+    assert manifest["kind"] == "test" and set(manifest["files"]) == {"test.jsonl"}
+    training_requests = [path for path, _ in requests if path.startswith("/shard_0000")]
+    assert sorted(set(training_requests)) == ["/shard_00000.parquet", "/shard_00001.parquet"]
+
+
+def test_remote_test_source_must_differ_from_validation(tmp_path, parquet_server, capsys):
+    base, _, _ = parquet_server
+    code = prepare.main(["--source", base, "--train-dir", str(tmp_path / "t"), "--val-dir", str(tmp_path / "v"),
+                         "--test-dir", str(tmp_path / "x"), "--val-source", f"{base}/val.parquet",
+                         "--test-source", f"{base}/val.parquet", "--vocab-size", "512"])  # fmt: skip
+    assert code == 2
+    assert "must differ" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# The held-out test split of a local source
+
+
+def prepare_dirs(source: Path, out: Path, *extra: str) -> int:
+    return prepare.main(["--source", str(source), "--train-dir", str(out / "train"), "--val-dir", str(out / "val"),
+                         "--vocab-size", "512", *extra])  # fmt: skip
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["heldout/test.jsonl", "test-books.jsonl"])
+def test_the_test_split_is_never_trained_on(tmp_path, where):
+    """A test file (in heldout/, or beside the training files) changes no byte of the tokenizer or the
+    training shards: prepared with and without it, the training and validation outputs are identical;
+    its books go to --test-dir alone."""
+    source = write_corpus(tmp_path / "source", seed=3)
+    books = (source / "heldout" / "test.jsonl").read_text()
+    (source / "heldout" / "test.jsonl").unlink()
+    assert prepare_dirs(source, tmp_path / "without") == 0
+    (source / where).write_text(books)
+    assert prepare_dirs(source, tmp_path / "with", "--test-dir", str(tmp_path / "with" / "test")) == 0
+    for split in ("train", "val"):
+        assert folder_bytes(tmp_path / "with" / split) == folder_bytes(tmp_path / "without" / split)
+    test_dir = tmp_path / "with" / "test"
+    assert sorted(p.name for p in test_dir.iterdir()) == ["manifest.json", "test.jsonl"]
+    written = [json.loads(line)["text"] for line in (test_dir / "test.jsonl").read_text().splitlines()]
+    assert written == [json.loads(line)["text"] for line in books.splitlines()]
+    assert json.loads((test_dir / "manifest.json").read_text())["books"] == 2
+
+
+def test_a_test_file_is_left_out_of_training_even_without_a_test_dir(tmp_path):
+    source = write_corpus(tmp_path / "source", seed=3)
+    assert prepare_dirs(source, tmp_path / "a") == 0
+    (source / "test.jsonl").write_text((source / "train-00.jsonl").read_text())  # would change the shards
+    (source / "heldout" / "test.jsonl").unlink()
+    assert prepare_dirs(source, tmp_path / "b") == 0
+    assert folder_bytes(tmp_path / "a" / "train") == folder_bytes(tmp_path / "b" / "train")
+
+
+def test_adding_the_test_split_to_prepared_data_rebuilds_nothing_else(tmp_path):
+    source = write_corpus(tmp_path / "source", seed=4)
+    out = tmp_path / "out"
+    assert prepare_dirs(source, out) == 0
+    mtimes = {p: p.stat().st_mtime_ns for d in ("train", "val") for p in (out / d).iterdir()}
+    assert prepare_dirs(source, out, "--test-dir", str(out / "test")) == 0
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    written = folder_bytes(out / "test")
+    test_mtime = (out / "test" / "test.jsonl").stat().st_mtime_ns
+    assert prepare_dirs(source, out, "--test-dir", str(out / "test")) == 0  # up to date: nothing changes
+    assert (out / "test" / "test.jsonl").stat().st_mtime_ns == test_mtime and folder_bytes(
+        out / "test"
+    ) == written
+
+
+@pytest.mark.parametrize(
+    ("change", "extra", "message"),
+    [
+        ("drop", ["--test-dir", "{out}/test"], "no test split for --test-dir"),
+        ("second", ["--test-dir", "{out}/test"], "want at most one test file named test*"),
+        (None, ["--test-dir", "{out}/val"], "--val-dir and --test-dir must differ"),
+        (None, ["--test-source", "{source}/heldout/test.jsonl"], "--test-source needs --test-dir"),
+        (None, ["--test-dir", "{out}/test", "--test-source", "{source}/val.jsonl"], "must differ"),
+    ],
+)
+def test_bad_test_split_options_are_refused_with_a_reason(tmp_path, capsys, change, extra, message):
+    source = write_corpus(tmp_path / "source", seed=5)
+    if change == "drop":
+        (source / "heldout" / "test.jsonl").unlink()
+    if change == "second":
+        (source / "test-more.jsonl").write_text((source / "heldout" / "test.jsonl").read_text())
+    out = tmp_path / "out"
+    args = [a.format(out=out, source=source) for a in extra]
+    assert prepare_dirs(source, out, *args) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "train" / "manifest.json").exists()

@@ -105,3 +105,42 @@ def test_a_missing_extra_or_malformed_set_differs() -> None:
     assert fixed_files.differing(expected, {**expected, "new.py": "n"}) == ["new.py"]
     assert fixed_files.differing(expected, "junk") == ["evaluate.py", "model_server.py"]
     assert fixed_files.differing(expected, None) == ["evaluate.py", "model_server.py"]
+
+
+WITH_TEST = FixedFiles(
+    "fake/1", {**TRUSTED.hashes, "test/test.jsonl": "t" * 64, "test/manifest.json": "m" * 64}
+)
+
+
+def test_the_test_split_is_compared_only_in_runs_that_score_it(
+    tmp_path: Path, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """The probe hashes the held-out test split; a run that does not score it reports no test files
+    and is compared without them, one that scores it is compared with them, and both runs get one
+    fingerprint (the pin's), so screening and confirmation runs stay comparable."""
+    settings = Settings(runs_dir=tmp_path / "w", repo_dir=tmp_path / "repo", test_data="test-data")
+    worker = Worker(
+        settings=settings, store=Store(redis_client), sandbox=FakeSandbox(fixed=WITH_TEST), conn=redis_client
+    )
+    proposal = Proposal(
+        id=new_id("p"), title="t", agent="tester", base_commit="c0ffee1", base_train_py="",
+        train_py="FAKE_SCORE = 1.4\n", diff="", content_hash=new_id("h"), seeds=[42],
+    )  # fmt: skip
+    stored, _ = worker.store.create(proposal)
+    screening = worker.run_once(stored, 42, announce=False)
+    confirming = worker.run_once(stored, 43, announce=False, score_test=True)
+    assert screening.state == confirming.state == State.EVALUATING
+    assert screening.test_bpb is None and confirming.test_bpb is not None
+    assert "test/test.jsonl" not in screening.fixed_hashes and "test/test.jsonl" in confirming.fixed_hashes
+    assert screening.fingerprint == confirming.fingerprint
+    missing = FakeSandbox(fixed=WITH_TEST)
+    worker.sandbox = missing
+    forged_run = stored.model_copy(update={"train_py": forged(dict(TRUSTED.hashes))})
+    voided = worker.run_once(forged_run, 44, announce=False, score_test=True)
+    assert voided.state == State.VOIDED and voided.reason.endswith(": test/manifest.json, test/test.jsonl")
+
+
+def test_expected_hashes_leave_out_the_test_split_unless_it_is_scored() -> None:
+    pin = fixed_files.Pin("k", "fake/1", WITH_TEST.hashes)
+    assert dict(fixed_files.expected(pin, True)) == dict(WITH_TEST.hashes)
+    assert dict(fixed_files.expected(pin, False)) == dict(TRUSTED.hashes)

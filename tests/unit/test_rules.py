@@ -4,6 +4,7 @@ import pytest
 
 from services.committer import rules
 from services.committer.committer import only_seed_changed
+from services.models import Decision
 
 PARAMS = rules.RuleParams(confirm_runs=3, screen_margin_sigma=0.5, accept_z=2.33, sigma_prior_bpb=0.001)
 NOISE = rules.Noise(0.001, "calibrated", 10)
@@ -73,3 +74,152 @@ def test_calibration_pools_commits_and_falls_back_to_the_prior() -> None:
 )
 def test_seed_only_changes_are_recognised(diff: str, expected: bool) -> None:
     assert only_seed_changed(diff) is expected
+
+
+# ---------------------------------------------------------------------------------------------------
+# The held-out test tripwire (rule test-gap/v1)
+
+TRIPWIRE = rules.TripwireParams(z=3.0, sigma_prior_bpb=0.001, gain_slack=0.5)
+GAP_NOISE = rules.Noise(0.0004, "calibrated", 12)  # σ of one run's (test − val)
+SEEDS = [11, 12, 13]
+
+
+def accepted(val_candidate: list[float], val_best: list[float]) -> Decision:
+    decision = rules.confirm(val_candidate, val_best, SEEDS, "c", NOISE, PARAMS)
+    assert decision.accepted, decision.reason
+    return decision
+
+
+def scores(
+    val_c: list[float], val_b: list[float], test_c: list[float], test_b: list[float]
+) -> rules.PairedScores:
+    return rules.PairedScores(val_candidate=val_c, val_best=val_b, test_candidate=test_c, test_best=test_b)
+
+
+def test_tripwire_passes_an_honest_gain_that_test_matches() -> None:
+    val_c, val_b = [1.2950, 1.2948, 1.2953], [1.3001, 1.2999, 1.3003]
+    test_c = [v + 0.0100 + e for v, e in zip(val_c, [0.0003, -0.0002, 0.0001], strict=True)]
+    test_b = [v + 0.0100 + e for v, e in zip(val_b, [-0.0001, 0.0002, 0.0000], strict=True)]
+    decision = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, test_c, test_b), GAP_NOISE, [], TRIPWIRE
+    )
+    assert decision.accepted and decision.tripwire == "passed"
+    assert decision.test_gaps == pytest.approx([0.0004, -0.0004, 0.0001])
+    assert decision.test_gap_bpb == pytest.approx(0.0001 / 3)
+    assert decision.test_gap_sigma_bpb == pytest.approx(2**0.5 * 0.0004)  # a paired gap: √2 σ
+    gain = (1.3001 + 1.2999 + 1.3003 - 1.2950 - 1.2948 - 1.2953) / 3
+    assert decision.test_val_gain_bpb == pytest.approx(gain)
+    assert decision.test_threshold_bpb == pytest.approx(3.0 * 2**0.5 * 0.0004 / 3**0.5 + 0.5 * gain)
+    assert decision.test_n == 3 and decision.test_cumulative_steps == 1
+    assert decision.test_best_runs == test_b and decision.test_candidate_runs == test_c
+
+
+@pytest.mark.parametrize("share", [0.7, 1.3])
+def test_tripwire_passes_an_honest_small_gain_that_test_matches_only_in_part(share: float) -> None:
+    """A small real gain of 0.002 that test shows at 70% (or 130%) of its size: not blocked."""
+    val_b = [1.3000, 1.3002, 1.2998]
+    val_c = [v - 0.0020 for v in val_b]
+    test_b = [v + 0.01 for v in val_b]
+    test_c = [t - share * 0.0020 for t in test_b]
+    decision = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, test_c, test_b), GAP_NOISE, [], TRIPWIRE
+    )
+    assert decision.accepted and decision.tripwire == "passed"
+
+
+def test_tripwire_blocks_a_gain_that_only_validation_shows_without_a_test_figure_in_the_reason() -> None:
+    """The memoriser: val_bpb far below the best's, test_bpb where the best's is (or worse)."""
+    val_b, val_c = [0.7090, 0.7094, 0.7088], [0.0035, 0.0036, 0.0034]
+    test_b = [0.7210, 0.7208, 0.7213]
+    test_c = [0.7222, 0.7219, 0.7230]
+    decision = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, test_c, test_b), GAP_NOISE, [], TRIPWIRE
+    )
+    assert not decision.accepted and decision.tripwire == "blocked"
+    assert decision.reason.startswith(rules.TRIPWIRE_BLOCKED)
+    assert decision.test_gap_bpb is not None and decision.test_threshold_bpb is not None
+    assert decision.test_gap_bpb > decision.test_threshold_bpb
+    assert decision.test_gap_bpb == pytest.approx(0.7056 + 0.0013, abs=1e-4)  # val gain + test loss
+    for figure in [*test_b, *test_c, decision.test_gap_bpb, decision.test_threshold_bpb]:
+        assert f"{figure:.6f}" not in decision.reason and f"{figure:.4f}" not in decision.reason
+
+
+def test_tripwire_blocks_a_partial_memoriser() -> None:
+    """An honest 0.004 gain plus 0.012 that only validation shows: the unmatched share is 75%."""
+    val_b = [1.3000, 1.3002, 1.2998]
+    val_c = [v - 0.016 for v in val_b]
+    test_b = [v + 0.01 for v in val_b]
+    test_c = [t - 0.004 for t in test_b]
+    decision = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, test_c, test_b), GAP_NOISE, [], TRIPWIRE
+    )
+    assert decision.tripwire == "blocked" and not decision.accepted
+
+
+def test_tripwire_noise_is_the_prior_until_the_best_runs_give_three_degrees_of_freedom() -> None:
+    assert rules.calibrate_gap({"a": [0.010, 0.012], "b": [0.011]}, TRIPWIRE) == rules.Noise(
+        0.001, "prior", 3
+    )
+    noise = rules.calibrate_gap({"a": [0.010, 0.012], "b": [0.011, 0.013, 0.012]}, TRIPWIRE)
+    assert noise.source == "calibrated"
+    assert noise.sigma_bpb == pytest.approx(((2 * 0.001**2 + 2 * 0.001**2) / 3) ** 0.5)
+    val_b = [1.3000, 1.3002, 1.2998]
+    val_c = [v - 0.005 for v in val_b]
+    prior = rules.calibrate_gap({}, TRIPWIRE)
+    decision = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, val_c, val_b), prior, [], TRIPWIRE
+    )  # fmt: skip
+    assert decision.test_gap_sigma_source == "prior"
+    assert decision.test_gap_sigma_bpb == pytest.approx(2**0.5 * 0.001)
+
+
+def test_cumulative_check_blocks_a_gap_spread_over_many_merges() -> None:
+    """Five steps, each with a gap at 90% of its own bound: each would pass alone, but their sum is
+    far beyond the noise of the sum (which grows as √steps, the sum as steps)."""
+    val_b = [1.3000, 1.3002, 1.2998]
+    val_c = [v - 0.002 for v in val_b]
+    se = 2**0.5 * GAP_NOISE.sigma_bpb / 3**0.5
+    step_gap = 0.9 * (3.0 * se + 0.5 * 0.002)
+    history = [rules.GapStep(gap_bpb=step_gap, se_bpb=se, val_gain_bpb=0.002) for _ in range(4)]
+    test_b = [v + 0.01 for v in val_b]
+    test_c = [t - 0.002 + step_gap for t in test_b]
+    alone = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, test_c, test_b), GAP_NOISE, [], TRIPWIRE
+    )
+    assert alone.tripwire == "passed"
+    decision = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, test_c, test_b), GAP_NOISE, history, TRIPWIRE
+    )  # fmt: skip
+    assert decision.tripwire == "blocked" and not decision.accepted
+    assert decision.reason.startswith(rules.TRIPWIRE_BLOCKED_CUMULATIVE)
+    assert decision.test_cumulative_steps == 5
+    assert decision.test_cumulative_gap_bpb == pytest.approx(5 * step_gap)
+    assert decision.test_cumulative_threshold_bpb == pytest.approx(3.0 * se * 5**0.5 + 0.5 * 5 * 0.002)
+
+
+def test_cumulative_check_passes_an_honest_history() -> None:
+    val_b = [1.3000, 1.3002, 1.2998]
+    val_c = [v - 0.003 for v in val_b]
+    se = 2**0.5 * GAP_NOISE.sigma_bpb / 3**0.5
+    history = [
+        rules.GapStep(gap_bpb=g, se_bpb=se, val_gain_bpb=0.003) for g in (0.0004, -0.0003, 0.0002, 0.0)
+    ]
+    test_b = [v + 0.01 for v in val_b]
+    test_c = [t - 0.003 for t in test_b]
+    decision = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, test_c, test_b), GAP_NOISE, history, TRIPWIRE
+    )  # fmt: skip
+    assert decision.tripwire == "passed" and decision.accepted
+
+
+def test_a_merged_decision_gives_its_step_and_one_without_figures_none() -> None:
+    val_b = [1.3000, 1.3002, 1.2998]
+    val_c = [v - 0.003 for v in val_b]
+    decision = rules.tripwire(
+        accepted(val_c, val_b), scores(val_c, val_b, val_c, val_b), GAP_NOISE, [], TRIPWIRE
+    )  # fmt: skip
+    step = rules.gap_step(decision)
+    assert step is not None
+    assert step.gap_bpb == pytest.approx(0.0) and step.val_gain_bpb == pytest.approx(0.003)
+    assert step.se_bpb == pytest.approx(2**0.5 * 0.0004 / 3**0.5)
+    assert rules.gap_step(accepted(val_c, val_b)) is None
