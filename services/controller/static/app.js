@@ -298,6 +298,14 @@ function renderProposal(p) {
     ["Δ (candidate − best)", signed(d.delta_bpb)], ["σ (noise)", `${fmt(d.sigma_bpb)} ${d.sigma_source}`],
     ["threshold", fmt(d.threshold_bpb)], ["candidate runs", d.candidate_runs.map((v) => fmt(v)).join(", ")],
     ["best runs", d.best_runs.map((v) => fmt(v)).join(", ")], ["seeds", d.seeds.join(", ")], ["reason", d.reason],
+    ["held-out test tripwire", d.tripwire || "not-run"],
+    // The test split's figures reach only admins' browsers (the API leaves them out for agents).
+    ...(d.test_gap_bpb != null ? [
+      ["test gap (mean g)", `${signed(d.test_gap_bpb)} (threshold ${fmt(d.test_threshold_bpb)}, σ_g ${fmt(d.test_gap_sigma_bpb)} ${d.test_gap_sigma_source}, n ${d.test_n})`],
+      ["test: candidate runs", (d.test_candidate_runs || []).map((v) => fmt(v)).join(", ")],
+      ["test: best runs", (d.test_best_runs || []).map((v) => fmt(v)).join(", ")],
+      ["test: cumulative gap", d.test_cumulative_gap_bpb == null ? "—" : `${signed(d.test_cumulative_gap_bpb)} (threshold ${fmt(d.test_cumulative_threshold_bpb)})`],
+    ] : []),
   ] : [["val_bpb", fmt(p.val_bpb)], ["verdict", "not decided yet"]];
   $("p-decision").querySelector("tbody").replaceChildren(
     ...rows.map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: v }))));
