@@ -242,19 +242,23 @@ def test_max_docs_scores_a_prefix(tmp_path, prepared, tiny_checkpoint):
     assert json.loads((tmp_path / "r.json").read_text())["num_documents"] == 2
 
 
-def bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint) -> str:
+def bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint, failure: str) -> str:
+    """The scorer's log line; result.json holds no score, only the failure's fixed code."""
     code = evaluate.main(["--train-py", str(train_py), "--checkpoint", str(checkpoint), "--data-dir",
                           str(prepared[0]), "--val-dir", str(prepared[1]), "--out", str(tmp_path / "r.json"),
                           "--device", "cpu", "--max-docs", "2"])  # fmt: skip
     assert code == 2
-    assert not (tmp_path / "r.json").exists()
-    return capsys.readouterr().err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result == {"evaluator_version": evaluate.EVALUATOR_VERSION, "failure": failure}
+    err = capsys.readouterr().err
+    assert f"[{failure}]" in err
+    return err
 
 
 def test_missing_weights_are_a_bad_checkpoint(tmp_path, prepared, capsys):
     train_py, checkpoint = fake_checkpoint(tmp_path)
     (checkpoint / "model.safetensors").unlink()
-    assert "missing" in bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint)
+    assert "missing" in bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint, "checkpoint")
 
 
 def test_weights_of_the_wrong_shape_are_a_bad_checkpoint(tmp_path, prepared, capsys, tiny_checkpoint):
@@ -264,15 +268,19 @@ def test_weights_of_the_wrong_shape_are_a_bad_checkpoint(tmp_path, prepared, cap
     run = json.loads((tiny_checkpoint / "run.json").read_text())
     run["config"]["model_dim"] *= 2
     (checkpoint / "run.json").write_text(json.dumps(run))
-    message = bad_checkpoint_message(tmp_path, prepared, capsys, TRAINER / "train.py", checkpoint)
+    message = bad_checkpoint_message(
+        tmp_path, prepared, capsys, TRAINER / "train.py", checkpoint, "model_build"
+    )
     assert "does not fit" in message
 
 
 def test_non_finite_logits_are_a_bad_checkpoint(tmp_path, prepared, capsys):
     train_py, checkpoint = fake_checkpoint(tmp_path, mode="nan")
-    assert "non-finite" in bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint)
+    assert "non-finite" in bad_checkpoint_message(
+        tmp_path, prepared, capsys, train_py, checkpoint, "non_finite"
+    )
 
 
 def test_logits_of_the_wrong_shape_are_a_bad_checkpoint(tmp_path, prepared, capsys):
     train_py, checkpoint = fake_checkpoint(tmp_path, mode="short")
-    assert "shape" in bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint)
+    assert "shape" in bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint, "logits_shape")
