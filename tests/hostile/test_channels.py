@@ -34,6 +34,7 @@ import torch as _torch
 CHANNEL = "@CHANNEL@"
 _spec = _ilu.spec_from_file_location("scorer_copy", "/opt/autoresearch/trainer/evaluate.py")
 _scorer = _ilu.module_from_spec(_spec)
+_sys.modules["scorer_copy"] = _scorer  # its dataclasses look their module up there
 _spec.loader.exec_module(_scorer)
 _ENCODING, _BOS, _ = _scorer.load_tokenizer("/data/tokenizer.json")
 
