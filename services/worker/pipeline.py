@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
@@ -263,6 +264,8 @@ class Worker:
         if step.score_test and scored.get("test_bpb") is None:
             reason = "the scorer was asked for the held-out test split and returned no test score"
             return RunResult(**base, state=State.VOIDED, reason=reason, timings=timings)
+        if not step.score_test:  # test figures come only from a scorer that was asked for them
+            scored = {k: v for k, v in scored.items() if not k.startswith("test_")}
         return self._scored(base, stats, scored, timings, pinned)
 
     def pinned_fixed_files(self) -> fixed_files.Pin:
@@ -303,9 +306,7 @@ class Worker:
             gpu=env.gpu,
             driver=env.driver,
             environment_hash=env.environment_hash,
-            fixed_hash=hashlib.sha256(json.dumps(dict(pinned.hashes), sort_keys=True).encode()).hexdigest()[
-                :16
-            ],
+            fixed_hash=_digest(pinned.hashes),
             wall_clock_s=self.settings.run_wall_clock_s,
             evaluator_version=str(scored.get("evaluator_version", "")),
         )
@@ -414,6 +415,11 @@ def classify_training(outcome: StepOutcome, wall_clock_s: int) -> tuple[State, s
     if outcome.exit_code != 0:
         return State.CRASHED, f"the trainer exited with code {outcome.exit_code}: {_last_line(outcome.log)}"
     return None
+
+
+def _digest(hashes: Mapping[str, str]) -> str:
+    """A fingerprint's fixed hash: of the fixed files' hashes, by name."""
+    return hashlib.sha256(json.dumps(dict(hashes), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _scored_all(proposal: Proposal) -> bool:
