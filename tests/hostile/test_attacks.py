@@ -454,7 +454,7 @@ def test_a_tree_thousands_of_levels_deep_is_killed_and_removed(hostile: Harness)
 
 
 @pytest.mark.parametrize(
-    "hostile", [{"sandbox": {"poll_interval_s": 3600.0}, "settings": {"run_wall_clock_s": 40}}], indirect=True
+    "hostile", [{"sandbox": {"poll_interval_s": 3600.0}, "settings": {"run_wall_clock_s": 90}}], indirect=True
 )
 def test_a_deep_tree_written_after_the_last_poll_is_caught_when_the_container_exits(hostile: Harness) -> None:
     """An honest model and outputs, then a deep tree in the compile cache, then exit 0 before any
