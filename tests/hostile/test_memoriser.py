@@ -188,6 +188,18 @@ def test_a_model_that_memorised_the_validation_text_is_blocked_by_the_tripwire(p
     figures = [*decision.test_candidate_runs, *decision.test_best_runs, decision.test_gap_bpb]
     texts = [done.reason, *(e.reason for e in pipeline.store.events(done.id))]
     assert not [f for f in figures for text in texts if f"{f:.6f}" in text or f"{f:.4f}" in text]
+    # admins see the numbers; an agent sees only that the tripwire blocked it
+    assert shown["decision"]["test_gap_bpb"] == decision.test_gap_bpb
+    token = pipeline.api.post("/v1/tokens", json={"name": "memoriser-author", "role": "agent"}).json()[
+        "token"
+    ]
+    as_agent = pipeline.api.get(
+        f"/v1/proposals/{done.id}", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert as_agent["decision"]["tripwire"] == "blocked" and as_agent["state"] == "rejected"
+    hidden = {k: v for k, v in as_agent["decision"].items() if k.startswith("test_")}
+    assert all(v in (None, [], {}, "") for v in hidden.values()), hidden
+    assert all(run["test_bpb"] is None for run in as_agent["results"])
 
 
 def test_an_honest_improvement_still_merges(pipeline: Pipeline) -> None:
