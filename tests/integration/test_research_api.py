@@ -179,9 +179,12 @@ def test_calibration_shows_sigma_source_runs_and_fingerprint_fields(
     assert row["key"] == key and row["fingerprint"]["gpu"] == "cpu"
     assert row["fingerprint"]["environment_hash"] == "fake-env"
     assert row["sigma_bpb"] == pytest.approx(expected.sigma_bpb) and row["source"] == "calibrated"
-    assert row["runs"] == 4 and row["dof"] == 3 and row["commits"] == 1  # baseline + 3 paired runs of it
+    # the baseline, the 3 runs of it asked on its new fingerprint, and 3 paired runs of it
+    assert row["runs"] == sum(len(r) for r in runs.values()) == 7 and row["commits"] == len(runs)
+    assert row["dof"] == rules.degrees_of_freedom(runs) >= 3
     (fingerprint,) = get(client, "/v1/fingerprints")
-    assert fingerprint == {"key": key, "fingerprint": row["fingerprint"], "scored": 3, "best": True}
+    # scored there: the baseline, the runs asked on the new fingerprint, and the proposals
+    assert fingerprint == {"key": key, "fingerprint": row["fingerprint"], "scored": 4, "best": True}
 
 
 def test_calibration_uses_the_prior_until_runs_give_three_degrees_of_freedom(

@@ -122,7 +122,7 @@ def patched_train_py(dest_dir: Path, **constants: object) -> Path:
     return dest_dir / "train.py"
 
 
-def run_train(train_py: Path, data_dir: Path, out_dir: Path, timeout: float = 120, **env: str):
+def run_train(train_py: Path, data_dir: Path, out_dir: Path, timeout: float = 600, **env: str):
     """Run train.py in a subprocess with the contract's environment (tiny preset on the CPU unless
     overridden); returns the CompletedProcess."""
     environment = {

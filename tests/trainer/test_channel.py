@@ -108,10 +108,10 @@ def test_channel_scores_the_test_split_as_the_in_process_scorer_does(
              "--checkpoint", str(tiny_checkpoint), "--data-dir", str(train_dir), "--val-dir", str(val_dir),
              "--out", str(tmp_path / "channel.json"), "--device", "cpu", "--connect-timeout", "60",
              "--reply-timeout", "60", *extra],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     finally:
-        outputs = [server.communicate(timeout=30)[0] for server in servers]
+        outputs = [server.communicate(timeout=300)[0] for server in servers]
     assert scorer.returncode == 0, scorer.stderr + "".join(outputs)
     inline_result = json.loads((tmp_path / "inline.json").read_text())
     channel_result = json.loads((tmp_path / "channel.json").read_text())
