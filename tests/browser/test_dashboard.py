@@ -89,7 +89,8 @@ def test_a_submission_moves_through_its_states_and_lands_on_the_plot(
         page.goto(stack.url + "/#/")
         page.wait_for_selector(f"#progress-plot circle.kept[data-id='{better}']")
         page.wait_for_selector(f"#progress-plot circle.discarded[data-id='{worse}']")
-    assert page.get_attribute("#progress-plot", "data-points") == "3"
+    # the baseline, the runs of it asked on its new fingerprint, the better and the worse proposal
+    page.wait_for_selector("#progress-plot[data-points='4']")
     assert page.locator("#running-best").count() == 1
     page.wait_for_selector("#running-none")  # nothing left running
     assert page.locator(f"#leaderboard tr[data-id='{better}']").count() == 1
