@@ -8,9 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.states import State
 
+PROPOSAL_ID_PREFIX = "p"  # a submitted change
+RUN_ID_PREFIX = "r"  # runs of an existing commit, asked for by an admin
+ID_HEX_DIGITS = 16  # of a uuid4: 64 random bits
+# Every id the API issues for a proposal (either kind); clients check ids against it before use.
+PROPOSAL_ID_PATTERN = rf"^[{PROPOSAL_ID_PREFIX}{RUN_ID_PREFIX}]_[0-9a-f]{{{ID_HEX_DIGITS}}}$"
+
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+    return f"{prefix}_{uuid.uuid4().hex[:ID_HEX_DIGITS]}"
 
 
 def now() -> float:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from services import auth
-from services.controller import events, logic, problems
+from services.controller import events, logic, mcp_http, problems
 from services.controller.routes import best, health, metrics, program, proposals, research, runs, tokens, ui
 from services.controller.routes import events as event_routes
 from services.metrics import DigestCache
@@ -48,13 +48,15 @@ def create_app(
         store = Store(redis) if redis is not None else Store.from_url(settings.redis_url)
     conn = redis if redis is not None else store.r
     hub = events.EventHub(store)
+    mcp = mcp_http.McpEndpoint(store, max_body_bytes=request_body_limit(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(auth.bootstrap_admin, store, settings.admin_token)
         await run_in_threadpool(logic.seed_program, store, program_path)
         try:
-            yield
+            async with mcp.running(app):
+                yield
         finally:
             await run_in_threadpool(hub.close)
             if owns_connection:
@@ -80,4 +82,5 @@ def create_app(
     app.add_middleware(problems.BodySizeLimit, max_bytes=request_body_limit(settings))
     for module in (proposals, runs, best, program, event_routes, tokens, health, metrics, ui, research):
         app.include_router(module.router)
+    app.router.routes.append(mcp_http.route(mcp))  # MCP over streamable HTTP
     return app

@@ -16,7 +16,7 @@ from services.auth import Principal
 from services.controller.schemas import RequestRuns, SubmitProposal
 from services.errors import InfraError, NotFound, ProposalError, UnknownBase
 from services.metrics import Digest, DigestCache
-from services.models import Best, Event, ProgramVersion, Proposal, new_id
+from services.models import PROPOSAL_ID_PREFIX, RUN_ID_PREFIX, Best, Event, ProgramVersion, Proposal, new_id
 from services.patches import build_candidate, content_hash
 from services.queue import enqueue_run, queue_depths
 from services.settings import Settings
@@ -26,8 +26,6 @@ from services.text import check_multiline, check_one_line
 
 log = logging.getLogger(__name__)
 
-PROPOSAL_ID_PREFIX = "p"
-RUN_ID_PREFIX = "r"
 DEFAULT_PAGE_SIZE = 50  # rows per page when the client does not say
 
 

@@ -1,5 +1,7 @@
 """`autoresearch-controller`: serve the API with uvicorn, configured from the environment (AR_*)."""
 
+import logging
+
 import uvicorn
 
 from services.controller.app import create_app
@@ -12,6 +14,7 @@ SHUTDOWN_GRACE_S = 5
 
 def main() -> None:
     configure_logging()
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # the MCP SDK logs each stateless request at INFO
     settings = Settings()
     uvicorn.run(
         create_app(settings, program_path=settings.program_path),

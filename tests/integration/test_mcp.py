@@ -4,6 +4,7 @@
 import asyncio
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ async def session_run(url: str, token: str, store: Store) -> dict[str, Any]:
     )
     seen: dict[str, Any] = {}
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
+        seen["init"] = await session.initialize()
         seen["tools"] = {tool.name for tool in (await session.list_tools()).tools}
 
         program = data_of(await session.call_tool("get_program", {}))
@@ -71,17 +72,16 @@ async def session_run(url: str, token: str, store: Store) -> dict[str, Any]:
         )
         seen["submitted"] = submitted
         again = data_of(
-            await session.call_tool(
-                "submit_proposal", {"title": "again", "description": "", "agent": "mcp-agent", "diff": diff}
-            )
+            await session.call_tool("submit_proposal", {"title": "again", "agent": "mcp-agent", "diff": diff})
         )
         seen["again"] = again
         store.transition(submitted["id"], State.CRASHED, "exit code 1")
         seen["status"] = data_of(await session.call_tool("proposal_status", {"proposal_id": submitted["id"]}))
         seen["list"] = data_of(await session.call_tool("list_proposals", {"state": "crashed"}))
         seen["log"] = text_of(await session.call_tool("proposal_log", {"proposal_id": submitted["id"]}))
-        seen["leaderboard"] = data_of(await session.call_tool("leaderboard", {"limit": 5}))
-        seen["missing"] = await session.call_tool("proposal_status", {"proposal_id": "p_missing"})
+        seen["leaderboard"] = await session.call_tool("leaderboard", {"limit": 5})
+        seen["missing"] = await session.call_tool("proposal_status", {"proposal_id": "p_0123456789abcdef"})
+        seen["escape"] = await session.call_tool("proposal_status", {"proposal_id": "../best"})
         seen["invalid"] = await session.call_tool(
             "submit_proposal", {"title": "t", "description": "", "agent": "a", "train_py": "def broken(:\n"}
         )
@@ -92,6 +92,7 @@ def test_mcp_tools_against_a_running_controller(url: str, store: Store) -> None:
     token = agent_token(store, "mcp")
     seen = asyncio.run(asyncio.wait_for(session_run(url, token, store), SESSION_TIMEOUT_S))
     assert seen["tools"] == TOOLS
+    assert seen["init"].server_info.version == metadata.version("autoresearch-service")
     assert seen["program"]["version"] == 1 and seen["program"]["text"].startswith("# Research program")
     assert (seen["best"]["commit"], seen["best"]["val_bpb"], seen["best"]["train_py"]) == (COMMIT, 1.5, BASE)
     submitted = seen["submitted"]
@@ -104,8 +105,9 @@ def test_mcp_tools_against_a_running_controller(url: str, store: Store) -> None:
     assert [e["state"] for e in status["events"]] == ["queued", "crashed"]
     assert [item["id"] for item in seen["list"]["items"]] == [submitted["id"]]
     assert seen["log"] == f"# no finished runs yet; proposal {submitted['id']} is crashed\n"
-    assert seen["leaderboard"] == []
+    assert data_of(seen["leaderboard"]) == [] and text_of(seen["leaderboard"]).startswith("[]")
     assert seen["missing"].is_error
-    assert text_of(seen["missing"]).endswith("Not found (404): no proposal with id 'p_missing'")
+    assert text_of(seen["missing"]).endswith("Not found (404): no proposal with id 'p_0123456789abcdef'")
+    assert seen["escape"].is_error and "'../best' is not a proposal id" in text_of(seen["escape"])
     assert seen["invalid"].is_error
     assert "Candidate is not valid Python (422)" in text_of(seen["invalid"])
