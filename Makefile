@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml docker/lock/torch-cpu.lock docker/lock/torch-
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	sh docker/install-torch.sh $(PY) docker/lock docker/wheels
-	$(PY) -m pip install -q -e '.[dev,trainer]'
+	$(PY) -m pip install -q -e '.[server,dev,trainer]'
 	touch $@
 
 # torch's CPU wheel into docker/wheels/ when this machine has one locally (image builds use it).
