@@ -4,7 +4,8 @@ Each test submits, with one agent token, a model whose code, while it is handed 
 the evaluation, decodes them to text and sends that text (behind a marker that appears nowhere in
 its source) out through one channel: stdout and stderr, every file it can reach, the error of a
 forward pass, its logits' shape or dtype, its exit, or its timing. A second agent token then reads
-every GET route the API has (the live log and event streams included), and every key in Redis and
+every GET route the API has (the live log and event streams included) and every read-only MCP tool and
+resource at /mcp, and every key in Redis and
 every ref and note in the research repository is searched too. Neither the marker nor a piece of the
 validation text may be found. Admins still see the full-precision score and the scorer's timings.
 """
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import mcp_wire
 from tests.hostile.conftest import MODEL_TRAIN_PY, Harness
 
 pytestmark = pytest.mark.docker
@@ -144,6 +146,7 @@ def test_nothing_the_model_emits_during_evaluation_reaches_an_agent(
             assert piece not in flat, f"a piece of the rows the model saw reached {where}: {piece!r}"
 
     assert any(proposal_id in where for where in seen), sorted(seen)  # its own routes were read
+    assert any(where.startswith("mcp tool proposal_status") for where in seen), sorted(seen)
     agent_view = hostile.api.get(f"/v1/proposals/{proposal_id}", headers=reader).json()
     for run in agent_view["results"]:
         assert run["scorer_timings"] == {} and run["logits_slots"] == ""
@@ -190,6 +193,23 @@ def _agent_readable(harness: Harness, headers: dict[str, str], proposal_id: str)
         response = harness.api.get(path, headers=headers, params=query)
         assert response.status_code < 500, (path, response.text)
         yield path, response.text
+    yield from _mcp_readable(harness, headers, proposal_id)
+
+
+def _mcp_readable(harness: Harness, headers: dict[str, str], proposal_id: str) -> Iterator[tuple[str, str]]:
+    """Every read-only tool and every resource of /mcp, with the reader's token (strings unescaped)."""
+    tools = mcp_wire.call(harness.api, "tools/list", headers=headers)["tools"]
+    read_only = [tool for tool in tools if tool["annotations"]["readOnlyHint"]]
+    assert len(read_only) == len(tools) - 1, [tool["name"] for tool in tools]  # all but submit_proposal
+    for tool in read_only:
+        arguments = {"proposal_id": proposal_id} if "proposal_id" in tool["inputSchema"]["properties"] else {}
+        params = {"name": tool["name"], "arguments": arguments}
+        result = mcp_wire.call(harness.api, "tools/call", params, headers=headers)
+        assert not result.get("isError"), (tool["name"], result)
+        yield f"mcp tool {tool['name']} {proposal_id}", "\n".join(mcp_wire.strings(result))
+    for resource in mcp_wire.call(harness.api, "resources/list", headers=headers)["resources"]:
+        result = mcp_wire.call(harness.api, "resources/read", {"uri": resource["uri"]}, headers=headers)
+        yield f"mcp resource {resource['uri']}", "\n".join(mcp_wire.strings(result))
 
 
 def _redis_dump(harness: Harness) -> str:
