@@ -34,7 +34,15 @@ def light_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = root / "venv"
     for command in (
         [sys.executable, "-m", "venv", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(source),
+        ],
     ):
         done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False)
         assert done.returncode == 0, f"{command[2:]} failed:\n{(done.stdout + done.stderr)[-4000:]}"
@@ -45,14 +53,22 @@ def test_the_light_install_has_none_of_the_server_dependencies(light_venv: Path)
     # -I: not the working directory (the checkout has a docker/ folder) nor PYTHON* variables
     probe = f"import importlib.util; print(*[m for m in {SERVER_ONLY!r} if importlib.util.find_spec(m)])"
     found = subprocess.run(
-        [str(light_venv / "bin" / "python"), "-I", "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        [str(light_venv / "bin" / "python"), "-I", "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert found.stdout.split() == []
 
 
 def test_the_light_install_runs_the_cli(light_venv: Path) -> None:
     done = subprocess.run(
-        [str(light_venv / "bin" / "autoresearch"), "--help"], capture_output=True, text=True, timeout=60, check=False
+        [str(light_venv / "bin" / "autoresearch"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "submit" in done.stdout and "leaderboard" in done.stdout

@@ -9,10 +9,11 @@ from importlib import metadata
 from typing import Any
 
 import httpx
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult, TextContent
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from services.models import Best, Decision
 from services.patches import canonical_diff
@@ -116,6 +117,34 @@ def test_the_sdk_client_lists_and_calls_every_tool_over_http(url: str, store: St
     assert text_of(seen["unknown"]).endswith("Not found (404): no proposal with id 'p_0123456789abcdef'")
     assert seen["bad_state"].is_error and "'queued'" in text_of(seen["bad_state"])
     assert seen["invalid"].is_error and "Candidate is not valid Python (422)" in text_of(seen["invalid"])
+
+
+async def modern(url: str, token: str) -> dict[str, Any]:
+    """The SDK's high-level client, which asks for the newest protocol (one exchange per request, no
+    initialize handshake) and falls back to the handshake only for servers that lack it."""
+    async with (
+        create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+    ):
+        return {
+            "version": client.protocol_version,
+            "tools": {tool.name for tool in (await client.list_tools()).tools},
+            "best": data_of(await client.call_tool("get_best", {"include_train_py": False})),
+            "program_md": (await client.read_resource("autoresearch://program.md")).contents[0],
+        }
+
+
+def test_a_client_of_the_newest_protocol_is_served_too(url: str, store: Store) -> None:
+    seen = asyncio.run(asyncio.wait_for(modern(url, agent_token(store)), SESSION_TIMEOUT_S))
+    assert seen["version"] in MODERN_PROTOCOL_VERSIONS
+    assert seen["tools"] == TOOLS
+    assert seen["best"] == {
+        "commit": COMMIT,
+        "val_bpb": 1.5,
+        "proposal_id": None,
+        "updated_at": seen["best"]["updated_at"],
+    }
+    assert seen["program_md"].text.startswith("# Research program")
 
 
 def test_each_request_needs_a_known_bearer_token(url: str, store: Store) -> None:
