@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the trainer's cuda target and check it on this machine's CPU (no GPU needed):
+# Build the trainer's cuda target through compose and check it on this machine's CPU (no GPU needed):
 #   1. torch reports its CUDA version and the NVIDIA libraries (cuDNN, cuBLAS, NCCL, ...) load;
 #   2. the tiny preset trains and is scored inside the image, through the sandbox, on the CPU;
 #   3. the GPU request shapes (tests/integration/test_gpu_request.py) hold against this engine.
@@ -10,8 +10,20 @@ cd "$(dirname "$0")/.."
 export TRAINER_IMAGE=${TRAINER_IMAGE:-autoresearch/trainer:cuda}
 PY=${PY:-.venv/bin/python}
 start=$SECONDS
-bash docker/build-images.sh --trainer-only --cuda
-echo "cuda-smoke: build took $((SECONDS - start)) s"
+# Built by compose from compose.yaml (the `prepare` service's build: the cuda target), as a GPU host
+# builds it with `docker compose up`. Without a registry, AR_BASE_IMAGE names the local base image.
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+if [ -z "${BASE_IMAGE:-}" ] && docker image inspect autoresearch/base:bookworm >/dev/null 2>&1; then
+    BASE_IMAGE=autoresearch/base:bookworm  # docker/base-image.sh's, equivalent to the public base
+fi
+if [ -n "${BASE_IMAGE:-}" ]; then export AR_BASE_IMAGE=$BASE_IMAGE; fi
+CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}  # as docker/build-images.sh
+if [ -f "$CA_BUNDLE" ]; then
+    cp "$CA_BUNDLE" docker/certs/host.pem
+    export AR_CA_BUNDLE=docker/certs/host.pem
+fi
+AR_TRAINER_IMAGE=$TRAINER_IMAGE "${compose[@]}" -f compose.yaml -p cuda-smoke build prepare
+echo "cuda-smoke: build (${compose[*]} -f compose.yaml build prepare) took $((SECONDS - start)) s"
 size=$(docker image inspect -f '{{.Size}}' "$TRAINER_IMAGE")
 echo "cuda-smoke: $TRAINER_IMAGE is $((size / 1000000)) MB"
 docker run --rm -i --network none "$TRAINER_IMAGE" python - <<'PY'
