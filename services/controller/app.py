@@ -7,10 +7,11 @@ from pathlib import Path
 
 import redis
 from fastapi import FastAPI
+from starlette.routing import Route
 from starlette.concurrency import run_in_threadpool
 
 from services import auth
-from services.controller import events, logic, problems
+from services.controller import bodies, events, logic, problems, schemas
 from services.controller.routes import best, health, metrics, program, proposals, research, runs, tokens, ui
 from services.controller.routes import events as event_routes
 from services.metrics import DigestCache
@@ -20,12 +21,17 @@ from services.store import Store
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
-BODY_SLACK_BYTES = 64 * KIB  # room for title, description and JSON escaping beyond the two patch texts
+BODY_SLACK_BYTES = 64 * KIB  # room for the short fields (agent, commit, numbers) and whitespace
+ESCAPED_BYTES_PER_UTF8_BYTE = 3  # JSON's \uXXXX: 6 bytes for a 2-byte character, 12 for a 4-byte one
+ESCAPED_BYTES_PER_CHAR = 12  # a character outside the BMP, escaped as a surrogate pair
 
 
 def request_body_limit(settings: Settings) -> int:
-    """The largest request body read: room for a file (or diff), its escaping, and the text fields."""
-    return settings.max_patch_bytes * 2 + BODY_SLACK_BYTES
+    """The largest request body read: above the largest valid one even when a JSON encoder escapes
+    every character, so a field over its own limit is read and refused by name (422), not as a 413."""
+    text_bytes = max(settings.max_patch_bytes, schemas.PROGRAM_MAX_BYTES) * ESCAPED_BYTES_PER_UTF8_BYTE
+    chars = settings.max_title_chars + settings.max_description_chars
+    return text_bytes + chars * ESCAPED_BYTES_PER_CHAR + BODY_SLACK_BYTES
 
 
 DEFAULT_PROGRAM_PATH = Path("program.md")  # relative to the working directory (/app in the image)
@@ -76,8 +82,19 @@ def create_app(
     app.state.event_hub = hub
     app.state.digests = DigestCache()
     app.state.sse_heartbeat_s = sse_heartbeat_s
+    setattr(app.state, bodies.MODELS_STATE, schemas.request_models(schemas.Limits.of(settings)))
     problems.install(app)
-    app.add_middleware(problems.BodySizeLimit, max_bytes=request_body_limit(settings))
-    for module in (proposals, runs, best, program, event_routes, tokens, health, metrics, ui, research):
-        app.include_router(module.router)
+    routers = [
+        m.router
+        for m in (proposals, runs, best, program, event_routes, tokens, health, metrics, ui, research)
+    ]
+    for router in routers:
+        app.include_router(router)
+    # FastAPI keeps included routers apart from the app's own routes; the 405 answer, the schema's
+    # bodies and the 413 hints need them all.
+    own = [route for route in app.router.routes if isinstance(route, Route)]
+    setattr(app.state, bodies.ROUTES_STATE, own + [route for router in routers for route in router.routes])
+    app.add_middleware(
+        problems.BodySizeLimit, max_bytes=request_body_limit(settings), hints=bodies.size_hints(app)
+    )
     return app
