@@ -21,17 +21,16 @@ from services.store import Store
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
-BODY_SLACK_BYTES = 64 * KIB  # room for the short fields (agent, commit, numbers) and whitespace
-ESCAPED_BYTES_PER_UTF8_BYTE = 3  # JSON's \uXXXX: 6 bytes for a 2-byte character, 12 for a 4-byte one
-ESCAPED_BYTES_PER_CHAR = 12  # a character outside the BMP, escaped as a surrogate pair
+BODY_SLACK_BYTES = 64 * KIB  # room for numbers, names, commit ids, JSON punctuation and whitespace
+ESCAPED_BYTES_PER_CHAR = 12  # a character outside the BMP, as a JSON encoder may escape it: \\ud83d\\ude00
 
 
 def request_body_limit(settings: Settings) -> int:
-    """The largest request body read: above the largest valid one even when a JSON encoder escapes
-    every character, so a field over its own limit is read and refused by name (422), not as a 413."""
-    text_bytes = max(settings.max_patch_bytes, schemas.PROGRAM_MAX_BYTES) * ESCAPED_BYTES_PER_UTF8_BYTE
-    chars = settings.max_title_chars + settings.max_description_chars
-    return text_bytes + chars * ESCAPED_BYTES_PER_CHAR + BODY_SLACK_BYTES
+    """The largest request body read: above the largest body the schema allows, even with every
+    character escaped, so a field over its own limit is read and refused by name (422), not as a 413."""
+    models = schemas.request_models(schemas.Limits.of(settings)).values()
+    chars = max(sum(bodies.string_limits(model).values()) for model in models)
+    return chars * ESCAPED_BYTES_PER_CHAR + BODY_SLACK_BYTES
 
 
 DEFAULT_PROGRAM_PATH = Path("program.md")  # relative to the working directory (/app in the image)

@@ -57,12 +57,12 @@ class JsonBody:
         self.model = model
 
     async def __call__(self, request: Request) -> Any:
-        data = await read_json(request)
-        if data is None:
+        text = await read_json(request)
+        if text is None:
             raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
         models: dict[type[RequestModel], type[RequestModel]] = getattr(request.app.state, MODELS_STATE)
-        try:
-            return models[self.model].model_validate(data)
+        try:  # strict: JSON's types as the schema states them (no "1" for 1, no false for 0)
+            return models[self.model].model_validate_json(text, strict=True)
         except ValidationError as exc:
             errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
             raise RequestValidationError(errors) from exc
@@ -73,8 +73,8 @@ def json_body(model: type[RequestModel]) -> Any:
     return Depends(JsonBody(model))
 
 
-async def read_json(request: Request) -> Any:
-    """The parsed body; None when it is empty (so the model reports the body as missing)."""
+async def read_json(request: Request) -> str | None:
+    """The body as checked JSON text; None when it is empty (so the model reports it as missing)."""
     raw = await request.body()
     if not raw:
         return None
@@ -98,7 +98,7 @@ async def read_json(request: Request) -> Any:
     surrogate = _lone_surrogate(data, ("body",))
     if surrogate is not None:
         raise RequestValidationError([surrogate])
-    return data
+    return text
 
 
 def _lone_surrogate(value: Any, loc: tuple[str | int, ...]) -> dict[str, Any] | None:
@@ -174,6 +174,15 @@ def document(app: FastAPI, schema: dict[str, Any]) -> None:
 def size_hints(app: FastAPI) -> dict[str, str]:
     """For each path that takes a JSON body: what its fields may hold, for the 413 answer."""
     return {route.path_format: _size_hint(model) for route, model in routes_with_bodies(app)}
+
+
+def string_limits(model: type[RequestModel]) -> dict[str, int]:
+    """Each string property's maxLength in the model's schema."""
+    limits = {}
+    for name, field in model.model_json_schema()["properties"].items():
+        if (max_length := string_limit(field, "maxLength")) is not None:
+            limits[name] = int(max_length)
+    return limits
 
 
 def _size_hint(model: type[RequestModel]) -> str:

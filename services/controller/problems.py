@@ -131,6 +131,8 @@ def _document(app: FastAPI) -> None:
             schema = generate()
             bodies.document(app, schema)
             _problems_in_schema(schema)
+            _page_limits_in_schema(schema, app.state.settings.page_size_max)
+            _links_in_schema(schema)
         return generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -157,6 +159,58 @@ def _problems_in_schema(schema: dict[str, Any]) -> None:
     components = schema.get("components", {}).get("schemas", {})
     for name in _FASTAPI_VALIDATION_SCHEMAS:
         components.pop(name, None)
+
+
+def _page_limits_in_schema(schema: dict[str, Any], page_size_max: int) -> None:
+    """A `limit` query parameter is at most AR_PAGE_SIZE_MAX (checked by logic.page_size)."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query" and parameter["name"] == "limit":
+                    for branch in parameter["schema"].get("anyOf", [parameter["schema"]]):
+                        if branch.get("type") == "integer":
+                            branch["maximum"] = page_size_max
+
+
+# What a created proposal (or run, or program.md version) leads to: OpenAPI links, which clients and
+# stateful fuzzers follow from the answer to the operations that read or act on what it made.
+_PROPOSAL_ID = {"proposal_id": "$response.body#/id"}
+_PROPOSAL_LINKS = {
+    "GetProposal": ("get", "/v1/proposals/{proposal_id}", _PROPOSAL_ID),
+    "GetLog": ("get", "/v1/proposals/{proposal_id}/log", _PROPOSAL_ID),
+    "CancelProposal": ("post", "/v1/proposals/{proposal_id}/cancel", _PROPOSAL_ID),
+}
+_LINKS = {
+    ("post", "/v1/proposals"): ("200", "201", _PROPOSAL_LINKS),
+    ("post", "/v1/runs"): ("201", "201", _PROPOSAL_LINKS),
+    ("put", "/v1/program"): (
+        "200",
+        "201",
+        {
+            "GetProgramVersion": (
+                "get",
+                "/v1/program/versions/{version}",
+                {"version": "$response.body#/version"},
+            )
+        },
+    ),
+}
+
+
+def _links_in_schema(schema: dict[str, Any]) -> None:
+    paths = schema.get("paths", {})
+    for (method, path), (*statuses, links) in _LINKS.items():
+        for status in statuses:
+            response = paths[path][method]["responses"].get(status)
+            if response is None:
+                continue
+            response["links"] = {
+                name: {
+                    "operationId": paths[target_path][target_method]["operationId"],
+                    "parameters": parameters,
+                }
+                for name, (target_method, target_path, parameters) in links.items()
+            }
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
