@@ -90,7 +90,7 @@ async def read_json(request: Request) -> str | None:
     except json.JSONDecodeError as exc:
         error = {
             "type": "json_invalid",
-            "loc": ("body", exc.pos),
+            "loc": ("body",),
             "msg": f"JSON decode error: {exc.msg} at line {exc.lineno}, column {exc.colno}",
             "input": {},
         }
