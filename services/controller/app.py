@@ -7,8 +7,8 @@ from pathlib import Path
 
 import redis
 from fastapi import FastAPI
-from starlette.routing import Route
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from services import auth
 from services.controller import bodies, events, logic, problems, schemas

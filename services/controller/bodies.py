@@ -15,9 +15,8 @@ so the schema's limits are the ones enforced.
 """
 
 import json
-from typing import Any
-
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -163,7 +162,7 @@ def document(app: FastAPI, schema: dict[str, Any]) -> None:
             components.setdefault(name, definition)
         name = model_schema["title"]
         components[name] = model_schema
-        for method in route.methods:
+        for method in route.methods or ():
             operation = schema["paths"][route.path_format][method.lower()]
             operation["requestBody"] = {
                 "required": True,

@@ -20,7 +20,7 @@ from services.controller.schemas import (
     RequestRuns,
     SubmitProposal,
 )
-from services.errors import IdempotencyKeyReused, InfraError, NotFound, ProposalError, UnknownBase
+from services.errors import InfraError, NotFound, ProposalError, UnknownBase
 from services.metrics import Digest, DigestCache
 from services.models import Best, Event, ProgramVersion, Proposal, new_id
 from services.patches import build_candidate, content_hash

@@ -29,7 +29,6 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.controller import bodies
-
 from services.controller.logic import InvalidProgram, NotReady, UnknownProgramVersion
 from services.errors import (
     AuthError,

@@ -13,7 +13,7 @@ that say where the offending character or line is.
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from services.auth import Role
 from services.models import Decision, Event, Fingerprint, LineageEntry, Proposal, RunResult
@@ -100,7 +100,7 @@ class Request(BaseModel):
 
 
 # Exactly one of the two texts (null counts as absent), as the model's validator checks.
-ONE_OF_FILE_OR_DIFF = [
+ONE_OF_FILE_OR_DIFF: list[JsonValue] = [
     {"required": [field], "properties": {field: {"type": "string"}}} for field in ("train_py", "diff")
 ]
 
