@@ -6,7 +6,7 @@ COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 CPU_FILES := -f compose.yaml -f compose.cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup wheels images test test-fast lint format up up-cpu down down-cpu cuda-smoke bench reap clean
+.PHONY: setup wheels images test test-fast lint format up up-cpu down down-cpu cuda-smoke bench fuzz reap clean
 
 setup: $(VENV)/.installed
 
@@ -65,6 +65,11 @@ bench: setup images
 	$(PY) bench/cycle.py
 	$(PY) bench/api_load.py
 	$(PY) bench/acceptance.py
+
+# Schemathesis, every phase and every check, by hand (bench/fuzz_api.py): FUZZ_ARGS="--seed 12345 --max-examples 80"
+FUZZ_ARGS ?=
+fuzz: setup
+	$(PY) bench/fuzz_api.py $(FUZZ_ARGS)
 
 reap: setup
 	$(VENV)/bin/autoresearch-reap

@@ -6,6 +6,7 @@
     │   ├── InvalidPython        the resulting train.py does not parse
     │   ├── InvalidText          a title, description or message holds a control or format character
     │   ├── UnknownBase          the base commit is not on the research branch
+    │   ├── IdempotencyKeyReused an Idempotency-Key sent again with another request
     │   └── NotFound             no proposal / run / commit with that id
     ├── AuthError                missing or wrong bearer token (401) or role (403)
     ├── QuotaExceeded            a token's submit quota is used up (429, with Retry-After)
@@ -43,6 +44,10 @@ class InvalidText(ProposalError):
 
 class UnknownBase(ProposalError):
     pass
+
+
+class IdempotencyKeyReused(ProposalError):
+    """A submit repeats an Idempotency-Key of an earlier submit but not its body."""
 
 
 class NotFound(ProposalError):

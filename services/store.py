@@ -6,7 +6,8 @@ Keys (prefix `ar:`):
     proposals              zset id → created_at (listing order)
     state:<state>          zset id → created_at (listing by state)
     dedupe:<base>:<hash>   id of the proposal with that normalised content on that base
-    idem:<owner>:<key>     id created by a submit with that Idempotency-Key (expires after a day)
+    idem:<owner>:<key>     `<id> <request hash>` of a submit with that Idempotency-Key (a day); the
+                           hash binds the key to that request (older values hold the id alone)
     scores                 zset id → val_bpb of scored proposals (leaderboard)
     scores:<fingerprint>   zset id → val_bpb, per fingerprint (scores are compared only within one)
     fingerprints           set of fingerprint keys seen
@@ -30,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
-from services.errors import Conflict, NotFound, StoreUnavailable
+from services.errors import Conflict, IdempotencyKeyReused, NotFound, StoreUnavailable
 from services.models import Best, Event, Fingerprint, LineageEntry, ProgramVersion, Proposal, now
 from services.states import State
 
@@ -93,14 +94,18 @@ class Store:
 
     @_translate
     def create(
-        self, proposal: Proposal, *, dedupe: bool = True, idempotency: tuple[str, str] | None = None
+        self, proposal: Proposal, *, dedupe: bool = True, idempotency: tuple[str, str, str] | None = None
     ) -> tuple[Proposal, bool]:
         """Store a new proposal; return (proposal, created). A duplicate (same normalised content on the
-        same base) or a repeated (owner, Idempotency-Key) returns the existing proposal and stores
-        nothing. Atomic: concurrent submits of the same content or key create exactly one."""
+        same base) or a repeated (owner, Idempotency-Key, request hash) returns the existing proposal and
+        stores nothing; the key with another request hash raises IdempotencyKeyReused. Atomic:
+        concurrent submits of the same content or key create exactly one."""
         keys = []
+        values = {}
         if idempotency is not None:
-            keys.append(_idem_key(*idempotency))
+            owner, key, request_hash = idempotency
+            keys.append(_idem_key(owner, key))
+            values[_idem_key(owner, key)] = f"{proposal.id} {request_hash}"
         if dedupe:
             keys.append(f"ar:dedupe:{proposal.base_commit}:{proposal.content_hash}")
         event = Event(at=proposal.created_at, state=proposal.state, reason="submitted")
@@ -113,6 +118,8 @@ class Store:
                         existing = cast("bytes | None", pipe.get(key))  # immediate while watching
                         if existing is not None:
                             pipe.reset()
+                            if idempotency is not None and key == keys[0]:
+                                return self._replay(existing, idempotency[1], idempotency[2]), False
                             return self.get(existing.decode()), False
                     pipe.multi()
                     pipe.set(f"ar:proposal:{proposal.id}", proposal.model_dump_json())
@@ -121,7 +128,9 @@ class Store:
                     pipe.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
                     for key in keys:
                         pipe.set(
-                            key, proposal.id, ex=IDEMPOTENCY_TTL_S if key.startswith("ar:idem:") else None
+                            key,
+                            values.get(key, proposal.id),
+                            ex=IDEMPOTENCY_TTL_S if key in values else None,
                         )
                     pipe.publish(EVENTS_CHANNEL, _event_message(proposal.id, event))
                     pipe.execute()
@@ -130,15 +139,25 @@ class Store:
                     continue
 
     @_translate
-    def idempotent(self, owner: str, key: str) -> Proposal | None:
-        """The proposal an earlier submit by `owner` with this Idempotency-Key created, if any."""
+    def idempotent(self, owner: str, key: str, request_hash: str) -> Proposal | None:
+        """The proposal an earlier submit by `owner` with this Idempotency-Key created, if any; raises
+        IdempotencyKeyReused if that submit was another request."""
         existing = self.r.get(_idem_key(owner, key))
         if existing is None:
             return None
         try:
-            return self.get(existing.decode())
+            return self._replay(existing, key, request_hash)
         except NotFound:
             return None
+
+    def _replay(self, value: bytes, key: str, request_hash: str) -> Proposal:
+        proposal_id, _, stored_hash = value.decode().partition(" ")
+        if stored_hash and stored_hash != request_hash:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {key!r} was used for another request (proposal {proposal_id}); "
+                "a retry must repeat the same body; use a new key for a new submit"
+            )
+        return self.get(proposal_id)
 
     @_translate
     def get(self, proposal_id: str) -> Proposal:

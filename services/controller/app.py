@@ -8,9 +8,10 @@ from pathlib import Path
 import redis
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from services import auth
-from services.controller import events, logic, mcp_http, problems
+from services.controller import bodies, events, logic, mcp_http, problems, schemas
 from services.controller.routes import best, health, metrics, program, proposals, research, runs, tokens, ui
 from services.controller.routes import events as event_routes
 from services.metrics import DigestCache
@@ -20,12 +21,16 @@ from services.store import Store
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
-BODY_SLACK_BYTES = 64 * KIB  # room for title, description and JSON escaping beyond the two patch texts
+BODY_SLACK_BYTES = 64 * KIB  # room for numbers, names, commit ids, JSON punctuation and whitespace
+ESCAPED_BYTES_PER_CHAR = 12  # a character outside the BMP, as a JSON encoder may escape it: \\ud83d\\ude00
 
 
 def request_body_limit(settings: Settings) -> int:
-    """The largest request body read: room for a file (or diff), its escaping, and the text fields."""
-    return settings.max_patch_bytes * 2 + BODY_SLACK_BYTES
+    """The largest request body read: above the largest body the schema allows, even with every
+    character escaped, so a field over its own limit is read and refused by name (422), not as a 413."""
+    models = schemas.request_models(schemas.Limits.of(settings)).values()
+    chars = max(sum(bodies.string_limits(model).values()) for model in models)
+    return chars * ESCAPED_BYTES_PER_CHAR + BODY_SLACK_BYTES
 
 
 DEFAULT_PROGRAM_PATH = Path("program.md")  # relative to the working directory (/app in the image)
@@ -78,9 +83,20 @@ def create_app(
     app.state.event_hub = hub
     app.state.digests = DigestCache()
     app.state.sse_heartbeat_s = sse_heartbeat_s
+    setattr(app.state, bodies.MODELS_STATE, schemas.request_models(schemas.Limits.of(settings)))
     problems.install(app)
-    app.add_middleware(problems.BodySizeLimit, max_bytes=request_body_limit(settings))
-    for module in (proposals, runs, best, program, event_routes, tokens, health, metrics, ui, research):
-        app.include_router(module.router)
+    routers = [
+        m.router
+        for m in (proposals, runs, best, program, event_routes, tokens, health, metrics, ui, research)
+    ]
+    for router in routers:
+        app.include_router(router)
     app.router.routes.append(mcp_http.route(mcp))  # MCP over streamable HTTP
+    # FastAPI keeps included routers apart from the app's own routes; the 405 answer, the schema's
+    # bodies and the 413 hints need them all.
+    own = [route for route in app.router.routes if isinstance(route, Route)]
+    setattr(app.state, bodies.ROUTES_STATE, own + [route for router in routers for route in router.routes])
+    app.add_middleware(
+        problems.BodySizeLimit, max_bytes=request_body_limit(settings), hints=bodies.size_hints(app)
+    )
     return app

@@ -5,6 +5,7 @@ the app maps to problem+json in one place.
 """
 
 import difflib
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,12 @@ import redis
 
 from services import quotas
 from services.auth import Principal
-from services.controller.schemas import RequestRuns, SubmitProposal
+from services.controller.schemas import (
+    PROGRAM_MAX_BYTES,
+    PROGRAM_MESSAGE_MAX_CHARS,
+    RequestRuns,
+    SubmitProposal,
+)
 from services.errors import InfraError, NotFound, ProposalError, UnknownBase
 from services.metrics import Digest, DigestCache
 from services.models import PROPOSAL_ID_PREFIX, RUN_ID_PREFIX, Best, Event, ProgramVersion, Proposal, new_id
@@ -28,9 +34,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50  # rows per page when the client does not say
 
-
-PROGRAM_MAX_BYTES = 256 * 1024  # program.md is prose for agents; this is far above any sensible one
-PROGRAM_MESSAGE_MAX_CHARS = 500
 PROGRAM_SEED_AUTHOR = "repo"  # author of version 1, seeded from the repository's program.md
 
 
@@ -72,15 +75,17 @@ def submit_proposal(
 ) -> tuple[Proposal, bool]:
     """Validate, deduplicate, store and enqueue; return (proposal, created). Nothing is stored or
     enqueued unless the whole submission is valid; a replay or a duplicate is returned as it is."""
-    idem = None if idempotency_key is None else (_idempotency_owner(principal), idempotency_key)
+    idem = None
+    if idempotency_key is not None:
+        idem = (_idempotency_owner(principal), idempotency_key, request_hash(body))
     if idem is not None and (replay := store.idempotent(*idem)) is not None:
         if replay.state == State.QUEUED:  # its first controller may have died before enqueueing it
             enqueue_run(conn, replay.id, settings.run_budget_s, replay.transitions)
         return replay, False
-    _check_text_limits(settings, body.title, body.description)
+    _check_text(body.title, body.description)
     if body.program_version is not None:
         check_program_version(store, body.program_version)
-    base = resolve_base(store, body.base_commit)
+    base = resolve_base(store, body.base_commit, "base_commit")
     candidate = build_candidate(
         base.train_py,
         base_commit=base.commit,
@@ -176,9 +181,9 @@ def request_runs(
 ) -> Proposal:
     """Runs of an existing commit (baseline, calibration, re-runs): one proposal of kind "run" holding
     every seed, never deduplicated."""
-    base = resolve_base(store, body.commit)
+    base = resolve_base(store, body.commit, "commit")
     title = body.title or f"{body.count} run(s) of {base.commit[:12]}"
-    _check_text_limits(settings, title, body.description)
+    _check_text(title, body.description)
     seeds = body.seeds if body.seeds is not None else [settings.first_seed + i for i in range(body.count)]
     proposal = Proposal(
         id=new_id(RUN_ID_PREFIX),
@@ -209,8 +214,9 @@ def request_runs(
 # ---------------------------------------------------------------------------- best, leaderboard, status
 
 
-def resolve_base(store: Store, ref: str | None) -> Base:
-    """The commit `ref` names (full id or a prefix of >= 7 hex digits), or the current best."""
+def resolve_base(store: Store, ref: str | None, field: str) -> Base:
+    """The commit `ref` names (full id or a prefix of >= 7 hex digits), or the current best; `field`
+    is the request's name for it, which the error names."""
     if ref is None:
         best = current_best(store)
         commit = best.commit
@@ -218,8 +224,8 @@ def resolve_base(store: Store, ref: str | None) -> Base:
         resolved = store.resolve_commit(ref.lower())
         if resolved is None:
             raise UnknownBase(
-                f"unknown base commit {ref!r}: no commit on the research branch starts with it (or several "
-                "do); omit base_commit to use the current best (GET /v1/best)"
+                f"{field} {ref!r} is unknown: no commit on the research branch starts with it (or several "
+                f"do); omit {field} to use the current best (GET /v1/best)"
             )
         commit = resolved
     train_py = store.commit_train_py(commit)
@@ -398,16 +404,17 @@ def _stats_row(version: int | None, digests: list[Digest]) -> ProgramStats:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _check_text_limits(settings: Settings, title: str, description: str) -> None:
-    """Titles and descriptions go into commit messages: printable text only (services/text.py)."""
+def _check_text(title: str, description: str) -> None:
+    """Titles and descriptions go into commit messages: printable text only (services/text.py). Their
+    lengths are the request models' constraints (schemas.request_models)."""
     check_one_line(title, "title")
     check_multiline(description, "description")
-    if len(title) > settings.max_title_chars:
-        raise ProposalError(f"title is {len(title)} characters; the limit is {settings.max_title_chars}")
-    if len(description) > settings.max_description_chars:
-        raise ProposalError(
-            f"description is {len(description)} characters; the limit is {settings.max_description_chars}"
-        )
+
+
+def request_hash(body: SubmitProposal) -> str:
+    """What an Idempotency-Key is bound to: the submit's fields as validated (so key order and JSON
+    whitespace do not matter)."""
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
 def _idempotency_owner(principal: Principal) -> str:

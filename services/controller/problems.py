@@ -1,13 +1,15 @@
 """Errors as RFC 9457 problem details (`application/problem+json`), mapped in this one place.
 
     ProposalError   NotFound 404, Conflict 409, InvalidPatch / InvalidPython / InvalidText / UnknownBase /
-                    other 422
+                    IdempotencyKeyReused / other 422
     AuthError       401 (with `WWW-Authenticate: Bearer`), 403 when the role is too low
     QuotaExceeded   429 (with `Retry-After`, seconds)
     InfraError      NotReady / StoreUnavailable / others 503
     redis.RedisError that escaped a module without translating it: 503
-    request validation (pydantic) 422, naming each bad field; HTTP errors (404 route, 405) as they are
-    body larger than the limit: 413, before the body is read (BodySizeLimit middleware)
+    request validation (pydantic) 422, naming each bad field; HTTP errors (404 route, 405 with every
+    method of the path in `Allow`, 415 and 400 from services/controller/bodies.py) as they are
+    body larger than the limit: 413, before the body is read (BodySizeLimit middleware), naming the
+    size limits of the route's fields
     anything else: 500, logged with its traceback; the client gets no internals
 
 `type` is a URN per problem kind (`urn:autoresearch:problem:<slug>`), listed in docs/api.md.
@@ -23,12 +25,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.controller import bodies
 from services.controller.logic import InvalidProgram, NotReady, UnknownProgramVersion
 from services.errors import (
     AuthError,
     Conflict,
+    IdempotencyKeyReused,
     InfraError,
     InvalidPatch,
     InvalidPython,
@@ -54,6 +59,7 @@ _SERVICE_ERRORS: list[tuple[type[ServiceError], int, str, str]] = [
     (InvalidPython, 422, "invalid-python", "Candidate is not valid Python"),
     (InvalidText, 422, "invalid-text", "Text holds a character that is not stored"),
     (UnknownBase, 422, "unknown-base", "Unknown base commit"),
+    (IdempotencyKeyReused, 422, "idempotency-key-reused", "Idempotency-Key reused for another request"),
     (UnknownProgramVersion, 422, "unknown-program-version", "Unknown program.md version"),
     (InvalidProgram, 422, "invalid-program", "Invalid program.md"),
     (ProposalError, 422, "invalid-request", "Invalid request"),
@@ -115,16 +121,28 @@ _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 def _document(app: FastAPI) -> None:
     """Make /openapi.json say what the handlers above send: every 4xx and 5xx is a `Problem` as
     application/problem+json. FastAPI would document its own 422 body (`HTTPValidationError` as
-    application/json) and, for `PROBLEM_RESPONSE`, the model under application/json too; and an
-    operation with a body also answers 400 when the body cannot be decoded."""
+    application/json) and, for `PROBLEM_RESPONSE`, the model under application/json too; an
+    operation with a body also answers 400 (not UTF-8), 413, 415 (not JSON) and 422."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            _problems_in_schema(generate())
+            schema = generate()
+            bodies.document(app, schema)
+            _problems_in_schema(schema)
+            _page_limits_in_schema(schema, app.state.settings.page_size_max)
+            _links_in_schema(schema)
         return generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_BODY_ERRORS = {
+    "400": "the body is not valid UTF-8",
+    "413": "the body is larger than any valid request",
+    "415": f"the body is not sent as {bodies.JSON}",
+    "422": "the body is not JSON, or a field is invalid",
+}
 
 
 def _problems_in_schema(schema: dict[str, Any]) -> None:
@@ -132,15 +150,66 @@ def _problems_in_schema(schema: dict[str, Any]) -> None:
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:
-                responses.setdefault(
-                    "400", {"description": "the body cannot be decoded (e.g. invalid UTF-8)"}
-                )
+                for status, description in _BODY_ERRORS.items():
+                    responses.setdefault(status, {"description": description})
             for status, response in responses.items():
                 if status.startswith(("4", "5")):
                     response["content"] = {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_REF}}}
     components = schema.get("components", {}).get("schemas", {})
     for name in _FASTAPI_VALIDATION_SCHEMAS:
         components.pop(name, None)
+
+
+def _page_limits_in_schema(schema: dict[str, Any], page_size_max: int) -> None:
+    """A `limit` query parameter is at most AR_PAGE_SIZE_MAX (checked by logic.page_size)."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query" and parameter["name"] == "limit":
+                    for branch in parameter["schema"].get("anyOf", [parameter["schema"]]):
+                        if branch.get("type") == "integer":
+                            branch["maximum"] = page_size_max
+
+
+# What a created proposal (or run, or program.md version) leads to: OpenAPI links, which clients and
+# stateful fuzzers follow from the answer to the operations that read or act on what it made.
+_PROPOSAL_ID = {"proposal_id": "$response.body#/id"}
+_PROPOSAL_LINKS = {
+    "GetProposal": ("get", "/v1/proposals/{proposal_id}", _PROPOSAL_ID),
+    "GetLog": ("get", "/v1/proposals/{proposal_id}/log", _PROPOSAL_ID),
+    "CancelProposal": ("post", "/v1/proposals/{proposal_id}/cancel", _PROPOSAL_ID),
+}
+_LINKS = {
+    ("post", "/v1/proposals"): ("200", "201", _PROPOSAL_LINKS),
+    ("post", "/v1/runs"): ("201", "201", _PROPOSAL_LINKS),
+    ("put", "/v1/program"): (
+        "200",
+        "201",
+        {
+            "GetProgramVersion": (
+                "get",
+                "/v1/program/versions/{version}",
+                {"version": "$response.body#/version"},
+            )
+        },
+    ),
+}
+
+
+def _links_in_schema(schema: dict[str, Any]) -> None:
+    paths = schema.get("paths", {})
+    for (method, path), (*statuses, links) in _LINKS.items():
+        for status in statuses:
+            response = paths[path][method]["responses"].get(status)
+            if response is None:
+                continue
+            response["links"] = {
+                name: {
+                    "operationId": paths[target_path][target_method]["operationId"],
+                    "parameters": parameters,
+                }
+                for name, (target_method, target_path, parameters) in links.items()
+            }
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -180,7 +249,20 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     slug, title = _HTTP_NAMES.get(
         exc.status_code, (phrase.lower().replace(" ", "-").replace("'", ""), phrase)
     )
-    return problem(exc.status_code, slug, title, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+    return problem(exc.status_code, slug, title, detail, headers=headers)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of this path answers (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    routes: list[BaseRoute] = getattr(app.state, bodies.ROUTES_STATE)
+    for route in routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -210,28 +292,32 @@ def _http_detail(status: int) -> str:
 
 
 class _BodyTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, fields: str) -> None:
         super().__init__(
-            413, f"the request body is larger than {limit} bytes; send a smaller train.py or diff"
+            413, f"the request body is larger than {limit} bytes, more than any valid request; {fields}"
         )
 
 
 class BodySizeLimit:
     """Refuse bodies over `max_bytes` with 413 before they are parsed: at once when Content-Length
     says so, else as soon as the streamed body passes the limit (the error is an HTTPException, so
-    FastAPI's body reader lets it through to the problem handler)."""
+    FastAPI's body reader lets it through to the problem handler). `max_bytes` is above the largest
+    valid body, so a field over its own limit is refused by validation, which names it; the 413 says
+    what the route's fields may hold (`hints`, by path)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, hints: dict[str, str]) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.hints = hints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        hint = self.hints.get(scope.get("path", ""), "this endpoint takes no body")
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            exc = _BodyTooLarge(self.max_bytes)
+            exc = _BodyTooLarge(self.max_bytes, hint)
             response = problem(413, "content-too-large", "Content too large", str(exc.detail))
             await response(scope, receive, send)
             return
@@ -243,7 +329,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
+                    raise _BodyTooLarge(self.max_bytes, hint)
             return message
 
         await self.app(scope, limited_receive, send)

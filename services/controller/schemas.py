@@ -1,24 +1,31 @@
 """Request and response bodies of the HTTP API (pydantic only; separate from the stored models).
 
-Request models forbid unknown fields. Their static caps guard the parser; the limits an operator can
-set (title, description and patch sizes, page size) are checked against Settings in the logic layer.
+Request models forbid unknown fields, and their constraints are the validation: what /openapi.json
+says a field may hold is what the server checks. Limits an operator sets (title, description and
+patch sizes) come from Settings, so each app validates with models built for its settings by
+`request_models`; the classes below hold the default limits and are the types the logic layer reads.
+
+The character rules of free text (services/text.py) and the rules that need the store (a base commit
+must exist, a diff must apply, train.py must compile) are checked by the logic layer, with messages
+that say where the offending character or line is.
 """
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from services.auth import Role
 from services.models import Decision, Event, Fingerprint, LineageEntry, Proposal, RunResult
+from services.settings import Settings
 from services.states import State
 
 COMMIT_PATTERN = r"^[0-9a-fA-F]{7,64}$"  # a full id or a prefix of at least 7 hex digits
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/+ -]*$"  # agent and token names: printable, no control chars
 MAX_NAME_CHARS = 100
 MAX_RUNS_PER_REQUEST = 32
-# Parser guards only; Settings holds the limits that apply (see module docstring).
-MAX_TITLE_GUARD = 10_000
-MAX_DESCRIPTION_GUARD = 1_000_000
+PROGRAM_MAX_BYTES = 256 * 1024  # program.md is prose for agents; this is far above any sensible one
+PROGRAM_MESSAGE_MAX_CHARS = 500
 
 CommitRef = Annotated[
     str, Field(pattern=COMMIT_PATTERN, description="commit id or a prefix of >= 7 hex digits")
@@ -26,18 +33,102 @@ CommitRef = Annotated[
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_PATTERN)]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The operator-set limits that request models enforce (and /openapi.json states)."""
+
+    title_chars: int
+    description_chars: int
+    patch_bytes: int  # UTF-8 bytes of a train.py or a diff
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Limits":
+        return cls(settings.max_title_chars, settings.max_description_chars, settings.max_patch_bytes)
+
+
+def _default(name: str) -> int:
+    default = Settings.model_fields[name].default
+    assert isinstance(default, int)
+    return default
+
+
+DEFAULT_LIMITS = Limits(
+    _default("max_title_chars"), _default("max_description_chars"), _default("max_patch_bytes")
+)
+
+# A trainer small enough to read in the schema; it compiles and differs from any real base, so the
+# example submit succeeds (and queues a run that trains nothing useful).
+EXAMPLE_TRAIN_PY = """\
+import os
+
+LEARNING_RATE = 0.002  # per step
+
+
+def build_model(config):
+    raise NotImplementedError("an example submit: replace with the whole trainer/train.py")
+
+
+if __name__ == "__main__":
+    print("seed", os.environ.get("AR_SEED"), LEARNING_RATE)
+"""
+
+
+def title_field(max_chars: int, *, what: str = "one line: what the change is", default: Any = ...) -> Any:
+    return Field(
+        default, min_length=1, max_length=max_chars, description=f"{what}; at most {max_chars} characters"
+    )
+
+
+def description_field(max_chars: int, *, what: str = "why it should help") -> Any:
+    return Field("", max_length=max_chars, description=f"{what}; at most {max_chars} characters")
+
+
+def patch_field(max_bytes: int, what: str) -> Any:
+    """A train.py or a diff: at most `max_bytes` bytes of UTF-8. A JSON schema counts characters, so it
+    says `maxLength: max_bytes` (each character is at least one byte); the byte count itself is checked
+    by services/patches.py, which names the field and the limit."""
+    return Field(
+        None,
+        max_length=max_bytes,
+        description=f"{what}; at most {max_bytes} bytes of UTF-8",
+        json_schema_extra={"x-max-bytes": max_bytes},
+    )
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
+# Exactly one of the two texts (null counts as absent), as the model's validator checks.
+ONE_OF_FILE_OR_DIFF: list[JsonValue] = [
+    {"required": [field], "properties": {field: {"type": "string"}}} for field in ("train_py", "diff")
+]
+
+
 class SubmitProposal(Request):
-    title: str = Field(min_length=1, max_length=MAX_TITLE_GUARD, description="one line: what the change is")
-    description: str = Field("", max_length=MAX_DESCRIPTION_GUARD, description="why it should help")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": ONE_OF_FILE_OR_DIFF,
+            "examples": [
+                {
+                    "title": "double the learning rate",
+                    "description": "the loss still falls steeply at the end of the 5 minutes",
+                    "agent": "example-agent",
+                    "train_py": EXAMPLE_TRAIN_PY,
+                }
+            ],
+        }
+    )
+
+    title: str = title_field(DEFAULT_LIMITS.title_chars)
+    description: str = description_field(DEFAULT_LIMITS.description_chars)
     agent: Name = Field(description="who proposes it (an agent's or a person's name)")
     program_version: int | None = Field(None, ge=0, description="the program.md version it worked from")
     base_commit: CommitRef | None = Field(None, description="default: the current best commit")
-    train_py: str | None = Field(None, description="the whole candidate trainer/train.py")
-    diff: str | None = Field(None, description="a unified diff of trainer/train.py against base_commit")
+    train_py: str | None = patch_field(DEFAULT_LIMITS.patch_bytes, "the whole candidate trainer/train.py")
+    diff: str | None = patch_field(
+        DEFAULT_LIMITS.patch_bytes, "a unified diff of trainer/train.py against base_commit"
+    )
 
     @model_validator(mode="after")
     def _one_of_file_or_diff(self) -> "SubmitProposal":
@@ -47,13 +138,21 @@ class SubmitProposal(Request):
 
 
 class RequestRuns(Request):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"count": 2, "seeds": [7, 8], "title": "calibrate the noise"}]}
+    )
+
     commit: CommitRef | None = Field(None, description="default: the current best commit")
     count: int = Field(1, ge=1, le=MAX_RUNS_PER_REQUEST, description="how many runs, each with its own seed")
     seeds: list[int] | None = Field(
-        None, description="one distinct seed per run; default first_seed, +1, ..."
+        None,
+        max_length=MAX_RUNS_PER_REQUEST,
+        description="one distinct seed per run (as many as count); default first_seed, +1, ...",
     )
-    title: str | None = Field(None, min_length=1, max_length=MAX_TITLE_GUARD)
-    description: str = Field("", max_length=MAX_DESCRIPTION_GUARD)
+    title: str | None = title_field(
+        DEFAULT_LIMITS.title_chars, what="one line; default: what is run", default=None
+    )
+    description: str = description_field(DEFAULT_LIMITS.description_chars, what="why")
 
     @model_validator(mode="after")
     def _seeds_match_count(self) -> "RequestRuns":
@@ -66,15 +165,65 @@ class RequestRuns(Request):
 
 
 class CreateToken(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "agent-1", "role": "agent"}]})
+
     name: Name
     role: Role = Role.AGENT
 
 
 class PutProgram(Request):
-    text: str = Field(min_length=1, max_length=MAX_DESCRIPTION_GUARD, description="the whole new program.md")
-    message: str = Field(
-        min_length=1, max_length=MAX_TITLE_GUARD, description="one line: what changed and why"
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "# program\n\nImprove val_bpb within the 5-minute budget; one idea per proposal.\n",
+                    "message": "ask for one idea per proposal",
+                }
+            ]
+        }
     )
+
+    text: str = Field(
+        min_length=1,
+        max_length=PROGRAM_MAX_BYTES,
+        description=f"the whole new program.md; at most {PROGRAM_MAX_BYTES} bytes of UTF-8",
+        json_schema_extra={"x-max-bytes": PROGRAM_MAX_BYTES},
+    )
+    message: str = Field(
+        min_length=1,
+        max_length=PROGRAM_MESSAGE_MAX_CHARS,
+        description=f"one line: what changed and why; at most {PROGRAM_MESSAGE_MAX_CHARS} characters",
+    )
+
+
+def request_models(limits: Limits) -> dict[type[Request], type[Request]]:
+    """Each request model as this app validates it: the classes above with the operator's limits. A
+    built model subclasses its class, so handlers and the logic layer keep their types."""
+    if limits == DEFAULT_LIMITS:
+        return {model: model for model in (SubmitProposal, RequestRuns, CreateToken, PutProgram)}
+
+    class SubmitProposalLimited(SubmitProposal):
+        model_config = ConfigDict(title="SubmitProposal")
+        title: str = title_field(limits.title_chars)
+        description: str = description_field(limits.description_chars)
+        train_py: str | None = patch_field(limits.patch_bytes, "the whole candidate trainer/train.py")
+        diff: str | None = patch_field(
+            limits.patch_bytes, "a unified diff of trainer/train.py against base_commit"
+        )
+
+    class RequestRunsLimited(RequestRuns):
+        model_config = ConfigDict(title="RequestRuns")
+        title: str | None = title_field(
+            limits.title_chars, what="one line; default: what is run", default=None
+        )
+        description: str = description_field(limits.description_chars, what="why")
+
+    return {
+        SubmitProposal: SubmitProposalLimited,
+        RequestRuns: RequestRunsLimited,
+        CreateToken: CreateToken,
+        PutProgram: PutProgram,
+    }
 
 
 # ---------------------------------------------------------------------------- responses

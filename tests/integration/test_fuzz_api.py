@@ -12,24 +12,26 @@ Per operation and caller:
 Every answer is checked for: no 5xx and no dropped connection (`not_a_server_error`); status code,
 content type, headers and body as /openapi.json documents them; and every 4xx as RFC 9457 problem
 details (application/problem+json with type, title, status, detail), as ../shared/DESIGN.md "API" says.
-Not checked: `positive_data_acceptance` (schema-valid requests that the API refuses on purpose: exactly
-one of train_py or diff, an unknown base commit, a page above AR_PAGE_SIZE_MAX) and
-`negative_data_rejection` (FastAPI ignores unknown query parameters, and a 413 for an over-long field
-is a refusal the check does not count).
+`test_stateful_fuzz_with_every_check` runs the schemathesis CLI's stateful phase with `--checks all`
+(positive and negative data, auth, Allow headers, resources that links lead to included), following the
+schema's links from created proposals, runs and program versions; schemathesis.toml names the few
+statuses the schema cannot rule out. The by-hand run of every phase is bench/fuzz_api.py.
 
 Nothing is excluded. The two event streams (/v1/events, /v1/proposals/{id}/log/stream) never end
 while their proposal runs, so schemathesis reads them for `STREAM_READ_S` and checks what came; they
 get fewer examples since an open stream costs that long per case.
 
 The test prints `schemathesis: N cases over M operations, E server errors ...` and writes the
-figures, with any failures and a curl command for each, to test-output/schemathesis.json. A failure
-replays with AR_FUZZ_SEED=<the printed seed>. The tests after it are one regression test per bug the
-fuzz found.
+figures, with any failures and a curl command for each, to test-output/schemathesis.json. Both fuzz
+tests take their seed from the code under test (tests/integration/schemathesis_cli.py: the first 8 hex
+digits of HEAD) and print it; a failure replays with
+
+    AR_FUZZ_SEED=<the printed seed> .venv/bin/python -m pytest tests/integration/test_fuzz_api.py
+
+The tests after them are one regression test per bug the fuzz found.
 """
 
 import json
-import os
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -57,6 +59,7 @@ from schemathesis.specs.openapi.checks import (
 from services.controller.problems import PROBLEM_JSON
 from services.store import Store, connect
 from tests.integration.live_server import ADMIN, agent_token, seed, serve, settings_for, stored_proposal
+from tests.integration.schemathesis_cli import default_seed, run_schemathesis
 
 FUZZ_DB = 9  # a Redis database of its own: nothing another test reads or flushes
 EXAMPLES = {"admin": 60, "agent": 25, "none": 10}  # Hypothesis examples per operation, caller and mode
@@ -136,7 +139,7 @@ def fuzz_url(redis_url: str, fuzz_store: Store) -> Iterator[str]:
 
 @pytest.mark.slow  # ~30 s on 2 cores
 def test_fuzz_the_openapi_schema(fuzz_url: str, fuzz_store: Store) -> None:
-    fuzz_seed = int(os.environ.get("AR_FUZZ_SEED") or random.randrange(2**32))
+    fuzz_seed = default_seed()
     stored = stored_proposal(fuzz_store)
     fuzz_store.append_live_log(stored.id, "step 1 loss 4.2\n")
     callers = {
@@ -170,6 +173,30 @@ def test_fuzz_the_openapi_schema(fuzz_url: str, fuzz_store: Store) -> None:
     assert tally.cases > 0
     assert tally.server_errors == 0, f"{summary}\n{tally.report()}"
     assert not tally.failures, f"{summary}\n{tally.report()}"
+
+
+STATEFUL_EXAMPLES = 25  # scenarios per caller
+STATEFUL_TIMEOUT_S = 600  # the CLI's whole run; ~20 s on 2 cores
+
+
+@pytest.mark.slow  # ~40 s on 2 cores
+@pytest.mark.parametrize("caller", ["admin", "agent"])
+def test_stateful_fuzz_with_every_check(
+    fuzz_url: str, fuzz_store: Store, caller: str, tmp_path: Path
+) -> None:
+    token = ADMIN if caller == "admin" else agent_token(fuzz_store)
+    run = run_schemathesis(
+        fuzz_url,
+        token,
+        phases=("stateful",),
+        seed=default_seed(),
+        max_examples=STATEFUL_EXAMPLES,
+        report_dir=tmp_path,
+        timeout_s=STATEFUL_TIMEOUT_S,
+    )
+    print(f"schemathesis stateful ({caller}, seed {run.seed}):\n{run.summary()}")
+    assert run.returncode == 0, run.output[-6000:]
+    assert "Stateful" in run.output and "Scenarios:" in run.output, run.output[-3000:]
 
 
 def _coverage_cases(schema: Any, operation: APIOperation) -> Iterator[Case]:

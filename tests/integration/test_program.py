@@ -147,7 +147,18 @@ def test_agents_cannot_set_the_program(client: TestClient, agent: Headers, store
     ("body", "status", "slug", "detail"),
     [
         ({"text": "  \n ", "message": "m"}, 422, "invalid-program", "text is empty"),
-        ({"text": "x" * (PROGRAM_MAX_BYTES + 1), "message": "m"}, 422, "invalid-program", "the limit is"),
+        (
+            {"text": "x" * (PROGRAM_MAX_BYTES + 1), "message": "m"},
+            422,
+            "validation-error",
+            f"body.text: String should have at most {PROGRAM_MAX_BYTES} characters",
+        ),
+        (  # within the schema's character count, over the byte limit: three bytes of UTF-8 per "€"
+            {"text": "€" * (PROGRAM_MAX_BYTES // 2), "message": "m"},
+            422,
+            "invalid-program",
+            f"the limit is {PROGRAM_MAX_BYTES} bytes",
+        ),
         ({"text": "a\0b", "message": "m"}, 422, "invalid-program", "U+0000 on line 1"),
         ({"text": "ok", "message": "two\nlines"}, 422, "invalid-text", "message holds U+000A (LINE FEED"),
         (
@@ -190,9 +201,14 @@ def test_bad_updates_are_refused_and_nothing_is_stored(
             b'{"text": "\\ud800", "message": "m"}',
             422,
             "validation-error",
-            "body.text: Input should be a valid string",
+            "body.text: holds a lone surrogate (U+D800) at line 1, column 1",
         ),
-        (b'{"text": "\xff\xfe", "message": "m"}', 400, "bad-request", "error parsing the body"),
+        (
+            b'{"text": "\xff\xfe", "message": "m"}',
+            400,
+            "bad-request",
+            "the body is not valid UTF-8: byte 0xFF at offset 10",
+        ),
     ],
 )
 def test_text_must_be_utf8(

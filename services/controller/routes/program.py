@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response, status
 
 from services.controller import logic
+from services.controller.bodies import json_body
 from services.controller.deps import Admin, Caller, DigestsDep, StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import (
@@ -41,7 +42,9 @@ def get_program(caller: Caller, store: StoreDep) -> ProgramView:
         422: PROBLEM_RESPONSE,
     },
 )
-def put_program(body: PutProgram, response: Response, admin: Admin, store: StoreDep) -> ProgramView:
+def put_program(
+    response: Response, admin: Admin, body: Annotated[PutProgram, json_body(PutProgram)], store: StoreDep
+) -> ProgramView:
     """Store a new version of program.md (admin)."""
     version, created = logic.set_program(store, admin, body.text, body.message)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
 from services.controller import logic
+from services.controller.bodies import json_body
 from services.controller.deps import Admin, Caller, RedisDep, SettingsDep, StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import ProposalDetail, ProposalPage, ProposalSummary, SubmitProposal
@@ -38,9 +39,9 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: PROBLEM_RESPONSE}
     },
 )
 def submit(
-    body: SubmitProposal,
     response: Response,
     caller: Caller,
+    body: Annotated[SubmitProposal, json_body(SubmitProposal)],
     viewer: Viewer,
     store: StoreDep,
     conn: RedisDep,

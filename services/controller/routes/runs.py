@@ -1,8 +1,11 @@
 """/v1/runs: runs of an existing commit (admin)."""
 
+from typing import Annotated
+
 from fastapi import APIRouter, Response, status
 
 from services.controller import logic
+from services.controller.bodies import json_body
 from services.controller.deps import Admin, RedisDep, SettingsDep, StoreDep
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import ProposalDetail, RequestRuns
@@ -14,9 +17,9 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
     "", status_code=status.HTTP_201_CREATED, response_model=ProposalDetail, responses={422: PROBLEM_RESPONSE}
 )
 def request_runs(
-    body: RequestRuns,
     response: Response,
     admin: Admin,
+    body: Annotated[RequestRuns, json_body(RequestRuns)],
     store: StoreDep,
     conn: RedisDep,
     settings: SettingsDep,
