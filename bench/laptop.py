@@ -114,7 +114,10 @@ def screenshots(url: str, token: str, baseline_id: str) -> list[str]:
         page.keyboard.press("Enter")
         page.wait_for_selector("#progress-plot circle")
         page.wait_for_selector("#best-bpb")
-        for name, path in (("laptop-dashboard.png", "/#/"), ("laptop-baseline.png", f"/#/proposals/{baseline_id}")):
+        for name, path in (
+            ("laptop-dashboard.png", "/#/"),
+            ("laptop-baseline.png", f"/#/proposals/{baseline_id}"),
+        ):
             page.goto(url + path)
             page.wait_for_load_state("networkidle")
             time.sleep(2)  # the page's first poll renders its panels
@@ -125,8 +128,12 @@ def screenshots(url: str, token: str, baseline_id: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clone-of", default=str(REPO), help="the git repository to clone (default: this one)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--clone-of", default=str(REPO), help="the git repository to clone (default: this one)"
+    )
     parser.add_argument("--base-image", default="", help="a local base image, where no registry is reachable")
     parser.add_argument("--timeout-s", type=float, default=3600)
     args = parser.parse_args()
@@ -156,14 +163,20 @@ def main() -> None:
     }
     start = time.monotonic()
     try:
-        up = subprocess.run([*compose, "up", "-d", "--build"], cwd=clone, env=env, capture_output=True, text=True)
+        up = subprocess.run(
+            [*compose, "up", "-d", "--build"], cwd=clone, env=env, capture_output=True, text=True
+        )
         timings["build_and_up_s"] = round(time.monotonic() - start, 1)
         if up.returncode != 0:
             raise SystemExit(f"up failed:\n{(up.stdout + up.stderr)[-3000:]}")
 
         def logs() -> str:
             return subprocess.run(
-                [*compose, "logs", "--no-color", "controller"], cwd=clone, env=env, capture_output=True, text=True
+                [*compose, "logs", "--no-color", "controller"],
+                cwd=clone,
+                env=env,
+                capture_output=True,
+                text=True,
             ).stdout
 
         token = wait_for("the first admin token's box", lambda: admin_token_from_box(logs()), 300)
@@ -182,7 +195,9 @@ def main() -> None:
         result["screenshots"] = screenshots(url, token, baseline_id)
     finally:
         log_path.write_text(
-            subprocess.run([*compose, "logs", "--no-color"], cwd=clone, env=env, capture_output=True, text=True).stdout
+            subprocess.run(
+                [*compose, "logs", "--no-color"], cwd=clone, env=env, capture_output=True, text=True
+            ).stdout
         )
         down_start = time.monotonic()
         subprocess.run([*compose, "down", "-v"], cwd=clone, env=env, capture_output=True, text=True)

@@ -15,7 +15,9 @@ from tests.stack import BASELINE, Stack, running_stack
 
 pytestmark = pytest.mark.browser
 
-UI_TIMEOUT_MS = 120_000  # a hang guard: the fake pipeline decides in under a second idle, far slower beside a CPU hog
+UI_TIMEOUT_MS = (
+    120_000  # a hang guard: the fake pipeline decides in under a second idle, far slower beside a CPU hog
+)
 LIFECYCLE = ["queued", "running", "evaluating", "confirming", "accepted", "merged"]
 
 
