@@ -11,12 +11,14 @@ PYTEST_ARGS ?=
 setup: $(VENV)/.installed
 
 # torch 2.13.0, hash-pinned: a local CPU wheel, else PyTorch's CPU index, else PyPI's CUDA build
-# (docker/install-torch.sh).
-$(VENV)/.installed: pyproject.toml docker/lock/torch-cpu.lock docker/lock/torch-cuda.lock
+# (docker/install-torch.sh). Every package the services image pins is pinned here too (its lock, read
+# as constraints), so the tests run the versions that ship, not whatever PyPI released since.
+$(VENV)/.installed: pyproject.toml docker/lock/torch-cpu.lock docker/lock/torch-cuda.lock docker/lock/services.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	sh docker/install-torch.sh $(PY) docker/lock docker/wheels
-	$(PY) -m pip install -q -e '.[server,dev,trainer]'
+	sed -n 's/^\([A-Za-z0-9._-]*==[^ ;]*\).*/\1/p' docker/lock/services.lock > $(VENV)/services-constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/services-constraints.txt -e '.[server,dev,trainer]'
 	touch $@
 
 # torch's CPU wheel into docker/wheels/ when this machine has one locally (image builds use it).
