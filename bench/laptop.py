@@ -4,10 +4,11 @@ baseline is scored. The admin token is read from the box the controller prints o
 new user would. Then headless Chromium signs in and photographs the dashboard and the baseline's page
 (docs/img/), and `down -v` must leave nothing of the project behind.
 
-    python bench/laptop.py [--clone-of .] [--base-image IMAGE]
+    python bench/laptop.py [--clone-of .] [--base-image IMAGE] [--ca-bundle PEM]
 
 `--base-image` is for machines without a registry (compose then builds FROM that local image instead of
-the public python:3.11 one); it is the only variable set besides the port and the project name.
+the public python:3.11 one), `--ca-bundle` for machines behind a TLS-inspecting proxy (docker/certs/);
+they are the only variables set besides the port and the project name.
 Writes bench/results/laptop.json (timings, versions, what was left behind) and the compose log beside it
 in bench/results/logs/laptop.log.
 """
@@ -135,6 +136,7 @@ def main() -> None:
         "--clone-of", default=str(REPO), help="the git repository to clone (default: this one)"
     )
     parser.add_argument("--base-image", default="", help="a local base image, where no registry is reachable")
+    parser.add_argument("--ca-bundle", default="", help="a CA bundle for pip in the builds (behind a proxy)")
     parser.add_argument("--timeout-s", type=float, default=3600)
     args = parser.parse_args()
 
@@ -149,6 +151,9 @@ def main() -> None:
     env_extra = {"COMPOSE_PROJECT_NAME": project, "AR_PORT": str(port)}
     if args.base_image:
         env_extra["AR_BASE_IMAGE"] = args.base_image
+    if args.ca_bundle:
+        shutil.copy(args.ca_bundle, clone / "docker" / "certs" / "host.pem")
+        env_extra["AR_CA_BUNDLE"] = "docker/certs/host.pem"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AR_")}, **env_extra}
     compose = [*compose_command(), *CPU_FILES]
     url = f"http://127.0.0.1:{port}"
