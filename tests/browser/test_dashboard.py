@@ -93,7 +93,9 @@ def test_a_submission_moves_through_its_states_and_lands_on_the_plot(
         assert subjects == ["candidate"] + ["best", "candidate"] * len(detail["confirm_seeds"])
         heads = page.locator("#p-logs .run-log-head").all_text_contents()
         assert all(" · scored · val_bpb " in head for head in heads) and "evaluating" not in " ".join(heads)
-        assert "candidate (confirmation 3/3)" in heads[-1] and f"best {detail['base_commit'][:10]}" in heads[-2]
+        assert (
+            "candidate (confirmation 3/3)" in heads[-1] and f"best {detail['base_commit'][:10]}" in heads[-2]
+        )
         assert all("step 1/10" in text for text in page.locator("#p-logs pre").all_text_contents())
         last = detail["results"][-1]
         assert page.inner_text("#p-logs").rstrip().endswith(f"scored, val_bpb {last['val_bpb']:.6f}")

@@ -19,8 +19,8 @@ from services.committer import rules
 from services.committer.committer import Committer
 from services.committer.repo import GitResearchRepo
 from services.models import Decision, RunResult
-from services.settings import Settings
 from services.patches import canonical_diff
+from services.settings import Settings
 from services.states import State
 from services.store import Store
 from tests.conftest import free_port, wait_for
@@ -120,7 +120,9 @@ def test_status_and_list(cli: Cli, store: Store) -> None:
     assert err == "autoresearch: error: Not found (404): no proposal with id 'p_nope'\n"
 
 
-def test_submit_without_a_program_version_names_the_current_one(cli: Cli, tmp_path: Path, store: Store) -> None:
+def test_submit_without_a_program_version_names_the_current_one(
+    cli: Cli, tmp_path: Path, store: Store
+) -> None:
     path = tmp_path / "train.py"
     path.write_text(with_lr("0.003"))
     code, out, err = cli("submit", str(path), "--title", "lr 0.003")
@@ -197,7 +199,10 @@ def test_repo_clone_gets_the_branch_with_its_notes(
     monkeypatch.chdir(tmp_path)
     code, out, err = cli("repo", "clone")
     assert code == 0, err
-    assert out == f"cloned the research branch (research at {root[:12]}) into research; `git log` shows each result\n"
+    assert (
+        out
+        == f"cloned the research branch (research at {root[:12]}) into research; `git log` shows each result\n"
+    )
     log = subprocess.run(
         ["git", "-C", "research", "log", "--format=%H %s%n%N"], capture_output=True, text=True, check=True
     ).stdout

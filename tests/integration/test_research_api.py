@@ -299,7 +299,12 @@ def test_repo_bundle_clones_the_branch_alone_with_notes_agents_may_read(
     assert _git(clone, "rev-parse", "--abbrev-ref", "HEAD").strip() == "research"
     assert _git(clone, "log", "--format=%H") == service.git("log", "--format=%H", "research")
     refs = set(_git(clone, "for-each-ref", "--format=%(refname)").split())
-    assert refs == {"refs/heads/research", "refs/notes/commits", "refs/remotes/origin/HEAD", "refs/remotes/origin/research"}
+    assert refs == {
+        "refs/heads/research",
+        "refs/notes/commits",
+        "refs/remotes/origin/HEAD",
+        "refs/remotes/origin/research",
+    }
     tried = history["worse"].tried_ref
     assert tried is not None and _git(clone, "cat-file", "-t", tried, check=False) == ""
     noted = _git(clone, "notes", "list").split()[1::2]
@@ -320,7 +325,9 @@ def test_repo_bundle_clones_the_branch_alone_with_notes_agents_may_read(
 
 def test_repo_bundle_before_the_committer_wrote_one_is_503(service: Service, client: TestClient) -> None:
     service.conn.delete("ar:repo-bundle")
-    assert_problem(client.get("/v1/repo.bundle", headers=HEADERS), 503, "not-ready", "no repository bundle yet")
+    assert_problem(
+        client.get("/v1/repo.bundle", headers=HEADERS), 503, "not-ready", "no repository bundle yet"
+    )
     assert client.get("/v1/repo.bundle").status_code == 401
 
 

@@ -41,7 +41,11 @@ def test_the_environment_probe_reports_the_cpu_model() -> None:
     )
     reported = json.loads(done.stdout.strip().splitlines()[-1])["cpu"]
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in cpuinfo.read_text().splitlines()
+        if line.startswith("model name")
+    ]
     if names:
         assert reported == " ".join(names[0].split())
     assert reported and len(reported) <= 200
