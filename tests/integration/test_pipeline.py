@@ -431,12 +431,12 @@ def test_a_cpu_workers_fingerprint_names_its_cpu_model(
 ) -> None:
     cpu = Environment(gpu="cpu", driver="none", environment_hash="fake-env", cpu="Test CPU 9000")
     monkeypatch.setattr(service.sandbox, "environment", lambda: cpu)
+    baseline = service.store.get_best()
     proposal = service.submit(BASELINE.replace("1.5", "1.6"))
     service.drain()
     result = service.store.get(proposal.id).results[0]
     assert result.fingerprint is not None and result.fingerprint.cpu == "Test CPU 9000"
-    best = service.store.get_best()
-    assert best is not None and best.fingerprint_key != result.fingerprint.key()  # compared apart
+    assert baseline is not None and baseline.fingerprint_key != result.fingerprint.key()  # compared apart
     assert service.store.fingerprint_fields()[result.fingerprint.key()].cpu == "Test CPU 9000"
     # the best's runs asked for on the new fingerprint calibrate it, as for a new GPU model
-    assert service.store.calibration_runs(result.fingerprint.key()).get(best.commit)
+    assert service.store.calibration_runs(result.fingerprint.key()).get(baseline.commit)
