@@ -23,6 +23,9 @@ def now() -> float:
     return time.time()
 
 
+RUN_SCORED = "scored"  # a run's outcome when it was trained and scored (RunResult.outcome)
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -42,11 +45,15 @@ class Fingerprint(Frozen):
     fixed_hash: str  # prepare.py, evaluate.py, tokenizer and data
     wall_clock_s: int
     evaluator_version: str
+    # The CPU model where runs execute on the CPU (gpu "cpu"); "" on GPU workers. Left out of the key
+    # while empty, so GPU fingerprints keep the keys their calibration runs are filed under.
+    cpu: str = ""
 
     def key(self) -> str:
         import hashlib
 
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        exclude = {"cpu"} if not self.cpu else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
 class StepTimings(Frozen):
@@ -88,6 +95,12 @@ class RunResult(Frozen):
     log_tail: str = ""
     finished_at: float = Field(default_factory=now)
 
+    @property
+    def outcome(self) -> str:
+        """How the run ended: `scored` (its stored state stays `evaluating`, the state the proposal was
+        in when it was scored), or its failure state."""
+        return RUN_SCORED if self.state == State.EVALUATING else self.state.value
+
 
 class Decision(Frozen):
     """Why a scored proposal was accepted, rejected or sent to confirmation, with all the numbers."""
@@ -106,7 +119,7 @@ class Decision(Frozen):
     candidate_runs: list[float] = []
     best_runs: list[float] = []
     seeds: list[int] = []
-    params: dict[str, float] = {}
+    params: dict[str, int | float] = {}  # counts stay integers (confirm_runs)
     reason: str
     decided_at: float = Field(default_factory=now)
     # The held-out test tripwire (rule test-gap/v1), run on a confirmation the val rule accepts. The
@@ -127,7 +140,7 @@ class Decision(Frozen):
     )
     test_cumulative_threshold_bpb: float | None = None  # z √(Σ σ_g²/n) + slack × Σ val gain
     test_cumulative_steps: int | None = None  # steps in those sums (merges with test figures, and this one)
-    test_params: dict[str, float] = {}
+    test_params: dict[str, int | float] = {}
 
 
 ProposalKind = Literal["proposal", "run"]

@@ -21,6 +21,8 @@ Keys (prefix `ar:`):
     tokens                 hash sha256(token) → JSON {name, role}
     program:versions       list of ProgramVersion JSON; index i holds version i + 1
     livelog:<id>           stream of {chunk} entries: the live log of a running proposal (capped, expires)
+    repo-bundle            hash {head, bundle}: a git bundle of the research branch and its notes as
+                           agents may read them, written by the committer (GET /v1/repo.bundle)
 Channel `ar:events` carries every transition as JSON {proposal_id, state, reason, at}.
 """
 
@@ -310,6 +312,17 @@ class Store:
         """Every recorded commit of the research branch, oldest first."""
         entries = [LineageEntry.model_validate_json(raw) for raw in self.r.hvals("ar:lineage")]
         return sorted(entries, key=lambda e: e.position)
+
+    @_translate
+    def set_repo_bundle(self, head: str, bundle: bytes) -> None:
+        """The committer's latest bundle of the research branch (its head, and the bundle's bytes)."""
+        self.r.hset("ar:repo-bundle", mapping={"head": head, "bundle": bundle})
+
+    @_translate
+    def repo_bundle(self) -> tuple[str, bytes] | None:
+        """(head, bundle bytes) of the latest bundle, or None before the committer wrote one."""
+        head, bundle = self.r.hmget("ar:repo-bundle", ["head", "bundle"])
+        return None if head is None or bundle is None else (head.decode(), bundle)
 
     # --- fingerprints: what each key stands for
 

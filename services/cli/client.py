@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -86,6 +87,15 @@ class ApiClient:
 
     def text(self, path: str) -> str:
         return self._call("GET", path).text
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._call("POST", path, json=body).json()
+
+    def download(self, path: str, target: Path) -> str:
+        """Write the answer's body to `target`; returns its `X-Research-Head` header ("" if none)."""
+        answer = self._call("GET", path)
+        target.write_bytes(answer.content)
+        return str(answer.headers.get("X-Research-Head", ""))
 
     def put(self, path: str, body: dict[str, Any]) -> tuple[Any, int]:
         answer = self._call("PUT", path, json=body)

@@ -2,10 +2,13 @@
 
     autoresearch submit FILE_OR_DIFF --title T [--description D] [--agent A] [--watch]
     autoresearch status [ID] | list [--state S] | watch ID | logs ID [--follow]
-    autoresearch leaderboard | best [--output train.py]
+    autoresearch leaderboard | best [--output train.py] | results [--tsv]
     autoresearch program get [--version N] [--diff] | set FILE --message M | versions | stats
+    autoresearch repo clone [DIR] | repo bundle --output FILE
+    autoresearch token create NAME [--role agent|admin]
 
 The controller's URL and a token come from --url/--token or AUTORESEARCH_URL/AUTORESEARCH_TOKEN.
+--url, --token and --json go before or after the command.
 Exit codes: 0 done; 1 the controller refused (its problem detail is printed); 2 usage; 3 the
 controller cannot be reached; 4 `watch` (or `submit --watch`) saw the proposal end other than merged.
 """
@@ -23,8 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from services.cli import clone
 from services.cli.client import DEFAULT_URL, ApiClient, ClientError, StreamBroken, Unreachable
-from services.states import State
+from services.states import FAILURES, State
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_MERGED = 0, 1, 2, 3, 4
 RECONNECTS = 5  # a broken event stream is reopened this many times (the server replays the state)
@@ -65,64 +69,106 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 refused by the controller, 2 usage, 3 controller unreachable, "
         "4 a watched proposal ended other than merged.",
     )
-    p.add_argument("--url", default=os.environ.get("AUTORESEARCH_URL", DEFAULT_URL), help="controller URL")
-    p.add_argument("--token", default=os.environ.get("AUTORESEARCH_TOKEN"), help="bearer token")
-    p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    _add_common(p, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, argparse.SUPPRESS)  # after the command too, without resetting what came before
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("submit", help="submit a train.py or a unified diff of trainer/train.py")
+    def command(name: str, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = parent.add_parser(name, help=help, parents=[common])
+        return made
+
+    s = command("submit", help="submit a train.py or a unified diff of trainer/train.py")
     s.add_argument("file", help="a whole train.py or a unified diff ('-': standard input)")
     s.add_argument("--title", required=True, help="one line: what the change is")
     s.add_argument("--description", default="", help="why it should help")
     s.add_argument("--agent", default=os.environ.get("AUTORESEARCH_AGENT") or getpass.getuser())
     s.add_argument("--base", dest="base_commit", help="base commit (default: the current best)")
-    s.add_argument("--program-version", type=int, help="the program.md version you worked from")
+    s.add_argument(
+        "--program-version",
+        type=int,
+        help="the program.md version you worked from (default: the current one)",
+    )
     s.add_argument("--idempotency-key", help="default: a fresh one (retries within this call reuse it)")
     s.add_argument("--watch", action="store_true", help="then follow it until it finishes")
     s.set_defaults(run=cmd_submit)
 
-    s = sub.add_parser("status", help="the service's status, or one proposal's")
+    s = command("status", help="the service's status, or one proposal's")
     s.add_argument("id", nargs="?")
     s.set_defaults(run=cmd_status)
 
-    s = sub.add_parser("list", help="proposals, newest first")
+    s = command("list", help="proposals, newest first")
     s.add_argument("--state", choices=[state.value for state in State])
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--offset", type=int, default=0)
     s.set_defaults(run=cmd_list)
 
-    s = sub.add_parser("watch", help="follow a proposal live until it finishes")
+    s = command("watch", help="follow a proposal live until it finishes")
     s.add_argument("id")
     s.set_defaults(run=cmd_watch)
 
-    s = sub.add_parser("logs", help="a proposal's log")
+    s = command("logs", help="a proposal's log")
     s.add_argument("id")
     s.add_argument("--follow", "-f", action="store_true", help="stream the output of a running proposal")
     s.set_defaults(run=cmd_logs)
 
-    s = sub.add_parser("leaderboard", help="scored proposals, best first")
+    s = command("leaderboard", help="scored proposals, best first")
     s.add_argument("--limit", type=int, default=20)
     s.set_defaults(run=cmd_leaderboard)
 
-    s = sub.add_parser("best", help="the best commit; --output saves its train.py")
+    s = command("best", help="the best commit; --output saves its train.py")
     s.add_argument("--output", "-o", help="write the best train.py here ('-': standard output)")
     s.set_defaults(run=cmd_best)
 
-    prog = sub.add_parser("program", help="program.md: the instructions agents work from")
+    prog = command("program", help="program.md: the instructions agents work from")
     psub = prog.add_subparsers(dest="program_command", required=True, metavar="ACTION")
-    s = psub.add_parser("get", help="print the current (or a given) version")
+    s = command("get", help="print the current (or a given) version", parent=psub)
     s.add_argument("--version", type=int)
     s.add_argument("--diff", action="store_true", help="print the diff from the version before instead")
     s.set_defaults(run=cmd_program_get)
-    s = psub.add_parser("set", help="store a new version (admin token)")
+    s = command("set", help="store a new version (admin token)", parent=psub)
     s.add_argument("file", help="the new program.md ('-': standard input)")
     s.add_argument("--message", "-m", required=True, help="one line: what changed and why")
     s.set_defaults(run=cmd_program_set)
-    s = psub.add_parser("versions", help="list the versions")
+    s = command("versions", help="list the versions", parent=psub)
     s.set_defaults(run=cmd_program_versions)
-    s = psub.add_parser("stats", help="win rate and mean delta per version")
+    s = command("stats", help="win rate and mean delta per version", parent=psub)
     s.set_defaults(run=cmd_program_stats)
+
+    s = command("results", help="results.tsv: every verdict, oldest first (keep, discard, crash)")
+    s.add_argument("--tsv", action="store_true", help="print the tab-separated file as it is (for a file)")
+    s.set_defaults(run=cmd_results)
+
+    repo = command("repo", help="the research branch as a git repository")
+    rsub = repo.add_subparsers(dest="repo_command", required=True, metavar="ACTION")
+    s = command("clone", help="download the branch with its notes and git clone it", parent=rsub)
+    s.add_argument("directory", nargs="?", default="research", help="where to clone it (default: research)")
+    s.set_defaults(run=cmd_repo_clone)
+    s = command("bundle", help="save the git bundle (GET /v1/repo.bundle)", parent=rsub)
+    s.add_argument("--output", "-o", required=True, help="the bundle file to write")
+    s.set_defaults(run=cmd_repo_bundle)
+
+    token = command("token", help="bearer tokens (admin token)")
+    tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    s = command("create", help="create a token; it is printed once, only its hash is kept", parent=tsub)
+    s.add_argument("name", help="who uses it (an agent's or a person's name)")
+    s.add_argument("--role", choices=["agent", "admin"], default="agent")
+    s.set_defaults(run=cmd_token_create)
     return p
+
+
+def _add_common(p: argparse.ArgumentParser, default: Any) -> None:
+    """--url, --token and --json. On a command's own parser `default` is SUPPRESS, so that an option
+    given before the command is not reset by the command's parser when it is not repeated after."""
+    suppress = default is argparse.SUPPRESS
+    url = default if suppress else os.environ.get("AUTORESEARCH_URL", DEFAULT_URL)
+    token = default if suppress else os.environ.get("AUTORESEARCH_TOKEN")
+    p.add_argument("--url", default=url, help="controller URL")
+    p.add_argument("--token", default=token, help="bearer token")
+    p.add_argument(
+        "--json", action="store_true", default=default if suppress else False,
+        help="print the API's JSON instead of a table",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- commands
@@ -138,8 +184,9 @@ def cmd_submit(client: ApiClient, args: argparse.Namespace) -> int:
     }
     if args.base_commit:
         body["base_commit"] = args.base_commit
-    if args.program_version is not None:
-        body["program_version"] = args.program_version
+    body["program_version"] = (
+        args.program_version if args.program_version is not None else client.get("/v1/program")["version"]
+    )
     proposal, created = client.submit(body, args.idempotency_key)
     if args.json:
         _print_json(proposal)
@@ -317,6 +364,46 @@ def cmd_program_stats(client: ApiClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_results(client: ApiClient, args: argparse.Namespace) -> int:
+    tsv = client.text("/v1/results.tsv")
+    if args.tsv:
+        sys.stdout.write(tsv)
+        return EXIT_OK
+    header, *rows = [line.split("\t") for line in tsv.splitlines() if line]
+    if args.json:
+        _print_json([dict(zip(header, row, strict=False)) for row in rows])
+        return EXIT_OK
+    _table(header, rows)
+    return EXIT_OK
+
+
+def cmd_repo_bundle(client: ApiClient, args: argparse.Namespace) -> int:
+    head = client.download("/v1/repo.bundle", Path(args.output))
+    print(f"wrote {args.output}: the research branch at {head[:12]} with its notes")
+    return EXIT_OK
+
+
+def cmd_repo_clone(client: ApiClient, args: argparse.Namespace) -> int:
+    target = Path(args.directory)
+    if target.exists() and any(target.iterdir()):
+        raise ClientError(f"{target} exists and is not empty")
+    with clone.scratch_file("research.bundle") as bundle:
+        head = client.download("/v1/repo.bundle", bundle)
+        branch = clone.clone_bundle(bundle, target)
+    print(f"cloned the research branch ({branch} at {head[:12]}) into {target}; `git log` shows each result")
+    return EXIT_OK
+
+
+def cmd_token_create(client: ApiClient, args: argparse.Namespace) -> int:
+    created = client.post("/v1/tokens", {"name": args.name, "role": args.role})
+    if args.json:
+        _print_json(created)
+        return EXIT_OK
+    print(created["token"])
+    print(f"# a {created['role']} token named {created['name']}: shown only now, keep it", file=sys.stderr)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- watching
 
 
@@ -427,7 +514,7 @@ def describe(p: dict[str, Any]) -> str:
     decision = p.get("decision")
     if decision:
         lines.append(
-            f"  decision: {'accepted' if decision['accepted'] else 'rejected'} "
+            f"  decision: {verdict(p)}; "
             f"delta {_num(decision.get('delta_bpb'), signed=True)} ({decision['rule']}): {decision['reason']}"
         )
     if p.get("merged_commit"):
@@ -435,6 +522,28 @@ def describe(p: dict[str, Any]) -> str:
     for event in p.get("events", []):
         lines.append(f"  {_when(event['at'])}  {event['state']:<11} {event['reason']}")
     return "\n".join(lines)
+
+
+def verdict(p: dict[str, Any]) -> str:
+    """Where the decision stands: a screening verdict that sent the proposal to confirmation is not a
+    rejection, and a confirmation still running says how many paired runs it waits for."""
+    decision = p["decision"]
+    state = p["state"]
+    if decision.get("stage", "screen") == "screen" and decision.get("confirm"):
+        if state == State.CONFIRMING:
+            total = len(p.get("confirm_seeds") or [])
+            done = len(p.get("baseline_results") or [])
+            return f"screening passed; confirming: {done} of {total} paired runs done, waiting for {total - done}"
+        if state in FAILURES:
+            return f"screening passed; confirmation ended {state}"
+        return "screening passed"
+    if decision.get("stage", "screen") == "screen":
+        return "rejected at screening"
+    if decision["accepted"]:
+        return "accepted and merged" if state == State.MERGED else "accepted"
+    if decision.get("tripwire") == "blocked":
+        return "rejected (blocked by the held-out test tripwire)"
+    return "rejected"
 
 
 def outcome(p: dict[str, Any]) -> str:

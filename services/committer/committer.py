@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from services import queue
 from services.committer import rules
 from services.committer.repo import CommitInfo, HeadMoved, RepoError, ResearchRepo
+from services.controller.disclosure import Disclosure
 from services.errors import ProposalError
 from services.models import Best, Decision, LineageEntry, Proposal, RunResult, new_id, now
 from services.patches import build_candidate, split_lines
@@ -59,6 +60,7 @@ class Committer:
             self.store.set_best(best)
         if best.val_bpb is None:
             self.request_baseline(best.commit)
+        self.publish_bundle()
         return head
 
     def _record_legacy_merges(self, history: list[CommitInfo]) -> None:
@@ -313,7 +315,10 @@ class Committer:
                 return self._requeue_on_head(proposal)
             try:
                 merged = self.repo.commit_on_branch(
-                    proposal.base_commit, proposal.train_py, _message(proposal, decision), proposal.id
+                    proposal.base_commit,
+                    proposal.train_py,
+                    _message(proposal, decision, self.settings.agent_score_decimals),
+                    proposal.id,
                 )
             except HeadMoved:
                 return self._requeue_on_head(proposal)
@@ -343,6 +348,7 @@ class Committer:
             )
         )
         pauses.reached("merge:best-set")
+        self.publish_bundle()
         return self.store.transition(
             proposal_id, State.MERGED, f"merged as {merged[:10]}: {decision.reason}", merged_commit=merged
         )
@@ -409,19 +415,50 @@ class Committer:
                 )
             )
             reason += f"; the best's score is now the mean of {max(1, len(runs))} runs: {mean:.6f}"
-            self._score_root(best.commit, mean, scored)
+            self._record_root_runs(best.commit, scored, mean)
             self._release_waiting()
+        else:
+            self._record_root_runs(proposal.base_commit, scored, None)
         return self.store.transition(proposal.id, State.MERGED, reason)
 
-    def _score_root(self, commit: str, val_bpb: float, scored: list[RunResult]) -> None:
-        """The root of the lineage (the baseline trainer) gets its score from runs of it."""
+    def _record_root_runs(self, commit: str, scored: list[RunResult], val_bpb: float | None) -> None:
+        """Runs of the lineage's root (the baseline trainer) join the runs its note holds, as any
+        merged commit's note holds all of its runs; while the root is the best, `val_bpb` (the mean of
+        its runs) becomes its score. Runs already in the note (a retried decision) are not added twice."""
         entry = self.store.lineage_entry(commit)
-        if entry is not None and entry.proposal_id is None:
+        if entry is None or entry.proposal_id is not None:
+            return
+        earlier = _note_fields(self.repo.note(commit))
+        if val_bpb is not None:
             memory = _peak_memory(scored)
             self.store.add_lineage(entry.model_copy(update={"val_bpb": val_bpb, "peak_memory_bytes": memory}))
-            # in git too, so that a fresh Redis recovers the baseline's score with the lineage
-            note = {"val_bpb": val_bpb, "peak_memory_bytes": memory, "results": _results_json(scored)}
-            self.repo.set_note(commit, json.dumps(note, indent=2, sort_keys=True))
+        else:
+            val_bpb, memory = earlier.get("val_bpb"), earlier.get("peak_memory_bytes")
+        # in git too, so that a fresh Redis recovers the baseline's score with the lineage
+        runs = _merged_runs(earlier.get("results"), _results_json(scored))
+        note = {"val_bpb": val_bpb, "peak_memory_bytes": memory, "results": runs}
+        self.repo.set_note(commit, json.dumps(note, indent=2, sort_keys=True))
+        self.publish_bundle()
+
+    def publish_bundle(self) -> None:
+        """Store a fresh bundle of the branch for GET /v1/repo.bundle: its notes as agents may read
+        them (`public_note`). A failure is logged, never raised: the verdict stands without it."""
+        try:
+            head, bundle = self.repo.bundle(self.public_note)
+        except RepoError as exc:
+            log.error("the repository bundle was not refreshed: %s", exc)
+            return
+        self.store.set_repo_bundle(head, bundle)
+
+    def public_note(self, note: str) -> str | None:
+        """A note as agents may read it: what the API shows an agent of the same record (scores at
+        the agents' precision, no held-out test figures, no scorer timings, whole-second times).
+        A note that is not the committer's JSON is left out."""
+        data = _note_fields(note)
+        if not data:
+            return None
+        public = Disclosure(admin=False, decimals=self.settings.agent_score_decimals).data(data)
+        return json.dumps(public, indent=2, sort_keys=True)
 
     def _remember_fingerprints(self, results: Iterable[RunResult]) -> None:
         for fingerprint in {r.fingerprint for r in results if r.fingerprint is not None}:
@@ -439,7 +476,7 @@ class Committer:
                 proposal.id,
                 proposal.base_commit,
                 proposal.train_py,
-                _message(proposal, decision),
+                _message(proposal, decision, self.settings.agent_score_decimals),
                 _note(proposal, decision),
             )
         except RepoError as exc:
@@ -447,6 +484,15 @@ class Committer:
             return f" (its tried ref could not be kept: {exc})"
         self.store.update(proposal.id, tried_ref=sha)
         return ""
+
+
+def _merged_runs(earlier: object, new: list[dict[str, object]]) -> list[object]:
+    """The runs of a note followed by the new runs, each run (by its run_id) once."""
+    if not isinstance(earlier, list):
+        return list(new)
+    fresh = {run.get("run_id") for run in new}
+    kept = [run for run in earlier if not (isinstance(run, dict) and run.get("run_id") in fresh)]
+    return [*kept, *new]
 
 
 def _runs_complete(proposal: Proposal) -> bool:
@@ -533,9 +579,11 @@ def _lineage_from_git(
     )  # fmt: skip
 
 
-def _message(proposal: Proposal, decision: Decision) -> str:
-    best = "none" if decision.best_bpb is None else f"{decision.best_bpb:.6f}"
-    delta = "n/a" if decision.delta_bpb is None else f"{decision.delta_bpb:+.6f}"
+def _message(proposal: Proposal, decision: Decision, decimals: int) -> str:
+    """The commit message; its scores at the agents' precision (`decimals`), since agents clone the
+    branch (GET /v1/repo.bundle). The full figures are in the note and the API."""
+    best = "none" if decision.best_bpb is None else f"{decision.best_bpb:.{decimals}f}"
+    delta = "n/a" if decision.delta_bpb is None else f"{decision.delta_bpb:+.{decimals}f}"
     first = next((r for r in proposal.results if r.val_bpb is not None), None)
     memory_gb = (first.peak_memory_bytes or 0) / 1e9 if first else 0.0
     lines = [
@@ -543,7 +591,7 @@ def _message(proposal: Proposal, decision: Decision) -> str:
         "",
         proposal.description.strip(),
         "",
-        f"val_bpb: {decision.candidate_bpb:.6f} (best {best} at {decision.best_commit[:10]}, delta {delta})",
+        f"val_bpb: {decision.candidate_bpb:.{decimals}f} (best {best} at {decision.best_commit[:10]}, delta {delta})",
         f"rule: {decision.rule}; runs: {len(proposal.results)}; seeds: {[r.seed for r in proposal.results]}",
         f"steps: {first.steps if first else None}; memory_gb: {memory_gb:.1f}",
         "",

@@ -13,6 +13,10 @@ committer killed anywhere in a merge finds, after a restart, either its commit o
 nothing is committed twice) or not (the ref is stale: it commits again and moves the ref), and a
 failed compare-and-swap leaves nothing that counts.
 
+`bundle` packs the branch alone for people and agents to clone (GET /v1/repo.bundle): the branch, its
+HEAD, and a notes ref holding the notes of branch commits as the caller rewrites them; no other ref
+(tried, merged, earlier notes) travels with it.
+
 Every git failure is raised as RepoError.
 """
 
@@ -20,6 +24,7 @@ import io
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -74,6 +79,8 @@ class ResearchRepo(Protocol):
     def note(self, sha: str) -> str | None: ...
 
     def set_note(self, sha: str, note: str) -> None: ...
+
+    def bundle(self, public_note: Callable[[str], str | None]) -> tuple[str, bytes]: ...
 
 
 class GitResearchRepo:
@@ -202,6 +209,52 @@ class GitResearchRepo:
         """Attach (or replace) the note of a commit, e.g. the baseline's score once it is run."""
         self._add_note(sha, note)
 
+    # --- the bundle people and agents clone
+
+    def bundle(self, public_note: Callable[[str], str | None]) -> tuple[str, bytes]:
+        """(the branch head, a git bundle of HEAD and the branch with `refs/notes/commits` holding
+        `public_note(note)` of each branch commit's note; None drops a note). Built in a scratch
+        repository that borrows this one's objects, so nothing is written here. Its notes ref is one
+        commit without parents: no earlier version of a note, and no note of a commit off the branch,
+        is in the bundle."""
+        head = self.head()
+        on_branch = set(self._git("rev-list", f"refs/heads/{self.branch}").split())
+        notes = self._branch_notes(on_branch)
+        with tempfile.TemporaryDirectory(prefix="ar-bundle-") as tmp:
+            scratch = Path(tmp) / "scratch.git"
+            self._git("init", "--quiet", "--bare", f"--initial-branch={self.branch}", str(scratch))
+            alternates = scratch / "objects" / "info" / "alternates"
+            alternates.write_text(f"{(self.path / 'objects').resolve()}\n", encoding="utf-8")
+            runner = git.Git(str(scratch))
+            refs = [f"refs/heads/{self.branch}"]
+            self._git("update-ref", refs[0], head, runner=runner)
+            entries = []
+            for commit, text in sorted(notes.items()):
+                public = public_note(text)
+                if public is not None:
+                    blob = self._git("hash-object", "-w", "--stdin", stdin=public, runner=runner)
+                    entries.append(f"100644 blob {blob}\t{commit}\n")
+            if entries:
+                tree = self._git("mktree", stdin="".join(entries), runner=runner)
+                message = f"Notes of {self.branch} at {head[:10]}"
+                notes_commit = self._git("commit-tree", tree, "-m", message, env=self._ident, runner=runner)
+                self._git("update-ref", NOTES_REF, notes_commit, runner=runner)
+                refs.append(NOTES_REF)
+            out = Path(tmp) / "research.bundle"
+            self._git("bundle", "create", "--quiet", str(out), "HEAD", *refs, runner=runner)
+            return head, out.read_bytes()
+
+    def _branch_notes(self, commits: set[str]) -> dict[str, str]:
+        """commit → its note, for the given commits that have one."""
+        listed = self._git("notes", f"--ref={NOTES_REF}", "list") if self._ref_sha(NOTES_REF) else ""
+        notes = {}
+        for line in listed.splitlines():
+            blob, _, commit = line.partition(" ")
+            if commit in commits:
+                raw = self._open().odb.stream(bytes.fromhex(blob)).read()
+                notes[commit] = raw.decode("utf-8", "replace")
+        return notes
+
     # --- plumbing
 
     def _commit(self, parent: str, train_py: str, message: str) -> str:
@@ -228,22 +281,33 @@ class GitResearchRepo:
             return None
 
     def _git(
-        self, *args: str, env: dict[str, str] | None = None, strip: bool = True, stdin: str | None = None
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        strip: bool = True,
+        stdin: str | None = None,
+        runner: git.Git | None = None,
     ) -> str:
-        """Run git; `stdin` (a message) goes through a file, never the command line (no length limit,
-        and git itself refuses what it cannot store, e.g. a NUL in a commit message)."""
+        """Run git (in this repository, or where `runner` works); `stdin` (a message) goes through a
+        file, never the command line (no length limit, and git itself refuses what it cannot store,
+        e.g. a NUL in a commit message)."""
         if stdin is None:
-            return self._run(args, env, strip, None)
+            return self._run(args, env, strip, None, runner)
         with tempfile.TemporaryFile() as feed:
             feed.write(stdin.encode("utf-8", errors="backslashreplace"))
             feed.seek(0)
-            return self._run(args, env, strip, feed)
+            return self._run(args, env, strip, feed, runner)
 
     def _run(
-        self, args: tuple[str, ...], env: dict[str, str] | None, strip: bool, feed: BinaryIO | None
+        self,
+        args: tuple[str, ...],
+        env: dict[str, str] | None,
+        strip: bool,
+        feed: BinaryIO | None,
+        runner: git.Git | None = None,
     ) -> str:
         try:
-            out: str = self._open().git.execute(
+            out: str = (runner or self._open().git).execute(
                 ["git", *args], env=env, strip_newline_in_stdout=strip, istream=feed
             )
         except git.GitCommandError as exc:

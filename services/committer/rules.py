@@ -129,19 +129,35 @@ def screen(
     delta = candidate_bpb - best_bpb
     limit = params.screen_margin_sigma * noise.sigma_bpb
     confirm = delta < limit
-    verdict = (
-        f"screening run {candidate_bpb:.6f} is within {params.screen_margin_sigma:g} σ of the best "
-        f"{best_bpb:.6f} (Δ {delta:+.6f}, σ {noise.sigma_bpb:.6f} {noise.source}); confirming with "
-        f"{params.confirm_runs} paired runs"
-        if confirm
-        else f"val_bpb {candidate_bpb:.6f} does not beat the best {best_bpb:.6f} (Δ {delta:+.6f} > "
-        f"{params.screen_margin_sigma:g} σ = {limit:.6f}; σ {noise.sigma_bpb:.6f} {noise.source})"
-    )
     return Decision(
         accepted=False, rule=PAIRED_Z_RULE, stage="screen", confirm=confirm, candidate_bpb=candidate_bpb,
         best_bpb=best_bpb, best_commit=best_commit, delta_bpb=delta, sigma_bpb=noise.sigma_bpb,
-        sigma_source=noise.source, threshold_bpb=limit, reason=verdict, params=_params(params),
+        sigma_source=noise.source, threshold_bpb=limit, reason=_screen_reason(candidate_bpb, best_bpb, noise, params),
+        params=_params(params),
     )  # fmt: skip
+
+
+def _screen_reason(candidate_bpb: float, best_bpb: float, noise: Noise, params: RuleParams) -> str:
+    """What the screening run did: beat the best (by how much, in σ), came within the margin, or lost."""
+    delta = candidate_bpb - best_bpb
+    limit = params.screen_margin_sigma * noise.sigma_bpb
+    sigma = f"σ {noise.sigma_bpb:.6f} {noise.source}"
+    confirming = f"confirming with {params.confirm_runs} paired runs"
+    if delta < 0:
+        size = f"{-delta / noise.sigma_bpb:.1f} σ; " if noise.sigma_bpb > 0 else ""
+        return (
+            f"screening run {candidate_bpb:.6f} beats the best {best_bpb:.6f} by {-delta:.6f} "
+            f"({size}{sigma}); {confirming}"
+        )
+    if delta < limit:
+        return (
+            f"screening run {candidate_bpb:.6f} is {delta:.6f} worse than the best {best_bpb:.6f}, within the "
+            f"margin of {params.screen_margin_sigma:g} σ = {limit:.6f} ({sigma}); {confirming}"
+        )
+    return (
+        f"val_bpb {candidate_bpb:.6f} does not beat the best {best_bpb:.6f} (Δ {delta:+.6f} > "
+        f"{params.screen_margin_sigma:g} σ = {limit:.6f}; {sigma})"
+    )
 
 
 def confirm(
@@ -258,11 +274,11 @@ def gap_step(decision: Decision) -> GapStep | None:
     return GapStep(decision.test_gap_bpb, decision.test_gap_sigma_bpb / math.sqrt(decision.test_n), gain)
 
 
-def _tripwire_params(params: TripwireParams) -> dict[str, float]:
+def _tripwire_params(params: TripwireParams) -> dict[str, int | float]:
     return {"z": params.z, "sigma_prior_bpb": params.sigma_prior_bpb, "gain_slack": params.gain_slack}
 
 
-def _params(params: RuleParams) -> dict[str, float]:
+def _params(params: RuleParams) -> dict[str, int | float]:
     return {
         "confirm_runs": params.confirm_runs,
         "screen_margin_sigma": params.screen_margin_sigma,

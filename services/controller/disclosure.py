@@ -42,6 +42,7 @@ HIDDEN_KEYS = frozenset({"scorer_timings", "logits_slots"})
 HIDDEN_PREFIX = "test_"  # the held-out split's figures: admins only
 TEXT_KEYS = frozenset({"reason"})
 SIGMA_DIGITS = 2
+ADMIN_SCORE_DECIMALS = 6  # how the committer writes scores in its verdicts
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -80,6 +81,12 @@ class Disclosure:
         if value is None or self.admin or not math.isfinite(value):
             return value
         return round(value, self.decimals)
+
+    def score_text(self, value: float | None) -> str:
+        """A score written out: six decimals for admins, the agents' precision for agents."""
+        if value is None:
+            return "-"
+        return f"{value:.{ADMIN_SCORE_DECIMALS if self.admin else self.decimals}f}"
 
     def text(self, text: str) -> str:
         """Numbers written with more decimals than agents see, rounded."""

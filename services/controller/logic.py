@@ -7,6 +7,7 @@ the app maps to problem+json in one place.
 import difflib
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,16 @@ from services.controller.schemas import (
 )
 from services.errors import InfraError, NotFound, ProposalError, UnknownBase
 from services.metrics import Digest, DigestCache
-from services.models import PROPOSAL_ID_PREFIX, RUN_ID_PREFIX, Best, Event, ProgramVersion, Proposal, new_id
+from services.models import (
+    PROPOSAL_ID_PREFIX,
+    RUN_ID_PREFIX,
+    Best,
+    Event,
+    ProgramVersion,
+    Proposal,
+    RunResult,
+    new_id,
+)
 from services.patches import build_candidate, content_hash
 from services.queue import enqueue_run, queue_depths
 from services.settings import Settings
@@ -155,16 +165,61 @@ def list_proposals(
     return proposals, total, size
 
 
-def proposal_log(store: Store, proposal_id: str) -> str:
-    """The kept log tail of each finished run, oldest first, under a one-line header each."""
+def proposal_log(
+    store: Store,
+    proposal_id: str,
+    score: Callable[[float | None], str] = lambda v: "-" if v is None else f"{v:.6f}",
+    text: Callable[[str], str] = lambda t: t,
+) -> str:
+    """The kept log tail of each finished run under a header (who ran: the candidate or the best, the
+    seed, the outcome and the score) and above a closing line with the outcome and score. Paired runs
+    come best first, so the candidate's run, and its score, end the log. `score` and `text` write
+    figures as the caller may see them."""
     proposal = store.get(proposal_id)
-    if not proposal.results:
+    runs = ordered_runs(proposal)
+    if not runs:
         return f"# no finished runs yet; proposal {proposal.id} is {proposal.state}\n"
     parts = []
-    for result in proposal.results:
-        header = f"# run {result.run_id} seed {result.seed}: {result.state}"
-        parts.append(f"{header}{': ' + result.reason if result.reason else ''}\n{result.log_tail}")
-    return "\n".join(part if part.endswith("\n") else part + "\n" for part in parts)
+    for run in runs:
+        result = run.result
+        reason = f": {text(result.reason)}" if result.reason else ""
+        header = (
+            f"# ---- run {result.run_id} · {run.role} · seed {result.seed} · {result.outcome} · "
+            f"val_bpb {score(result.val_bpb)}{reason}"
+        )
+        tail = (
+            result.log_tail
+            if result.log_tail.endswith("\n") or not result.log_tail
+            else result.log_tail + "\n"
+        )
+        closing = f"# ---- end of run {result.run_id} ({run.role}): {result.outcome}, val_bpb {score(result.val_bpb)}"
+        parts.append(f"{header}\n{tail}{closing}\n")
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class RunOfProposal:
+    role: str  # "candidate (screening)", "best 0123456789 (paired, confirmation 1/3)", ...
+    result: RunResult
+
+
+def ordered_runs(proposal: Proposal) -> list[RunOfProposal]:
+    """A proposal's finished runs in reading order: its screening runs, then each confirmation pair
+    with the best's run first and the candidate's after it, so a log ends with the candidate."""
+    if proposal.kind == "run":
+        return [RunOfProposal(f"commit {proposal.base_commit[:10]}", r) for r in proposal.results]
+    screening = proposal.results[: len(proposal.seeds)]
+    confirmation = proposal.results[len(proposal.seeds) :]
+    total = len(proposal.confirm_seeds) or len(confirmation)
+    runs = [RunOfProposal("candidate (screening)", r) for r in screening]
+    for i in range(max(len(confirmation), len(proposal.baseline_results))):
+        step = f"confirmation {i + 1}/{total}"
+        if i < len(proposal.baseline_results):
+            best = proposal.baseline_results[i]
+            runs.append(RunOfProposal(f"best {proposal.base_commit[:10]} (paired, {step})", best))
+        if i < len(confirmation):
+            runs.append(RunOfProposal(f"candidate ({step})", confirmation[i]))
+    return runs
 
 
 def cancel_proposal(store: Store, principal: Principal, proposal_id: str) -> Proposal:

@@ -6,6 +6,7 @@ controller has no git access). Imports no FastAPI; failures are ServiceErrors.
 from dataclasses import dataclass
 
 from services.committer import rules
+from services.controller.logic import NotReady
 from services.errors import NotFound
 from services.metrics import DigestCache
 from services.models import Fingerprint, LineageEntry, Proposal
@@ -60,6 +61,18 @@ def _row(commit: str, val_bpb: float, peak_memory_bytes: int | None, status: str
     memory_gb = (peak_memory_bytes or 0) / 1e9
     text = " ".join(description.split())  # no tabs or newlines inside a field
     return f"{commit[:SHORT_SHA]}\t{val_bpb:.6f}\t{memory_gb:.1f}\t{status}\t{text}"
+
+
+# ---------------------------------------------------------------------------- the repository bundle
+
+
+def repo_bundle(store: Store) -> tuple[str, bytes]:
+    """(the research branch's head, a git bundle of the branch with its notes as agents may read them),
+    as the committer last wrote it."""
+    found = store.repo_bundle()
+    if found is None:
+        raise NotReady("no repository bundle yet: the committer writes one when it starts; try again shortly")
+    return found
 
 
 # ---------------------------------------------------------------------------- fingerprints

@@ -139,7 +139,15 @@ if gpu and driver is None:
         driver = next(w for w in words if w[:1].isdigit() and "." in w)
     except (OSError, StopIteration):
         pass
-print(json.dumps({"info": info, "gpu": gpu, "driver": driver}))
+cpu = ""
+try:  # x86: "model name"; ARM: "Model" or "Hardware", else the architecture
+    fields = dict(line.split(":", 1) for line in open("/proc/cpuinfo") if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    cpu = next((fields[k] for k in ("model name", "Model", "Hardware", "cpu model") if fields.get(k)), "")
+except OSError:
+    pass
+cpu = " ".join((cpu or platform.processor() or platform.machine()).split())[:200]
+print(json.dumps({"info": info, "gpu": gpu, "driver": driver, "cpu": cpu}))
 """
 
 # Run by the fixed-files probe with the scorer's in-container path: the trusted scorer's own hashes
@@ -804,7 +812,8 @@ class DockerSandbox:
         probe = self._run_probe("environment probe", [self.python, "-c", _PROBE], [])
         digest = hashlib.sha256(json.dumps(probe["info"], sort_keys=True).encode()).hexdigest()
         if self.settings.gpu_mode == "none":
-            return Environment(gpu="cpu", driver="none", environment_hash=digest)
+            cpu = str(probe.get("cpu") or "unknown")
+            return Environment(gpu="cpu", driver="none", environment_hash=digest, cpu=cpu)
         if not probe.get("gpu"):
             raise SandboxUnavailable(f"no GPU visible in the sandbox (gpu_mode={self.settings.gpu_mode})")
         driver = str(probe.get("driver") or "unknown")

@@ -192,6 +192,7 @@ class Worker:
         scores the held-out test split too, where one is configured (runs that can decide a merge)."""
         run_id = new_id("run")
         train_py = proposal.train_py if subject == "candidate" else proposal.base_train_py
+        self.store.append_live_log(proposal.id, _run_header(proposal, run_id, seed, subject, announce))
         t0 = time.monotonic()
         paths = prepare_run_dir(self.settings.runs_dir, run_id, train_py)
         step = _Step(subject, announce, score_test and bool(self.settings.test_data))
@@ -309,6 +310,7 @@ class Worker:
             fixed_hash=_digest(pinned.hashes),
             wall_clock_s=self.settings.run_wall_clock_s,
             evaluator_version=str(scored.get("evaluator_version", "")),
+            cpu=env.cpu if env.gpu == "cpu" else "",
         )
         return RunResult.model_validate(
             {
@@ -398,6 +400,20 @@ class _Step:
     subject: Literal["candidate", "best"]
     announce: bool
     score_test: bool
+
+
+def _run_header(
+    proposal: Proposal, run_id: str, seed: int, subject: Literal["candidate", "best"], screening: bool
+) -> str:
+    """The live log's line before a run's output: which train.py runs (the candidate's or the best's),
+    and its seed; a proposal's live log holds all of its runs one after the other."""
+    if proposal.kind == "run":
+        who = f"commit {proposal.base_commit[:10]}"
+    elif subject == "best":
+        who = f"best {proposal.base_commit[:10]} (paired)"
+    else:
+        who = "candidate (screening)" if screening else "candidate (confirmation)"
+    return f"# ---- run {run_id} · {who} · seed {seed} · started\n"
 
 
 def classify_training(outcome: StepOutcome, wall_clock_s: int) -> tuple[State, str] | None:

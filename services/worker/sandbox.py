@@ -128,6 +128,7 @@ class Environment:
     gpu: str
     driver: str
     environment_hash: str
+    cpu: str = ""  # the CPU model, where runs execute on the CPU (gpu "cpu")
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,26 @@ def test_a_submission_moves_through_its_states_and_lands_on_the_plot(
         decision = page.text_content("#p-decision")
         assert "paired-z/v1" in decision and "accepted" in decision
         assert re.search(r"−?-?0\.1000\d\d", decision), decision  # Δ of about -0.1
-        page.wait_for_selector("#p-log:has-text('step 1/10')")
+        assert "verdictaccepted and merged" in decision  # the cells, joined
+        detail = client.get(f"/v1/proposals/{better}")
+        runs = 1 + 2 * len(detail["confirm_seeds"])
+        assert len(detail["results"]) + len(detail["baseline_results"]) == runs
+        # a log section per run, paired runs best first, so the candidate's run and score end the log
+        page.wait_for_function(f"document.querySelectorAll('#p-logs section.run-log').length === {runs}")
+        sections = page.locator("#p-logs section.run-log")
+        subjects = [sections.nth(i).get_attribute("data-subject") for i in range(runs)]
+        assert subjects == ["candidate"] + ["best", "candidate"] * len(detail["confirm_seeds"])
+        heads = page.locator("#p-logs .run-log-head").all_text_contents()
+        assert all(" · scored · val_bpb " in head for head in heads) and "evaluating" not in " ".join(heads)
+        assert (
+            "candidate (confirmation 3/3)" in heads[-1] and f"best {detail['base_commit'][:10]}" in heads[-2]
+        )
+        assert all("step 1/10" in text for text in page.locator("#p-logs pre").all_text_contents())
+        last = detail["results"][-1]
+        assert page.inner_text("#p-logs").rstrip().endswith(f"scored, val_bpb {last['val_bpb']:.6f}")
+        assert page.locator("#p-live").is_hidden()  # the run's over: its sections are the log
+        outcomes = page.locator("#p-runs tbody [data-state]").all_text_contents()
+        assert outcomes == ["scored"] * runs
         page.screenshot(path=str(output_dir / "proposal.png"), full_page=True)
 
         worse = submit(client, "1.6", "Raise the fake score")

@@ -187,7 +187,7 @@ def test_better_proposal_merged_worse_rejected(stack: Stack) -> None:
         "research",
     ).stdout
     assert f"Proposal-Id: {ids['better']}" in message
-    assert f"val_bpb: {better['decision']['candidate_bpb']:.6f}" in message
+    assert f"val_bpb: {better['decision']['candidate_bpb']:.4f} (best" in message  # the agents' precision
     note = stack.run(
         "exec", "-T", "committer", "git", "-C", "/var/lib/autoresearch/repo", "notes", "show", "research"
     ).stdout

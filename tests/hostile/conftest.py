@@ -263,7 +263,9 @@ def hostile(
     worker_jobs.configure(
         Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="hw")
     )
-    committer_jobs.configure(Committer(settings=settings, store=store, repo=repo, conn=redis_client))
+    committer = Committer(settings=settings, store=store, repo=repo, conn=redis_client)
+    committer.publish_bundle()  # GET /v1/repo.bundle, as a started committer leaves it
+    committer_jobs.configure(committer)
     try:
         with TestClient(create_app(settings, store=store)) as client:
             client.headers["Authorization"] = f"Bearer {ADMIN}"

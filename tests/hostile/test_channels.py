@@ -4,8 +4,9 @@ Each test submits, with one agent token, a model whose code, while it is handed 
 the evaluation, decodes them to text and sends that text (behind a marker that appears nowhere in
 its source) out through one channel: stdout and stderr, every file it can reach, the error of a
 forward pass, its logits' shape or dtype, its exit, or its timing. A second agent token then reads
-every GET route the API has (the live log and event streams included) and every read-only MCP tool and
-resource at /mcp, and every key in Redis and
+every GET route the API has (the live log and event streams included; the repository bundle cloned
+and searched commit by commit, note by note), every read-only MCP tool and resource at /mcp, and every
+key in Redis and
 every ref and note in the research repository is searched too. Neither the marker nor a piece of the
 validation text may be found. Admins still see the full-precision score and the scorer's timings.
 """
@@ -13,7 +14,9 @@ validation text may be found. Admins still see the full-precision score and the 
 import json
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -192,6 +195,9 @@ def _agent_readable(harness: Harness, headers: dict[str, str], proposal_id: str)
         query = {"proposal_id": proposal_id} if path == "/v1/events" else None
         response = harness.api.get(path, headers=headers, params=query)
         assert response.status_code < 500, (path, response.text)
+        if response.headers.get("content-type") == "application/x-git-bundle":
+            yield path, _cloned(response.content)  # packed and compressed: searched once cloned
+            continue
         yield path, response.text
     yield from _mcp_readable(harness, headers, proposal_id)
 
@@ -210,6 +216,23 @@ def _mcp_readable(harness: Harness, headers: dict[str, str], proposal_id: str) -
     for resource in mcp_wire.call(harness.api, "resources/list", headers=headers)["resources"]:
         result = mcp_wire.call(harness.api, "resources/read", {"uri": resource["uri"]}, headers=headers)
         yield f"mcp resource {resource['uri']}", "\n".join(mcp_wire.strings(result))
+
+
+def _cloned(bundle: bytes) -> str:
+    """Everything a clone of a git bundle holds: every commit's message, patch and note."""
+    with tempfile.TemporaryDirectory() as folder:
+        path, clone = Path(folder) / "research.bundle", Path(folder) / "clone"
+        path.write_bytes(bundle)
+
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+        git("clone", "--quiet", str(path), str(clone))
+        if "refs/notes/commits" in git("bundle", "list-heads", str(path)).split():
+            git("-C", str(clone), "fetch", "--quiet", str(path), "refs/notes/commits:refs/notes/commits")
+        text = git("-C", str(clone), "log", "--all", "-p", "--notes", "--format=%H%n%B%n%N")
+    assert text.strip(), "the bundle cloned to nothing: the search would prove nothing"
+    return text
 
 
 def _redis_dump(harness: Harness) -> str:

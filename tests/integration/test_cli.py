@@ -2,6 +2,7 @@
 through `main(argv)` with its output captured, the installed entry point in a subprocess, and the
 friendly errors (a problem's detail, a server that is down, no token)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -12,9 +13,14 @@ from typing import Protocol
 
 import pytest
 
+from services.auth import hash_token
 from services.cli.main import looks_like_diff, main
-from services.models import Decision
+from services.committer import rules
+from services.committer.committer import Committer
+from services.committer.repo import GitResearchRepo
+from services.models import Decision, RunResult
 from services.patches import canonical_diff
+from services.settings import Settings
 from services.states import State
 from services.store import Store
 from tests.conftest import free_port, wait_for
@@ -114,6 +120,100 @@ def test_status_and_list(cli: Cli, store: Store) -> None:
     assert err == "autoresearch: error: Not found (404): no proposal with id 'p_nope'\n"
 
 
+def test_submit_without_a_program_version_names_the_current_one(
+    cli: Cli, tmp_path: Path, store: Store
+) -> None:
+    path = tmp_path / "train.py"
+    path.write_text(with_lr("0.003"))
+    code, out, err = cli("submit", str(path), "--title", "lr 0.003")
+    assert code == 0, err
+    assert store.get(out.split()[1]).program_version == 1
+    program = tmp_path / "program.md"
+    program.write_text("# Be bold\n")
+    assert cli("program", "set", str(program), "-m", "bolder", admin=True)[0] == 0
+    path.write_text(with_lr("0.004"))
+    code, out, _ = cli("submit", str(path), "--title", "lr 0.004")
+    assert store.get(out.split()[1]).program_version == 2
+    code, out, _ = cli("program", "stats", "--json")
+    assert {row["version"] for row in json.loads(out)} == {1, 2}  # none under "-"
+
+
+def test_status_of_a_proposal_in_confirmation_is_not_a_rejection(cli: Cli, store: Store) -> None:
+    proposal = stored_proposal(store)
+    noise, params = rules.Noise(0.001, "calibrated", 8), rules.RuleParams()
+    screening = rules.screen(1.256, 1.5, COMMIT, noise, params)  # 244 σ better than the best
+    store.transition(proposal.id, State.RUNNING, "started")
+    store.transition(proposal.id, State.EVALUATING, "trained 10 steps; evaluating")
+    store.transition(
+        proposal.id, State.CONFIRMING, screening.reason, decision=screening, screening=screening,
+        confirm_seeds=[11, 12, 13],
+    )  # fmt: skip
+    code, out, _ = cli("status", proposal.id)
+    assert code == 0
+    decision_line = next(line for line in out.splitlines() if "decision:" in line)
+    assert "decision: screening passed; confirming: 0 of 3 paired runs done, waiting for 3;" in decision_line
+    assert "rejected" not in out and "within" not in decision_line
+    assert "beats the best 1.5000 by 0.2440 (244.0 σ;" in decision_line  # an agent reads 4 decimals
+    rejected = rules.screen(1.6, 1.5, COMMIT, noise, params)
+    store.transition(proposal.id, State.REJECTED, rejected.reason, decision=rejected)
+    assert "decision: rejected at screening;" in cli("status", proposal.id)[1]
+
+
+def test_json_goes_before_or_after_the_command(cli: Cli, store: Store) -> None:
+    proposal = stored_proposal(store)
+    for argv in (("--json", "status", proposal.id), ("status", proposal.id, "--json")):
+        code, out, _ = cli(*argv)
+        assert code == 0 and json.loads(out)["id"] == proposal.id
+    code, out, _ = cli("program", "versions", "--json")
+    assert [v["version"] for v in json.loads(out)] == [1]
+    code, out, _ = cli("status", proposal.id)
+    assert not out.startswith("{")
+
+
+def test_results_tsv_and_token_create(cli: Cli, store: Store) -> None:
+    code, out, _ = cli("results", "--tsv")
+    assert code == 0 and out.splitlines()[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+    code, out, _ = cli("results")
+    assert code == 0 and out.split() == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    code, _, err = cli("token", "create", "bob")
+    assert code == 1 and "Forbidden (403)" in err  # an agent token may not
+    code, out, err = cli("token", "create", "bob", "--role", "agent", admin=True)
+    assert code == 0, err
+    token = out.strip()
+    assert store.token(hash_token(token)) == {"name": "bob", "role": "agent"}
+    assert "shown only now" in err
+    assert main(["--token", token, "status"]) == 0  # the new token works
+
+
+def test_repo_clone_gets_the_branch_with_its_notes(
+    cli: Cli, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = GitResearchRepo(tmp_path / "repo", "research", "t <t@example.invalid>")
+    try:
+        root = repo.ensure(BASE)
+        repo.set_note(root, json.dumps({"val_bpb": 1.23456789, "results": []}))
+        committer = Committer(settings=Settings(), store=store, repo=repo, conn=store.r)
+        committer.publish_bundle()
+    finally:
+        repo.close()
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("repo", "clone")
+    assert code == 0, err
+    assert (
+        out
+        == f"cloned the research branch (research at {root[:12]}) into research; `git log` shows each result\n"
+    )
+    log = subprocess.run(
+        ["git", "-C", "research", "log", "--format=%H %s%n%N"], capture_output=True, text=True, check=True
+    ).stdout
+    assert log.startswith(f"{root} Baseline trainer\n") and '"val_bpb": 1.2346' in log
+    assert (tmp_path / "research" / "trainer" / "train.py").read_text() == BASE
+    code, _, err = cli("repo", "clone")
+    assert code == 1 and "research exists and is not empty" in err
+    code, out, _ = cli("repo", "bundle", "-o", "r.bundle")
+    assert code == 0 and (tmp_path / "r.bundle").read_bytes().startswith(b"# v2 git bundle")
+
+
 # ---------------------------------------------------------------------------- watch and logs
 
 
@@ -188,6 +288,30 @@ def test_logs_and_follow(cli: Cli, store: Store) -> None:
     thread.join()
     assert (code, out) == (0, "step 1\nstep 2\n")
     assert err == f"# {proposal.id} is crashed\n"
+
+
+def test_logs_headers_give_each_runs_final_state_and_score(cli: Cli, store: Store) -> None:
+    proposal = stored_proposal(store)
+    runs = [
+        RunResult(run_id="run_a", proposal_id=proposal.id, seed=42, state=State.EVALUATING,
+                  val_bpb=1.41234567, log_tail="step 1\n"),
+        RunResult(run_id="run_b", proposal_id=proposal.id, seed=7, state=State.EVALUATING,
+                  val_bpb=1.40987654, log_tail="step 1\n"),
+    ]  # fmt: skip
+    best = RunResult(run_id="run_c", proposal_id=proposal.id, seed=7, subject="best", state=State.EVALUATING,
+                     val_bpb=1.5012345, log_tail="step 1\n")  # fmt: skip
+    store.update(proposal.id, results=runs, baseline_results=[best], confirm_seeds=[7])
+    code, out, _ = cli("logs", proposal.id)
+    assert code == 0
+    headers = [line for line in out.splitlines() if line.startswith("# ---- run ")]
+    assert headers == [
+        "# ---- run run_a · candidate (screening) · seed 42 · scored · val_bpb 1.4123",
+        f"# ---- run run_c · best {COMMIT[:10]} (paired, confirmation 1/1) · seed 7 · scored · val_bpb 1.5012",
+        "# ---- run run_b · candidate (confirmation 1/1) · seed 7 · scored · val_bpb 1.4099",
+    ]  # an agent's precision
+    assert out.endswith("# ---- end of run run_b (candidate (confirmation 1/1)): scored, val_bpb 1.4099\n")
+    assert "evaluating" not in out
+    assert cli("logs", proposal.id, admin=True)[1].endswith("scored, val_bpb 1.409877\n")
 
 
 # ---------------------------------------------------------------------------- results and program

@@ -734,6 +734,7 @@ def test_environment_fingerprint_is_stable_and_not_the_image_id(
     second = DockerSandbox(make_settings(), docker_client).environment()
     assert first == second
     assert (first.gpu, first.driver) == ("cpu", "none")
+    assert first.cpu and first.cpu != "unknown"  # the CPU model, read in the trainer image's probe
     assert re.fullmatch(r"[0-9a-f]{64}", first.environment_hash)
     assert first.environment_hash not in docker_client.images.get(trainer_image).id
 

@@ -13,9 +13,12 @@ import redis
 from rq import SimpleWorker
 
 from services import queue
+from services.auth import Principal, Role
 from services.committer import jobs as committer_jobs
 from services.committer.committer import Committer
 from services.committer.repo import GitResearchRepo, HeadMoved
+from services.controller import logic
+from services.controller.schemas import RequestRuns
 from services.models import Proposal, new_id
 from services.patches import build_candidate
 from services.settings import Settings
@@ -23,6 +26,7 @@ from services.states import State
 from services.store import Store
 from services.worker import jobs as worker_jobs
 from services.worker.pipeline import Worker
+from services.worker.sandbox import Environment
 from tests.fakes import FakeSandbox
 
 BASELINE = "import os\nFAKE_SCORE = 1.5\n" + "".join(f"LAYER_{i} = {i}\n" for i in range(8))
@@ -132,10 +136,16 @@ def test_better_proposal_is_merged_with_numbers_in_message_and_note(service: Ser
     assert merged.decision is not None and merged.decision.delta_bpb == pytest.approx(-0.1)
     message = service.git("log", "-1", "--format=%B", "research")
     assert "Lower the score" in message and "rule: paired-z/v1" in message
-    assert merged.decision is not None and f"val_bpb: {merged.decision.candidate_bpb:.6f}" in message
+    # at the agents' precision: agents clone the branch (GET /v1/repo.bundle); the note has all digits
+    assert merged.decision is not None and f"val_bpb: {merged.decision.candidate_bpb:.4f} (best" in message
     assert f"Proposal-Id: {proposal.id}" in message
     note = json.loads(service.git("notes", "show", "research"))
-    assert note["decision"]["candidate_bpb"] == pytest.approx(1.4, abs=2e-4)
+    assert note["decision"]["candidate_bpb"] == merged.decision.candidate_bpb
+    assert (
+        note["decision"]["params"]["confirm_runs"] == 3
+        and type(note["decision"]["params"]["confirm_runs"]) is int
+    )
+    assert type(service.store.get(proposal.id).decision.params["confirm_runs"]) is int  # type: ignore[union-attr]
     assert note["results"][0]["val_bpb"] == pytest.approx(1.4, abs=2e-4)
     assert "FAKE_SCORE = 1.4" in service.git("show", "research:trainer/train.py")
     best = service.store.get_best()
@@ -362,3 +372,71 @@ def test_merges_from_before_merged_refs_get_theirs_from_the_committers_notes(ser
     assert service.repo.find_merged(proposal.id) is None
     service.committer.bootstrap(BASELINE)
     assert service.repo.find_merged(proposal.id) == merged
+
+
+def test_the_roots_note_holds_every_run_of_the_root(service: Service) -> None:
+    root = service.repo.head()
+    admin = Principal("ops", Role.ADMIN, "h")
+    for count in (2, 1):  # later runs of the root (calibration, re-runs) join the baseline run
+        logic.request_runs(
+            service.store, service.conn, service.settings, admin, RequestRuns(commit=root, count=count)
+        )
+        service.drain()
+    runs = [r for p in service.store.page(limit=100)[0] if p.kind == "run" for r in p.results]
+    note = json.loads(service.repo.note(root) or "{}")
+    assert len(runs) >= 4
+    assert sorted(r["run_id"] for r in note["results"]) == sorted(r.run_id for r in runs)
+    best = service.store.get_best()
+    assert best is not None and note["val_bpb"] == best.val_bpb  # the mean of the root's runs
+    # a decision retried after its note was written (the committer died before the transition)
+    service.committer._record_root_runs(root, runs[:2], None)
+    again = json.loads(service.repo.note(root) or "{}")
+    assert len(again["results"]) == len(runs) and again["val_bpb"] == note["val_bpb"]
+
+
+def test_every_run_has_a_live_header_and_a_log_section_with_the_candidate_last(service: Service) -> None:
+    proposal = service.submit(BASELINE.replace("1.5", "1.4"), title="Lower the score")
+    service.drain()
+    done = service.store.get(proposal.id)
+    assert done.state == State.MERGED
+    live = "".join(chunk for _, chunk in service.store.read_live_log(proposal.id))
+    headers = [line for line in live.splitlines() if line.startswith("# ---- run ")]
+    base = proposal.base_commit[:10]
+    assert [h.split(" · ")[1] for h in headers] == [
+        "candidate (screening)",
+        *["candidate (confirmation)", f"best {base} (paired)"] * 3,
+    ]
+    assert all(h.endswith(" · started") for h in headers)
+
+    log = logic.proposal_log(service.store, proposal.id)
+    sections = [line for line in log.splitlines() if line.startswith("# ---- run ")]
+    roles = [line.split(" · ")[1] for line in sections]
+    assert roles == [
+        "candidate (screening)",
+        f"best {base} (paired, confirmation 1/3)", "candidate (confirmation 1/3)",
+        f"best {base} (paired, confirmation 2/3)", "candidate (confirmation 2/3)",
+        f"best {base} (paired, confirmation 3/3)", "candidate (confirmation 3/3)",
+    ]  # fmt: skip
+    assert "evaluating" not in log and all(" · scored · val_bpb 1." in line for line in sections)
+    last = done.results[-1]
+    assert last.val_bpb is not None
+    assert log.endswith(
+        f"# ---- end of run {last.run_id} (candidate (confirmation 3/3)): scored, val_bpb {last.val_bpb:.6f}\n"
+    )
+    assert last.outcome == "scored" and log.count("step 1/10") == 7
+
+
+def test_a_cpu_workers_fingerprint_names_its_cpu_model(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu = Environment(gpu="cpu", driver="none", environment_hash="fake-env", cpu="Test CPU 9000")
+    monkeypatch.setattr(service.sandbox, "environment", lambda: cpu)
+    baseline = service.store.get_best()
+    proposal = service.submit(BASELINE.replace("1.5", "1.6"))
+    service.drain()
+    result = service.store.get(proposal.id).results[0]
+    assert result.fingerprint is not None and result.fingerprint.cpu == "Test CPU 9000"
+    assert baseline is not None and baseline.fingerprint_key != result.fingerprint.key()  # compared apart
+    assert service.store.fingerprint_fields()[result.fingerprint.key()].cpu == "Test CPU 9000"
+    # the best's runs asked for on the new fingerprint calibrate it, as for a new GPU model
+    assert service.store.calibration_runs(result.fingerprint.key()).get(baseline.commit)

@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.auth import bootstrap_admin
+from services.auth import Role, bootstrap_admin, create_token
 from services.committer import rules
 from services.controller.app import create_app
 from services.models import Proposal, new_id
@@ -267,3 +267,70 @@ def test_git_trailers_match_the_lineage(service: Service, history: dict[str, Pro
     ).stdout  # fmt: skip
     entry = service.store.lineage_entry(service.repo.head())
     assert entry is not None and f"Proposal-Id: {entry.proposal_id}" in message
+
+
+# ---------------------------------------------------------------------------- the repository bundle
+
+
+def test_repo_bundle_clones_the_branch_alone_with_notes_agents_may_read(
+    service: Service, client: TestClient, history: dict[str, Proposal], tmp_path: Path
+) -> None:
+    merged = history["better"].merged_commit
+    assert merged is not None
+    full = json.loads(service.repo.note(merged) or "{}")
+    # admin-only figures in the committer's own note: the bundle must leave them out
+    full["results"][0] |= {"scorer_timings": {"forward_s": 1.234567}, "logits_slots": "gpu"}
+    full["decision"] |= {"test_gap_bpb": 0.0123456789, "test_candidate_runs": [1.3123456789]}
+    service.repo.set_note(merged, json.dumps(full))
+    service.committer.publish_bundle()
+    token = create_token(service.store, "reader", Role.AGENT)
+    answer = client.get("/v1/repo.bundle", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/x-git-bundle"
+    assert answer.headers["x-research-head"] == service.repo.head()
+    bundle = tmp_path / "research.bundle"
+    bundle.write_bytes(answer.content)
+
+    heads = {line.split()[1] for line in _git(tmp_path, "bundle", "list-heads", str(bundle)).splitlines()}
+    assert heads == {"HEAD", "refs/heads/research", "refs/notes/commits"}  # no tried or merged refs
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "--quiet", str(bundle), str(clone))
+    _git(clone, "fetch", "--quiet", str(bundle), "refs/notes/commits:refs/notes/commits")
+    assert _git(clone, "rev-parse", "--abbrev-ref", "HEAD").strip() == "research"
+    assert _git(clone, "log", "--format=%H") == service.git("log", "--format=%H", "research")
+    refs = set(_git(clone, "for-each-ref", "--format=%(refname)").split())
+    assert refs == {
+        "refs/heads/research",
+        "refs/notes/commits",
+        "refs/remotes/origin/HEAD",
+        "refs/remotes/origin/research",
+    }
+    tried = history["worse"].tried_ref
+    assert tried is not None and _git(clone, "cat-file", "-t", tried, check=False) == ""
+    noted = _git(clone, "notes", "list").split()[1::2]
+    assert sorted(noted) == sorted(service.git("rev-list", "research").split())  # tried notes stay out
+
+    public = json.loads(_git(clone, "notes", "show", merged))
+    assert public["proposal_id"] == history["better"].id and public["decision"]["params"]["confirm_runs"] == 3
+    assert public["decision"]["candidate_bpb"] == round(full["decision"]["candidate_bpb"], 4)
+    assert public["results"][0]["val_bpb"] == round(full["results"][0]["val_bpb"], 4)
+    assert public["decision"]["candidate_bpb"] != full["decision"]["candidate_bpb"]  # it had more digits
+    everything = _git(clone, "log", "--notes", "--format=%H%n%B%n%N")
+    for secret in ("scorer_timings", "logits_slots", "test_", "1.234567", "0.0123456789", "1.3123456789"):
+        assert secret not in everything, secret
+    assert repr(full["decision"]["candidate_bpb"]) not in everything
+    root = json.loads(_git(clone, "notes", "show", f"{merged}^"))
+    assert root["results"] and root["val_bpb"] == round(root["val_bpb"], 4)
+
+
+def test_repo_bundle_before_the_committer_wrote_one_is_503(service: Service, client: TestClient) -> None:
+    service.conn.delete("ar:repo-bundle")
+    assert_problem(
+        client.get("/v1/repo.bundle", headers=HEADERS), 503, "not-ready", "no repository bundle yet"
+    )
+    assert client.get("/v1/repo.bundle").status_code == 401
+
+
+def _git(cwd: Path, *args: str, check: bool = True) -> str:
+    done = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=check)
+    return done.stdout

@@ -21,6 +21,31 @@ def test_screen_rejects_clearly_worse_and_confirms_close_calls() -> None:
     assert better.threshold_bpb == pytest.approx(0.0005)
 
 
+def test_screen_reason_says_what_the_screening_run_did() -> None:
+    far_better = rules.screen(1.0560, 1.3000, "c", NOISE, PARAMS)  # 244 σ better
+    assert far_better.reason.startswith(
+        "screening run 1.056000 beats the best 1.300000 by 0.244000 (244.0 σ;"
+    )
+    assert "within" not in far_better.reason and far_better.reason.endswith("confirming with 3 paired runs")
+    close = rules.screen(1.3004, 1.3000, "c", NOISE, PARAMS)
+    assert "is 0.000400 worse than the best 1.300000, within the margin of 0.5 σ = 0.000500" in close.reason
+    assert "beats" not in close.reason
+    assert "by 0.000000" not in rules.screen(1.3, 1.3, "c", NOISE, PARAMS).reason  # a tie beats nothing
+    zero = rules.Noise(0.0, "calibrated", 4)  # runs that all scored alike: no σ to count in
+    assert (
+        "beats the best 1.300000 by 0.001000 (σ 0.000000 calibrated)"
+        in rules.screen(1.299, 1.3, "c", zero, PARAMS).reason
+    )
+
+
+def test_rule_parameters_keep_integers_through_storage() -> None:
+    decision = rules.screen(1.2950, 1.3000, "c", NOISE, PARAMS)
+    stored = Decision.model_validate_json(decision.model_dump_json())
+    assert stored.params["confirm_runs"] == 3 and type(stored.params["confirm_runs"]) is int
+    assert '"confirm_runs":3,' in decision.model_dump_json()
+    assert type(stored.params["screen_margin_sigma"]) is float
+
+
 def test_confirm_accepts_a_clear_gain_with_its_numbers() -> None:
     decision = rules.confirm(
         [1.2950, 1.2948, 1.2953], [1.3001, 1.2999, 1.3003], [1, 2, 3], "c", NOISE, PARAMS

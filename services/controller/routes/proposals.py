@@ -79,9 +79,10 @@ def get_proposal(proposal_id: ProposalId, viewer: Viewer, store: StoreDep) -> Pr
 
 
 @router.get("/{proposal_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND)
-def get_log(proposal_id: ProposalId, caller: Caller, store: StoreDep) -> str:
-    """The kept log tail of each finished run (text/plain)."""
-    return logic.proposal_log(store, proposal_id)
+def get_log(proposal_id: ProposalId, viewer: Viewer, store: StoreDep) -> str:
+    """The kept log tail of each finished run under a header (candidate or best, seed, outcome, score),
+    paired runs best first so that the candidate's run and score end it (text/plain)."""
+    return logic.proposal_log(store, proposal_id, viewer.score_text, viewer.text)
 
 
 @router.post(

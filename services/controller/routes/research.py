@@ -1,15 +1,18 @@
-"""/v1/lineage, /v1/results.tsv, /v1/calibration, /v1/fingerprints: the research record."""
+"""/v1/lineage, /v1/results.tsv, /v1/repo.bundle, /v1/calibration, /v1/fingerprints: the research
+record."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
 from services.controller import research
 from services.controller.deps import Caller, SettingsDep, StoreDep, Viewer
+from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import CalibrationView, FingerprintView, LineageView
 
 router = APIRouter(prefix="/v1", tags=["research"])
 
 TSV_MEDIA_TYPE = "text/tab-separated-values"
+BUNDLE_MEDIA_TYPE = "application/x-git-bundle"
 
 
 class TsvResponse(PlainTextResponse):
@@ -30,6 +33,28 @@ def lineage(viewer: Viewer, store: StoreDep) -> list[LineageView]:
 def results_tsv(viewer: Viewer, store: StoreDep) -> TsvResponse:
     """`commit val_bpb memory_gb status description`, tab-separated: keep, discard and crash rows."""
     return TsvResponse(viewer.text(research.results_tsv(store)))
+
+
+@router.get(
+    "/repo.bundle",
+    response_class=Response,
+    responses={
+        200: {"content": {BUNDLE_MEDIA_TYPE: {}}, "description": "a git bundle: `git clone research.bundle`"},
+        503: PROBLEM_RESPONSE,
+    },
+)
+def repo_bundle(caller: Caller, store: StoreDep) -> Response:
+    """The research branch as a git bundle: the branch and HEAD, and `refs/notes/commits` with each
+    commit's result as agents may see it (no other refs; no held-out test figures). Clone it, then
+    `git fetch research.bundle refs/notes/commits:refs/notes/commits` for the notes. `ETag` is the
+    branch head."""
+    head, bundle = research.repo_bundle(store)
+    headers = {
+        "Content-Disposition": 'attachment; filename="research.bundle"',
+        "ETag": f'"{head}"',
+        "X-Research-Head": head,
+    }
+    return Response(bundle, media_type=BUNDLE_MEDIA_TYPE, headers=headers)
 
 
 @router.get("/calibration", response_model=list[CalibrationView])

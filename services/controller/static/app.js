@@ -293,7 +293,7 @@ function renderProposal(p) {
   $("p-description").textContent = p.description;
   const d = p.decision;
   const rows = d ? [
-    ["verdict", d.accepted ? "accepted" : "rejected"], ["rule", `${d.rule} (${d.stage})`],
+    ["verdict", verdict(p)], ["rule", `${d.rule} (${d.stage})`],
     ["candidate val_bpb", fmt(d.candidate_bpb)], ["best val_bpb", fmt(d.best_bpb)],
     ["Δ (candidate − best)", signed(d.delta_bpb)], ["σ (noise)", `${fmt(d.sigma_bpb)} ${d.sigma_source}`],
     ["threshold", fmt(d.threshold_bpb)], ["candidate runs", d.candidate_runs.map((v) => fmt(v)).join(", ")],
@@ -309,11 +309,61 @@ function renderProposal(p) {
   ] : [["val_bpb", fmt(p.val_bpb)], ["verdict", "not decided yet"]];
   $("p-decision").querySelector("tbody").replaceChildren(
     ...rows.map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: v }))));
-  fillTable("p-runs", p.results.map((r) => [String(r.seed), fmt(r.val_bpb),
-    fmt(r.timings.train_container_s, 1), fmt(r.timings.eval_container_s, 1), r.state]));
+  const runs = orderedRuns(p);
+  fillTable("p-runs", runs.map(({ role, r }) => [role, String(r.seed), fmt(r.val_bpb),
+    fmt(r.timings.train_container_s, 1), fmt(r.timings.eval_container_s, 1), stateChip(outcome(r))]));
+  renderRunLogs(runs);
+  $("p-live").hidden = !ACTIVE.has(p.state) && (runs.length > 0 || !$("p-log").textContent);
   $("p-events").replaceChildren(...p.events.map((e) => el("li", {},
     `${new Date(e.at * 1000).toLocaleTimeString()} `, stateChip(e.state), e.reason ? ` ${e.reason}` : "")));
   renderDiff(p.diff || "(a run of an existing commit: no diff)");
+}
+
+// Where a decision stands: a screening verdict that sent the proposal to confirmation is no rejection.
+function verdict(p) {
+  const d = p.decision;
+  if (d.stage === "screen" && d.confirm) {
+    if (p.state === "confirming") {
+      const total = (p.confirm_seeds || []).length, done = (p.baseline_results || []).length;
+      return `screening passed; confirming: ${done} of ${total} paired runs done, waiting for ${total - done}`;
+    }
+    return ACTIVE.has(p.state) ? "screening passed" : `screening passed; confirmation ended ${p.state}`;
+  }
+  if (d.stage === "screen") return "rejected at screening";
+  if (d.accepted) return p.state === "merged" ? "accepted and merged" : "accepted";
+  return d.tripwire === "blocked" ? "rejected (blocked by the held-out test tripwire)" : "rejected";
+}
+
+// How a run ended: a scored run keeps the state it was scored in (`evaluating`); show it as scored.
+const outcome = (r) => (r.state === "evaluating" ? "scored" : r.state);
+
+// A proposal's finished runs in reading order (as GET /v1/proposals/{id}/log writes them): screening
+// runs, then each confirmation pair with the best's run first, so the candidate's run ends the log.
+function orderedRuns(p) {
+  if (p.kind === "run") return p.results.map((r) => ({ role: `commit ${short(p.base_commit)}`, r }));
+  const screening = p.results.slice(0, p.seeds.length), confirmation = p.results.slice(p.seeds.length);
+  const best = p.baseline_results || [];
+  const total = (p.confirm_seeds || []).length || confirmation.length;
+  const runs = screening.map((r) => ({ role: "candidate (screening)", r }));
+  for (let i = 0; i < Math.max(confirmation.length, best.length); i++) {
+    const step = `confirmation ${i + 1}/${total}`;
+    if (i < best.length) runs.push({ role: `best ${short(p.base_commit)} (paired, ${step})`, r: best[i] });
+    if (i < confirmation.length) runs.push({ role: `candidate (${step})`, r: confirmation[i] });
+  }
+  return runs;
+}
+
+// One section per finished run: a header (who ran, seed, outcome, score), its kept log, a closing line.
+function renderRunLogs(runs) {
+  const sections = runs.map(({ role, r }) => {
+    const summary = `${outcome(r)} · val_bpb ${fmt(r.val_bpb)}`;
+    return el("section", { class: "run-log", "data-run-id": r.run_id, "data-subject": r.subject, "data-outcome": outcome(r) },
+      el("h3", { class: "run-log-head", text: `run ${r.run_id} · ${role} · seed ${r.seed} · ${summary}${r.reason ? `: ${r.reason}` : ""}` }),
+      el("pre", { class: "log", text: r.log_tail || "(no output kept)" }),
+      el("p", { class: "run-log-end", text: `end of run ${r.run_id} (${role}): ${outcome(r)}, val_bpb ${fmt(r.val_bpb)}` }));
+  });
+  $("p-logs").replaceChildren(...sections);
+  $("p-logs-none").hidden = sections.length > 0;
 }
 
 function appendLog(text) {
@@ -325,6 +375,7 @@ function appendLog(text) {
 
 async function showProposal(id, signal) {
   $("p-log").textContent = "";
+  $("p-logs").replaceChildren();
   const reload = async () => renderProposal(await api(`/v1/proposals/${encodeURIComponent(id)}`, { signal }));
   await reload();
   // The state stream ends after a terminal state; the log stream after the output is drained.
@@ -345,8 +396,8 @@ async function showProposal(id, signal) {
     }
   }
   $("p-log-live").textContent = "";
-  // The live log expires an hour after the run; the kept tail of each run is always there.
-  if (!$("p-log").textContent) $("p-log").textContent = await api(`/v1/proposals/${encodeURIComponent(id)}/log`, { text: true, signal });
+  // Once it has ended, the runs' sections are the log (the live output expires an hour after a run).
+  await reload();
 }
 
 // ------------------------------------------------------------------------------------ routing
