@@ -506,7 +506,11 @@ def test_log_tails(client: TestClient, agent: Headers, store: Store) -> None:
     )
     store.transition(proposal_id, State.CRASHED, "exit 1", results=[result])
     text = client.get(f"/v1/proposals/{proposal_id}/log", headers=agent).text
-    assert text == "# run run-1 seed 42: crashed: exit 1\nTraceback\nBoom\n"
+    assert text == (  # one section per run: its header, its kept log, and a closing line with the outcome
+        "# ---- run run-1 · candidate (screening) · seed 42 · crashed · val_bpb -: exit 1\n"
+        "Traceback\nBoom\n"
+        "# ---- end of run run-1 (candidate (screening)): crashed, val_bpb -\n"
+    )
 
 
 def test_cancel(client: TestClient, agent: Headers, admin: Headers) -> None:
