@@ -471,7 +471,10 @@ def merge_noise(results: Path, name: str, arm_a: str, arm_b: str, command: str) 
         "budget_s": headline["budget_s"],
         "arms": {arm_a: arm_record(runs_a), arm_b: arm_record(runs_b)},
         **noise_summary(runs_a, runs_b),
-        "commands": [r["command"] for r in sorted(runs_a + runs_b, key=lambda r: r["date"])] + [command],
+        "commands": [
+            *dict.fromkeys(r["command"] for r in sorted(runs_a + runs_b, key=lambda r: r["date"])),
+            command,
+        ],
     }
     (results / "gpu-noise.json").write_text(json.dumps(noise, indent=1) + "\n")
     keys = ("sigma_bpb", "diff_rms_bpb", "paired_over_unpaired", "correlation_estimate")
