@@ -26,13 +26,26 @@ variant's first-seed result, and the logs are RESULTS/logs/NAME-LABEL-seedS.log.
 DESIGN.md: FLOPs per token = 6 x (parameters except the token, value and bigram embeddings and
 scalar gains) + sum over layers of 12 x d_model x min(window, T), against a 989.5 TFLOP/s dense bf16
 peak (train.py reports it; this script copies its inputs).
+
+Noise of the trainer (`--plan`, `--noop-edit`, `--merge`): `--plan A:0,B:0,A:1,B:1,A:2` runs those
+variant labels with those training seeds in that order, each written as soon as it is scored to
+RESULTS/runs/NAME-LABEL-seedS.json (its log to RESULTS/logs/NAME-LABEL-seedS.log), so a run cut short
+keeps the pairs already made. `--noop-edit B` gives variant B a train.py whose only change is a
+trailing comment: the file hash differs (a new commit to the service), the code does not. Then, on
+any machine, `--merge A,B` reads those run files and writes RESULTS/NAME.json (arm A over its seeds,
+as --seeds writes it) and RESULTS/gpu-noise.json: the run-to-run sigma of val_bpb over A's seeds, each
+seed's A - B difference, their RMS against the sqrt(2) sigma that two independent runs would give,
+and the same-seed correlation that ratio implies (rho = 1 - rms^2 / (2 sigma^2)), with chi-square
+95% intervals for both spreads.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -70,23 +83,29 @@ def prepare(work: Path, shards: int) -> tuple[Path, Path, float]:
     return train_dir, val_dir, time.time() - started
 
 
-def patched_train_py(overrides: dict[str, str], dest: Path) -> Path:
+NOOP_EDIT = "\n# no-op edit ({label}): this comment changes the file's hash, not its code\n"
+
+
+def patched_train_py(overrides: dict[str, str], dest: Path, noop_label: str | None = None) -> Path:
     text = (TRAINER / "train.py").read_text()
     for name, value in overrides.items():
         text, count = re.subn(rf"^{name} = .*?(  #.*)?$", rf"{name} = {value}\1", text, count=1, flags=re.M)
         if count != 1:
             raise SystemExit(f"no constant {name} in train.py")
+    if noop_label is not None:
+        text += NOOP_EDIT.format(label=noop_label)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
     return dest
 
 
 def run_variant(label: str, budget: float, overrides: dict[str, str], train_dir: Path, val_dir: Path,
-                work: Path, seed: int, shared_cache: bool, run_name: str | None = None) -> dict:  # fmt: skip
+                work: Path, seed: int, shared_cache: bool, run_name: str | None = None,
+                noop_edit: bool = False) -> dict:  # fmt: skip
     run_name = run_name or label
     run_dir = work / "runs" / run_name
     shutil.rmtree(run_dir, ignore_errors=True)
-    train_py = patched_train_py(overrides, run_dir / "train.py")
+    train_py = patched_train_py(overrides, run_dir / "train.py", label if noop_edit else None)
     cache = work / "cache" / ("shared" if shared_cache else run_name)
     if not shared_cache:
         shutil.rmtree(cache, ignore_errors=True)
@@ -108,6 +127,7 @@ def run_variant(label: str, budget: float, overrides: dict[str, str], train_dir:
         train = subprocess.run([sys.executable, str(train_py)], env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - started
     result: dict = {"label": label, "budget_s": budget, "overrides": overrides, "seed": seed,
+                    "noop_edit": noop_edit, "train_py_sha256": hashlib.sha256(train_py.read_bytes()).hexdigest(),
                     "train_exit_code": train.returncode, "wall_s": round(wall, 2),
                     "within_deadline": wall <= budget}  # fmt: skip
     if train.returncode == 0:
@@ -225,8 +245,17 @@ def main() -> int:
     parser.add_argument(
         "--seeds", help="comma-separated seeds: all variants with the first, the best with all"
     )
+    parser.add_argument("--plan", help="LABEL:SEED,... runs in this order, each saved when scored")
+    parser.add_argument("--noop-edit", action="append", default=[], help="a variant label: comment-only edit")
+    parser.add_argument("--commit", default="", help="the commit of trainer/train.py, for the record")
+    parser.add_argument("--merge", help="ARM_A,ARM_B: write NAME.json and gpu-noise.json from the run files")
     args = parser.parse_args()
 
+    if args.merge:
+        arm_a, arm_b = args.merge.split(",")
+        command = " ".join(["python", "bench/trainer_gpu.py", *sys.argv[1:]])
+        merge_noise(args.results, args.name, arm_a, arm_b, command)
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     stage(args.stage, args.work)
     if args.stage_only:
@@ -237,10 +266,12 @@ def main() -> int:
     variants = [parse_variant(text) for text in args.variant]
 
     def run(label: str, budget: float, overrides: dict[str, str], seed: int, run_name: str) -> dict:
+        noop = label in args.noop_edit
         result = run_variant(
-            label, budget, overrides, train_dir, val_dir, args.work, seed, args.shared_cache, run_name
+            label, budget, overrides, train_dir, val_dir, args.work, seed, args.shared_cache, run_name, noop
         )
         result.update({
+            "commit": args.commit,
             "gpu_smi": gpu,
             "device": args.device,
             "train_shards": args.shards,
@@ -255,6 +286,9 @@ def main() -> int:
                     log.write(f"==> {part} <==\n{(run_dir / part).read_text()}\n")
         return result
 
+    if args.plan:
+        run_plan(args, variants, run)
+        return 0
     if args.seeds:
         run_seeds(args, variants, run)
         return 0
@@ -293,6 +327,158 @@ def run_seeds(args: argparse.Namespace, variants: list, run) -> None:
     (args.results / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     keys = ("val_bpb_seeds", "val_bpb_mean", "startup_s_max", "mfu_percent")
     print(f"best {label}: {json.dumps({k: summary[k] for k in keys})}", flush=True)
+
+
+def parse_plan(text: str, labels: list[str]) -> list[tuple[str, int]]:
+    plan = []
+    for item in text.split(","):
+        label, _, seed = item.partition(":")
+        if label not in labels or not seed.lstrip("-").isdigit():
+            raise SystemExit(f"--plan item {item!r}: want LABEL:SEED with LABEL one of {labels}")
+        plan.append((label, int(seed)))
+    return plan
+
+
+def run_plan(args: argparse.Namespace, variants: list, run) -> None:
+    """The planned (label, seed) runs in order; each run's result file is written as soon as it is scored."""
+    by_label = {label: (label, budget, overrides) for label, budget, overrides in variants}
+    (args.results / "runs").mkdir(parents=True, exist_ok=True)
+    for label, seed in parse_plan(args.plan, list(by_label)):
+        _, budget, overrides = by_label[label]
+        run_name = f"{label}-seed{seed}"
+        result = run(label, budget, overrides, seed, run_name)
+        saved = args.results / "runs" / f"{args.name}-{run_name}.json"
+        saved.write_text(json.dumps(result, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Noise: arm A's seeds, and same-seed pairs of A and a comment-only edit B
+
+
+def chi2_cdf(x: float, dof: int) -> float:
+    """Regularized lower incomplete gamma P(dof/2, x/2), by its power series (converges for all x)."""
+    if x <= 0:
+        return 0.0
+    a, z = dof / 2, x / 2
+    term = total = 1 / a
+    n = 0
+    while term > total * 1e-15:
+        n += 1
+        term *= z / (a + n)
+        total += term
+    return min(1.0, total * math.exp(a * math.log(z) - z - math.lgamma(a)))
+
+
+def chi2_quantile(p: float, dof: int) -> float:
+    low, high = 0.0, 1.0
+    while chi2_cdf(high, dof) < p:
+        high *= 2
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if chi2_cdf(mid, dof) < p else (low, mid)
+    return (low + high) / 2
+
+
+def spread_interval(spread: float, dof: int) -> list[float]:
+    """95% interval of a standard deviation estimated with `dof` degrees of freedom (normal data)."""
+    return [
+        spread * math.sqrt(dof / chi2_quantile(0.975, dof)),
+        spread * math.sqrt(dof / chi2_quantile(0.025, dof)),
+    ]
+
+
+PAIR_KEYS = ("val_bpb", "num_steps", "startup_s", "tokens_per_s", "mfu_percent", "wall_s", "train_py_sha256")
+
+
+def pair(run_a: dict, run_b: dict) -> dict:
+    return {
+        "seed": run_a["seed"],
+        "a": {key: run_a.get(key) for key in PAIR_KEYS},
+        "b": {key: run_b.get(key) for key in PAIR_KEYS},
+        "diff_bpb": run_a["val_bpb"] - run_b["val_bpb"],
+        "diff_steps": run_a["num_steps"] - run_b["num_steps"],
+    }
+
+
+def noise_summary(arm_a: list[dict], arm_b: list[dict]) -> dict:
+    """Sigma over arm A's seeds and what pairing B with A on the same seed gains, from scored runs."""
+    a = {r["seed"]: r for r in arm_a if r.get("val_bpb") is not None}
+    b = {r["seed"]: r for r in arm_b if r.get("val_bpb") is not None}
+    if len(a) < 2:
+        raise SystemExit(f"arm A has {len(a)} scored runs; sigma needs at least 2")
+    a_bpb = [a[seed]["val_bpb"] for seed in sorted(a)]
+    sigma, sigma_dof = statistics.stdev(a_bpb), len(a_bpb) - 1
+    groups = [[r["val_bpb"] for r in arm.values()] for arm in (a, b) if len(arm) > 1]
+    pooled_dof = sum(len(g) - 1 for g in groups)
+    pooled = math.sqrt(sum((x - statistics.fmean(g)) ** 2 for g in groups for x in g) / pooled_dof)
+    pairs = [pair(a[seed], b[seed]) for seed in sorted(a.keys() & b.keys())]
+    summary: dict = {
+        "sigma_bpb": sigma,
+        "sigma_dof": sigma_dof,
+        "sigma_ci95_bpb": spread_interval(sigma, sigma_dof),
+        "sigma_pooled_bpb": pooled,
+        "sigma_pooled_dof": pooled_dof,
+        "sigma_pooled_note": "within-arm spread over seeds, A and B pooled (same math, each arm's mean removed)",
+        "pairs": pairs,
+        "unpaired_diff_sd_bpb": math.sqrt(2) * sigma,
+    }
+    if pairs:
+        diffs = [p["diff_bpb"] for p in pairs]
+        rms = math.sqrt(
+            statistics.fmean(d * d for d in diffs)
+        )  # the expected difference is 0: no mean removed
+        summary.update({
+            "diff_mean_bpb": statistics.fmean(diffs),
+            "diff_rms_bpb": rms,
+            "diff_rms_dof": len(diffs),
+            "diff_rms_ci95_bpb": spread_interval(rms, len(diffs)) if rms > 0 else [0.0, 0.0],
+            "diff_sd_bpb": statistics.stdev(diffs) if len(diffs) > 1 else None,
+            "paired_over_unpaired": rms / (math.sqrt(2) * sigma),
+            "correlation_estimate": 1 - rms**2 / (2 * sigma**2),
+        })  # fmt: skip
+    return summary
+
+
+def arm_record(runs: list[dict]) -> dict:
+    return {
+        "noop_edit": bool(runs and runs[0].get("noop_edit")),
+        "train_py_sha256": sorted({r.get("train_py_sha256") for r in runs}),
+        "seeds": [r["seed"] for r in runs],
+        "val_bpb_seeds": [r.get("val_bpb") for r in runs],
+    }
+
+
+def merge_noise(results: Path, name: str, arm_a: str, arm_b: str, command: str) -> None:
+    """RESULTS/runs/NAME-LABEL-seedS.json -> RESULTS/NAME.json (arm A) and RESULTS/gpu-noise.json."""
+
+    def arm(label: str) -> list[dict]:
+        runs = [
+            json.loads(path.read_text()) for path in (results / "runs").glob(f"{name}-{label}-seed*.json")
+        ]
+        return sorted((r for r in runs if r["label"] == label), key=lambda r: r["seed"])
+
+    runs_a, runs_b = arm(arm_a), arm(arm_b)
+    if not runs_a:
+        raise SystemExit(f"no runs of {arm_a} under {results / 'runs'}")
+    commits = {r.get("commit") for r in runs_a + runs_b}
+    headline = {**summarize_seeds(runs_a), "commit": ",".join(sorted(c for c in commits if c)),
+                "command": runs_a[0]["command"], "merge_command": command, "runs": runs_a}  # fmt: skip
+    (results / f"{name}.json").write_text(json.dumps(headline, indent=1) + "\n")
+    noise = {
+        "commit": headline["commit"],
+        "gpu": headline["gpu"],
+        "device": headline["device"],
+        "budget_s": headline["budget_s"],
+        "arms": {arm_a: arm_record(runs_a), arm_b: arm_record(runs_b)},
+        **noise_summary(runs_a, runs_b),
+        "commands": [
+            *dict.fromkeys(r["command"] for r in sorted(runs_a + runs_b, key=lambda r: r["date"])),
+            command,
+        ],
+    }
+    (results / "gpu-noise.json").write_text(json.dumps(noise, indent=1) + "\n")
+    keys = ("sigma_bpb", "diff_rms_bpb", "paired_over_unpaired", "correlation_estimate")
+    print(json.dumps({k: noise.get(k) for k in keys}), flush=True)
 
 
 if __name__ == "__main__":
