@@ -104,10 +104,12 @@ class Settings(BaseSettings):
     # RLIMIT_MEMLOCK of the evaluation containers (scorer and model servers), for hosts where page-locking
     # the logits slots (cudaHostRegister; 4 float32 batches ≈ 8.6 GB on the scorer's side) needs it; still
     # inside the containers' memory limit. 0 (default) keeps the engine's limit: an engine whose runtime
-    # may not raise it refuses to start such containers (seen on the CI machine: "error setting rlimits").
+    # may not raise it refuses to start such containers (seen with Debian's docker.io 20.10: "error
+    # setting rlimits").
     eval_memlock_bytes: int = Field(0, ge=0)
     # "tmpfs": /tmp is a size-capped tmpfs; "bind": the run's own scratch folder (mode 1777), for
-    # hosts where a tmpfs is not writable by the unprivileged user (seen on the GPU device machine).
+    # hosts where a tmpfs is not writable by the unprivileged user (seen with a Docker engine started
+    # from a static bundle on a GPU host).
     scratch_mode: Literal["tmpfs", "bind"] = "tmpfs"
     sandbox_extra_env: dict[str, str] = {}  # operator settings for every container (LD_LIBRARY_PATH)
     eval_max_docs: int | None = Field(None, gt=0)  # evaluate on the first N documents only (tests)
