@@ -28,11 +28,11 @@ from bench._common import write_results  # noqa: E402
 from services.committer import rules  # noqa: E402
 from services.settings import Settings  # noqa: E402
 
-SIGMA_BPB = 0.0008  # the upstream trainer's seed-to-seed σ on the H100 (DESIGN.md)
+SIGMA_BPB = 0.0008  # the upstream trainer's seed-to-seed σ on the H100 (bench/README.md)
 BASE_BPB = 1.3166  # its score under the evaluation protocol
 CALIBRATION_RUNS = 8  # runs of the best behind its score and σ
 EFFECTS_SIGMA = [0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0]  # true Δ in σ units (negative is better)
-# Upstream's seed runs under the protocol (DESIGN.md): 1.3166, 1.3177, 1.3181 with seeds 42, 1, 2,
+# Upstream's seed runs under the evaluation protocol (bench/README.md): 1.3166, 1.3177, 1.3181 with seeds 42, 1, 2,
 # and ~0.0002 re-running one seed. Their residuals, scaled to unit variance, are resampled.
 REAL_RUNS = [1.3166, 1.3177, 1.3181]
 

@@ -163,7 +163,7 @@ def main() -> None:
     bare_total = median(bare_rows, "total_s")
     service_total = median(service_rows, "total_s")
     figures = {
-        "device": "cpu (2-core CI machine), tiny preset",
+        "device": "cpu (2 cores, shared with other jobs), tiny preset",
         "repeats": args.repeats,
         "bare_train_s": round(median(bare_rows, "train_s"), 3),
         "bare_eval_s": round(median(bare_rows, "eval_s"), 3),

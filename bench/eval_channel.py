@@ -59,7 +59,7 @@ from bench._common import RESULTS, machine  # noqa: E402
 evaluate: Any = None  # evaluate.py of --trainer, loaded by main()
 
 NAME = "eval-channel"
-FULL_SET_TOKENS = 2_900_000  # target tokens of val.jsonl.xz under the protocol (vocab 8192), DESIGN.md
+FULL_SET_TOKENS = 2_900_000  # target tokens of val.jsonl.xz under the protocol (vocab 8192)
 PROBE_SHARE = 1 / 25  # the probe pass's rows per scored row (evaluate.make_probes)
 SERVER_START_S = 120.0
 

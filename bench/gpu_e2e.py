@@ -1,12 +1,13 @@
-"""The whole service on one GPU machine (issue 8): Redis, controller, committer and one GPU worker run
+"""The whole service on one GPU host without Docker: Redis, controller, committer and one GPU worker run
 as processes, the worker's runs in hardened containers of a carried Docker engine; the script drives
 them through the REST API only: the baseline's runs (noise calibration), then proposals (one worse, one
 better) and the committer's verdicts. Optionally the same trainer runs bare on the host first, back to
 back with the service's first run, to measure what the sandbox costs.
 
-The device machine has no Docker, no network and no registry, and keeps files only while warm, so the
-work is split into short calls (../shared/device/README.md); everything under /root/e2e and /tmp stays
-between calls of one held machine:
+It was written for a GPU host reached by short remote calls: no Docker, no network, no registry, at
+most 64 MiB of files sent along with each call (`carry`), files kept only while the host is held, and
+$OUT the folder whose files come back. So the work is split into short calls; everything under
+/root/e2e and /tmp stays between calls on one held host:
 
   1. carry [".gpudata/setup"]:   python3 bench/gpu_e2e.py setup --carried .gpudata/setup
      (Docker bundle → dockerd; wheels → /tmp/site; redis-server; the trainer image "autoresearch/
@@ -537,7 +538,7 @@ def run(args: argparse.Namespace) -> None:
 
 def partial_report(report: dict[str, Any], api: Any, ids: dict[str, str], work: Path,
                    bare: dict[str, Any] | None, results: Path) -> None:  # fmt: skip
-    """Write what is known so far (the device machine may be taken back before the end)."""
+    """Write what is known so far (the GPU host may be taken back before the end)."""
     partial = {**report, "partial": True}
     partial["proposals"] = {name: api.get(f"/v1/proposals/{pid}").json() for name, pid in ids.items()}
     partial["figures"] = figures(partial, work, bare)

@@ -1,7 +1,7 @@
-"""GPU trainer benchmark (issue 4): prepare the Gutenberg corpus, train under the 300 s all-in budget,
+"""GPU trainer benchmark: prepare the Gutenberg corpus, train under the 300 s all-in budget,
 score with the evaluation protocol, write figures and raw logs.
 
-Runs on the device machine (no network, 64 MiB carried per call, /root kept while the machine is warm),
+Written for a GPU host without network (64 MiB sent along per call, /root kept while the host is held),
 so the corpus arrives in two parts:
 
   call 1:  python bench/trainer_gpu.py --stage .gpudata/b --stage-only      (train-04..07)
@@ -22,10 +22,10 @@ RESULTS/logs/NAME-LABEL.log; NAME is --name (default trainer-h100). With `--seed
 variant first runs with the first seed, then the best of them (lowest val_bpb) with the other seeds:
 RESULTS/NAME.json then holds that variant's runs and their summary (val_bpb_seeds, val_bpb_mean,
 val_bpb_std, startup_s_max, mfu_percent as the mean over seeds), RESULTS/NAME-screen.json every
-variant's first-seed result, and the logs are RESULTS/logs/NAME-LABEL-seedS.log. MFU follows
-DESIGN.md: FLOPs per token = 6 x (parameters except the token, value and bigram embeddings and
-scalar gains) + sum over layers of 12 x d_model x min(window, T), against a 989.5 TFLOP/s dense bf16
-peak (train.py reports it; this script copies its inputs).
+variant's first-seed result, and the logs are RESULTS/logs/NAME-LABEL-seedS.log. MFU is counted
+as for the upstream anchor (bench/README.md): FLOPs per token = 6 x (parameters except the token,
+value and bigram embeddings and scalar gains) + sum over layers of 12 x d_model x min(window, T),
+against a 989.5 TFLOP/s dense bf16 peak (train.py reports it; this script copies its inputs).
 
 Noise of the trainer (`--plan`, `--noop-edit`, `--merge`): `--plan A:0,B:0,A:1,B:1,A:2` runs those
 variant labels with those training seeds in that order, each written as soon as it is scored to

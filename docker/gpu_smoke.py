@@ -1,15 +1,16 @@
-"""GPU smoke test of DockerSandbox on the device machine (gpu_mode=devices, host /usr /etc /opt
-mounted read-only, an almost empty imported root filesystem, as ../shared/device/README.md describes).
+"""GPU smoke test of DockerSandbox on a GPU host without the NVIDIA container toolkit (gpu_mode=devices,
+host /usr /etc /opt mounted read-only, an almost empty imported root filesystem; docs/gpu.md).
 Prints JSON lines; writes $OUT/smoke.json (copied to bench/results/gpu-smoke.json). Ran on the H100 on
 2026-11-24: GPU in a hardened container, tmpfs and bind scratch, warm compile cache, wall-clock kill.
 
-Prepare here (git-ignored folder docker/build/device/):
-    bash ../shared/device/make-docker-bundle.sh docker/build/device/docker-bundle.tar.xz
+Prepare on a machine with network (git-ignored folder docker/build/device/): a Docker engine bundle,
+docker-bundle.tar.xz, holding dockerd, containerd, runc, docker-init and the libraries they need
+under lib/ (for example unpacked from Debian's docker.io, containerd and runc packages), then:
     .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d docker/build/device/wheels \
         docker requests urllib3 idna certifi charset_normalizer pydantic pydantic-core pydantic-settings \
         python-dotenv typing-extensions typing-inspection annotated-types
-Run there (device tool, carry ["docker/build/device"]):
+Run on the GPU host, with docker/build/device/ copied there and /opt/torch/.venv its Python with torch:
     mkdir -p /tmp/dk && tar -xJf docker/build/device/docker-bundle.tar.xz -C /tmp/dk
     (PATH=/tmp/dk:$PATH LD_LIBRARY_PATH=/tmp/dk/lib setsid dockerd --iptables=false --ip-masq=false \
         --bridge=none --data-root /tmp/docker-data --exec-root /tmp/docker-exec \

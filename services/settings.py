@@ -1,5 +1,9 @@
 """One validated settings class, read from the environment (prefix `AR_`) by each entry point and
-passed in; nothing reads the environment at import time."""
+passed in; nothing reads the environment at import time.
+
+docs/configuration.md is generated from this class: each field's comment (the lines right above it
+and the end of its line) is its meaning there, and `# --- name` lines are its groups. After a change,
+run `python -m services.settings_doc > docs/configuration.md`."""
 
 from pathlib import Path
 from typing import Literal
@@ -18,14 +22,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AR_", frozen=True, extra="ignore")
 
     # --- connections
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = "redis://localhost:6379/0"  # the queues and the store: redis://, rediss:// or unix://
     # First admin token; if unset the controller makes one on first start and logs it once.
     admin_token: SecretStr | None = None
 
     # --- proposals
     max_patch_bytes: int = Field(512 * KIB, gt=0, le=16 * MIB)  # a train.py or diff, UTF-8 bytes
-    max_title_chars: int = Field(200, gt=0)
-    max_description_chars: int = Field(20_000, gt=0)
+    max_title_chars: int = Field(200, gt=0)  # a proposal's or a run's title, one line
+    max_description_chars: int = Field(20_000, gt=0)  # a proposal's or a run's description
     max_queued_per_token: int = Field(20, ge=1)  # an agent token's proposals waiting in `queued`
     submits_per_minute: int = Field(30, ge=1)  # an agent token's submits per minute (429 beyond)
 
@@ -38,6 +42,7 @@ class Settings(BaseSettings):
     # "devices" passes device nodes and read-only runtime mounts (hosts without the toolkit).
     gpu_mode: Literal["none", "nvidia", "devices"] = "none"
     gpu_id: str = "0"  # the one GPU this worker owns
+    # The device nodes passed to containers with gpu_mode=devices.
     gpu_device_nodes: list[str] = [
         "/dev/nvidia0",
         "/dev/nvidiactl",
@@ -68,6 +73,7 @@ class Settings(BaseSettings):
     # --- held-out test tripwire (rule test-gap/v1, services/committer/rules.py; docs/evaluation.md)
     # A merge is blocked when the candidate's val gain over the best, in the paired confirmation runs,
     # is not matched on the held-out test split beyond z · its noise plus a slack share of the gain.
+
     tripwire_z: float = Field(3.0, gt=0.0, le=10.0)  # one-sided z of the gap's noise bound
     # σ of one run's (test_bpb − val_bpb) around its commit's mean, in bpb, until the best's runs on a
     # fingerprint give 3 degrees of freedom; a paired gap has √2 times it.
@@ -77,7 +83,7 @@ class Settings(BaseSettings):
     tripwire_gain_slack: float = Field(0.5, ge=0.0, lt=1.0)
 
     # --- sandbox
-    trainer_image: str = "autoresearch/trainer:cpu"
+    trainer_image: str = "autoresearch/trainer:cpu"  # the image every run step starts from
     # The interpreter inside the trainer image (an absolute in-container path): the image's venv, or on
     # a host-runtime image (gpu_mode "devices" with the host's /usr and Python mounted) the host's.
     trainer_python: str = Field("/opt/venv/bin/python", pattern=r"^/[A-Za-z0-9._/+-]+$")
@@ -88,36 +94,39 @@ class Settings(BaseSettings):
     # A volume name, an absolute host path, or (a worker in a compose stack) a volume key of its
     # compose file ("train-data"), resolved to that project's own volume.
     train_data: str = "autoresearch-train-data"
-    val_data: str = "autoresearch-val-data"
+    val_data: str = "autoresearch-val-data"  # the validation text, like train_data; mounted into scorers only
     # The held-out test split (prepare.py --test-dir): like train_data, mounted into the scorer of the
     # runs that can decide a merge; "" = none (the tripwire does not run).
     test_data: str = ""
-    container_memory_bytes: int = Field(64 * GIB, ge=32 * MIB)
-    container_pids_limit: int = Field(1024, ge=16)
+    container_memory_bytes: int = Field(64 * GIB, ge=32 * MIB)  # each container's memory limit (swap off)
+    container_pids_limit: int = Field(1024, ge=16)  # processes and threads per container
     container_cpus: float = Field(0.0, ge=0.0)  # 0 = no CPU limit
-    tmpfs_bytes: int = Field(2 * GIB, ge=MIB)
+    tmpfs_bytes: int = Field(2 * GIB, ge=MIB)  # size of each container's /tmp (scratch_mode tmpfs)
     max_log_bytes: int = Field(8 * MIB, ge=KIB)  # the log kept per step; the rest is cut
     log_tail_bytes: int = Field(16 * KIB, ge=KIB)  # what the API shows of a failed run
-    max_checkpoint_bytes: int = Field(4 * GIB, ge=KIB)
+    max_checkpoint_bytes: int = Field(4 * GIB, ge=KIB)  # model.safetensors; a larger one is not collected
     max_output_bytes: int = Field(8 * GIB, ge=KIB)  # whole output folder; the run is killed beyond
+    # After the deadline, when the in-container backstop kills a step whose worker died mid-step.
     kill_grace_s: float = Field(5.0, ge=0.0)
     # RLIMIT_MEMLOCK of the evaluation containers (scorer and model servers), for hosts where page-locking
     # the logits slots (cudaHostRegister; 4 float32 batches ≈ 8.6 GB on the scorer's side) needs it; still
     # inside the containers' memory limit. 0 (default) keeps the engine's limit: an engine whose runtime
-    # may not raise it refuses to start such containers (seen on the CI machine: "error setting rlimits").
+    # may not raise it refuses to start such containers (seen with Debian's docker.io 20.10: "error
+    # setting rlimits").
     eval_memlock_bytes: int = Field(0, ge=0)
     # "tmpfs": /tmp is a size-capped tmpfs; "bind": the run's own scratch folder (mode 1777), for
-    # hosts where a tmpfs is not writable by the unprivileged user (seen on the GPU device machine).
+    # hosts where a tmpfs is not writable by the unprivileged user (seen with a Docker engine started
+    # from a static bundle on a GPU host).
     scratch_mode: Literal["tmpfs", "bind"] = "tmpfs"
     sandbox_extra_env: dict[str, str] = {}  # operator settings for every container (LD_LIBRARY_PATH)
     eval_max_docs: int | None = Field(None, gt=0)  # evaluate on the first N documents only (tests)
     keep_checkpoints: bool = False  # keep each run's weights; otherwise removed once scored
 
     # --- research repo (committer)
-    repo_dir: Path = Path("/var/lib/autoresearch/repo")
-    research_branch: str = "research"
-    baseline_train_py: Path = Path("trainer/train.py")
-    git_author: str = "autoresearch committer <committer@autoresearch.invalid>"
+    repo_dir: Path = Path("/var/lib/autoresearch/repo")  # the bare research repository (committer)
+    research_branch: str = "research"  # the branch winners are committed to
+    baseline_train_py: Path = Path("trainer/train.py")  # the branch's first commit, in an empty repository
+    git_author: str = "autoresearch committer <committer@autoresearch.invalid>"  # commits' author
 
     # --- fault injection (tests only; services/faults.py): empty in production, nothing pauses
     fault_pause_at: str = ""  # a point of faults.PAUSE_POINTS where the process sleeps until killed
@@ -125,9 +134,9 @@ class Settings(BaseSettings):
 
     # --- controller
     program_path: Path = Path("program.md")  # version 1 of the agents' instructions
-    host: str = "0.0.0.0"
-    port: int = Field(8000, gt=0, lt=65536)
-    page_size_max: int = Field(200, gt=0)
+    host: str = "0.0.0.0"  # the address the API listens on
+    port: int = Field(8000, gt=0, lt=65536)  # the port the API listens on
+    page_size_max: int = Field(200, gt=0)  # the largest `limit` a list accepts (default 50)
 
     # --- built-in agents (services/agent/: autoresearch-agent, autoresearch-search)
     agent_controller_url: str = "http://controller:8000"  # the API the agents use, as any client would
@@ -140,10 +149,10 @@ class Settings(BaseSettings):
     agent_llm_base_url: str = "https://api.openai.com/v1"  # any OpenAI-compatible chat-completions API
     agent_llm_model: str = ""  # required by autoresearch-agent
     agent_llm_api_key: SecretStr | None = None  # sent as a bearer token when set
-    agent_llm_temperature: float = Field(0.7, ge=0.0, le=2.0)
-    agent_llm_max_tokens: int | None = Field(None, gt=0)  # the answer's cap; None: the server's default
+    agent_llm_temperature: float = Field(0.7, ge=0.0, le=2.0)  # sampling temperature of each completion
+    agent_llm_max_tokens: int | None = Field(None, gt=0)  # the answer's cap; unset: the server's default
     agent_llm_timeout_s: float = Field(600.0, gt=0.0)  # one completion; reasoning models think long
-    agent_search_seed: int | None = None  # random search: None draws a fresh seed per process
+    agent_search_seed: int | None = None  # random search: unset draws a fresh seed per process
     agent_search_step: float = Field(0.3, gt=0.0, le=3.0)  # σ of the log-normal factor applied to a value
     # Constants the search arm never touches: hardware facts and limits, not hyperparameters.
     agent_search_exclude: list[str] = [

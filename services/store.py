@@ -409,7 +409,7 @@ class Store:
         finally:
             pubsub.close()
 
-    # ------------------------------------------------------------------------ issue 7: program.md
+    # --------------------------------------------------------------------------------- program.md
     # versions, live logs, a polling event subscription, bulk reads for statistics and metrics
 
     @_translate

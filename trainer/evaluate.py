@@ -25,7 +25,7 @@ stderr as "evaluate: voided: ..."). Without --channel the candidate is imported 
 use and tests only). --hash-only prints the fixed files' hashes and the evaluator version as one
 JSON line (what the worker pins before any run) and scores nothing.
 
-Protocol (DESIGN.md, "Evaluation"; tests pin it):
+Protocol (docs/architecture.md, "Evaluation protocol"; tests pin it):
   * books in file order, never joined: `text.split("\\n\\n")` gives paragraphs, each cut into
     6,000-character pieces; pieces are joined with "\\n\\n" into a document while it stays at most
     6,000 characters. Each document becomes [BOS] + encode(document).

@@ -3,7 +3,7 @@
 Run:    AR_DATA_DIR=<train dir> AR_OUT_DIR=<out dir> python train.py
 Import: `build_model(config)` builds the model that `run.json["config"]` describes; importing trains nothing.
 
-Environment (the trainer contract, DESIGN.md):
+Environment (the trainer contract, docs/architecture.md):
   AR_WALL_CLOCK_S   whole budget in seconds, start-up and compilation included (default 300)
   AR_DEADLINE_UNIX  absolute deadline (epoch seconds); trusted over AR_WALL_CLOCK_S when set
   AR_SEED           seed of every random generator (default 0)
@@ -491,7 +491,7 @@ def setup_runtime(env: Env, preset: Preset) -> None:
 def model_flops_per_token(model: GPT, config: dict, seq_len: int) -> tuple[int, int]:
     """(FLOPs per token, parameters counted): 6 x all parameters except the token, value and bigram
     embeddings (lookups, not products) and scalar gains, plus 12 x width x context per layer for
-    attention (DESIGN.md, Benchmarks)."""
+    attention (the upstream anchor's formula, bench/README.md)."""
     counted = sum(p.numel() for name, p in model.named_parameters()
                   if p.ndim == 2 and not name.startswith(("embed.", "value_embeds.", "bigram.")))  # fmt: skip
     attention = config["depth"] * 12 * config["model_dim"] * seq_len

@@ -1,5 +1,5 @@
 """The expected hashes of the evaluation's fixed files, pinned once in Redis for all workers
-(issue 6; docs/evaluation.md, "Fixed files").
+(docs/evaluation.md, "Fixed files").
 
 The fixed files are what the score depends on besides the candidate: `evaluate.py`,
 `model_server.py` and `prepare.py` in the trainer image, the tokenizer and its byte table, the

@@ -11,7 +11,7 @@ Per operation and caller:
 
 Every answer is checked for: no 5xx and no dropped connection (`not_a_server_error`); status code,
 content type, headers and body as /openapi.json documents them; and every 4xx as RFC 9457 problem
-details (application/problem+json with type, title, status, detail), as ../shared/DESIGN.md "API" says.
+details (application/problem+json with type, title, status, detail), as docs/architecture.md, "API", says.
 `test_stateful_fuzz_with_every_check` runs the schemathesis CLI's stateful phase with `--checks all`
 (positive and negative data, auth, Allow headers, resources that links lead to included), following the
 schema's links from created proposals, runs and program versions; schemathesis.toml names the few

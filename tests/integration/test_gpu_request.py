@@ -4,7 +4,7 @@ engine stores what the sandbox sends, so the request's shape is what a GPU host 
 - gpu_mode "nvidia": one DeviceRequest naming the worker's GPU id with the `gpu` capability (what
   the NVIDIA container toolkit serves); the container is created, never started (no toolkit here).
 - gpu_mode "devices" (hosts without the toolkit): the device nodes as devices, the runtime's host
-  folders as read-only binds; shown working on the H100 by bench/gpu_e2e.py (docs/gpu.md).
+  folders as read-only binds; shown working on the H100 by bench/gpu_e2e.py (bench/gpu-service.md).
 - `eval_memlock_bytes` raises RLIMIT_MEMLOCK of evaluation containers only (off by default).
 """
 
