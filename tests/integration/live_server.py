@@ -1,6 +1,8 @@
 """A real controller over real HTTP for the client-side tests (events, CLI, MCP): uvicorn in a thread
 on a free port, against the session's private Redis. Also the small trainer the tests submit."""
 
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +46,35 @@ def with_lr(value: str) -> str:
 def seed(store: Store) -> Store:
     store.add_commit(COMMIT, BASE)
     store.set_best(Best(commit=COMMIT, val_bpb=1.5))
+    store.set_repo_bundle(*research_bundle())
     return store
+
+
+def research_bundle(train_py: str = BASE) -> tuple[str, bytes]:
+    """(head, bytes) of a real git bundle of a one-commit research branch holding train_py: what the
+    committer publishes for GET /v1/repo.bundle."""
+    with tempfile.TemporaryDirectory() as folder:
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", "-C", folder, *args], capture_output=True, text=True, check=True
+            ).stdout
+
+        git("init", "-q", "-b", "research")
+        (Path(folder) / "train.py").write_text(train_py)
+        git("add", "train.py")
+        git(
+            "-c",
+            "user.name=committer",
+            "-c",
+            "user.email=committer@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "Baseline",
+        )
+        git("bundle", "create", "research.bundle", "HEAD", "research")
+        return git("rev-parse", "HEAD").strip(), (Path(folder) / "research.bundle").read_bytes()
 
 
 def settings_for(redis_url: str) -> Settings:
