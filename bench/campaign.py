@@ -234,9 +234,10 @@ def _decide(branch: Branch, machine: Machine, delta: float, proposal: Proposal, 
     screen, _ = _score(branch, machine, delta, proposal, FIRST_SEED)
     cand, best, used_seeds, test_c, test_b = [], [], [], [], []
     best_runs = branch.runs_by_commit.setdefault(branch.commit, [])
-    while True:
+    noise = branch.noise(policy.paired)
+    ref, ref_sd = rules.reference(policy.rule, branch.recorded_bpb, branch.recorded_sd, best_runs, noise)
+    while True:  # the committer keeps the screen's reference for the confirmation steps
         noise = branch.noise(policy.paired)
-        ref, ref_sd = rules.reference(policy.rule, branch.recorded_bpb, branch.recorded_sd, best_runs, noise)
         test = None
         if cand:
             scores = rules.PairedScores(cand, best, test_c, test_b)
@@ -364,9 +365,10 @@ def main() -> None:
     parser.add_argument("--gpu-hours", type=float, default=100.0, help="budget of one campaign")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="processes")
-    parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
+    parser.add_argument("--only", default="", help="only scenarios whose name contains each of these (commas)")
     args = parser.parse_args()
-    cells = [c for c in scenarios(args.campaigns, args.seed, args.gpu_hours) if args.only in c[0]]
+    wanted = [part for part in args.only.split(",") if part]
+    cells = [c for c in scenarios(args.campaigns, args.seed, args.gpu_hours) if all(w in c[0] for w in wanted)]
     log = io.StringIO()
     results: dict[str, dict[str, dict[str, object]]] = {}
     t0 = time.monotonic()

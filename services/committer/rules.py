@@ -212,8 +212,13 @@ def pooled_noise(runs_by_commit: dict[str, list[float]], prior_bpb: float, min_d
     total = sum(len(runs) for runs in runs_by_commit.values())
     if dof < min_dof:
         return Noise(prior_bpb, "prior", total)
-    squares = sum(sum((x - statistics.fmean(runs)) ** 2 for x in runs) for runs in groups)
+    squares = sum(_sum_of_squares(runs) for runs in groups)
     return Noise(math.sqrt(squares / dof), "calibrated", total)
+
+
+def _sum_of_squares(runs: list[float]) -> float:
+    mean = statistics.fmean(runs)
+    return sum((x - mean) ** 2 for x in runs)
 
 
 def tripwire(
@@ -297,13 +302,14 @@ def _params(params: RuleParams) -> dict[str, float]:
 # After each step the rule accepts when P(Δ < 0) ≥ p_accept (after at least `min_pairs` paired runs,
 # so that a candidate that ignores AR_SEED shows itself and machine drift cancels); otherwise it asks
 # for more paired runs while the expected gain of deciding after them, minus their cost, is positive
-# (a look-ahead over 1, 2 or 4 more pairs); else it rejects. The branch records a merged candidate's
+# (a look-ahead over 1 or 3 more pairs); else it rejects. The branch records a merged candidate's
 # score as the best's reference plus the posterior mean of Δ, which shrinks the winner's curse.
 
 SEQ_BAYES_RULE = "seq-bayes/v1"
 RULES = (SEQ_BAYES_RULE, PAIRED_Z_RULE)
 _SQRT2 = math.sqrt(2.0)
-_LOOKAHEAD_NODES = 20  # quadrature points of the predictive of the next pairs' mean
+_LOOKAHEAD_PAIRS = (1, 3)  # the numbers of further pairs the look-ahead weighs
+_LOOKAHEAD_NODES = 12  # quadrature points of the predictive of the next pairs' mean
 
 
 @dataclass(frozen=True)
@@ -388,13 +394,13 @@ def _parts(y: float, v: float, prior: Prior) -> list[tuple[float, float, float, 
 
 def _posterior_of(y: float, v: float, prior: Prior) -> tuple[Posterior, float]:
     """The posterior for the pooled likelihood N(y; Δ, v), and its log evidence."""
-    parts = _parts(y, v, prior)
-    top = max(p[0] for p in parts)
-    weights = [math.exp(p[0] - top) for p in parts]
-    total = sum(weights)
-    p_better = sum(w * p[1] for w, p in zip(weights, parts, strict=True)) / total
-    mean = sum(w * p[2] for w, p in zip(weights, parts, strict=True)) / total
-    second = sum(w * p[3] for w, p in zip(weights, parts, strict=True)) / total
+    (l1, p1, e1, s1), (l2, p2, e2, s2), (l3, p3, e3, s3) = _parts(y, v, prior)
+    top = max(l1, l2, l3)
+    w1, w2, w3 = math.exp(l1 - top), math.exp(l2 - top), math.exp(l3 - top)
+    total = w1 + w2 + w3
+    p_better = (w1 * p1 + w2 * p2 + w3 * p3) / total
+    mean = (w1 * e1 + w2 * e2 + w3 * e3) / total
+    second = (w1 * s1 + w2 * s2 + w3 * s3) / total
     sd = math.sqrt(max(second - mean * mean, 0.0))
     return Posterior(min(max(p_better, 0.0), 1.0), mean, sd, -mean), top + math.log(total)
 
@@ -416,15 +422,16 @@ def _lookahead(y: float, v: float, pairs: int, pair_var: float, params: SeqParam
     """The best (expected value of deciding after n more pairs − their cost, n) over n in 1, 2, 4."""
     best = (-math.inf, 0)
     post, log_z = _posterior_of(y, v, params.prior)
-    for n in (1, 2, 4):
+    for n in _LOOKAHEAD_PAIRS:
         if pairs + n > params.max_pairs:
             break
         v_n = pair_var / n
         spread = math.sqrt(post.sd_bpb**2 + v_n)
-        nodes = [post.mean_bpb + spread * (-4.0 + 8.0 * k / (_LOOKAHEAD_NODES - 1)) for k in range(_LOOKAHEAD_NODES)]
+        nodes = [post.mean_bpb + spread * (-3.5 + 7.0 * k / (_LOOKAHEAD_NODES - 1)) for k in range(_LOOKAHEAD_NODES)]
         weights, values = [], []
         for node in nodes:
-            y2, v2 = _pool([(y, v), (node, v_n)])
+            v2 = 1 / (1 / v + 1 / v_n)
+            y2 = v2 * (y / v + node / v_n)
             post2, log_z2 = _posterior_of(y2, v2, params.prior)
             # predictive density of the next mean: Z(data + node) / Z(data)
             weights.append(math.exp(log_z2 + _log_normal(y - node, v + v_n) - log_z))
