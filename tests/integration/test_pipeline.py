@@ -140,7 +140,8 @@ def test_better_proposal_is_merged_with_numbers_in_message_and_note(service: Ser
     assert "FAKE_SCORE = 1.4" in service.git("show", "research:trainer/train.py")
     best = service.store.get_best()
     assert (
-        best is not None and best.val_bpb == pytest.approx(1.4, abs=2e-4) and best.proposal_id == proposal.id
+        # seq-bayes/v1 records the posterior: the reference plus the posterior mean of Δ, shrunk a little
+        best is not None and best.val_bpb == pytest.approx(1.4, abs=1e-3) and best.proposal_id == proposal.id
     )
     assert [e.state for e in service.store.events(proposal.id)] == [
         State.QUEUED,
