@@ -73,7 +73,9 @@ def proposal_stream(mixture: str, rng: np.random.Generator, count: int) -> list[
     if mixture == "zero":
         return [Proposal(0.0) for _ in range(count)]
     if mixture == "seedless":
-        return [Proposal(0.0, ignores_seed=True, fixed_offset=float(-abs(rng.normal(0, 1)))) for _ in range(count)]
+        return [
+            Proposal(0.0, ignores_seed=True, fixed_offset=float(-abs(rng.normal(0, 1)))) for _ in range(count)
+        ]
     weights = [0.55, 0.25, 0.15, 0.05] if mixture == "default" else [0.45, 0.40, 0.15, 0.0]
     worse_sd, gain_mean = (0.01, 0.0015) if mixture == "default" else (0.015, 0.006)
     kinds = rng.choice(4, size=count, p=weights)
@@ -206,7 +208,9 @@ def campaign(rule: str, mixture: str, machine: Machine, stream: list[Proposal], 
     return tally
 
 
-def _score(branch: Branch, machine: Machine, delta: float, proposal: Proposal, seed: int) -> tuple[float, float]:
+def _score(
+    branch: Branch, machine: Machine, delta: float, proposal: Proposal, seed: int
+) -> tuple[float, float]:
     val, test = machine.run(branch.true_bpb + delta, seed)
     if proposal.ignores_seed:  # the same score whatever the seed: a fixed lucky value
         fixed = branch.true_bpb + delta + machine.sigma * proposal.fixed_offset
@@ -327,7 +331,10 @@ def summarise(tallies: list[Tally], gpu_hours: float) -> dict[str, object]:
     }
 
 
-def scenarios(campaigns: int, seed: int, gpu_hours: float) -> list[tuple[str, float, str, str, float, int, int, float, list[str]]]:  # fmt: skip
+Cell = tuple[str, float, str, str, float, int, int, float, list[str]]
+
+
+def scenarios(campaigns: int, seed: int, gpu_hours: float) -> list[Cell]:
     cells = []
     for sigma, noise, mixture, rho in itertools.product(SIGMAS, NOISES, MIXTURES, RHOS):
         name = f"sigma={sigma:g}/noise={noise}/mix={mixture}/rho={rho:g}"
@@ -365,10 +372,14 @@ def main() -> None:
     parser.add_argument("--gpu-hours", type=float, default=100.0, help="budget of one campaign")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="processes")
-    parser.add_argument("--only", default="", help="only scenarios whose name contains each of these (commas)")
+    parser.add_argument(
+        "--only", default="", help="only scenarios whose name contains each of these (commas)"
+    )
     args = parser.parse_args()
     wanted = [part for part in args.only.split(",") if part]
-    cells = [c for c in scenarios(args.campaigns, args.seed, args.gpu_hours) if all(w in c[0] for w in wanted)]
+    cells = [
+        c for c in scenarios(args.campaigns, args.seed, args.gpu_hours) if all(w in c[0] for w in wanted)
+    ]
     log = io.StringIO()
     results: dict[str, dict[str, dict[str, object]]] = {}
     t0 = time.monotonic()

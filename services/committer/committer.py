@@ -255,7 +255,7 @@ class Committer:
             self.request_runs_on_new_fingerprint(fingerprint)
         screening = proposal.screening or proposal.decision
         reference = screening.best_bpb if screening is not None and screening.best_bpb is not None else 0.0
-        reference_sd = (screening.posterior.get("reference_sd_bpb") if screening is not None else None)
+        reference_sd = screening.posterior.get("reference_sd_bpb") if screening is not None else None
         evidence = rules.Evidence(
             best_commit=proposal.base_commit, best_bpb=reference,
             best_sd_bpb=noise.sigma_bpb if reference_sd is None else reference_sd, noise=noise,

@@ -427,7 +427,10 @@ def _lookahead(y: float, v: float, pairs: int, pair_var: float, params: SeqParam
             break
         v_n = pair_var / n
         spread = math.sqrt(post.sd_bpb**2 + v_n)
-        nodes = [post.mean_bpb + spread * (-3.5 + 7.0 * k / (_LOOKAHEAD_NODES - 1)) for k in range(_LOOKAHEAD_NODES)]
+        nodes = [
+            post.mean_bpb + spread * (-3.5 + 7.0 * k / (_LOOKAHEAD_NODES - 1))
+            for k in range(_LOOKAHEAD_NODES)
+        ]
         weights, values = [], []
         for node in nodes:
             v2 = 1 / (1 / v + 1 / v_n)
@@ -523,7 +526,9 @@ def _decide_seq_bayes(evidence: Evidence, params: SeqParams) -> Decision:
     sigma = evidence.noise.sigma_bpb
     screen_mean = statistics.fmean(evidence.screen_runs)
     screen_var = (
-        sigma**2 / len(evidence.screen_runs) + evidence.best_sd_bpb**2 + (params.screen_extra_sigma * sigma) ** 2
+        sigma**2 / len(evidence.screen_runs)
+        + evidence.best_sd_bpb**2
+        + (params.screen_extra_sigma * sigma) ** 2
     )
     terms = [(screen_mean - evidence.best_bpb, screen_var)]
     pairs = len(evidence.candidate_runs)

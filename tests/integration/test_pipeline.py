@@ -240,7 +240,9 @@ def test_a_job_delivered_twice_runs_once(service: Service) -> None:
     assert queue.queue_depths(service.conn)[queue.RUNS_QUEUE] == 2
     service.drain()
     merged = service.store.get(proposal.id)
-    runs = 1 + 2 * len(merged.confirm_seeds)  # screening, then the paired confirmation runs the rule asked for
+    runs = 1 + 2 * len(
+        merged.confirm_seeds
+    )  # screening, then the paired confirmation runs the rule asked for
     assert sum(r.proposal_id == proposal.id for r in service.sandbox.trained) == runs
 
 

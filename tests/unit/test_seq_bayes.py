@@ -10,16 +10,18 @@ import pytest
 from services.committer import rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench import campaign  # noqa: E402
+from bench import campaign
 
 NOISE = rules.Noise(0.001, "calibrated", 10)
 POLICY = rules.Policy(rule=rules.SEQ_BAYES_RULE)
 
 
-def evidence(screen: float, cand: list[float] = [], best: list[float] = [], seeds: list[int] = []) -> rules.Evidence:  # noqa: B006
+def evidence(
+    screen: float, cand: tuple[float, ...] = (), best: tuple[float, ...] = (), seeds: tuple[int, ...] = ()
+) -> rules.Evidence:
     return rules.Evidence(
         best_commit="c", best_bpb=1.3000, best_sd_bpb=0.0005, noise=NOISE, screen_runs=[screen],
-        screen_seeds=[42], candidate_runs=cand, best_runs=best, seeds=seeds,
+        screen_seeds=[42], candidate_runs=list(cand), best_runs=list(best), seeds=list(seeds),
     )  # fmt: skip
 
 
@@ -38,7 +40,7 @@ def test_a_promising_screen_asks_for_paired_runs_and_never_accepts_alone() -> No
 
 
 def test_paired_runs_that_agree_with_the_screen_accept_with_a_shrunk_score() -> None:
-    decision = rules.decide(evidence(1.2950, [1.2948, 1.2951], [1.3001, 1.2999], [7, 8]), POLICY)
+    decision = rules.decide(evidence(1.2950, (1.2948, 1.2951), (1.3001, 1.2999), (7, 8)), POLICY)
     assert decision.accepted and decision.stopped == "accept" and decision.stage == "confirm"
     assert decision.posterior["p_better"] >= POLICY.seq.p_accept
     assert decision.seeds == [7, 8] and decision.candidate_runs == [1.2948, 1.2951]
@@ -48,13 +50,15 @@ def test_paired_runs_that_agree_with_the_screen_accept_with_a_shrunk_score() -> 
 
 def test_paired_runs_that_contradict_a_lucky_screen_reject_it() -> None:
     screened = rules.decide(evidence(1.2985), POLICY)
-    decision = rules.decide(evidence(1.2985, [1.3013, 1.3011, 1.3014], [1.3000, 1.3001, 1.2999], [7, 8, 9]), POLICY)
+    decision = rules.decide(
+        evidence(1.2985, (1.3013, 1.3011, 1.3014), (1.3000, 1.3001, 1.2999), (7, 8, 9)), POLICY
+    )
     assert not decision.accepted
     assert decision.posterior["p_better"] < 0.5 < screened.posterior["p_better"]
 
 
 def test_a_candidate_that_ignores_the_seed_is_rejected() -> None:
-    decision = rules.decide(evidence(1.2000, [1.2000, 1.2000], [1.3001, 1.2999], [7, 8]), POLICY)
+    decision = rules.decide(evidence(1.2000, (1.2000, 1.2000), (1.3001, 1.2999), (7, 8)), POLICY)
     assert not decision.accepted and decision.stopped == "reject-ignores-seed"
     assert "ignores AR_SEED" in decision.reason
 
@@ -87,7 +91,9 @@ def test_posterior_matches_a_numerical_integration_of_the_prior() -> None:
     grid = np.linspace(-0.08, 0.08, 200_001)
     density = np.where(grid > 0, prior.worse_weight * 2 * _normal(grid, prior.worse_sd_bpb), 0.0)
     density += prior.zero_weight * _normal(grid, prior.zero_sd_bpb)
-    density += np.where(grid < 0, prior.gain_weight / prior.gain_mean_bpb * np.exp(grid / prior.gain_mean_bpb), 0)
+    density += np.where(
+        grid < 0, prior.gain_weight / prior.gain_mean_bpb * np.exp(grid / prior.gain_mean_bpb), 0
+    )
     for y, sd in [(0.0, 0.0005), (-0.002, 0.0007), (0.003, 0.002), (-0.01, 0.009)]:
         weights = density * np.exp(-((grid - y) ** 2) / (2 * sd * sd))
         weights /= weights.sum()
@@ -111,7 +117,9 @@ def test_pure_noise_is_falsely_accepted_at_most_one_percent_of_the_time(sigma: f
     for c in range(3):
         stream = campaign.proposal_stream("zero", np.random.default_rng((1, c)), 400)
         machine = campaign.Machine(sigma, "drift", 0.5, (2, c), 400)
-        tally = campaign.campaign(rules.SEQ_BAYES_RULE, "default", machine, stream, campaign.policy_for(rules.SEQ_BAYES_RULE))
+        tally = campaign.campaign(
+            rules.SEQ_BAYES_RULE, "default", machine, stream, campaign.policy_for(rules.SEQ_BAYES_RULE)
+        )
         merges, decisions = merges + tally.merges, decisions + tally.decisions
     assert decisions >= 300
     assert merges / decisions <= 0.01, (merges, decisions)
@@ -121,6 +129,8 @@ def test_a_change_that_ignores_the_seed_is_never_merged() -> None:
     """Every proposal scores the same lucky value on every seed (up to 2 σ better than the best)."""
     stream = campaign.proposal_stream("seedless", np.random.default_rng(3), 300)
     machine = campaign.Machine(0.002, "gaussian", 0.0, (4,), 300)
-    tally = campaign.campaign(rules.SEQ_BAYES_RULE, "default", machine, stream, campaign.policy_for(rules.SEQ_BAYES_RULE))
+    tally = campaign.campaign(
+        rules.SEQ_BAYES_RULE, "default", machine, stream, campaign.policy_for(rules.SEQ_BAYES_RULE)
+    )
     assert tally.decisions > 50 and tally.merges == 0
     assert tally.stops.get("reject-ignores-seed", 0) > 0
