@@ -16,8 +16,9 @@ runs' test scores (honest proposals: test moves as validation does). One GPU run
 confirmation is ever in flight when the head moves (with several workers the committer re-queues those,
 losing their runs; this simulator does not model that).
 
-Writes bench/results/campaign.json ({"default_rule", "scenarios": {SCENARIO: {RULE: figures}}, the
-ratios between rules per scenario and their median and minimum) and its raw log.
+Writes bench/results/campaign.json ({"default_rule", "candidate_rule", "scenarios": {SCENARIO: {RULE:
+figures}}, the candidate rule's ratios to greedy and paired-z/v1 per scenario and their median and
+minimum) and its raw log.
 """
 
 import argparse
@@ -52,6 +53,7 @@ RHOS = [0.0, 0.5]
 GAP_SIGMA_SHARE = 1.0  # σ of one run's (test − val), as a share of σ: a pessimistic guess
 GREEDY = "greedy"
 RULE_NAMES = [GREEDY, rules.PAIRED_Z_RULE, rules.SEQ_BAYES_RULE]
+CANDIDATE_RULE = rules.SEQ_BAYES_RULE  # the rule measured against the goals (the `ratios`)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,9 +345,9 @@ def scenarios(campaigns: int, seed: int, gpu_hours: float) -> list[Cell]:
 
 
 def ratios(results: dict[str, dict[str, dict[str, object]]]) -> dict[str, object]:
-    """Per scenario, then summarised: the default rule's gain against greedy's and paired-z's, and its
-    false merges against greedy's."""
-    rule = rules.SEQ_BAYES_RULE
+    """Per scenario, then summarised: the candidate rule's (CANDIDATE_RULE) gain against greedy's and
+    paired-z's, and its false merges against greedy's (the goals are stated in those terms)."""
+    rule = CANDIDATE_RULE
     per: dict[str, dict[str, float]] = {}
     for name, by_rule in results.items():
         g = float(by_rule[rule]["gain_per_gpu_hour"])  # type: ignore[arg-type]
@@ -401,6 +403,7 @@ def main() -> None:
     print(f"summary {summary['summary']}")
     figures = {
         "default_rule": Settings().accept_rule,
+        "candidate_rule": CANDIDATE_RULE,
         "rules": RULE_NAMES,
         "grid": {"sigma_bpb": SIGMAS, "noise": NOISES, "mixture": MIXTURES, "rho": RHOS,
                  "campaigns": args.campaigns, "gpu_hours": args.gpu_hours, "run_s": RUN_S,

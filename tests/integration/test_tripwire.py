@@ -64,10 +64,9 @@ def test_a_memoriser_is_rejected_by_the_tripwire_with_its_numbers_in_the_decisio
     assert decision.delta_bpb == pytest.approx(-0.6, abs=1e-3)  # the val rule alone would accept it
     assert decision.test_gap_bpb == pytest.approx(0.6137, abs=1e-3)  # 0.6 of val gain, 0.0137 lost on test
     assert decision.test_threshold_bpb is not None and decision.test_gap_bpb > decision.test_threshold_bpb
-    n = len(done.confirm_seeds)  # the paired runs the rule asked for (seq-bayes/v1: one is enough here)
-    assert n >= 1 and decision.test_n == n == len(decision.test_candidate_runs)
-    assert decision.test_candidate_runs == pytest.approx([1.5237] * n, abs=1e-3)
-    assert decision.test_best_runs == pytest.approx([1.51] * n, abs=1e-3)
+    assert decision.test_n == service.settings.confirm_runs == len(decision.test_candidate_runs)
+    assert decision.test_candidate_runs == pytest.approx([1.5237] * 3, abs=1e-3)
+    assert decision.test_best_runs == pytest.approx([1.51] * 3, abs=1e-3)
     assert service.repo.head() == head
     assert_no_test_figures(service, done, service.repo.tried_refs()[proposal.id])
 

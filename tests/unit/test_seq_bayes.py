@@ -107,7 +107,7 @@ def _normal(x: np.ndarray, sd: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------
-# campaigns of pure noise and of seed-ignoring changes, decided by the default rule
+# campaigns of pure noise and of seed-ignoring changes, decided by seq-bayes/v1 (opt-in)
 
 
 @pytest.mark.parametrize("sigma", campaign.SIGMAS)
