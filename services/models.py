@@ -124,7 +124,7 @@ class Decision(Frozen):
     test_params: dict[str, float] = {}
     # Rule seq-bayes/v1 (services/committer/rules.py): a posterior over the candidate's effect Δ.
     more_runs: int = 0  # with confirm=True: the paired runs (candidate + best each) asked for next
-    posterior: dict[str, float] = {}  # p_better = P(Δ < 0), mean_bpb, sd_bpb, lo_bpb / hi_bpb (5% / 95%)
+    posterior: dict[str, float] = {}  # p_better = P(Δ < 0), mean_bpb, sd_bpb, lo_bpb / hi_bpb (5% / 95%), ...
     prior_version: str = ""  # the prior over Δ the posterior started from
     stopped: str = ""  # why the rule stopped (or went on): accept | reject-unlikely | reject-not-worth | ...
     merged_bpb: float | None = None  # the score the branch records if merged (None: candidate_bpb)

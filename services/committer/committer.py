@@ -212,9 +212,6 @@ class Committer:
             seed_only_change=only_seed_changed(proposal.diff),
         )  # fmt: skip
         decision = rules.decide(evidence, policy)
-        decision = decision.model_copy(
-            update={"posterior": {**decision.posterior, "reference_sd_bpb": reference_sd}}
-        )
         if not decision.confirm:
             reason = decision.reason + self._keep_tried(proposal, decision)
             return self.store.transition(
@@ -245,14 +242,15 @@ class Committer:
         baseline = [r.val_bpb for r in proposal.baseline_results if r.val_bpb is not None]
         self._remember_fingerprints([*confirm_runs, *proposal.baseline_results])
         fingerprint = _fingerprint_key([*confirm_runs, *proposal.baseline_results])
-        noise = self.noise(fingerprint)  # before this step's runs of the best join the calibration
-        if fingerprint is not None:
-            new_runs = proposal.baseline_results[len(proposal.baseline_results) - self._new_pairs(proposal) :]
+        if fingerprint is not None:  # the best's paired runs, each counted once however often this runs
             self.store.add_calibration_runs(
-                fingerprint, proposal.base_commit, [r.val_bpb for r in new_runs if r.val_bpb is not None]
+                fingerprint, proposal.base_commit, _val_scores(proposal.baseline_results)
             )
-            self.store.add_gap_calibration_runs(fingerprint, proposal.base_commit, _gaps(new_runs))
+            self.store.add_gap_calibration_runs(
+                fingerprint, proposal.base_commit, _gaps(proposal.baseline_results)
+            )
             self.request_runs_on_new_fingerprint(fingerprint)
+        noise = self.noise(fingerprint)
         screening = proposal.screening or proposal.decision
         reference = screening.best_bpb if screening is not None and screening.best_bpb is not None else 0.0
         reference_sd = screening.posterior.get("reference_sd_bpb") if screening is not None else None
@@ -265,7 +263,9 @@ class Committer:
             test=self._tripwire_evidence(proposal, confirm_runs, fingerprint),
         )  # fmt: skip
         decision = rules.decide(evidence, self.policy)
-        if decision.accepted and evidence.test is None:
+        if decision.tripwire != "not-run":
+            log.info("held-out test tripwire: %s", decision.tripwire, extra={"proposal_id": proposal.id})
+        elif decision.accepted and evidence.test is None:
             log.warning(
                 "held-out test tripwire not run: the paired runs carry no test scores (set AR_TEST_DATA on "
                 "the workers)", extra={"proposal_id": proposal.id},
@@ -278,11 +278,6 @@ class Committer:
             return self.store.transition(proposal.id, State.REJECTED, reason, decision=decision)
         self.store.transition(proposal.id, State.ACCEPTED, decision.reason, decision=decision)
         return self._merge(proposal.id, decision)
-
-    def _new_pairs(self, proposal: Proposal) -> int:
-        """The paired runs of the last confirmation step (those the previous step did not decide on)."""
-        decided = len(proposal.decision.best_runs) if proposal.decision is not None else 0
-        return max(0, len(proposal.baseline_results) - decided)
 
     def _confirm_more(self, proposal: Proposal, decision: Decision) -> Proposal:
         """The rule asks for more paired runs: fresh seeds, the same proposal, its evidence kept, unless
@@ -431,9 +426,7 @@ class Committer:
         fingerprint = _fingerprint_key(scored)
         self.store.record_score(proposal.id, val_bpb, fingerprint)
         if fingerprint is not None:
-            self.store.add_calibration_runs(
-                fingerprint, proposal.base_commit, [r.val_bpb or 0.0 for r in scored]
-            )
+            self.store.add_calibration_runs(fingerprint, proposal.base_commit, _val_scores(scored))
             self.store.add_gap_calibration_runs(fingerprint, proposal.base_commit, _gaps(scored))
             self.request_runs_on_new_fingerprint(fingerprint)
         best = self.store.get_best()
@@ -525,9 +518,16 @@ def _fresh_seeds(count: int, exclude: set[int]) -> list[int]:
     return seeds
 
 
-def _gaps(results: list[RunResult]) -> list[float]:
-    """test_bpb − val_bpb of the runs that scored the test split."""
-    return [r.test_bpb - r.val_bpb for r in results if r.test_bpb is not None and r.val_bpb is not None]
+def _val_scores(results: list[RunResult]) -> dict[str, float]:
+    """run id → val_bpb of the scored runs (the calibration counts each run once, by its id)."""
+    return {r.run_id: r.val_bpb for r in results if r.val_bpb is not None}
+
+
+def _gaps(results: list[RunResult]) -> dict[str, float]:
+    """run id → test_bpb − val_bpb of the runs that scored the test split."""
+    return {
+        r.run_id: r.test_bpb - r.val_bpb for r in results if r.test_bpb is not None and r.val_bpb is not None
+    }
 
 
 def _mean(results: list[RunResult]) -> float:

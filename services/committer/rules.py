@@ -566,7 +566,7 @@ def _decide_seq_bayes(evidence: Evidence, params: SeqParams) -> Decision:
     summary = {
         "p_better": post.p_better, "mean_bpb": post.mean_bpb, "sd_bpb": post.sd_bpb,
         "lo_bpb": post.mean_bpb - 1.645 * post.sd_bpb, "hi_bpb": post.mean_bpb + 1.645 * post.sd_bpb,
-        "evidence_delta_bpb": y, "evidence_sd_bpb": math.sqrt(v),
+        "evidence_delta_bpb": y, "evidence_sd_bpb": math.sqrt(v), "reference_sd_bpb": evidence.best_sd_bpb,
     }  # fmt: skip
     return Decision(
         accepted=accepted, rule=SEQ_BAYES_RULE, stage="confirm" if pairs else "screen", confirm=more > 0,
