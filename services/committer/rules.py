@@ -586,7 +586,7 @@ def _seq_reason(
 ) -> str:
     runs = f"{len(evidence.screen_runs)} screening run(s) and {pairs} paired run(s)"
     belief = (
-        f"P(better) {post.p_better:.3f}, Δ {post.mean_bpb:+.6f} ± {post.sd_bpb:.6f} "
+        f"P(better) {post.p_better:.2f}, Δ {post.mean_bpb:+.6f} ± {post.sd_bpb:.6f} "
         f"(σ {evidence.noise.sigma_bpb:.6f} {evidence.noise.source}, prior {params.prior.version})"
     )
     if stopped == "reject-ignores-seed":
