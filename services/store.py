@@ -349,7 +349,7 @@ class Store:
             while True:
                 try:
                     pipe.watch(key, counted)
-                    seen = cast("list[int]", pipe.smismember(counted, run_ids))
+                    seen = cast("list[int]", pipe.smismember(counted, run_ids))  # type: ignore[no-untyped-call]
                     fresh = [run_id for run_id, known in zip(run_ids, seen, strict=True) if not known]
                     if not fresh:
                         pipe.unwatch()

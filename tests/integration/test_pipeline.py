@@ -13,8 +13,8 @@ import redis
 from rq import SimpleWorker
 
 from services import queue
-from services.committer import rules
 from services.committer import jobs as committer_jobs
+from services.committer import rules
 from services.committer.committer import Committer
 from services.committer.repo import GitResearchRepo, HeadMoved
 from services.models import Proposal, new_id

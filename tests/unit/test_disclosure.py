@@ -67,7 +67,8 @@ def test_a_seq_bayes_decision_shows_agents_its_posterior_rounded() -> None:
     for key in ("sd_bpb", "evidence_sd_bpb", "reference_sd_bpb"):
         value = decision.posterior[key]
         assert shown.posterior[key] == round(value, 1 - math.floor(math.log10(value))), key
-    assert shown.posterior["p_better"] == round(decision.posterior["p_better"], 2) != decision.posterior["p_better"]
+    p_better = decision.posterior["p_better"]
+    assert shown.posterior["p_better"] == round(p_better, 2) != p_better
     assert f"P(better) {decision.posterior['p_better']:.2f}," in shown.reason
     assert ADMIN.model(decision) == decision
 
