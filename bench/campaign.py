@@ -3,6 +3,7 @@
 `decide`) through the committer's bookkeeping, against upstream's greedy keep-if-better.
 
     .venv/bin/python bench/campaign.py [--campaigns 200] [--gpu-hours 100] [--jobs 2]
+    .venv/bin/python bench/campaign.py --table bench/results/campaign.json   # the docs' tables
 
 A campaign spends a fixed GPU budget (a run costs RUN_S: 300 s of training plus evaluation) on a
 stream of proposals whose true effect Δ (candidate − current best, bits per byte; negative is better)
@@ -24,6 +25,7 @@ minimum) and its raw log.
 import argparse
 import io
 import itertools
+import json
 import math
 import statistics
 import sys
@@ -32,6 +34,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -368,6 +371,35 @@ def ratios(results: dict[str, dict[str, dict[str, object]]]) -> dict[str, object
     return {"per_scenario": per, "summary": summary}
 
 
+def table(figures: dict[str, object]) -> str:
+    """The markdown tables of docs/evaluation.md, from a results document (`--table`)."""
+    scenarios = cast("dict[str, dict[str, dict[str, Any]]]", figures["scenarios"])
+    rule = str(figures.get("candidate_rule", CANDIDATE_RULE))
+    paired = rules.PAIRED_Z_RULE
+    lines = [
+        f"| σ | noise | mixture | \u03c1 | gain/GPU-h greedy · {paired} · {rule} (mbpb) | false merges /100 GPU-h "
+        f"greedy · {paired} · {rule} | runs/decision {paired} · {rule} | recorded − true, greedy · {rule} (mbpb) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_rule in scenarios.items():
+        cells = dict(part.split("=", 1) for part in name.split("/", 3))
+        g, p, c = by_rule[GREEDY], by_rule[paired], by_rule[rule]
+        lines.append(
+            f"| {cells['sigma']} | {cells['noise']} | {cells['mix']} | {cells['rho']} | "
+            f"{g['gain_per_gpu_hour'] * 1000:.3f} · {p['gain_per_gpu_hour'] * 1000:.3f} · "
+            f"{c['gain_per_gpu_hour'] * 1000:.3f} | {g['false_merges']:.2f} · {p['false_merges']:.2f} · "
+            f"{c['false_merges']:.2f} | {p['runs_per_decision']:.2f} · {c['runs_per_decision']:.2f} | "
+            f"{g['recorded_minus_true_bpb'] * 1000:+.2f} · {c['recorded_minus_true_bpb'] * 1000:+.2f} |"
+        )
+    summary = cast("dict[str, dict[str, float]]", cast("dict[str, Any]", figures["ratios"])["summary"])
+    lines += ["", f"| ratio ({rule} over) | median | min | max |", "|---|---|---|---|"]
+    for key, row in summary.items():
+        lines.append(f"| {key} | {row['median']:.2f} | {row['min']:.2f} | {row['max']:.2f} |")
+    worst = max(float(by_rule[rule]["tripwire_false_block_rate"]) for by_rule in scenarios.values())
+    lines += ["", f"Tripwire false blocks on honest proposals ({rule}, worst scenario): {worst:.4f}"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--campaigns", type=int, default=200, help="campaigns per scenario")
@@ -377,7 +409,11 @@ def main() -> None:
     parser.add_argument(
         "--only", default="", help="only scenarios whose name contains each of these (commas)"
     )
+    parser.add_argument("--table", type=Path, help="print the docs' tables of this results file, run nothing")
     args = parser.parse_args()
+    if args.table is not None:
+        print(table(json.loads(args.table.read_text())))
+        return
     wanted = [part for part in args.only.split(",") if part]
     cells = [
         c for c in scenarios(args.campaigns, args.seed, args.gpu_hours) if all(w in c[0] for w in wanted)
