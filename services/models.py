@@ -141,6 +141,12 @@ class Decision(Frozen):
     test_cumulative_threshold_bpb: float | None = None  # z √(Σ σ_g²/n) + slack × Σ val gain
     test_cumulative_steps: int | None = None  # steps in those sums (merges with test figures, and this one)
     test_params: dict[str, int | float] = {}
+    # Rule seq-bayes/v1 (services/committer/rules.py): a posterior over the candidate's effect Δ.
+    more_runs: int = 0  # with confirm=True: the paired runs (candidate + best each) asked for next
+    posterior: dict[str, float] = {}  # p_better = P(Δ < 0), mean_bpb, sd_bpb, lo_bpb / hi_bpb (5% / 95%), ...
+    prior_version: str = ""  # the prior over Δ the posterior started from
+    stopped: str = ""  # why the rule stopped (or went on): accept | reject-unlikely | reject-not-worth | ...
+    merged_bpb: float | None = None  # the score the branch records if merged (None: candidate_bpb)
 
 
 ProposalKind = Literal["proposal", "run"]

@@ -58,7 +58,17 @@ class Settings(BaseSettings):
     worker_lease_ttl_s: int = Field(30, ge=1, le=3600)
     first_seed: int = 42  # harness seed of a proposal's screening run
 
-    # --- acceptance (rule paired-z/v1, services/committer/rules.py)
+    # --- acceptance (services/committer/rules.py; bench/campaign.py simulates both rules)
+    # paired-z/v1 (the default): the strict fixed-size paired test. seq-bayes/v1 (opt-in): a posterior
+    # over the candidate's effect, paired runs one step at a time while another is worth its cost; it
+    # misses its goals in the simulation (docs/evaluation.md), so it is not the default.
+    accept_rule: Literal["paired-z/v1", "seq-bayes/v1"] = "paired-z/v1"
+    # (seq-bayes/v1, opt-in)
+    seq_p_accept: float = Field(0.97, gt=0.5, lt=1.0)  # accept when P(Δ < 0) reaches this
+    seq_run_cost_bpb: float = Field(0.00002, ge=0.0, le=1.0)  # expected gain one run must buy to be run
+    seq_max_pairs: int = Field(8, ge=1, le=32)  # paired runs after which an unconvinced rule rejects
+    seq_screen_extra_sigma: float = Field(0.5, ge=0.0, le=10.0)  # extra σ on a screen against the best
+    # (paired-z/v1, the default)
     confirm_runs: int = Field(3, ge=1, le=32)  # paired confirmation runs, candidate and best each
     screen_margin_sigma: float = Field(0.5, ge=0.0, le=10.0)  # confirm screens up to this many σ worse
     accept_z: float = Field(2.6, gt=0.0, le=10.0)  # one-sided z of the bound; 2.6 keeps false accepts < 1%

@@ -13,8 +13,10 @@ Keys (prefix `ar:`):
     fingerprints           set of fingerprint keys seen
     fingerprint-fields     hash fingerprint key → JSON of its Fingerprint (what the key stands for)
     calibration:<fp>       hash commit → JSON list of every val_bpb of that branch commit (noise)
+    calibration:<fp>:run-ids      set of the run ids counted in it (each run counts once)
     calibration-gap:<fp>   hash commit → JSON list of test_bpb − val_bpb of its runs that scored the
                            test split (the held-out test tripwire's noise)
+    calibration-gap:<fp>:run-ids  set of the run ids counted in it
     best                   JSON of Best
     commits                hash commit → train.py on the research branch
     lineage                hash commit → JSON of its LineageEntry (the branch's history, for the API)
@@ -28,7 +30,7 @@ Channel `ar:events` carries every transition as JSON {proposal_id, state, reason
 
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
@@ -348,7 +350,9 @@ class Store:
     # --- noise calibration: every scored run of a commit on the branch, per fingerprint
 
     @_translate
-    def add_calibration_runs(self, fingerprint_key: str, commit: str, scores: list[float]) -> None:
+    def add_calibration_runs(self, fingerprint_key: str, commit: str, scores: Mapping[str, float]) -> None:
+        """Record the val_bpb of runs of a branch commit (run id → score). A run already recorded is
+        skipped, so a retried or duplicated decision job counts each run once."""
         self._append_runs(f"ar:calibration:{fingerprint_key}", fingerprint_key, commit, scores)
 
     @_translate
@@ -356,8 +360,9 @@ class Store:
         return self._runs_by_commit(f"ar:calibration:{fingerprint_key}")
 
     @_translate
-    def add_gap_calibration_runs(self, fingerprint_key: str, commit: str, gaps: list[float]) -> None:
-        """Record test_bpb − val_bpb of runs of a branch commit (the tripwire's noise calibration)."""
+    def add_gap_calibration_runs(self, fingerprint_key: str, commit: str, gaps: Mapping[str, float]) -> None:
+        """Record test_bpb − val_bpb of runs of a branch commit (run id → gap; the tripwire's noise
+        calibration), each run once like `add_calibration_runs`."""
         if gaps:
             self._append_runs(f"ar:calibration-gap:{fingerprint_key}", fingerprint_key, commit, gaps)
 
@@ -365,15 +370,27 @@ class Store:
     def gap_calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
         return self._runs_by_commit(f"ar:calibration-gap:{fingerprint_key}")
 
-    def _append_runs(self, key: str, fingerprint_key: str, commit: str, scores: list[float]) -> None:
+    def _append_runs(self, key: str, fingerprint_key: str, commit: str, scores: Mapping[str, float]) -> None:
+        """Append the scores of runs not yet counted under `key` (their ids kept in `key:run-ids`), in
+        one transaction."""
+        counted = f"{key}:run-ids"
+        run_ids = list(scores)
+        if not run_ids:
+            return
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key, counted)
+                    seen = cast("list[int]", pipe.smismember(counted, run_ids))  # type: ignore[no-untyped-call]
+                    fresh = [run_id for run_id, known in zip(run_ids, seen, strict=True) if not known]
+                    if not fresh:
+                        pipe.unwatch()
+                        return
                     raw = cast("bytes | None", pipe.hget(key, commit))
-                    runs = [*(json.loads(raw) if raw else []), *scores]
+                    runs = [*(json.loads(raw) if raw else []), *(scores[run_id] for run_id in fresh)]
                     pipe.multi()
                     pipe.hset(key, commit, json.dumps(runs))
+                    pipe.sadd(counted, *fresh)
                     pipe.sadd("ar:fingerprints", fingerprint_key)
                     pipe.execute()
                     return

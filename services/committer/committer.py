@@ -201,16 +201,19 @@ class Committer:
         self._remember_fingerprints(scored)
         fingerprint = _fingerprint_key(scored)
         self.request_runs_on_new_fingerprint(fingerprint)
-        screen_bpb = _mean(scored)
-        self.store.record_score(proposal.id, screen_bpb, fingerprint)
-        decision = rules.screen(
-            screen_bpb, best.val_bpb or 0.0, best.commit, self.noise(fingerprint), self.params
+        self.store.record_score(proposal.id, _mean(scored), fingerprint)
+        noise = self.noise(fingerprint)
+        policy = self.policy
+        best_runs = self.store.calibration_runs(fingerprint).get(best.commit, []) if fingerprint else []
+        reference, reference_sd = rules.reference(
+            policy.rule, best.val_bpb or 0.0, self._recorded_sd(best.commit), best_runs, noise
         )
-        if only_seed_changed(proposal.diff):
-            decision = decision.model_copy(update={
-                "confirm": False,
-                "reason": "the change only touches seeding; the harness chooses seeds, so it cannot improve",
-            })  # fmt: skip
+        evidence = rules.Evidence(
+            best_commit=best.commit, best_bpb=reference, best_sd_bpb=reference_sd, noise=noise,
+            screen_runs=[r.val_bpb or 0.0 for r in scored], screen_seeds=[r.seed for r in scored],
+            seed_only_change=only_seed_changed(proposal.diff),
+        )  # fmt: skip
+        decision = rules.decide(evidence, policy)
         if not decision.confirm:
             reason = decision.reason + self._keep_tried(proposal, decision)
             return self.store.transition(
@@ -218,7 +221,7 @@ class Committer:
             )
         if proposal.base_commit != self.repo.head():
             return self._requeue_on_head(proposal)
-        seeds = _fresh_seeds(self.settings.confirm_runs, exclude=set(proposal.seeds))
+        seeds = _fresh_seeds(decision.more_runs, exclude=set(proposal.seeds))
         confirming = self.store.transition(
             proposal.id, State.CONFIRMING, decision.reason, decision=decision, screening=decision,
             confirm_seeds=seeds, baseline_results=[],
@@ -227,57 +230,87 @@ class Committer:
         queue.enqueue_run(self.conn, proposal.id, budget, confirming.transitions)
         return confirming
 
+    def _recorded_sd(self, commit: str) -> float | None:
+        """The uncertainty of a merged commit's recorded score, where its decision gave one."""
+        entry = self.store.lineage_entry(commit)
+        if entry is None or entry.decision is None:
+            return None
+        return entry.decision.posterior.get("sd_bpb")
+
     def _decide_confirmed(self, proposal: Proposal) -> Proposal:
+        screen_runs = [r for r in proposal.results[: len(proposal.seeds)] if r.val_bpb is not None]
         confirm_runs = proposal.results[len(proposal.seeds) :]
         candidate = [r.val_bpb for r in confirm_runs if r.val_bpb is not None]
         baseline = [r.val_bpb for r in proposal.baseline_results if r.val_bpb is not None]
         self._remember_fingerprints([*confirm_runs, *proposal.baseline_results])
         fingerprint = _fingerprint_key([*confirm_runs, *proposal.baseline_results])
-        if fingerprint is not None:
-            self.store.add_calibration_runs(fingerprint, proposal.base_commit, baseline)
+        if fingerprint is not None:  # the best's paired runs, each counted once however often this runs
+            self.store.add_calibration_runs(
+                fingerprint, proposal.base_commit, _val_scores(proposal.baseline_results)
+            )
             self.store.add_gap_calibration_runs(
                 fingerprint, proposal.base_commit, _gaps(proposal.baseline_results)
             )
             self.request_runs_on_new_fingerprint(fingerprint)
-        decision = rules.confirm(
-            candidate,
-            baseline,
-            proposal.confirm_seeds,
-            proposal.base_commit,
-            self.noise(fingerprint),
-            self.params,
-        )
-        if decision.accepted:
-            decision = self._tripwire(proposal, confirm_runs, decision, fingerprint)
+        noise = self.noise(fingerprint)
+        screening = proposal.screening or proposal.decision
+        reference = screening.best_bpb if screening is not None and screening.best_bpb is not None else 0.0
+        reference_sd = screening.posterior.get("reference_sd_bpb") if screening is not None else None
+        evidence = rules.Evidence(
+            best_commit=proposal.base_commit, best_bpb=reference,
+            best_sd_bpb=noise.sigma_bpb if reference_sd is None else reference_sd, noise=noise,
+            screen_runs=[r.val_bpb or 0.0 for r in screen_runs], screen_seeds=[r.seed for r in screen_runs],
+            candidate_runs=candidate, best_runs=baseline, seeds=list(proposal.confirm_seeds),
+            seed_only_change=only_seed_changed(proposal.diff),
+            test=self._tripwire_evidence(proposal, confirm_runs, fingerprint),
+        )  # fmt: skip
+        decision = rules.decide(evidence, self.policy)
+        if decision.tripwire != "not-run":
+            log.info("held-out test tripwire: %s", decision.tripwire, extra={"proposal_id": proposal.id})
+        elif decision.accepted and evidence.test is None:
+            log.warning(
+                "held-out test tripwire not run: the paired runs carry no test scores (set AR_TEST_DATA on "
+                "the workers)", extra={"proposal_id": proposal.id},
+            )  # fmt: skip
         self.store.record_score(proposal.id, decision.candidate_bpb, fingerprint)
+        if decision.confirm:
+            return self._confirm_more(proposal, decision)
         if not decision.accepted:
             reason = decision.reason + self._keep_tried(proposal, decision)
             return self.store.transition(proposal.id, State.REJECTED, reason, decision=decision)
         self.store.transition(proposal.id, State.ACCEPTED, decision.reason, decision=decision)
         return self._merge(proposal.id, decision)
 
-    def _tripwire(
-        self, proposal: Proposal, confirm_runs: list[RunResult], decision: Decision, fingerprint: str | None
-    ) -> Decision:
-        """The held-out test tripwire on an accepted confirmation (rules.tripwire); not run when the
-        paired runs carry no test scores (no test split configured where they ran)."""
+    def _confirm_more(self, proposal: Proposal, decision: Decision) -> Proposal:
+        """The rule asks for more paired runs: fresh seeds, the same proposal, its evidence kept, unless
+        the head moved (then it is re-queued against the new head, as DESIGN.md asks)."""
+        if proposal.base_commit != self.repo.head():
+            return self._requeue_on_head(proposal)
+        used = {*proposal.seeds, *proposal.confirm_seeds}
+        seeds = [*proposal.confirm_seeds, *_fresh_seeds(decision.more_runs, exclude=used)]
+        confirming = self.store.transition(
+            proposal.id, State.CONFIRMING, decision.reason, decision=decision, confirm_seeds=seeds
+        )
+        budget = 2 * decision.more_runs * self.settings.run_budget_s
+        queue.enqueue_run(self.conn, proposal.id, budget, confirming.transitions)
+        return confirming
+
+    def _tripwire_evidence(
+        self, proposal: Proposal, confirm_runs: list[RunResult], fingerprint: str | None
+    ) -> rules.TripwireEvidence | None:
+        """The paired runs' test scores for the held-out test tripwire; None when they carry none (no
+        test split configured where they ran)."""
         pairs = list(zip(confirm_runs, proposal.baseline_results, strict=True))
         if not pairs or any(r.test_bpb is None or r.val_bpb is None for pair in pairs for r in pair):
-            log.warning(
-                "held-out test tripwire not run: the paired runs carry no test scores (set AR_TEST_DATA on "
-                "the workers)", extra={"proposal_id": proposal.id},
-            )  # fmt: skip
-            return decision
+            return None
         scores = rules.PairedScores(
             val_candidate=[c.val_bpb or 0.0 for c, _ in pairs], val_best=[b.val_bpb or 0.0 for _, b in pairs],
             test_candidate=[c.test_bpb or 0.0 for c, _ in pairs], test_best=[b.test_bpb or 0.0 for _, b in pairs],
         )  # fmt: skip
-        checked = rules.tripwire(
-            decision, scores, self.gap_noise(fingerprint), self._gap_history(proposal.base_commit),
+        return rules.TripwireEvidence(
+            scores, self.gap_noise(fingerprint), self._gap_history(proposal.base_commit),
             rules.tripwire_params_from(self.settings),
         )  # fmt: skip
-        log.info("held-out test tripwire: %s", checked.tripwire, extra={"proposal_id": proposal.id})
-        return checked
 
     def _gap_history(self, commit: str) -> list[rules.GapStep]:
         """The tripwire's figures of the merged steps from the root to `commit` (the cumulative check);
@@ -307,6 +340,10 @@ class Committer:
     def params(self) -> rules.RuleParams:
         return rules.params_from(self.settings)
 
+    @property
+    def policy(self) -> rules.Policy:
+        return rules.policy_from(self.settings)
+
     def _merge(self, proposal_id: str, decision: Decision) -> Proposal:
         proposal = self.store.get(proposal_id)
         merged = self.repo.find_merged(proposal_id)  # a crash after publishing: don't commit twice
@@ -335,14 +372,14 @@ class Committer:
                 commit=merged, parent=proposal.base_commit,
                 position=parent.position + 1 if parent is not None else len(self.store.lineage()),
                 proposal_id=proposal.id, title=proposal.title, agent=proposal.agent,
-                val_bpb=decision.candidate_bpb, delta_bpb=decision.delta_bpb,
+                val_bpb=_recorded_bpb(decision), delta_bpb=decision.delta_bpb,
                 peak_memory_bytes=_peak_memory(proposal.results), decision=decision, merged_at=now(),
             )
         )  # fmt: skip
         self.store.set_best(
             Best(
                 commit=merged,
-                val_bpb=decision.candidate_bpb,
+                val_bpb=_recorded_bpb(decision),
                 proposal_id=proposal_id,
                 fingerprint_key=_fingerprint_key(proposal.results),
             )
@@ -395,9 +432,7 @@ class Committer:
         fingerprint = _fingerprint_key(scored)
         self.store.record_score(proposal.id, val_bpb, fingerprint)
         if fingerprint is not None:
-            self.store.add_calibration_runs(
-                fingerprint, proposal.base_commit, [r.val_bpb or 0.0 for r in scored]
-            )
+            self.store.add_calibration_runs(fingerprint, proposal.base_commit, _val_scores(scored))
             self.store.add_gap_calibration_runs(fingerprint, proposal.base_commit, _gaps(scored))
             self.request_runs_on_new_fingerprint(fingerprint)
         best = self.store.get_best()
@@ -495,6 +530,12 @@ def _merged_runs(earlier: object, new: list[dict[str, object]]) -> list[object]:
     return [*kept, *new]
 
 
+def _recorded_bpb(decision: Decision) -> float:
+    """The score the branch records for a merged candidate: the posterior where the rule gave one
+    (it shrinks the winner's curse), else the mean of its confirmation runs."""
+    return decision.merged_bpb if decision.merged_bpb is not None else decision.candidate_bpb
+
+
 def _runs_complete(proposal: Proposal) -> bool:
     if proposal.state == State.CONFIRMING:
         return bool(proposal.confirm_seeds) and len(proposal.baseline_results) == len(proposal.confirm_seeds)
@@ -523,9 +564,16 @@ def _fresh_seeds(count: int, exclude: set[int]) -> list[int]:
     return seeds
 
 
-def _gaps(results: list[RunResult]) -> list[float]:
-    """test_bpb − val_bpb of the runs that scored the test split."""
-    return [r.test_bpb - r.val_bpb for r in results if r.test_bpb is not None and r.val_bpb is not None]
+def _val_scores(results: list[RunResult]) -> dict[str, float]:
+    """run id → val_bpb of the scored runs (the calibration counts each run once, by its id)."""
+    return {r.run_id: r.val_bpb for r in results if r.val_bpb is not None}
+
+
+def _gaps(results: list[RunResult]) -> dict[str, float]:
+    """run id → test_bpb − val_bpb of the runs that scored the test split."""
+    return {
+        r.run_id: r.test_bpb - r.val_bpb for r in results if r.test_bpb is not None and r.val_bpb is not None
+    }
 
 
 def _mean(results: list[RunResult]) -> float:

@@ -1,5 +1,8 @@
 """Accept rules: pure functions from run scores to verdicts, so that the committer and the acceptance
-simulation (bench/acceptance.py) run exactly the same code.
+simulation (bench/acceptance.py) run exactly the same code. `decide(evidence, policy)` is the one
+entry the committer calls on every screen and confirmation step (bench/campaign.py calls it too); the
+setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v1`
+(described at its section below).
 
 Rule `paired-z/v1` (the default), in two stages:
 
@@ -117,6 +120,18 @@ def params_from(settings: Settings) -> RuleParams:
     )  # fmt: skip
 
 
+def seq_params_from(settings: Settings) -> "SeqParams":
+    return SeqParams(
+        p_accept=settings.seq_p_accept, run_cost_bpb=settings.seq_run_cost_bpb, max_pairs=settings.seq_max_pairs,
+        screen_extra_sigma=settings.seq_screen_extra_sigma,
+    )  # fmt: skip
+
+
+def policy_from(settings: Settings) -> "Policy":
+    """The rule the operator chose, with the parameters of each (the committer and the API use it)."""
+    return Policy(rule=settings.accept_rule, paired=params_from(settings), seq=seq_params_from(settings))
+
+
 def degrees_of_freedom(runs_by_commit: dict[str, list[float]]) -> int:
     """What the pooled σ of `calibrate` rests on: Σ (runs of a commit − 1)."""
     return sum(len(runs) - 1 for runs in runs_by_commit.values() if len(runs) > 1)
@@ -216,8 +231,13 @@ def pooled_noise(runs_by_commit: dict[str, list[float]], prior_bpb: float, min_d
     total = sum(len(runs) for runs in runs_by_commit.values())
     if dof < min_dof:
         return Noise(prior_bpb, "prior", total)
-    squares = sum(sum((x - statistics.fmean(runs)) ** 2 for x in runs) for runs in groups)
+    squares = sum(_sum_of_squares(runs) for runs in groups)
     return Noise(math.sqrt(squares / dof), "calibrated", total)
+
+
+def _sum_of_squares(runs: list[float]) -> float:
+    mean = statistics.fmean(runs)
+    return sum((x - mean) ** 2 for x in runs)
 
 
 def tripwire(
@@ -285,3 +305,342 @@ def _params(params: RuleParams) -> dict[str, int | float]:
         "accept_z": params.accept_z,
         "sigma_prior_bpb": params.sigma_prior_bpb,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rule seq-bayes/v1: a sequential Bayesian confirmation (opt-in: AR_ACCEPT_RULE=seq-bayes/v1)
+#
+# Not the default: in the campaign simulation (bench/campaign.py, docs/evaluation.md) it misses its
+# goals (0.77x greedy's and 1.27x paired-z/v1's gain per GPU-hour, median over scenarios; false merges
+# up to 14% of greedy's under Student-t noise; behind paired-z/v1 at σ ≥ 0.005).
+#
+# A posterior over the candidate's true effect Δ (candidate − best, bits per byte; negative is better),
+# from a prior fitted to what proposals do (PRIOR_V1) and Gaussian evidence: the screening run against
+# the best's reference score, and the paired confirmation runs (candidate − best on the same seed). The
+# prior is a mixture of three parts, each conjugate to a Gaussian likelihood, so the posterior is exact
+# and closed-form (no grid): clearly worse changes (Δ > 0, half-normal), near-zero changes (normal) and
+# real gains (Δ < 0, exponential). Selection does not bias it: conditioning on a lucky screening run is
+# what the prior's near-zero mass is for.
+#
+# After each step the rule accepts when P(Δ < 0) ≥ p_accept (after at least `min_pairs` paired runs,
+# so that a candidate that ignores AR_SEED shows itself and machine drift cancels); otherwise it asks
+# for more paired runs while the expected gain of deciding after them, minus their cost, is positive
+# (a look-ahead over 1 or 3 more pairs); else it rejects. The branch records a merged candidate's
+# score as the best's reference plus the posterior mean of Δ, which shrinks the winner's curse.
+
+SEQ_BAYES_RULE = "seq-bayes/v1"
+RULES = (PAIRED_Z_RULE, SEQ_BAYES_RULE)
+_SQRT2 = math.sqrt(2.0)
+_LOOKAHEAD_PAIRS = (1, 3)  # the numbers of further pairs the look-ahead weighs
+_LOOKAHEAD_NODES = 12  # quadrature points of the predictive of the next pairs' mean
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The prior over Δ: weights of the three parts and their scales, in bits per byte."""
+
+    version: str
+    worse_weight: float  # Δ = +|N(0, worse_sd)|
+    worse_sd_bpb: float
+    zero_weight: float  # Δ = N(0, zero_sd)
+    zero_sd_bpb: float
+    gain_weight: float  # Δ = −Exp(gain_mean)
+    gain_mean_bpb: float
+
+
+# The proposal mixture of an agent campaign (bench/campaign.py's default stream, crashes left out):
+# 55% clearly worse, 25% near zero, 15% real gains of 0.0015 on average.
+PRIOR_V1 = Prior("mixture/v1", 0.55 / 0.95, 0.01, 0.25 / 0.95, 0.0005, 0.15 / 0.95, 0.0015)
+
+
+@dataclass(frozen=True)
+class SeqParams:
+    p_accept: float = 0.97  # accept when P(Δ < 0) reaches this
+    run_cost_bpb: float = 0.00002  # what one GPU run must buy in expected gain to be worth running
+    min_pairs: int = 1  # paired runs before any accept (seed-ignoring candidates, drift)
+    p_give_up: float = 0.002  # reject at once below this P(Δ < 0): no run could be worth it
+    max_pairs: int = 8  # paired runs after which a candidate still unconvincing is rejected
+    screen_extra_sigma: float = 0.5  # extra σ on the screening comparison: drift, the first seed's luck
+    pair_rho: float = 0.0  # assumed same-seed correlation of paired runs (0: no credit for pairing)
+    prior: Prior = PRIOR_V1
+
+
+@dataclass(frozen=True)
+class Posterior:
+    p_better: float  # P(Δ < 0)
+    mean_bpb: float
+    sd_bpb: float
+    gain_bpb: float  # E[−Δ] = −mean: the expected gain of merging
+
+
+def _log_ndtr(z: float) -> float:
+    """log Φ(z), stable far into the left tail."""
+    if z > -20.0:
+        return math.log(max(0.5 * math.erfc(-z / _SQRT2), 1e-300))
+    return -0.5 * z * z - math.log(-z) - 0.5 * math.log(2 * math.pi)
+
+
+def _mills(a: float) -> float:
+    """φ(a) / (1 − Φ(a)), the mean shift of a normal truncated below at a (in sd units)."""
+    return math.exp(-0.5 * a * a - 0.5 * math.log(2 * math.pi) - _log_ndtr(-a))
+
+
+def _log_normal(x: float, var: float) -> float:
+    return -0.5 * (x * x / var + math.log(2 * math.pi * var))
+
+
+def _parts(y: float, v: float, prior: Prior) -> list[tuple[float, float, float, float]]:
+    """The posterior's three parts for a Gaussian likelihood N(y; Δ, v): (log evidence, P(Δ<0), mean,
+    second moment) of each."""
+    parts = []
+    # clearly worse: half-normal on Δ > 0; the posterior part is a normal truncated to Δ > 0
+    s2 = prior.worse_sd_bpb**2
+    v1 = 1 / (1 / s2 + 1 / v)
+    m1, sd1 = v1 * y / v, math.sqrt(v1)
+    log_z1 = math.log(2 * prior.worse_weight) + _log_normal(y, s2 + v) + _log_ndtr(m1 / sd1)
+    mean1 = m1 + sd1 * _mills(-m1 / sd1)
+    parts.append((log_z1, 0.0, mean1, v1 + m1 * mean1))  # E[X²] = v + m·E[X] when cut at 0
+    # near zero: normal
+    z2 = prior.zero_sd_bpb**2
+    v2 = 1 / (1 / z2 + 1 / v)
+    m2 = v2 * y / v
+    log_z2 = math.log(prior.zero_weight) + _log_normal(y, z2 + v)
+    parts.append((log_z2, math.exp(_log_ndtr(-m2 / math.sqrt(v2))), m2, v2 + m2 * m2))
+    # real gains, Δ = −Exp(μ): exp(Δ/μ)·N(y; Δ, v) = exp(y/μ + v/2μ²)·N(Δ; y + v/μ, v), cut to Δ < 0
+    mu = prior.gain_mean_bpb
+    m3, sd3 = y + v / mu, math.sqrt(v)
+    log_z3 = math.log(prior.gain_weight / mu) + y / mu + v / (2 * mu * mu) + _log_ndtr(-m3 / sd3)
+    mean3 = m3 - sd3 * _mills(m3 / sd3)
+    parts.append((log_z3, 1.0, mean3, v + m3 * mean3))
+    return parts
+
+
+def _posterior_of(y: float, v: float, prior: Prior) -> tuple[Posterior, float]:
+    """The posterior for the pooled likelihood N(y; Δ, v), and its log evidence."""
+    (l1, p1, e1, s1), (l2, p2, e2, s2), (l3, p3, e3, s3) = _parts(y, v, prior)
+    top = max(l1, l2, l3)
+    w1, w2, w3 = math.exp(l1 - top), math.exp(l2 - top), math.exp(l3 - top)
+    total = w1 + w2 + w3
+    p_better = (w1 * p1 + w2 * p2 + w3 * p3) / total
+    mean = (w1 * e1 + w2 * e2 + w3 * e3) / total
+    second = (w1 * s1 + w2 * s2 + w3 * s3) / total
+    sd = math.sqrt(max(second - mean * mean, 0.0))
+    return Posterior(min(max(p_better, 0.0), 1.0), mean, sd, -mean), top + math.log(total)
+
+
+def _pool(terms: list[tuple[float, float]]) -> tuple[float, float]:
+    """Gaussian likelihood terms (y, variance) pooled into one."""
+    precision = sum(1 / var for _, var in terms)
+    return sum(y / var for y, var in terms) / precision, 1 / precision
+
+
+def _value(post: Posterior, pairs: int, params: SeqParams) -> float:
+    """The value of stopping now: the expected gain of merging where the rule may accept, else 0."""
+    if pairs >= params.min_pairs and post.p_better >= params.p_accept:
+        return max(post.gain_bpb, 0.0)
+    return 0.0
+
+
+def _lookahead(y: float, v: float, pairs: int, pair_var: float, params: SeqParams) -> tuple[float, int]:
+    """The best (expected value of deciding after n more pairs − their cost, n) over n in 1, 2, 4."""
+    best = (-math.inf, 0)
+    post, log_z = _posterior_of(y, v, params.prior)
+    for n in _LOOKAHEAD_PAIRS:
+        if pairs + n > params.max_pairs:
+            break
+        v_n = pair_var / n
+        spread = math.sqrt(post.sd_bpb**2 + v_n)
+        nodes = [
+            post.mean_bpb + spread * (-3.5 + 7.0 * k / (_LOOKAHEAD_NODES - 1))
+            for k in range(_LOOKAHEAD_NODES)
+        ]
+        weights, values = [], []
+        for node in nodes:
+            v2 = 1 / (1 / v + 1 / v_n)
+            y2 = v2 * (y / v + node / v_n)
+            post2, log_z2 = _posterior_of(y2, v2, params.prior)
+            # predictive density of the next mean: Z(data + node) / Z(data)
+            weights.append(math.exp(log_z2 + _log_normal(y - node, v + v_n) - log_z))
+            values.append(_value(post2, pairs + n, params))
+        total = sum(weights)
+        expected = sum(w * x for w, x in zip(weights, values, strict=True)) / total if total > 0 else 0.0
+        gain = expected - 2 * n * params.run_cost_bpb
+        if gain > best[0]:
+            best = (gain, n)
+    return best
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything a verdict rests on, as the committer's bookkeeping holds it. Without paired runs the
+    verdict is a screen; with them, a confirmation step."""
+
+    best_commit: str
+    best_bpb: float  # the best's reference score
+    best_sd_bpb: float  # the uncertainty of that reference
+    noise: Noise  # σ of one run on this fingerprint
+    screen_runs: list[float]  # the candidate's screening run(s)
+    screen_seeds: list[int]
+    candidate_runs: list[float] = ()  # type: ignore[assignment]  # paired confirmation runs, seed i ...
+    best_runs: list[float] = ()  # type: ignore[assignment]  # ... and the best's
+    seeds: list[int] = ()  # type: ignore[assignment]
+    seed_only_change: bool = False  # the diff touches nothing but seeding
+    test: "TripwireEvidence | None" = None  # the paired runs' test scores (None: no test split)
+
+
+@dataclass(frozen=True)
+class TripwireEvidence:
+    scores: PairedScores
+    gap_noise: Noise
+    history: list[GapStep]
+    params: TripwireParams
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which rule decides, with the parameters of each."""
+
+    rule: str = PAIRED_Z_RULE
+    paired: RuleParams = RuleParams()
+    seq: SeqParams = SeqParams()
+
+
+SEED_ONLY = "the change only touches seeding; the harness chooses seeds, so it cannot improve"
+
+
+def decide(evidence: Evidence, policy: Policy) -> Decision:
+    """The verdict on a candidate from its evidence: the one pure function the committer runs (and
+    bench/campaign.py with it). `accepted` → merge; `confirm` → `more_runs` more paired runs, then
+    decide again; neither → reject. The held-out test tripwire is part of an accepting verdict."""
+    if policy.rule == PAIRED_Z_RULE:
+        decision = _decide_paired_z(evidence, policy.paired)
+    elif policy.rule == SEQ_BAYES_RULE:
+        decision = _decide_seq_bayes(evidence, policy.seq)
+    else:
+        raise ValueError(f"unknown rule {policy.rule!r}; known: {', '.join(RULES)}")
+    if decision.confirm and evidence.seed_only_change:
+        decision = decision.model_copy(update={"confirm": False, "more_runs": 0, "reason": SEED_ONLY})
+    if decision.accepted and evidence.test is not None:
+        test = evidence.test
+        decision = tripwire(decision, test.scores, test.gap_noise, test.history, test.params)
+    return decision
+
+
+def _decide_paired_z(evidence: Evidence, params: RuleParams) -> Decision:
+    if not evidence.candidate_runs:
+        screened = screen(
+            statistics.fmean(evidence.screen_runs), evidence.best_bpb, evidence.best_commit, evidence.noise,
+            params,
+        )  # fmt: skip
+        return screened.model_copy(update={"more_runs": params.confirm_runs if screened.confirm else 0})
+    return confirm(
+        list(evidence.candidate_runs), list(evidence.best_runs), list(evidence.seeds), evidence.best_commit,
+        evidence.noise, params,
+    )  # fmt: skip
+
+
+def _ignores_seed(evidence: Evidence) -> bool:
+    runs = [*evidence.screen_runs, *evidence.candidate_runs]
+    seeds = [*evidence.screen_seeds, *evidence.seeds]
+    return len(runs) > 1 and len(set(runs)) == 1 and len(set(seeds)) == len(seeds)
+
+
+def _decide_seq_bayes(evidence: Evidence, params: SeqParams) -> Decision:
+    sigma = evidence.noise.sigma_bpb
+    screen_mean = statistics.fmean(evidence.screen_runs)
+    screen_var = (
+        sigma**2 / len(evidence.screen_runs)
+        + evidence.best_sd_bpb**2
+        + (params.screen_extra_sigma * sigma) ** 2
+    )
+    terms = [(screen_mean - evidence.best_bpb, screen_var)]
+    pairs = len(evidence.candidate_runs)
+    pair_var = 2 * (1 - params.pair_rho) * sigma**2
+    diffs = [c - b for c, b in zip(evidence.candidate_runs, evidence.best_runs, strict=True)]
+    if pairs:
+        spread = statistics.variance(diffs) if pairs >= 3 else 0.0
+        terms.append((statistics.fmean(diffs), max(spread, pair_var) / pairs))
+    y, v = _pool(terms)
+    post, _ = _posterior_of(y, v, params.prior)
+    candidate_bpb = statistics.fmean(evidence.candidate_runs) if pairs else screen_mean
+    more, stopped = 0, ""
+    if _ignores_seed(evidence):
+        accepted, stopped = False, "reject-ignores-seed"
+    elif pairs >= params.min_pairs and post.p_better >= params.p_accept:
+        accepted, stopped = True, "accept"
+    elif post.p_better < params.p_give_up:
+        accepted, stopped = False, "reject-unlikely"
+    else:
+        accepted = False
+        worth, n = _lookahead(y, v, pairs, pair_var, params) if pairs < params.max_pairs else (-1.0, 0)
+        if pairs >= params.max_pairs:
+            stopped = "reject-max-runs"
+        elif worth > 0:
+            more, stopped = n, "more-runs"
+        else:
+            stopped = "reject-not-worth"
+    summary = {
+        "p_better": post.p_better, "mean_bpb": post.mean_bpb, "sd_bpb": post.sd_bpb,
+        "lo_bpb": post.mean_bpb - 1.645 * post.sd_bpb, "hi_bpb": post.mean_bpb + 1.645 * post.sd_bpb,
+        "evidence_delta_bpb": y, "evidence_sd_bpb": math.sqrt(v), "reference_sd_bpb": evidence.best_sd_bpb,
+    }  # fmt: skip
+    return Decision(
+        accepted=accepted, rule=SEQ_BAYES_RULE, stage="confirm" if pairs else "screen", confirm=more > 0,
+        more_runs=more, candidate_bpb=candidate_bpb, best_bpb=evidence.best_bpb,
+        best_commit=evidence.best_commit, delta_bpb=candidate_bpb - evidence.best_bpb if not pairs
+        else statistics.fmean(diffs), sigma_bpb=sigma, sigma_source=evidence.noise.source,
+        threshold_bpb=params.p_accept, candidate_runs=list(evidence.candidate_runs),
+        best_runs=list(evidence.best_runs), seeds=list(evidence.seeds), params=_seq_params(params),
+        posterior=summary, prior_version=params.prior.version, stopped=stopped,
+        merged_bpb=evidence.best_bpb + post.mean_bpb if accepted else None,
+        reason=_seq_reason(stopped, post, pairs, more, params, evidence),
+    )  # fmt: skip
+
+
+def _seq_reason(
+    stopped: str, post: Posterior, pairs: int, more: int, params: SeqParams, evidence: Evidence
+) -> str:
+    runs = f"{len(evidence.screen_runs)} screening run(s) and {pairs} paired run(s)"
+    belief = (
+        f"P(better) {post.p_better:.2f}, Δ {post.mean_bpb:+.6f} ± {post.sd_bpb:.6f} "
+        f"(σ {evidence.noise.sigma_bpb:.6f} {evidence.noise.source}, prior {params.prior.version})"
+    )
+    if stopped == "reject-ignores-seed":
+        return (
+            f"the candidate scored {evidence.screen_runs[0]:.6f} with every one of its different harness seeds: "
+            "it ignores AR_SEED, so its score cannot be told from luck"
+        )
+    if stopped == "accept":
+        return f"after {runs}: {belief} reaches {params.p_accept:g}; accepted"
+    if stopped == "more-runs":
+        return f"after {runs}: {belief}; another {more} paired run(s) are worth their cost"
+    if stopped == "reject-unlikely":
+        return f"after {runs}: {belief}; too unlikely to be better to be worth another run, rejected"
+    if stopped == "reject-max-runs":
+        return f"after {runs}: {belief} is still below {params.p_accept:g} at the limit of {params.max_pairs} pairs"
+    return f"after {runs}: {belief}; more runs are not worth their cost, rejected"
+
+
+def _seq_params(params: SeqParams) -> dict[str, float]:
+    return {
+        "p_accept": params.p_accept, "run_cost_bpb": params.run_cost_bpb, "min_pairs": params.min_pairs,
+        "max_pairs": params.max_pairs, "p_give_up": params.p_give_up, "screen_extra_sigma": params.screen_extra_sigma,
+        "pair_rho": params.pair_rho,
+    }  # fmt: skip
+
+
+REFERENCE_RUNS = 8  # the best's latest runs that make its reference score for seq-bayes/v1 (drift)
+
+
+def reference(
+    rule: str, recorded_bpb: float, recorded_sd_bpb: float | None, best_runs: list[float], noise: Noise
+) -> tuple[float, float]:
+    """The best's score a candidate is compared with, and its uncertainty. paired-z/v1: the recorded
+    score. seq-bayes/v1: the mean of the best's latest runs on the fingerprint (its own, and its halves of
+    paired runs: re-scoring shared by every candidate), else the recorded score (a posterior when a
+    seq-bayes decision merged it)."""
+    sigma = noise.sigma_bpb
+    if rule == SEQ_BAYES_RULE and best_runs:
+        latest = best_runs[-REFERENCE_RUNS:]
+        return statistics.fmean(latest), sigma / math.sqrt(len(latest))
+    return recorded_bpb, sigma if recorded_sd_bpb is None else recorded_sd_bpb

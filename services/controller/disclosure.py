@@ -30,9 +30,16 @@ SCORE_KEYS = frozenset(
     {
         "val_bpb", "best_val_bpb", "candidate_bpb", "best_bpb", "delta_bpb", "delta", "threshold_bpb",
         "mean_delta_bpb", "candidate_runs", "best_runs",
+        # seq-bayes/v1: the merged score and the posterior over the effect (Decision.posterior)
+        "merged_bpb", "mean_bpb", "lo_bpb", "hi_bpb", "evidence_delta_bpb",
     }
 )  # fmt: skip
-SIGMA_KEYS = frozenset({"sigma_bpb"})  # shown to two significant digits
+# shown to two significant digits
+SIGMA_KEYS = frozenset({"sigma_bpb", "sd_bpb", "evidence_sd_bpb", "reference_sd_bpb"})
+# seq-bayes/v1's P(Δ < 0): in its steep part a finer probability pins the evidence far below the
+# rounding of the scores, so agents see two decimals (the reasons write it so too)
+PROBABILITY_KEYS = frozenset({"p_better"})
+PROBABILITY_DECIMALS = 2
 SECONDS_KEYS = frozenset(
     {"eval_container_s", "gpu_seconds", "gpu_seconds_total", "gpu_seconds_per_improvement"}
 )
@@ -99,6 +106,8 @@ class Disclosure:
             return _map_numbers(value, self.score)
         if key in SIGMA_KEYS:
             return _map_numbers(value, _significant)
+        if key in PROBABILITY_KEYS:
+            return _map_numbers(value, lambda x: round(x, PROBABILITY_DECIMALS))
         if key in SECONDS_KEYS or key in TIME_KEYS:
             return _map_numbers(value, lambda x: float(round(x)))
         if key in TEXT_KEYS and isinstance(value, str):

@@ -15,6 +15,7 @@ from rq import SimpleWorker
 from services import queue
 from services.auth import Principal, Role
 from services.committer import jobs as committer_jobs
+from services.committer import rules
 from services.committer.committer import Committer
 from services.committer.repo import GitResearchRepo, HeadMoved
 from services.controller import logic
@@ -314,6 +315,135 @@ def test_committer_killed_after_publishing_commits_once(service: Service) -> Non
     trailers = service.git("log", "--format=%H", f"--grep=Proposal-Id: {proposal.id}", "research").split()
     assert trailers == [done.merged_commit]
     assert service.git("rev-list", "--count", "research").strip() == "2"  # baseline + this one
+
+
+def test_a_confirmation_decided_again_after_a_crash_counts_the_bests_runs_once(service: Service) -> None:
+    """The committer dies after adding the best's paired runs to the noise calibration but before
+    storing its verdict; recovery decides again and must not count those runs a second time."""
+
+    class Killed(BaseException):
+        """Stands for the committer process dying between the calibration and the verdict."""
+
+    proposal = service.submit(BASELINE.replace("1.5", "1.4"))
+    while not _confirmation_runs_done(service.store.get(proposal.id)):
+        service.drain_one_job()
+    key = _fingerprint(service)
+    base = proposal.base_commit
+    before = len(service.store.calibration_runs(key)[base])
+    gaps_before = len(service.store.gap_calibration_runs(key).get(base, []))
+
+    real_record_score = service.store.record_score
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    service.store.record_score = die  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        service.drain_one_job()  # the decision job
+    service.store.record_score = real_record_score  # type: ignore[method-assign]
+    assert service.store.get(proposal.id).state == State.CONFIRMING  # no verdict was stored
+    service.committer.recover()  # what a restarted committer does first
+    service.drain()
+    done = service.store.get(proposal.id)
+    assert done.state == State.MERGED, done.reason
+    paired = len(done.baseline_results)
+    assert paired == service.settings.confirm_runs
+    assert len(service.store.calibration_runs(key)[base]) == before + paired
+    gaps = len(service.store.gap_calibration_runs(key).get(base, []))
+    assert gaps == gaps_before + sum(r.test_bpb is not None for r in done.baseline_results)
+
+
+def _confirmation_runs_done(proposal: Proposal) -> bool:
+    return (
+        proposal.state == State.CONFIRMING
+        and bool(proposal.confirm_seeds)
+        and len(proposal.baseline_results) == len(proposal.confirm_seeds)
+    )
+
+
+def _fingerprint(service: Service) -> str:
+    best = service.store.get_best()
+    assert best is not None and best.fingerprint_key is not None
+    return best.fingerprint_key
+
+
+# ---------------------------------------------------------------------------------------------------
+# the opt-in accept rule seq-bayes/v1, through the same pipeline
+
+
+@pytest.fixture
+def seq_bayes_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("AR_ACCEPT_RULE", "seq-bayes/v1")
+    settings = Settings(runs_dir=tmp_path / "runs", repo_dir=tmp_path / "repo", infra_retries=2)
+    assert settings.accept_rule == rules.SEQ_BAYES_RULE
+    return settings
+
+
+def test_seq_bayes_merges_a_clear_gain_with_its_posterior_and_rejects_a_clear_loss(
+    seq_bayes_settings: Settings, redis_client: "redis.Redis[bytes]"
+) -> None:
+    with running_service(seq_bayes_settings, redis_client) as service:
+        head = service.repo.head()
+        worse = service.submit(BASELINE.replace("1.5", "1.6"), title="Raise the score")
+        service.drain()
+        rejected = service.store.get(worse.id)
+        assert rejected.state == State.REJECTED, rejected.reason
+        verdict = rejected.decision
+        assert verdict is not None and verdict.rule == rules.SEQ_BAYES_RULE and not verdict.accepted
+        assert verdict.stage == "screen" and verdict.stopped == "reject-unlikely"
+        assert verdict.posterior["p_better"] < 0.002 and verdict.prior_version == rules.PRIOR_V1.version
+        assert len(rejected.results) == 1 and not rejected.baseline_results  # no paired run spent on it
+        assert service.repo.head() == head
+
+        better = service.submit(BASELINE.replace("1.5", "1.4"), title="Lower the score")
+        service.drain()
+        merged = service.store.get(better.id)
+        assert merged.state == State.MERGED, merged.reason
+        decision = merged.decision
+        assert decision is not None and decision.rule == rules.SEQ_BAYES_RULE and decision.accepted
+        assert decision.stage == "confirm" and decision.stopped == "accept"
+        assert decision.posterior["p_better"] >= seq_bayes_settings.seq_p_accept
+        assert decision.prior_version == rules.PRIOR_V1.version
+        assert merged.confirm_seeds and decision.seeds == merged.confirm_seeds
+        assert [r.seed for r in merged.baseline_results] == merged.confirm_seeds
+        assert decision.merged_bpb == pytest.approx(1.4, abs=1e-3)
+        best = service.store.get_best()
+        assert best is not None and best.commit == merged.merged_commit == service.repo.head() != head
+        assert best.val_bpb == decision.merged_bpb  # the posterior, not the raw mean of its runs
+        assert "rule: seq-bayes/v1" in service.git("log", "-1", "--format=%B", "research")
+        noted = json.loads(service.git("notes", "show", "research"))["decision"]
+        assert noted["rule"] == rules.SEQ_BAYES_RULE and noted["stopped"] == "accept"
+        assert noted["prior_version"] == rules.PRIOR_V1.version and noted["seeds"] == merged.confirm_seeds
+        assert noted["posterior"] == pytest.approx(decision.posterior)
+        assert noted["merged_bpb"] == pytest.approx(decision.merged_bpb)
+
+
+def test_seq_bayes_asks_for_paired_runs_step_by_step_until_it_is_convinced(
+    seq_bayes_settings: Settings, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """A gain of 2σ (σ the prior's 0.001 until the runs calibrate it): one paired run at a time is
+    worth its cost (AR_SEQ_RUN_COST_BPB 0.0001), and one is not enough. The proposal stays
+    `confirming` through each step, keeps its earlier runs, and each of the best's runs joins the
+    calibration once."""
+    settings = seq_bayes_settings.model_copy(
+        update={"seq_run_cost_bpb": 0.0001, "new_fingerprint_runs": 0, "noise_sigma_prior_bpb": 0.001}
+    )
+    with running_service(settings, redis_client) as service:
+        proposal = service.submit(BASELINE.replace("1.5", "1.498"), title="A small gain")
+        service.drain()
+        merged = service.store.get(proposal.id)
+        assert merged.state == State.MERGED, merged.reason
+        steps = [e for e in service.store.events(proposal.id) if e.state == State.CONFIRMING]
+        assert len(steps) >= 2 and all("paired run(s) are worth their cost" in e.reason for e in steps)
+        seeds = merged.confirm_seeds
+        assert len(seeds) >= 2 and len(set(seeds)) == len(seeds) and seeds[0] != settings.first_seed
+        assert [r.seed for r in merged.results] == [settings.first_seed, *seeds]
+        assert [r.seed for r in merged.baseline_results] == seeds
+        decision = merged.decision
+        assert decision is not None and decision.stopped == "accept" and decision.seeds == seeds
+        assert decision.delta_bpb == pytest.approx(-0.002, abs=1e-6)  # same seed, same wobble: exact
+        runs = service.store.calibration_runs(_fingerprint(service))[proposal.base_commit]
+        assert len(runs) == 1 + len(seeds)  # the baseline run and the best's halves of the pairs
 
 
 def test_two_winners_finishing_together_give_one_merge_and_one_requeue(service: Service) -> None:

@@ -1,7 +1,10 @@
 """What agents see of the record (services/controller/disclosure.py): rounded scores and numbers in
 reasons, no held-out test figures, no scorer timings; admins see everything unchanged."""
 
+import math
+
 from services.auth import Principal, Role
+from services.committer import rules
 from services.controller.disclosure import Disclosure
 from services.models import Decision, RunResult, StepTimings
 from services.settings import Settings
@@ -45,6 +48,29 @@ def test_decision_numbers_and_reason_text_are_rounded() -> None:
     assert (
         shown.reason == "paired runs: candidate 1.4155 does not beat the best 1.4316 (mean Δ -0.0160, z=2.6)"
     )
+
+
+def test_a_seq_bayes_decision_shows_agents_its_posterior_rounded() -> None:
+    """seq-bayes/v1 (opt-in) adds a merged score and a posterior over the effect: scores to the agents'
+    decimals, spreads to two significant digits, P(better) to two decimals."""
+    noise = rules.Noise(0.000567891, "calibrated", 9)
+    evidence = rules.Evidence(
+        best_commit="abc", best_bpb=1.4315689, best_sd_bpb=0.000312345, noise=noise, screen_runs=[1.4301234],
+        screen_seeds=[42], candidate_runs=[1.4299871, 1.4302113], best_runs=[1.4316012, 1.4314987], seeds=[7, 8],
+    )  # fmt: skip
+    decision = rules.decide(evidence, rules.Policy(rule=rules.SEQ_BAYES_RULE))
+    assert decision.accepted and decision.merged_bpb is not None
+    shown = AGENT.model(decision)
+    assert shown.merged_bpb == round(decision.merged_bpb, 4)
+    for key in ("mean_bpb", "lo_bpb", "hi_bpb", "evidence_delta_bpb"):
+        assert shown.posterior[key] == round(decision.posterior[key], 4), key
+    for key in ("sd_bpb", "evidence_sd_bpb", "reference_sd_bpb"):
+        value = decision.posterior[key]
+        assert shown.posterior[key] == round(value, 1 - math.floor(math.log10(value))), key
+    p_better = decision.posterior["p_better"]
+    assert shown.posterior["p_better"] == round(p_better, 2) != p_better
+    assert f"P(better) {decision.posterior['p_better']:.2f}," in shown.reason
+    assert ADMIN.model(decision) == decision
 
 
 def test_test_split_fields_are_hidden_at_any_depth() -> None:

@@ -12,6 +12,12 @@ def test_settings_read_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) 
     assert settings.redis_url == "redis://redis:6379/1"
 
 
+def test_the_accept_rule_is_paired_z_unless_seq_bayes_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().accept_rule == "paired-z/v1"
+    monkeypatch.setenv("AR_ACCEPT_RULE", "seq-bayes/v1")
+    assert Settings().accept_rule == "seq-bayes/v1"
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
@@ -21,6 +27,7 @@ def test_settings_read_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) 
         ("AR_RESEARCH_BRANCH", "bad..name", "not a valid git branch"),
         ("AR_PRESET", "huge", "'full' or 'tiny'"),
         ("AR_GPU_MODE", "amd", "'none', 'nvidia' or 'devices'"),
+        ("AR_ACCEPT_RULE", "greedy", "'paired-z/v1' or 'seq-bayes/v1'"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_problem(

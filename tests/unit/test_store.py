@@ -94,3 +94,17 @@ def test_leaderboard_orders_by_score(store: Store) -> None:
     store.record_score(worse.id, 1.31)
     store.record_score(better.id, 1.29)
     assert [p.id for p in store.leaderboard()] == [better.id, worse.id]
+
+
+def test_calibration_counts_each_run_once_by_its_id(store: Store) -> None:
+    """A decision that is retried or delivered twice hands the same runs in again: they count once."""
+    store.add_calibration_runs("fp1", "c1", {"run-a": 1.50, "run-b": 1.51})
+    store.add_calibration_runs("fp1", "c1", {"run-a": 1.50, "run-b": 1.51})
+    store.add_calibration_runs("fp1", "c1", {"run-b": 1.51, "run-c": 1.49})
+    store.add_calibration_runs("fp1", "c2", {"run-d": 1.40})
+    store.add_calibration_runs("fp1", "c2", {})
+    assert store.calibration_runs("fp1") == {"c1": [1.50, 1.51, 1.49], "c2": [1.40]}
+    store.add_gap_calibration_runs("fp1", "c1", {"run-a": 0.01})
+    store.add_gap_calibration_runs("fp1", "c1", {"run-a": 0.01, "run-c": 0.02})
+    assert store.gap_calibration_runs("fp1") == {"c1": [0.01, 0.02]}
+    assert store.calibration_runs("fp2") == {} and "fp1" in store.fingerprints()

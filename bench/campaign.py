@@ -1,0 +1,458 @@
+"""Research-campaign simulator: whole campaigns of proposals decided by the production rule code
+(services/committer/rules.py: `decide`, `reference`, `calibrate`, `gap_step`, the tripwire inside
+`decide`) through the committer's bookkeeping, against upstream's greedy keep-if-better.
+
+    .venv/bin/python bench/campaign.py [--campaigns 200] [--gpu-hours 100] [--jobs 2]
+    .venv/bin/python bench/campaign.py --table bench/results/campaign.json   # the docs' tables
+
+A campaign spends a fixed GPU budget (a run costs RUN_S: 300 s of training plus evaluation) on a
+stream of proposals whose true effect Δ (candidate − current best, bits per byte; negative is better)
+comes from a mixture; every rule sees the same stream in a campaign. A run's score is the branch's
+true score + Δ + noise (σ, the noise model of the scenario, the same-seed part shared by runs with one
+harness seed, the machine's drift). The bookkeeping follows the committer: the root is run 4 times
+(baseline and the runs on a new fingerprint), σ is pooled over the runs of branch commits, the best's
+halves of paired runs are runs of the best, a merged candidate's score is what the decision records,
+screening runs use the first seed, confirmations fresh seeds, and the tripwire decides on the paired
+runs' test scores (honest proposals: test moves as validation does). One GPU runs the campaign, so no
+confirmation is ever in flight when the head moves (with several workers the committer re-queues those,
+losing their runs; this simulator does not model that).
+
+Writes bench/results/campaign.json ({"default_rule", "candidate_rule", "scenarios": {SCENARIO: {RULE:
+figures}}, the candidate rule's ratios to greedy and paired-z/v1 per scenario and their median and
+minimum) and its raw log.
+"""
+
+import argparse
+import io
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._common import write_results  # noqa: E402
+from services.committer import rules  # noqa: E402
+from services.settings import Settings  # noqa: E402
+
+RUN_S = 315.0  # 300 s of training (AR_WALL_CLOCK_S) + ~15 s of evaluation (H100, docs/evaluation.md)
+FIRST_SEED = 42  # the harness seed of every screening run (Settings.first_seed)
+ROOT_RUNS = 4  # the baseline run + 3 runs on its new fingerprint (Settings.new_fingerprint_runs)
+DRIFT_PER_RUN = 0.05  # the machine's random walk per run, in σ
+SIGMAS = [0.0005, 0.002, 0.005, 0.009]
+NOISES = ["gaussian", "student_t3", "drift"]
+MIXTURES = ["default", "upstream"]
+RHOS = [0.0, 0.5]
+GAP_SIGMA_SHARE = 1.0  # σ of one run's (test − val), as a share of σ: a pessimistic guess
+GREEDY = "greedy"
+RULE_NAMES = [GREEDY, rules.PAIRED_Z_RULE, rules.SEQ_BAYES_RULE]
+CANDIDATE_RULE = rules.SEQ_BAYES_RULE  # the rule measured against the goals (the `ratios`)
+
+
+# ---------------------------------------------------------------------------------------------------
+# proposals
+
+
+@dataclass(frozen=True)
+class Proposal:
+    effect0: float  # Δ0, before any shrinking as the branch improves
+    crash: bool = False
+    ignores_seed: bool = False  # scores the same on every seed (its score is fixed at `fixed_offset`)
+    fixed_offset: float = 0.0
+
+
+def proposal_stream(mixture: str, rng: np.random.Generator, count: int) -> list[Proposal]:
+    """default: 55% +|N(0, 0.01)|, 25% N(0, 0.0005), 15% −Exp(0.0015), 5% crashes; upstream-fit: 45%
+    +|N(0, 0.015)|, 40% N(0, 0.0005), 15% −Exp(0.006), no crashes (effects shrink as the branch
+    improves: `effect`); zero: Δ = 0 (pure noise); seedless: Δ = 0 and a score that ignores the seed."""
+    if mixture == "zero":
+        return [Proposal(0.0) for _ in range(count)]
+    if mixture == "seedless":
+        return [
+            Proposal(0.0, ignores_seed=True, fixed_offset=float(-abs(rng.normal(0, 1)))) for _ in range(count)
+        ]
+    weights = [0.55, 0.25, 0.15, 0.05] if mixture == "default" else [0.45, 0.40, 0.15, 0.0]
+    worse_sd, gain_mean = (0.01, 0.0015) if mixture == "default" else (0.015, 0.006)
+    kinds = rng.choice(4, size=count, p=weights)
+    out = []
+    for kind in kinds:
+        if kind == 0:
+            out.append(Proposal(float(abs(rng.normal(0, worse_sd)))))
+        elif kind == 1:
+            out.append(Proposal(float(rng.normal(0, 0.0005))))
+        elif kind == 2:
+            out.append(Proposal(float(-rng.exponential(gain_mean))))
+        else:
+            out.append(Proposal(0.0, crash=True))
+    return out
+
+
+def effect(mixture: str, effect0: float, improvement: float) -> float:
+    return effect0 / (1 + improvement / 0.003) if mixture == "upstream" and improvement > 0 else effect0
+
+
+# ---------------------------------------------------------------------------------------------------
+# the machine
+
+
+class Machine:
+    """Scores of runs: true score + σ·(same-seed part + own part) + drift; a fixed budget of runs."""
+
+    def __init__(self, sigma: float, noise: str, rho: float, seed: tuple[int, ...], runs: int) -> None:
+        self.sigma, self.noise, self.rho = sigma, noise, rho
+        rng = np.random.default_rng(seed)
+        self.own = self._unit(rng, runs + 64)
+        self.gap = rng.normal(0, 1, runs + 64)
+        steps = rng.normal(0, DRIFT_PER_RUN, runs + 64) if noise == "drift" else np.zeros(runs + 64)
+        self.drift = np.cumsum(steps)
+        self.seed_effects: dict[int, float] = {}
+        self.seed_rng = np.random.default_rng((*seed, 7))
+        self.used, self.budget = 0, runs
+
+    def _unit(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.noise == "student_t3":
+            return rng.standard_t(3, n) / math.sqrt(3.0)
+        return rng.normal(0, 1, n)
+
+    def left(self) -> int:
+        return self.budget - self.used
+
+    def run(self, true_bpb: float, seed: int) -> tuple[float, float]:
+        """(val_bpb, test_bpb) of one run."""
+        if seed not in self.seed_effects:
+            self.seed_effects[seed] = float(self._unit(self.seed_rng, 1)[0])
+        i = self.used
+        self.used += 1
+        unit = math.sqrt(self.rho) * self.seed_effects[seed] + math.sqrt(1 - self.rho) * float(self.own[i])
+        val = true_bpb + self.sigma * (unit + float(self.drift[i]))
+        return val, val + GAP_SIGMA_SHARE * self.sigma * float(self.gap[i])
+
+
+# ---------------------------------------------------------------------------------------------------
+# one campaign under one rule, with the committer's bookkeeping
+
+
+@dataclass
+class Tally:
+    gain_bpb: float = 0.0
+    runs: int = 0
+    decisions: int = 0
+    merges: int = 0
+    false_merges: int = 0
+    harmful_merges: int = 0
+    real_gains: int = 0  # proposals with Δ < −σ that were decided
+    missed_real_gains: int = 0
+    recorded_gap_bpb: float = 0.0  # true − recorded score of the best at the end (> 0 flatters)
+    val_accepts: int = 0  # verdicts the val rule accepted (before the tripwire)
+    tripwire_blocks: int = 0
+    crashes: int = 0
+    stops: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Branch:
+    """The committer's state: the best commit, its recorded score, runs of commits, merged steps."""
+
+    true_bpb: float
+    recorded_bpb: float
+    recorded_sd: float | None
+    commit: int = 0
+    runs_by_commit: dict[int, list[float]] = field(default_factory=dict)
+    gap_steps: list[rules.GapStep] = field(default_factory=list)
+
+    def noise(self, params: rules.RuleParams) -> rules.Noise:
+        recent = {c: r for c, r in self.runs_by_commit.items() if c > self.commit - 4}
+        return rules.calibrate({str(c): r for c, r in recent.items()}, params)
+
+
+def campaign(rule: str, mixture: str, machine: Machine, stream: list[Proposal], policy: rules.Policy,
+             base_bpb: float = 1.0) -> Tally:  # fmt: skip
+    tally = Tally()
+    root = [machine.run(base_bpb, FIRST_SEED + i)[0] for i in range(ROOT_RUNS)]
+    branch = Branch(true_bpb=base_bpb, recorded_bpb=statistics.fmean(root), recorded_sd=None)
+    branch.runs_by_commit[0] = root
+    seeds = itertools.count(1000)
+    for proposal in stream:
+        if machine.left() <= 0:
+            break
+        improvement = base_bpb - branch.true_bpb
+        delta = effect(mixture, proposal.effect0, improvement)
+        if proposal.crash:
+            machine.used += 1
+            tally.crashes += 1
+            continue
+        outcome = (
+            _greedy(branch, machine, delta, proposal)
+            if rule == GREEDY
+            else _decide(branch, machine, delta, proposal, policy, seeds, tally)
+        )
+        if outcome is None:  # the budget ran out mid-decision
+            break
+        tally.decisions += 1
+        sigma = machine.sigma
+        if delta < -sigma:
+            tally.real_gains += 1
+            tally.missed_real_gains += not outcome
+        if outcome:
+            tally.merges += 1
+            tally.false_merges += delta >= 0
+            tally.harmful_merges += delta > sigma
+    tally.runs = machine.used
+    tally.gain_bpb = base_bpb - branch.true_bpb
+    tally.recorded_gap_bpb = branch.true_bpb - branch.recorded_bpb
+    return tally
+
+
+def _score(
+    branch: Branch, machine: Machine, delta: float, proposal: Proposal, seed: int
+) -> tuple[float, float]:
+    val, test = machine.run(branch.true_bpb + delta, seed)
+    if proposal.ignores_seed:  # the same score whatever the seed: a fixed lucky value
+        fixed = branch.true_bpb + delta + machine.sigma * proposal.fixed_offset
+        return fixed, fixed + (test - val)
+    return val, test
+
+
+def _greedy(branch: Branch, machine: Machine, delta: float, proposal: Proposal) -> bool | None:
+    """Upstream's rule: one run, kept if it beats the recorded best's score (which it then becomes)."""
+    if machine.left() < 1:
+        return None
+    val, _ = _score(branch, machine, delta, proposal, FIRST_SEED)
+    if val < branch.recorded_bpb:
+        branch.true_bpb += delta
+        branch.recorded_bpb = val
+        return True
+    return False
+
+
+def _decide(branch: Branch, machine: Machine, delta: float, proposal: Proposal, policy: rules.Policy,
+            seeds: Iterator[int], tally: Tally) -> bool | None:  # fmt: skip
+    """Screen, then paired runs while the rule asks for them, as the committer and workers do."""
+    if machine.left() < 1:
+        return None
+    screen, _ = _score(branch, machine, delta, proposal, FIRST_SEED)
+    cand, best, used_seeds, test_c, test_b = [], [], [], [], []
+    best_runs = branch.runs_by_commit.setdefault(branch.commit, [])
+    noise = branch.noise(policy.paired)
+    ref, ref_sd = rules.reference(policy.rule, branch.recorded_bpb, branch.recorded_sd, best_runs, noise)
+    while True:  # the committer keeps the screen's reference for the confirmation steps
+        noise = branch.noise(policy.paired)
+        test = None
+        if cand:
+            scores = rules.PairedScores(cand, best, test_c, test_b)
+            gap_noise = rules.Noise(GAP_SIGMA_SHARE * machine.sigma, "calibrated", 100)
+            test = rules.TripwireEvidence(scores, gap_noise, branch.gap_steps, rules.TripwireParams())
+        evidence = rules.Evidence(
+            best_commit=str(branch.commit), best_bpb=ref, best_sd_bpb=ref_sd, noise=noise,
+            screen_runs=[screen], screen_seeds=[FIRST_SEED], candidate_runs=list(cand), best_runs=list(best),
+            seeds=list(used_seeds), test=test,
+        )  # fmt: skip
+        decision = rules.decide(evidence, policy)
+        if decision.stopped:
+            tally.stops[decision.stopped] = tally.stops.get(decision.stopped, 0) + 1
+        if decision.tripwire != "not-run":
+            tally.val_accepts += 1
+            tally.tripwire_blocks += decision.tripwire == "blocked"
+        if not decision.confirm:
+            break
+        if machine.left() < 2 * decision.more_runs:
+            return None
+        for _ in range(decision.more_runs):
+            seed = next(seeds)
+            c_val, c_test = _score(branch, machine, delta, proposal, seed)
+            b_val, b_test = machine.run(branch.true_bpb, seed)
+            cand.append(c_val), test_c.append(c_test), best.append(b_val), test_b.append(b_test)
+            used_seeds.append(seed)
+            best_runs.append(b_val)  # the committer adds the best's paired runs to its calibration
+    if not decision.accepted:
+        return False
+    step = rules.gap_step(decision)
+    if step is not None:
+        branch.gap_steps.append(step)
+    branch.true_bpb += delta
+    branch.commit += 1
+    branch.recorded_bpb = decision.merged_bpb if decision.merged_bpb is not None else decision.candidate_bpb
+    branch.recorded_sd = decision.posterior.get("sd_bpb")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# the grid
+
+
+def policy_for(rule: str, rho: float = 0.0) -> rules.Policy:
+    settings = Settings()
+    return rules.Policy(
+        rule=rule if rule != GREEDY else rules.PAIRED_Z_RULE, paired=rules.params_from(settings),
+        seq=rules.seq_params_from(settings),
+    )  # fmt: skip
+
+
+def run_cell(args: tuple[str, float, str, str, float, int, int, float, list[str]]) -> dict[str, object]:
+    name, sigma, noise, mixture, rho, campaigns, seed, gpu_hours, rule_names = args
+    runs = int(gpu_hours * 3600 / RUN_S)
+    tallies: dict[str, list[Tally]] = {r: [] for r in rule_names}
+    for c in range(campaigns):
+        stream = proposal_stream(mixture, np.random.default_rng((seed, c, 1)), runs)
+        for r in rule_names:
+            machine = Machine(sigma, noise, rho, (seed, c, 2), runs)  # the same machine luck for every rule
+            tallies[r].append(campaign(r, mixture if mixture in MIXTURES else "default", machine, stream,
+                                       policy_for(r)))  # fmt: skip
+    return {"scenario": name, "rules": {r: summarise(t, gpu_hours) for r, t in tallies.items()}}
+
+
+def summarise(tallies: list[Tally], gpu_hours: float) -> dict[str, object]:
+    n = len(tallies)
+    decisions = sum(t.decisions for t in tallies)
+    real = sum(t.real_gains for t in tallies)
+    accepts = sum(t.val_accepts for t in tallies)
+    stops: dict[str, int] = {}
+    for t in tallies:
+        for k, v in t.stops.items():
+            stops[k] = stops.get(k, 0) + v
+    return {
+        "campaigns": n,
+        "gain_per_gpu_hour": statistics.fmean(t.gain_bpb for t in tallies) / gpu_hours,
+        "gain_bpb": statistics.fmean(t.gain_bpb for t in tallies),
+        "false_merges": statistics.fmean(t.false_merges for t in tallies) * 100 / gpu_hours,
+        "harmful_merges": statistics.fmean(t.harmful_merges for t in tallies) * 100 / gpu_hours,
+        "merges": statistics.fmean(t.merges for t in tallies) * 100 / gpu_hours,
+        "runs_per_decision": sum(t.runs - ROOT_RUNS - t.crashes for t in tallies) / max(decisions, 1),
+        "decisions": decisions / n,
+        "missed_real_gains": sum(t.missed_real_gains for t in tallies) / max(real, 1),
+        "recorded_minus_true_bpb": -statistics.fmean(t.recorded_gap_bpb for t in tallies),
+        "tripwire_false_block_rate": sum(t.tripwire_blocks for t in tallies) / accepts if accepts else 0.0,
+        "stops": stops,
+    }
+
+
+Cell = tuple[str, float, str, str, float, int, int, float, list[str]]
+
+
+def scenarios(campaigns: int, seed: int, gpu_hours: float) -> list[Cell]:
+    cells = []
+    for sigma, noise, mixture, rho in itertools.product(SIGMAS, NOISES, MIXTURES, RHOS):
+        name = f"sigma={sigma:g}/noise={noise}/mix={mixture}/rho={rho:g}"
+        cells.append((name, sigma, noise, mixture, rho, campaigns, seed, gpu_hours, RULE_NAMES))
+    return cells
+
+
+def ratios(results: dict[str, dict[str, dict[str, object]]]) -> dict[str, object]:
+    """Per scenario, then summarised: the candidate rule's (CANDIDATE_RULE) gain against greedy's and
+    paired-z's, and its false merges against greedy's (the goals are stated in those terms)."""
+    rule = CANDIDATE_RULE
+    per: dict[str, dict[str, float]] = {}
+    for name, by_rule in results.items():
+        g = float(by_rule[rule]["gain_per_gpu_hour"])  # type: ignore[arg-type]
+        greedy = float(by_rule[GREEDY]["gain_per_gpu_hour"])  # type: ignore[arg-type]
+        paired = float(by_rule[rules.PAIRED_Z_RULE]["gain_per_gpu_hour"])  # type: ignore[arg-type]
+        fm = float(by_rule[rule]["false_merges"])  # type: ignore[arg-type]
+        fm_greedy = float(by_rule[GREEDY]["false_merges"])  # type: ignore[arg-type]
+        per[name] = {
+            "gain_vs_greedy": g / greedy if greedy > 0 else math.inf,
+            "gain_vs_paired_z": g / paired if paired > 0 else math.inf,
+            "false_merges_vs_greedy": fm / fm_greedy if fm_greedy > 0 else 0.0,
+        }
+    summary = {
+        key: {"median": statistics.median(v[key] for v in per.values()),
+              "min": min(v[key] for v in per.values()), "max": max(v[key] for v in per.values())}
+        for key in ("gain_vs_greedy", "gain_vs_paired_z", "false_merges_vs_greedy")
+    }  # fmt: skip
+    return {"per_scenario": per, "summary": summary}
+
+
+def table(figures: dict[str, object]) -> str:
+    """The markdown tables of docs/evaluation.md, from a results document (`--table`)."""
+    scenarios = cast("dict[str, dict[str, dict[str, Any]]]", figures["scenarios"])
+    rule = str(figures.get("candidate_rule", CANDIDATE_RULE))
+    paired = rules.PAIRED_Z_RULE
+    lines = [
+        f"| σ | noise | mixture | \u03c1 | gain/GPU-h greedy · {paired} · {rule} (mbpb) | false merges /100 GPU-h "
+        f"greedy · {paired} · {rule} | runs/decision {paired} · {rule} | recorded − true, greedy · {rule} (mbpb) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_rule in scenarios.items():
+        cells = dict(part.split("=", 1) for part in name.split("/", 3))
+        g, p, c = by_rule[GREEDY], by_rule[paired], by_rule[rule]
+        lines.append(
+            f"| {cells['sigma']} | {cells['noise']} | {cells['mix']} | {cells['rho']} | "
+            f"{g['gain_per_gpu_hour'] * 1000:.3f} · {p['gain_per_gpu_hour'] * 1000:.3f} · "
+            f"{c['gain_per_gpu_hour'] * 1000:.3f} | {g['false_merges']:.2f} · {p['false_merges']:.2f} · "
+            f"{c['false_merges']:.2f} | {p['runs_per_decision']:.2f} · {c['runs_per_decision']:.2f} | "
+            f"{g['recorded_minus_true_bpb'] * 1000:+.2f} · {c['recorded_minus_true_bpb'] * 1000:+.2f} |"
+        )
+    summary = cast("dict[str, dict[str, float]]", cast("dict[str, Any]", figures["ratios"])["summary"])
+    lines += ["", f"| ratio ({rule} over) | median | min | max |", "|---|---|---|---|"]
+    for key, row in summary.items():
+        lines.append(f"| {key} | {row['median']:.2f} | {row['min']:.2f} | {row['max']:.2f} |")
+    worst = max(float(by_rule[rule]["tripwire_false_block_rate"]) for by_rule in scenarios.values())
+    lines += ["", f"Tripwire false blocks on honest proposals ({rule}, worst scenario): {worst:.4f}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--campaigns", type=int, default=200, help="campaigns per scenario")
+    parser.add_argument("--gpu-hours", type=float, default=100.0, help="budget of one campaign")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="processes")
+    parser.add_argument(
+        "--only", default="", help="only scenarios whose name contains each of these (commas)"
+    )
+    parser.add_argument("--table", type=Path, help="print the docs' tables of this results file, run nothing")
+    args = parser.parse_args()
+    if args.table is not None:
+        print(table(json.loads(args.table.read_text())))
+        return
+    wanted = [part for part in args.only.split(",") if part]
+    cells = [
+        c for c in scenarios(args.campaigns, args.seed, args.gpu_hours) if all(w in c[0] for w in wanted)
+    ]
+    log = io.StringIO()
+    results: dict[str, dict[str, dict[str, object]]] = {}
+    t0 = time.monotonic()
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for cell in pool.map(run_cell, cells):
+            name = str(cell["scenario"])
+            results[name] = cell["rules"]  # type: ignore[assignment]
+            line = f"{time.monotonic() - t0:7.1f}s {name}\n" + "".join(
+                f"    {r:13s} gain/GPU-h {f['gain_per_gpu_hour'] * 1000:8.4f} mbpb  false {f['false_merges']:6.2f}"
+                f"  harmful {f['harmful_merges']:5.2f}  runs/decision {f['runs_per_decision']:5.2f}  missed "
+                f"{f['missed_real_gains']:.2f}  recorded−true {f['recorded_minus_true_bpb'] * 1000:+.3f} mbpb"
+                f"  tripwire false blocks {f['tripwire_false_block_rate']:.3f}\n"
+                for r, f in cell["rules"].items()  # type: ignore[union-attr]
+            )
+            print(line, end="", flush=True)
+            log.write(line)
+    summary = ratios(results)
+    log.write(f"summary {summary['summary']}\n")
+    print(f"summary {summary['summary']}")
+    figures = {
+        "default_rule": Settings().accept_rule,
+        "candidate_rule": CANDIDATE_RULE,
+        "rules": RULE_NAMES,
+        "grid": {"sigma_bpb": SIGMAS, "noise": NOISES, "mixture": MIXTURES, "rho": RHOS,
+                 "campaigns": args.campaigns, "gpu_hours": args.gpu_hours, "run_s": RUN_S,
+                 "drift_per_run_sigma": DRIFT_PER_RUN, "gap_sigma_share": GAP_SIGMA_SHARE},
+        "seq_params": rules._seq_params(rules.seq_params_from(Settings())),
+        "paired_params": rules._params(rules.params_from(Settings())),
+        "wall_s": round(time.monotonic() - t0, 1),
+        "ratios": summary,
+        "scenarios": results,
+    }  # fmt: skip
+    path = write_results("campaign", figures, log.getvalue())
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
