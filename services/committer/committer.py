@@ -283,7 +283,7 @@ class Committer:
 
     def _confirm_more(self, proposal: Proposal, decision: Decision) -> Proposal:
         """The rule asks for more paired runs: fresh seeds, the same proposal, its evidence kept, unless
-        the head moved (then it is re-queued against the new head, as DESIGN.md asks)."""
+        the head moved (then it is re-queued against the new head: docs/architecture.md, "The path of a proposal")."""
         if proposal.base_commit != self.repo.head():
             return self._requeue_on_head(proposal)
         used = {*proposal.seeds, *proposal.confirm_seeds}
