@@ -183,7 +183,7 @@ def make_settings(tmp_path: Path, data_dir: Path) -> Callable[..., Settings]:
         values: dict[str, Any] = {
             "trainer_image": IMAGE, "runs_dir": tmp_path / "runs", "train_data": str(data_dir),
             "val_data": str(data_dir), "run_wall_clock_s": 120, "eval_timeout_s": 60,
-            "container_memory_bytes": 256 * MIB, "container_pids_limit": 64, "tmpfs_bytes": 16 * MIB,
+            "container_memory_bytes": 1024 * MIB, "container_pids_limit": 64, "tmpfs_bytes": 16 * MIB,
             "infra_retries": 2, **overrides,
         }  # fmt: skip
         return Settings(**values)
