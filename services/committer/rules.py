@@ -518,8 +518,10 @@ def decide(evidence: Evidence, policy: Policy) -> Decision:
         decision = _decide_seq_bayes(evidence, policy.seq)
     else:
         raise ValueError(f"unknown rule {policy.rule!r}; known: {', '.join(RULES)}")
-    if decision.confirm and evidence.seed_only_change:
-        decision = decision.model_copy(update={"confirm": False, "more_runs": 0, "reason": SEED_ONLY})
+    if evidence.seed_only_change:  # whatever the scores say: seeds are the harness's to choose
+        decision = decision.model_copy(
+            update={"accepted": False, "confirm": False, "more_runs": 0, "reason": SEED_ONLY}
+        )
     if decision.accepted and evidence.test is not None:
         test = evidence.test
         decision = tripwire(decision, test.scores, test.gap_noise, test.history, test.params)

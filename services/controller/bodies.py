@@ -48,6 +48,11 @@ class NotUtf8(HTTPException):
         )
 
 
+class TooDeep(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(400, "the body's JSON is nested too deeply to parse; send a flatter document")
+
+
 class JsonBody:
     """A FastAPI dependency that yields the request's body as an instance of `model` (or of the
     subclass this app built with its limits)."""
@@ -86,6 +91,8 @@ async def read_json(request: Request) -> str | None:
         raise NotUtf8(exc) from exc
     try:
         data = json.loads(text)
+    except RecursionError as exc:  # brackets nested past the parser's depth
+        raise TooDeep() from exc
     except json.JSONDecodeError as exc:
         error = {
             "type": "json_invalid",

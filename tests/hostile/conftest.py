@@ -243,7 +243,7 @@ def hostile(
         container_memory_bytes=MEMORY_BYTES, container_pids_limit=PIDS_LIMIT, tmpfs_bytes=TMPFS_BYTES,
         max_output_bytes=MAX_OUTPUT_BYTES, max_checkpoint_bytes=MAX_CHECKPOINT_BYTES,
         max_log_bytes=MAX_LOG_BYTES, log_tail_bytes=LOG_TAIL_BYTES, infra_retries=0, preset="tiny",
-        device="cpu",
+        device="cpu", new_fingerprint_runs=0,  # the best keeps its seeded score: attacks must not move it
     )  # fmt: skip
     settings = Settings(**{**values, **options.get("settings", {})})
     repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
