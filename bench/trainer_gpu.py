@@ -36,7 +36,8 @@ any machine, `--merge A,B` reads those run files and writes RESULTS/NAME.json (a
 as --seeds writes it) and RESULTS/gpu-noise.json: the run-to-run sigma of val_bpb over A's seeds, each
 seed's A - B difference, their RMS against the sqrt(2) sigma that two independent runs would give,
 and the same-seed correlation that ratio implies (rho = 1 - rms^2 / (2 sigma^2)), with chi-square
-95% intervals for both spreads.
+95% intervals for both spreads. `--merge A` (one label) writes RESULTS/NAME.json alone: one seed per
+call, when a call cannot hold several 300 s runs.
 """
 
 from __future__ import annotations
@@ -252,9 +253,9 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.merge:
-        arm_a, arm_b = args.merge.split(",")
+        arm_a, _, arm_b = args.merge.partition(",")
         command = " ".join(["python", "bench/trainer_gpu.py", *sys.argv[1:]])
-        merge_noise(args.results, args.name, arm_a, arm_b, command)
+        merge_noise(args.results, args.name, arm_a, arm_b or None, command)
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     stage(args.stage, args.work)
@@ -448,8 +449,8 @@ def arm_record(runs: list[dict]) -> dict:
     }
 
 
-def merge_noise(results: Path, name: str, arm_a: str, arm_b: str, command: str) -> None:
-    """RESULTS/runs/NAME-LABEL-seedS.json -> RESULTS/NAME.json (arm A) and RESULTS/gpu-noise.json."""
+def merge_noise(results: Path, name: str, arm_a: str, arm_b: str | None, command: str) -> None:
+    """RESULTS/runs/NAME-LABEL-seedS.json -> RESULTS/NAME.json (arm A) and, given arm B, RESULTS/gpu-noise.json."""
 
     def arm(label: str) -> list[dict]:
         runs = [
@@ -457,13 +458,17 @@ def merge_noise(results: Path, name: str, arm_a: str, arm_b: str, command: str) 
         ]
         return sorted((r for r in runs if r["label"] == label), key=lambda r: r["seed"])
 
-    runs_a, runs_b = arm(arm_a), arm(arm_b)
+    runs_a, runs_b = arm(arm_a), arm(arm_b) if arm_b else []
     if not runs_a:
         raise SystemExit(f"no runs of {arm_a} under {results / 'runs'}")
     commits = {r.get("commit") for r in runs_a + runs_b}
     headline = {**summarize_seeds(runs_a), "commit": ",".join(sorted(c for c in commits if c)),
                 "command": runs_a[0]["command"], "merge_command": command, "runs": runs_a}  # fmt: skip
     (results / f"{name}.json").write_text(json.dumps(headline, indent=1) + "\n")
+    if arm_b is None:
+        keys = ("val_bpb_seeds", "val_bpb_mean", "startup_s_max", "mfu_percent")
+        print(json.dumps({k: headline[k] for k in keys}), flush=True)
+        return
     noise = {
         "commit": headline["commit"],
         "gpu": headline["gpu"],

@@ -50,6 +50,7 @@ HEAD_DIM = 128  # channels per attention head (MODEL_DIM / HEAD_DIM heads)
 MLP_RATIO = 4  # MLP hidden width as a multiple of MODEL_DIM
 VALUE_EMBEDS = 2  # value-embedding tables; table i feeds block i and block DEPTH-1-i (0: none)
 BIGRAM_ROWS = 0  # rows of a hashed (previous token, token) embedding (0: none; 131072 overfit 8 shards)
+UNET = False  # blocks of the second half also read the output of their mirror block in the first half
 SEQ_LEN = 2048  # input positions per training row (the scorer's rows are 2048 too)
 DEVICE_BATCH = 64  # rows per forward/backward pass
 BATCH_ROWS = 128  # rows per optimizer step (gradient accumulation when > DEVICE_BATCH): 262,144 tokens
@@ -72,7 +73,7 @@ LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap)
 ROPE_BASE = 10000.0  # rotary embedding base period
 ROPE_MAX_LEN = 4096  # longest sequence the rotary tables cover (scoring uses 2048)
 COMPILE = True  # torch.compile the model on CUDA
-SAVE_RESERVE_S = 6.0  # seconds kept before the deadline for saving and exiting
+SAVE_RESERVE_S = 3.5  # seconds kept before the deadline for saving (0.3 s on a GPU) and exiting
 STEADY_AFTER_STEPS = 10  # steps excluded from the steady-state throughput (compile, warm-up)
 PEAK_FLOPS = 989.5e12  # H100/H200 dense bf16 FLOP/s, for MFU
 
@@ -82,6 +83,7 @@ TINY_DIM = 64  # residual stream width
 TINY_HEAD_DIM = 16  # channels per head
 TINY_VALUE_EMBEDS = 1  # value-embedding tables (see VALUE_EMBEDS)
 TINY_BIGRAM_ROWS = 0  # bigram-embedding rows (see BIGRAM_ROWS)
+TINY_UNET = False  # mirror-block skips (see UNET)
 TINY_SEQ_LEN = 256  # input positions per row
 TINY_BATCH_ROWS = 8  # rows per step
 TINY_STEPS = 60  # optimizer steps
@@ -142,18 +144,22 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, head_dim: int, mlp_ratio: int):
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: int, skip: bool = False):
         super().__init__()
         self.attn = Attention(dim, head_dim)
         self.mlp = MLP(dim, mlp_ratio)
         # The block's input is mix[0] * stream + mix[1] * embedding + mix[2] * bigram embedding: cheap
-        # shortcuts to the current token and to the pair (previous token, token).
+        # shortcuts to the current token and to the pair (previous token, token); with U-net skips,
+        # plus skip_gain * the output of the mirror block.
         self.mix = nn.Parameter(torch.tensor([1.0, 0.0, 0.1]))
+        self.skip_gain = nn.Parameter(torch.zeros(1)) if skip else None
 
-    def forward(self, x, x0, xb, ve, cos, sin):
+    def forward(self, x, x0, xb, skip, ve, cos, sin):
         x = self.mix[0] * x + self.mix[1] * x0
         if xb is not None:
             x = x + self.mix[2] * xb
+        if skip is not None:
+            x = x + self.skip_gain * skip
         x = x + self.attn(rms_norm(x), ve, cos, sin)
         return x + self.mlp(rms_norm(x))
 
@@ -184,14 +190,15 @@ def bigram_ids(idx: torch.Tensor, rows: int) -> torch.Tensor:
 
 class GPT(nn.Module):
     def __init__(self, vocab_size, depth, model_dim, head_dim, mlp_ratio, value_embeds, logit_softcap, rope_base,
-                 rope_max_len, bigram_rows=0):  # fmt: skip
+                 rope_max_len, bigram_rows=0, unet=False):  # fmt: skip
         super().__init__()
         assert model_dim % head_dim == 0 and head_dim % 2 == 0, "model_dim must be whole heads of even size"
         assert 2 * value_embeds <= depth, "each value embedding feeds two distinct blocks"
         self.embed = nn.Embedding(vocab_size, model_dim)
         self.value_embeds = nn.ModuleList(nn.Embedding(vocab_size, model_dim) for _ in range(value_embeds))
         self.bigram = nn.Embedding(bigram_rows, model_dim) if bigram_rows else None
-        self.blocks = nn.ModuleList(Block(model_dim, head_dim, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(model_dim, head_dim, mlp_ratio, unet) for _ in range(depth))
+        self.unet = unet
         self.head = Head(model_dim, vocab_size, logit_softcap)
         cos, sin = rotary_tables(rope_max_len, head_dim, rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # derived, so not in the checkpoint
@@ -223,8 +230,16 @@ class GPT(nn.Module):
         xb = self.bigram(bigram_ids(idx, self.bigram.num_embeddings)) if self.bigram is not None else None
         tables = [table(idx) for table in self.value_embeds]
         ves = tables + [None] * (len(self.blocks) - 2 * len(tables)) + tables[::-1]
-        for block, ve in zip(self.blocks, ves, strict=True):
-            x = block(x, x0, xb, ve, cos, sin)
+        # U-net: block i also reads the output of block depth-1-i when that is an earlier block and not
+        # its own input; the other blocks read a copy of the embedding (not an alias of x0, so every
+        # block has the same inputs and one compiled graph).
+        twin = x0.clone() if self.unet else None
+        outputs = []
+        for i, (block, ve) in enumerate(zip(self.blocks, ves, strict=True)):
+            mirror = len(self.blocks) - 1 - i
+            skip = (outputs[mirror] if mirror < i - 1 else twin) if self.unet else None
+            x = block(x, x0, xb, skip, ve, cos, sin)
+            outputs.append(x)
         return self.head(x, targets)
 
     def compile_regions(self) -> None:
@@ -433,6 +448,7 @@ class Preset:
     head_dim: int
     value_embeds: int
     bigram_rows: int
+    unet: bool
     seq_len: int
     device_batch: int
     batch_rows: int
@@ -461,10 +477,10 @@ def read_env() -> Env:
 
 def preset_for(env: Env) -> Preset:
     if env.preset == "tiny":
-        return Preset(TINY_DEPTH, TINY_DIM, TINY_HEAD_DIM, TINY_VALUE_EMBEDS, TINY_BIGRAM_ROWS, TINY_SEQ_LEN,
-                      TINY_BATCH_ROWS, TINY_BATCH_ROWS, TINY_LR, TINY_STEPS, compile=False)  # fmt: skip
-    return Preset(DEPTH, MODEL_DIM, HEAD_DIM, VALUE_EMBEDS, BIGRAM_ROWS, SEQ_LEN, DEVICE_BATCH, BATCH_ROWS, 1.0,
-                  None, compile=COMPILE and env.device == "cuda")  # fmt: skip
+        return Preset(TINY_DEPTH, TINY_DIM, TINY_HEAD_DIM, TINY_VALUE_EMBEDS, TINY_BIGRAM_ROWS, TINY_UNET,
+                      TINY_SEQ_LEN, TINY_BATCH_ROWS, TINY_BATCH_ROWS, TINY_LR, TINY_STEPS, compile=False)  # fmt: skip
+    return Preset(DEPTH, MODEL_DIM, HEAD_DIM, VALUE_EMBEDS, BIGRAM_ROWS, UNET, SEQ_LEN, DEVICE_BATCH, BATCH_ROWS,
+                  1.0, None, compile=COMPILE and env.device == "cuda")  # fmt: skip
 
 
 def setup_runtime(env: Env, preset: Preset) -> None:
@@ -627,7 +643,7 @@ def main() -> int:
     config = dict(vocab_size=data.vocab_size, depth=preset.depth, model_dim=preset.model_dim,
                   head_dim=preset.head_dim, mlp_ratio=MLP_RATIO, value_embeds=preset.value_embeds,
                   logit_softcap=LOGIT_SOFTCAP, rope_base=ROPE_BASE, rope_max_len=ROPE_MAX_LEN,
-                  bigram_rows=preset.bigram_rows)  # fmt: skip
+                  bigram_rows=preset.bigram_rows, unet=preset.unet)  # fmt: skip
     with torch.device(env.device):
         model = build_model(config)
     model_built = time.time()

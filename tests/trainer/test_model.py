@@ -17,6 +17,7 @@ CONFIG = dict(vocab_size=300, depth=4, model_dim=64, head_dim=16, mlp_ratio=4, v
 
 
 BIGRAM_CONFIG = {**CONFIG, "bigram_rows": 97}
+UNET_CONFIG = {**CONFIG, "depth": 6, "value_embeds": 3, "unet": True}
 
 
 def random_model(seed: int = 0, config: dict = CONFIG) -> train.GPT:
@@ -29,7 +30,7 @@ def random_model(seed: int = 0, config: dict = CONFIG) -> train.GPT:
     return model.eval()
 
 
-@pytest.mark.parametrize("config", [CONFIG, BIGRAM_CONFIG], ids=["plain", "bigram"])
+@pytest.mark.parametrize("config", [CONFIG, BIGRAM_CONFIG, UNET_CONFIG], ids=["plain", "bigram", "unet"])
 def test_model_is_causal(config):
     model = random_model(config=config)
     generator = torch.Generator().manual_seed(1)
@@ -100,6 +101,37 @@ def test_value_embeddings_in_every_block_and_a_bigram_table_give_one_block_graph
     assert counters["stats"]["unique_graphs"] == 2  # one for the four blocks, one for the head
     assert model.bigram.weight.grad is not None and model.bigram.weight.grad.abs().sum() > 0
     torch._dynamo.reset()
+
+
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_unet_skips_keep_one_block_graph_and_learn_their_gains():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = random_model(config=UNET_CONFIG).train()  # every block has a value embedding
+    for module in (*model.blocks, model.head):
+        module.compile(backend="aot_eager", dynamic=False, fullgraph=True)
+    tokens = torch.randint(0, 300, (2, 32))
+    model(tokens, tokens).backward()
+    assert counters["stats"]["unique_graphs"] == 2  # one for the six blocks, one for the head
+    assert all(block.skip_gain.grad.abs().sum() > 0 for block in model.blocks)
+    assert "blocks.5.skip_gain" in model.state_dict() and "blocks.0.skip_gain" in model.state_dict()
+    torch._dynamo.reset()
+
+
+def test_unet_pairs_each_second_half_block_with_its_mirror():
+    model = random_model(config=UNET_CONFIG)
+    seen = []
+    for i, block in enumerate(model.blocks):
+        block.register_forward_hook(lambda module, args, out, i=i: seen.append((i, args[3], out)))
+    with torch.no_grad():
+        model(torch.randint(0, 300, (1, 16)))
+    outputs = {i: out for i, _, out in seen}
+    skips = {i: skip for i, skip, _ in seen}
+    assert skips[5] is outputs[0] and skips[4] is outputs[1]  # mirrors 0/5 and 1/4
+    # the others read the embedding's copy (block 3's mirror output is its own input)
+    assert all(torch.equal(skips[i], skips[0]) for i in (1, 2, 3))
 
 
 def test_bigram_ids_hash_each_pair_and_reserve_a_row_for_the_first_position():
