@@ -106,3 +106,15 @@ def test_merge_writes_the_headline_and_the_noise_file(tmp_path):
         "python bench/trainer_gpu.py --plan ...",
         "python bench/trainer_gpu.py --merge A,B",
     ]
+
+
+def test_merge_of_one_label_writes_the_headline_and_leaves_the_noise_file(tmp_path):
+    (tmp_path / "runs").mkdir()
+    for seed in (0, 1, 2):
+        path = tmp_path / "runs" / f"trainer-h200-A-seed{seed}.json"
+        path.write_text(json.dumps(scored_run("A", seed)))
+    (tmp_path / "gpu-noise.json").write_text("{}\n")
+    bench.merge_noise(tmp_path, "trainer-h200", "A", None, "python bench/trainer_gpu.py --merge A")
+    headline = json.loads((tmp_path / "trainer-h200.json").read_text())
+    assert headline["val_bpb_seeds"] == [1.0, 1.2, 1.1] and headline["startup_s_max"] == 32.0
+    assert (tmp_path / "gpu-noise.json").read_text() == "{}\n"
