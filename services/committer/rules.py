@@ -861,7 +861,7 @@ def _seq_v2_reason(
         return _seq_reason(stopped, post, pairs, 0, SeqParams(), evidence)
     runs = f"{len(evidence.screen_runs)} screening run(s) and {pairs} paired run(s)"
     belief = (
-        f"P(better) {post.p_better:.3f}, Δ {post.mean_bpb:+.6f} ± {post.sd_bpb:.6f} "
+        f"P(better) {post.p_better:.2f}, Δ {post.mean_bpb:+.6f} ± {post.sd_bpb:.6f} "
         f"(σ {evidence.noise.sigma_bpb:.6f} {evidence.noise.source}, prior {params.prior.version})"
     )
     if stopped == "accept":
