@@ -1,8 +1,8 @@
 """Accept rules: pure functions from run scores to verdicts, so that the committer and the acceptance
 simulation (bench/acceptance.py) run exactly the same code. `decide(evidence, policy)` is the one
 entry the committer calls on every screen and confirmation step (bench/campaign.py calls it too); the
-setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v1`
-(described at its section below).
+setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v2` and
+`seq-bayes/v1` (each described at its section below).
 
 Rule `paired-z/v1` (the default), in two stages:
 
@@ -660,7 +660,11 @@ def reference(
 
 # ---------------------------------------------------------------------------------------------------
 # Rule seq-bayes/v2: one paired run at a time, against the best's shared reference, while a run is
-# worth what it would buy screening a fresh proposal
+# worth what it would buy screening a fresh proposal (opt-in: AR_ACCEPT_RULE=seq-bayes/v2)
+#
+# Not the default: in the campaign simulation it reaches 1.30x paired-z/v1's and 0.78x greedy's gain
+# per GPU-hour (median over scenarios), short of the 2x asked of a new default, and its false merges
+# exceed 10% of greedy's in four Student-t(3) scenarios (docs/evaluation.md).
 #
 # The same closed-form posterior as seq-bayes/v1, with three changes, each measured in the campaign
 # simulation (bench/campaign.py, docs/evaluation.md):
@@ -680,7 +684,7 @@ def reference(
 #    lot, so borderline candidates are dropped early; at high noise confirmation is where gains are.
 #
 # The prior (PRIOR_V2) pools the two proposal mixtures the service was measured with: the default agent
-# stream and the one fitted to upstream's published session (whose gains are larger: a second
+# stream and the one fitted to upstream's published log of 83 experiments (larger gains: a second
 # exponential part).
 # Accepting needs at least one paired run with a fresh seed (a candidate that ignores AR_SEED scores the
 # same twice: rejected) and P(Δ < 0) ≥ p_accept on the pooled evidence, and the confirmation runs alone
