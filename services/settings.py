@@ -58,11 +58,12 @@ class Settings(BaseSettings):
     worker_lease_ttl_s: int = Field(30, ge=1, le=3600)
     first_seed: int = 42  # harness seed of a proposal's screening run
 
-    # --- acceptance (services/committer/rules.py; bench/campaign.py simulates both rules)
-    # paired-z/v1 (the default): the strict fixed-size paired test. seq-bayes/v1 (opt-in): a posterior
-    # over the candidate's effect, paired runs one step at a time while another is worth its cost; it
-    # misses its goals in the simulation (docs/evaluation.md), so it is not the default.
-    accept_rule: Literal["paired-z/v1", "seq-bayes/v1"] = "paired-z/v1"
+    # --- acceptance (services/committer/rules.py; bench/campaign.py simulates the rules)
+    # paired-z/v1 (the default): the strict fixed-size paired test. seq-bayes/v2 (opt-in): a posterior
+    # over the candidate's effect against the best's shared reference, one paired run at a time while a
+    # run is worth what it would buy screening a fresh proposal. seq-bayes/v1 (opt-in): its predecessor.
+    # Neither meets its goals in the simulation (docs/evaluation.md), so paired-z/v1 stays the default.
+    accept_rule: Literal["paired-z/v1", "seq-bayes/v1", "seq-bayes/v2"] = "paired-z/v1"
     # (seq-bayes/v1, opt-in)
     seq_p_accept: float = Field(0.97, gt=0.5, lt=1.0)  # accept when P(Δ < 0) reaches this
     seq_run_cost_bpb: float = Field(0.00002, ge=0.0, le=1.0)  # expected gain one run must buy to be run

@@ -32,13 +32,15 @@ SCORE_KEYS = frozenset(
         "mean_delta_bpb", "candidate_runs", "best_runs",
         # seq-bayes/v1: the merged score and the posterior over the effect (Decision.posterior)
         "merged_bpb", "mean_bpb", "lo_bpb", "hi_bpb", "evidence_delta_bpb",
+        # seq-bayes/v2: the candidate's and the best's pooled levels, a run's cost in bpb
+        "candidate_level_bpb", "best_level_bpb", "run_cost_bpb",
     }
 )  # fmt: skip
 # shown to two significant digits
 SIGMA_KEYS = frozenset({"sigma_bpb", "sd_bpb", "evidence_sd_bpb", "reference_sd_bpb"})
 # seq-bayes/v1's P(Δ < 0): in its steep part a finer probability pins the evidence far below the
 # rounding of the scores, so agents see two decimals (the reasons write it so too)
-PROBABILITY_KEYS = frozenset({"p_better"})
+PROBABILITY_KEYS = frozenset({"p_better", "p_better_confirmation_alone"})
 PROBABILITY_DECIMALS = 2
 SECONDS_KEYS = frozenset(
     {"eval_container_s", "gpu_seconds", "gpu_seconds_total", "gpu_seconds_per_improvement"}

@@ -570,3 +570,40 @@ def test_a_cpu_workers_fingerprint_names_its_cpu_model(
     assert service.store.fingerprint_fields()[result.fingerprint.key()].cpu == "Test CPU 9000"
     # the best's runs asked for on the new fingerprint calibrate it, as for a new GPU model
     assert service.store.calibration_runs(result.fingerprint.key()).get(baseline.commit)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the opt-in accept rule seq-bayes/v2, through the same pipeline
+
+
+def test_seq_bayes_v2_merges_a_clear_gain_with_its_record_and_rejects_a_clear_loss_in_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client: "redis.Redis[bytes]"
+) -> None:
+    monkeypatch.setenv("AR_ACCEPT_RULE", "seq-bayes/v2")
+    settings = Settings(runs_dir=tmp_path / "runs", repo_dir=tmp_path / "repo", infra_retries=2)
+    with running_service(settings, redis_client) as service:
+        worse = service.submit(BASELINE.replace("1.5", "1.6"), title="Raise the score")
+        service.drain()
+        rejected = service.store.get(worse.id)
+        assert rejected.state == State.REJECTED, rejected.reason
+        verdict = rejected.decision
+        assert verdict is not None and verdict.rule == rules.SEQ_BAYES_V2_RULE and verdict.stage == "screen"
+        assert len(rejected.results) == 1 and not rejected.baseline_results  # one run, no pair
+
+        better = service.submit(BASELINE.replace("1.5", "1.4"), title="Lower the score")
+        service.drain()
+        merged = service.store.get(better.id)
+        assert merged.state == State.MERGED, merged.reason
+        decision = merged.decision
+        assert (
+            decision is not None and decision.rule == rules.SEQ_BAYES_V2_RULE and decision.stopped == "accept"
+        )
+        assert decision.prior_version == rules.PRIOR_V2.version and decision.seeds == merged.confirm_seeds
+        assert decision.posterior["p_better"] >= rules.SeqV2Params().p_accept
+        best = service.store.get_best()
+        assert best is not None and best.val_bpb == decision.merged_bpb
+        noted = json.loads(service.git("notes", "show", "research"))["decision"]
+        assert noted["rule"] == rules.SEQ_BAYES_V2_RULE and noted["stopped"] == "accept"
+        assert (
+            noted["posterior"] == pytest.approx(decision.posterior) and noted["seeds"] == merged.confirm_seeds
+        )
