@@ -73,7 +73,7 @@ LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap)
 ROPE_BASE = 10000.0  # rotary embedding base period
 ROPE_MAX_LEN = 4096  # longest sequence the rotary tables cover (scoring uses 2048)
 COMPILE = True  # torch.compile the model on CUDA
-SAVE_RESERVE_S = 3.5  # seconds kept before the deadline for saving (0.3 s on a GPU) and exiting
+SAVE_RESERVE_S = 6.0  # seconds kept before the deadline for saving (0.3 s on a GPU) and exiting
 STEADY_AFTER_STEPS = 10  # steps excluded from the steady-state throughput (compile, warm-up)
 PEAK_FLOPS = 989.5e12  # H100/H200 dense bf16 FLOP/s, for MFU
 
