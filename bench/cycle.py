@@ -60,6 +60,7 @@ def bare_cycle(train_dir: Path, val_dir: Path, work: Path, seed: int) -> dict[st
         [
             sys.executable,
             str(TRAINER / "evaluate.py"),
+            "--in-process",
             "--train-py",
             str(TRAINER / "train.py"),
             "--checkpoint",
