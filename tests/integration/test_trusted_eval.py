@@ -154,7 +154,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, trainer_image: str) -> dict[
     trained = run_train(REPO / "trainer" / "train.py", train_dir, ckpt)
     assert trained.returncode == 0, trained.stderr[-2000:]
     settings = Settings(
-        train_data=str(train_dir), val_data=str(val_dir), runs_dir=root / "runs",
+        trainer_image=trainer_image, train_data=str(train_dir), val_data=str(val_dir), runs_dir=root / "runs",
         container_memory_bytes=2 * 1024 * MIB, max_log_bytes=64 * KIB,
     )  # fmt: skip
     return {"settings": settings, "ckpt": ckpt, "reference": reference(train_dir, val_dir, ckpt)}
