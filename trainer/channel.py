@@ -164,7 +164,7 @@ def pin(data: torch.Tensor) -> bool:
 
 class SharedSlots:
     """The logits buffers of one model server: LOGIT_SLOTS slots of `slot_bytes` each (a batch of
-    float32 logits), in memory files that this process creates and passes to that server alone.
+    float32 logits), in memory files that the scorer creates and passes to that server alone.
 
     Why shared memory: the logits of the full validation set are ~95 GB in float32. Through a Unix
     socket (~5 GB/s on an H100 host, two copies through the kernel) that is ~20 s; the GPU's copy

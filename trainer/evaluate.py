@@ -86,7 +86,6 @@ PROBE_TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}  # max |Δ log-prob| of a target: 
 MODEL_SERVERS = ("a", "b")  # one answers the scored pass, the other the probe pass
 # The scorer's own files, hashed into every result beside the tokenizer and the data.
 FIXED_FILES = ("prepare.py", "protocol.py", "channel.py", "evaluate.py", "model_server.py")
-SCORED_PASS_FIELDS = ("val_bpb", "val_tokens", "val_bytes")  # printed on stdout (never test_*)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -591,8 +590,8 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--train-py", type=Path, help="the candidate (with --channel: hashed only)")
     parser.add_argument("--checkpoint", type=Path, help="dir with model.safetensors and run.json")
     parser.add_argument("--data-dir", type=Path, required=True, help="training data dir (for the tokenizer)")
@@ -628,10 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probe-tolerance", type=float, default=None, help="max |Δ log-prob| before a splice"
     )
-    args = parser.parse_args(argv)
-    if args.hash_only:
-        print(json.dumps(hash_only(args), sort_keys=True))
-        return 0
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What scoring needs beyond --hash-only's arguments; the device's defaults filled in."""
     if (args.channel is None) == (not args.in_process):
         parser.error("give one of --channel (the model in model servers) and --in-process (local use)")
     missing = [
@@ -643,12 +643,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda"):  # the driver starts while the documents are read and tokenized
-        threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
     if args.batch_size is None:
         args.batch_size = 32 if args.device.startswith("cuda") else 4
-    if args.device == "cpu":
+
+
+def start_device(device: str) -> None:
+    """On CUDA the driver starts while the documents are read and tokenized; on the CPU, at most
+    one thread per core."""
+    if device.startswith("cuda"):
+        threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
+    if device == "cpu":
         torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    """The validation figures on stdout, `key: value` a line (nothing about the test split)."""
+    print(f"val_bpb: {result['val_bpb']:.6f}")
+    print(f"val_tokens: {result['val_tokens']}")
+    print(f"val_bytes: {result['val_bytes']}")
+    print(f"num_documents: {result['num_documents']}")
+    print(f"eval_s: {result['eval_s']:.1f}")
+    print("eval_timings: " + " ".join(f"{name}={seconds:.2f}" for name, seconds in result["timings"].items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    if args.hash_only:
+        print(json.dumps(hash_only(args), sort_keys=True))
+        return 0
+    check_arguments(parser, args)
+    start_device(args.device)
     try:
         result = evaluate(args)
     except BadCheckpoint as exc:
@@ -657,12 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         write_result(args.out, {"evaluator_version": EVALUATOR_VERSION, "failure": exc.code})
         return 2
     write_result(args.out, result)
-    print(f"val_bpb: {result['val_bpb']:.6f}")
-    print(f"val_tokens: {result['val_tokens']}")
-    print(f"val_bytes: {result['val_bytes']}")
-    print(f"num_documents: {result['num_documents']}")
-    print(f"eval_s: {result['eval_s']:.1f}")
-    print("eval_timings: " + " ".join(f"{name}={seconds:.2f}" for name, seconds in result["timings"].items()))
+    print_summary(result)
     return 0
 
 
