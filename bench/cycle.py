@@ -33,7 +33,7 @@ from services.settings import GIB, Settings  # noqa: E402
 from services.store import Store, connect  # noqa: E402
 from services.worker import jobs  # noqa: E402
 from services.worker.docker_sandbox import DockerSandbox  # noqa: E402
-from services.worker.pipeline import Worker  # noqa: E402
+from services.worker.worker import Worker  # noqa: E402
 from tests.trainer.conftest import run_prepare, write_corpus  # noqa: E402
 
 TRAINER = ROOT / "trainer"
@@ -60,6 +60,7 @@ def bare_cycle(train_dir: Path, val_dir: Path, work: Path, seed: int) -> dict[st
         [
             sys.executable,
             str(TRAINER / "evaluate.py"),
+            "--in-process",
             "--train-py",
             str(TRAINER / "train.py"),
             "--checkpoint",

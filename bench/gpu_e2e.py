@@ -53,7 +53,7 @@ SITE = Path("/tmp/site")  # the carried wheels, installed here by `setup`
 DOCKER_SOCKET = "/tmp/docker.sock"
 HOST_IMAGE = "autoresearch/trainer:host"
 TERMINAL = {"merged", "rejected", "crashed", "timed_out", "oom", "voided", "infra_error", "cancelled"}
-FIXED_FILES = ("prepare.py", "evaluate.py", "model_server.py", "cuda_ipc.py", "train.py")
+FIXED_FILES = ("prepare.py", "protocol.py", "channel.py", "evaluate.py", "model_server.py", "train.py")
 
 # The research branch's first train.py and the proposals, as constant overrides of trainer/train.py.
 # GPU: the branch starts from the trainer without Muon weight decay, so that a known improvement (the
@@ -360,8 +360,8 @@ def bare_run(label: str, train_py: str, budget: int, seed: int, train_dir: Path,
     wall = time.time() - started
     with open(run_dir / "eval.log", "w") as log:
         subprocess.run(
-            [sys.executable, str(TRAINER / "evaluate.py"), "--train-py", str(run_dir / "train.py"), "--checkpoint",
-             str(run_dir / "out"), "--data-dir", str(train_dir), "--val-dir", str(val_dir), "--out",
+            [sys.executable, str(TRAINER / "evaluate.py"), "--in-process", "--train-py", str(run_dir / "train.py"),
+             "--checkpoint", str(run_dir / "out"), "--data-dir", str(train_dir), "--val-dir", str(val_dir), "--out",
              str(run_dir / "result.json"), "--device", device],
             env=env, stdout=log, stderr=log, check=False,
         )  # fmt: skip

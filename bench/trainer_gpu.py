@@ -135,8 +135,8 @@ def run_variant(label: str, budget: float, overrides: dict[str, str], train_dir:
         eval_started = time.time()
         with open(run_dir / "eval.log", "w") as log:
             scored = subprocess.run(
-                [sys.executable, str(TRAINER / "evaluate.py"), "--train-py", str(train_py), "--checkpoint",
-                 str(run_dir / "out"), "--data-dir", str(train_dir), "--val-dir", str(val_dir), "--out",
+                [sys.executable, str(TRAINER / "evaluate.py"), "--in-process", "--train-py", str(train_py),
+                 "--checkpoint", str(run_dir / "out"), "--data-dir", str(train_dir), "--val-dir", str(val_dir), "--out",
                  str(run_dir / "result.json"), "--device", "cuda"],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -69,7 +69,8 @@ build() {  # build DOCKERFILE TAG [EXTRA ARGS...]
                      -e 'Install the buildx component' -e 'docs.docker.com/go/buildx' -e '^ *$' >&2)
 }
 
-for required in trainer/prepare.py trainer/evaluate.py trainer/train.py; do
+for required in trainer/prepare.py trainer/protocol.py trainer/channel.py trainer/evaluate.py \
+    trainer/model_server.py trainer/train.py; do
     [[ -f $required ]] || { echo "build-images: $required is missing" >&2; exit 1; }
 done
 if [[ $trainer_only == 0 && ! -f program.md ]]; then

@@ -23,8 +23,8 @@ from services.committer.repo import GitResearchRepo
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs as worker_jobs
-from services.worker.pipeline import Worker
 from services.worker.sandbox import Sandbox
+from services.worker.worker import Worker
 from tests.fakes import FakeSandbox
 from tests.integration.live_server import ADMIN, serve
 

@@ -16,8 +16,8 @@ from services import queue
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs
-from services.worker.pipeline import Worker
 from services.worker.sandbox import StepOutcome, TrainRequest
+from services.worker.worker import Worker
 from tests.fakes import FakeSandbox
 
 TRAIN_DELAY_S = 0.05  # long enough that one group cannot drain the queue before the other dequeues

@@ -52,6 +52,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def book_documents(text: str, max_chars: int = MAX_DOC_CHARS) -> list[str]:
 # Reading books
 
 
-def read_books(path: Path) -> Iterator[dict]:
+def read_books(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the books of one source file as dicts with at least "text"."""
     name = path.name
     if name.endswith(".txt"):
@@ -184,7 +185,8 @@ def local_sources(
 
 def _http_get(url: str, start: int = 0) -> urllib.response.addinfourl:
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
-    return urllib.request.urlopen(request, timeout=60)
+    response: urllib.response.addinfourl = urllib.request.urlopen(request, timeout=60)
+    return response
 
 
 def published_checksums(base_url: str) -> dict[str, str]:
@@ -328,7 +330,7 @@ def tokenizer_json(pattern: str, tokens: list[bytes]) -> str:
     )
 
 
-def load_tokenizer(path: Path):  # -> tiktoken.Encoding (same loader as evaluate.py)
+def load_tokenizer(path: Path) -> Any:  # tiktoken.Encoding (the scorer's too: protocol.load_tokenizer)
     import tiktoken
 
     spec = json.loads(Path(path).read_text())
@@ -351,7 +353,7 @@ def token_byte_lengths(tokenizer_path: Path) -> np.ndarray:
 # Tokenizing
 
 
-def tokenize_file(path: Path, encoding, bos_id: int) -> np.ndarray:
+def tokenize_file(path: Path, encoding: Any, bos_id: int) -> np.ndarray:
     """One source file -> uint16 stream of [BOS] + tokens for each document, in order."""
     documents = [doc for book in read_books(path) for doc in book_documents(book["text"])]
     pieces = []
@@ -397,7 +399,7 @@ def test_inputs_hash(test: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def write_manifest(directory: Path, inputs: str, extra: dict) -> None:
+def write_manifest(directory: Path, inputs: str, extra: dict[str, Any]) -> None:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != "manifest.json")
     manifest = {
         "prepare_version": PREPARE_VERSION,

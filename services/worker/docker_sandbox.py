@@ -253,8 +253,8 @@ class DockerSandbox:
     `scratch_mode` "tmpfs" gives /tmp as a size-capped tmpfs; "bind" binds the run's scratch folder
     (mode 1777) for hosts where a tmpfs is not writable by the unprivileged user. `python` and
     `evaluator` are in-container paths of the trainer image's interpreter and trusted scorer, and
-    `model_server` the fixed file that serves the candidate's model to it; `isolate_model=False`
-    runs the old single evaluation container (tests with their own evaluator only).
+    `model_server` the fixed file that serves the candidate's model to it (tests put their own
+    stand-ins at both paths).
     `extra_env` is operator configuration added to every container (e.g. LD_LIBRARY_PATH for
     gpu_mode "devices" with the host's driver mounted); nothing is taken from the worker's own
     environment. `log_sink(proposal_id, chunk)` receives a training container's output live (the
@@ -272,7 +272,6 @@ class DockerSandbox:
         python: str = VENV_PYTHON,
         evaluator: str = f"{TRAINER_HOME}/evaluate.py",
         model_server: str = f"{TRAINER_HOME}/model_server.py",
-        isolate_model: bool = True,
         poll_interval_s: float = POLL_INTERVAL_S,
         max_output_files: int = MAX_OUTPUT_FILES,
         eval_max_docs: int | None = None,
@@ -289,7 +288,6 @@ class DockerSandbox:
         self.python = python
         self.evaluator = evaluator
         self.model_server = model_server
-        self.isolate_model = isolate_model
         self.poll_interval_s = poll_interval_s
         self.max_output_files = max_output_files
         self.eval_max_docs = eval_max_docs
@@ -343,8 +341,6 @@ class DockerSandbox:
     def evaluate(self, request: EvalRequest) -> StepOutcome:
         """The scorer in one container and the candidate's model in two others (docs/evaluation.md):
         the scorer's outcome is the step's outcome; the model containers' logs go to model-*.log."""
-        if not self.isolate_model:
-            return self._evaluate_in_process(request)
         paths = request.paths
         deadline = time.time() + request.timeout_s
         channel = paths.root / "channel"
@@ -448,41 +444,8 @@ class DockerSandbox:
             raise errors[0]
         return outcome
 
-    def _evaluate_in_process(self, request: EvalRequest) -> StepOutcome:
-        """The old single-container evaluation (the candidate imported by the scorer): only for
-        tests that put their own evaluator at `evaluator` (isolate_model=False). The candidate's code
-        runs in the scorer's container here, so it never scores the held-out test split."""
-        if request.score_test:
-            raise SandboxUnavailable(
-                "the in-process evaluation runs the candidate beside the data: it never gets the test split"
-            )
-        paths = request.paths
-        if self.scratch_mode == "bind":  # nothing the training step left in /tmp reaches evaluation
-            _empty_folder(paths.scratch)
-        command = self._scorer_command(request)
-        mounts = self._scorer_mounts(request)
-        step = _Step(
-            name=f"ar-{request.run_id}-eval",
-            step="eval",
-            command=command,
-            # The candidate's model code runs here too; compile caches stay on the tmpfs.
-            environment={
-                "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor",
-                "TRITON_CACHE_DIR": "/tmp/triton",
-                **_BASE_ENVIRONMENT,
-            },
-            mounts=mounts,
-            labels=_labels(request.proposal_id, request.run_id, "eval"),
-            deadline_unix=time.time() + request.timeout_s,
-            budget_reason=f"evaluation timeout of {request.timeout_s} s exceeded",
-            watched=[paths.eval_out],
-            scratch=paths.scratch,
-            log_path=paths.eval_log,
-        )
-        return self._run(step)
-
     def _scorer_command(self, request: EvalRequest, *extra: str) -> list[str]:
-        """evaluate.py's command line, the same for both evaluation paths but for `extra`."""
+        """evaluate.py's command line (`extra` first: the channel's folder and timeouts)."""
         command = [
             self.python, self.evaluator, *extra,
             "--train-py", f"{CODE_DIR}/train.py",

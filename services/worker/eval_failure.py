@@ -1,5 +1,5 @@
 """What a proposal is told when its evaluation fails: one fixed sentence per failure code of the
-trusted scorer (`FAILURE_CODES` in trainer/evaluate.py, written to result.json as "failure").
+trusted scorer (`FAILURE_CODES` in trainer/protocol.py, written to result.json as "failure").
 
 Never the scorer's log: it names shapes, dtypes, error text and timings that the candidate's model
 code chose while it was being handed validation rows, and any such byte is a way to read the

@@ -1,8 +1,9 @@
 """The expected hashes of the evaluation's fixed files, pinned once in Redis for all workers
 (docs/evaluation.md, "Fixed files").
 
-The fixed files are what the score depends on besides the candidate: `evaluate.py`,
-`model_server.py` and `prepare.py` in the trainer image, the tokenizer and its byte table, the
+The fixed files are what the score depends on besides the candidate: `prepare.py`, `protocol.py`,
+`channel.py`, `evaluate.py` and `model_server.py` in the trainer image (`FIXED_FILES` in
+trainer/evaluate.py), the tokenizer and its byte table, the
 validation files and their manifest, and the held-out test split's files and manifest (`test/...`)
 where the worker has one (a run that does not score the test split is compared without those). Every
 scored run's result.json lists their hashes as the scorer saw them; a run whose hashes differ from
@@ -11,10 +12,9 @@ the expected ones is voided, naming the files.
 Where the expected values come from. A candidate controls its `train.py` and whatever its processes
 can write inside their own containers (the training container's /out and /cache, each container's
 /tmp); it cannot write the trainer image (read-only root, root-owned files) or the data (read-only
-mounts), and in the in-process evaluation path (tests only) it can write result.json itself. So the
-expected values never come from a run: each worker, before its first run, asks the sandbox for the
-hashes as the trusted scorer computes them in a container with the data and no candidate
-(`Sandbox.fixed_files`, `evaluate.py --hash-only`). The first worker to do so for a scope records
+mounts). Still, the expected values never come from a run: each worker, before its first run, asks
+the sandbox for the hashes as the trusted scorer computes them in a container with the data and no
+candidate (`Sandbox.fixed_files`, `evaluate.py --hash-only`). The first worker to do so for a scope records
 them in Redis (`SET NX`), and from then on every worker on every host compares with that record,
 whatever its own copy says: a host that prepared other data, or runs an image with another
 evaluate.py, has its runs voided instead of scoring on its own terms.

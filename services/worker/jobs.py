@@ -2,7 +2,7 @@
 (`configure`); RQ then calls `execute_proposal` with a proposal id."""
 
 from services.models import Proposal
-from services.worker.pipeline import Worker
+from services.worker.worker import Worker
 
 _worker: Worker | None = None
 

@@ -8,9 +8,9 @@ from services.errors import InfraError
 from services.logs import configure_logging
 from services.settings import Settings
 from services.store import Store, connect
-from services.worker import jobs, lease
+from services.worker import jobs, recovery
 from services.worker.docker_sandbox import DockerSandbox, resolve_for_host
-from services.worker.pipeline import Worker
+from services.worker.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def main() -> None:
     jobs.configure(worker)
     # Proposals whose worker died mid-run (lease expired), and queued proposals without a run job
     # (the process that stored them died before enqueueing): recovered now and every lease period.
-    lease.sweep_forever(worker.sweep, settings.worker_lease_ttl_s)
+    recovery.sweep_forever(worker.sweep, settings.worker_lease_ttl_s)
     log.info("worker %s ready (device %s, gpu mode %s)", name, settings.device, settings.gpu_mode)
     # SimpleWorker runs jobs in this process: the sandbox's containers are the isolation, and one
     # process per GPU keeps the Docker client and Redis connections alive between runs.

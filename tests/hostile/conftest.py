@@ -34,7 +34,7 @@ from services.settings import KIB, MIB, Settings
 from services.store import Store
 from services.worker import jobs as worker_jobs
 from services.worker.docker_sandbox import LABEL_PROPOSAL, DockerSandbox
-from services.worker.pipeline import Worker
+from services.worker.worker import Worker
 from tests.integration.conftest import docker_client, trainer_image
 from tests.integration.test_docker_sandbox import prepare_sandbox_data
 

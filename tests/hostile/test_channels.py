@@ -41,7 +41,7 @@ _spec = _ilu.spec_from_file_location("scorer_copy", "/opt/autoresearch/trainer/e
 _scorer = _ilu.module_from_spec(_spec)
 _sys.modules["scorer_copy"] = _scorer  # its dataclasses look their module up there
 _spec.loader.exec_module(_scorer)
-_ENCODING, _BOS, _ = _scorer.load_tokenizer("/data/tokenizer.json")
+_ENCODING, _BOS, _ = _scorer.protocol.load_tokenizer("/data/tokenizer.json")
 
 
 def _rows_text(idx):

@@ -36,7 +36,7 @@ from services.states import State
 from services.store import Store
 from services.worker import jobs as worker_jobs
 from services.worker.docker_sandbox import DockerSandbox
-from services.worker.pipeline import Worker
+from services.worker.worker import Worker
 from tests.integration.conftest import REPO
 from tests.integration.test_docker_sandbox import prepare_sandbox_data
 from trainer import prepare

@@ -10,7 +10,7 @@ from services import queue
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs
-from services.worker.pipeline import Worker
+from services.worker.worker import Worker
 from tests.fakes import FakeSandbox
 
 

@@ -556,6 +556,8 @@ def test_scratch_bind_mode_gives_a_writable_tmp(run_train: RunTrain) -> None:
 
 PROBE_EVALUATOR = """
 import json, os, sys, time
+if "--socket" in sys.argv:  # a model container (this file stands in for model_server.py): serves nothing
+    sys.exit(0)
 def writable(path):
     try:
         open(path, "w").write("x")
@@ -604,8 +606,8 @@ if "AR_OUT_DIR" in os.environ:  # training; evaluation has no AR_* variables
 def test_evaluation_sees_val_and_checkpoint_read_only(
     run_train: RunTrain, make_settings: Callable[..., Settings], docker_client: DockerClient
 ) -> None:
-    # The candidate file doubles as the evaluator here: its top level writes the checkpoint when
-    # trained, and the probe reports what the evaluation container sees.
+    # The candidate file doubles as the evaluator and the model server here: its top level writes the
+    # checkpoint when trained, and the probe reports what the scorer's container sees.
     ran = run_train(CHECKPOINT_WRITER + PROBE_EVALUATOR, sandbox_args={"scratch_mode": "bind"})
     collect_checkpoint(ran.paths, 16 * MIB)
     outcome = evaluate_with(
@@ -613,14 +615,15 @@ def test_evaluation_sees_val_and_checkpoint_read_only(
         docker_client,
         ran,
         evaluator="/code/train.py",
+        model_server="/code/train.py",
         scratch_mode="bind",
-        isolate_model=False,
     )
     assert outcome.exit_code == 0 and "scored" in outcome.log
     result = read_result(ran.paths)
     facts = result["facts"]
     assert result["val_bpb"] == 1.25
     assert facts["argv"] == [
+        "--channel", "/channel", "--connect-timeout", "20", "--reply-timeout", "20",
         "--train-py", "/code/train.py", "--checkpoint", "/ckpt", "--data-dir", "/data", "--val-dir", "/val",
         "--out", "/eval-out/result.json", "--device", "cpu", "--seed", "11",
     ]  # fmt: skip
@@ -636,7 +639,12 @@ def test_evaluation_timeout_kills(
     ran = run_train(CHECKPOINT_WRITER + "SLEEP_IN_EVALUATION = True\n" + PROBE_EVALUATOR)
     collect_checkpoint(ran.paths, 16 * MIB)
     outcome = evaluate_with(
-        make_settings, docker_client, ran, timeout_s=2, evaluator="/code/train.py", isolate_model=False
+        make_settings,
+        docker_client,
+        ran,
+        timeout_s=2,
+        evaluator="/code/train.py",
+        model_server="/code/train.py",
     )
     assert outcome.timed_out and outcome.killed_reason == "evaluation timeout of 2 s exceeded"
 

@@ -17,7 +17,7 @@ from services.settings import MIB, Settings
 from services.store import Store
 from services.worker import jobs
 from services.worker.docker_sandbox import DockerSandbox
-from services.worker.pipeline import Worker
+from services.worker.worker import Worker
 
 pytestmark = pytest.mark.docker
 

@@ -7,8 +7,8 @@ failure (never crashed, timed_out or scored), retried at most `infra_retries` ti
 the proposal's containers run at once.
 
 The image is the local base image (Debian + python3, what `docker/base-image.sh` builds), loaded
-into the private daemon once per module (~6 s); the train.py doubles as the evaluator
-(`isolate_model=False`), so the pipeline runs to a score without the trainer image.
+into the private daemon once per module (~6 s); the train.py doubles as the evaluator and the model
+server, so the pipeline runs to a score without the trainer image.
 """
 
 import contextlib
@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,8 @@ from services.store import Store
 from services.worker import jobs
 from services.worker.collect import prepare_run_dir
 from services.worker.docker_sandbox import LABEL_PROPOSAL, DockerSandbox
-from services.worker.pipeline import Worker
 from services.worker.sandbox import TrainRequest
+from services.worker.worker import Worker
 from tests.conftest import wait_for
 from tests.integration.conftest import REPO
 
@@ -62,7 +63,9 @@ HOLD = "hold"  # training waits while this file exists in the (read-only) data f
 
 TRAIN_PY = """\
 import json, os, sys, time
-if "--out" in sys.argv:  # the evaluation step runs this file as its evaluator (isolate_model=False)
+if "--socket" in sys.argv:  # a model container: this file stands in for model_server.py, serving nothing
+    sys.exit(0)
+if "--out" in sys.argv:  # the scorer's container: this file stands in for evaluate.py
     result = {"val_bpb": 1.25, "val_tokens": 10, "val_bytes": 40, "evaluator_version": "test/1"}
     json.dump(result, open(sys.argv[sys.argv.index("--out") + 1], "w"))
     sys.exit(0)
@@ -193,7 +196,7 @@ def make_settings(tmp_path: Path, data_dir: Path) -> Callable[..., Settings]:
 
 def sandbox_for(settings: Settings, daemon: PrivateDockerd) -> DockerSandbox:
     return DockerSandbox(
-        settings, base_url=daemon.url, python=PYTHON, evaluator="/code/train.py", isolate_model=False,
+        settings, base_url=daemon.url, python=PYTHON, evaluator="/code/train.py", model_server="/code/train.py",
         owner="w-dockerd",
     )  # fmt: skip
 
@@ -209,8 +212,9 @@ def new_proposal(store: Store) -> Proposal:
 
 @dataclass
 class Watch:
-    """Samples the private daemon every 0.1 s: the most of the proposal's containers seen running at
-    once (the daemon is unreachable while it is down; those samples are skipped)."""
+    """Samples the private daemon every 0.1 s: the most of the proposal's containers of one step seen
+    running at once, the model containers aside (an evaluation runs two of them beside its scorer by
+    design); the daemon is unreachable while it is down, and those samples are skipped."""
 
     daemon: PrivateDockerd
     proposal_id: str
@@ -224,7 +228,11 @@ class Watch:
                 continue
             client = self.daemon.client(2)
             try:
-                self.most_running = max(self.most_running, len(client.containers.list(filters=filters)))
+                steps = Counter(
+                    c.labels.get("autoresearch.step") for c in client.containers.list(filters=filters)
+                )
+                steps.pop("model", None)
+                self.most_running = max(self.most_running, *steps.values(), 0)
             except (docker.errors.DockerException, OSError):
                 continue  # down, or restarting
             finally:

@@ -30,8 +30,8 @@ from services.patches import canonical_diff, content_hash
 from services.settings import Settings
 from services.states import State
 from services.store import Store, connect
-from services.worker import lease
-from services.worker.pipeline import Worker
+from services.worker import recovery
+from services.worker.worker import Worker
 from tests.conftest import free_port, wait_for
 from tests.fakes import FakeSandbox
 from tests.integration.conftest import REPO
@@ -71,16 +71,16 @@ def test_worker_killed_mid_training_is_rerun_once_by_the_next_worker(
            "AR_WORKER_LEASE_TTL_S": "1", "AR_INFRA_RETRIES": "2"}  # fmt: skip
     worker_a = start_worker("worker-a", env, tmp_path / "a.log")
     try:
-        wait_for(lambda: redis_client.exists(lease.LEASE_KEY.format(proposal.id)), 30, "worker A's lease")
+        wait_for(lambda: redis_client.exists(recovery.LEASE_KEY.format(proposal.id)), 30, "worker A's lease")
         assert store.get(proposal.id).state == State.RUNNING
         time.sleep(2.5)  # over two lease periods: renewed, so never orphaned while A lives
-        assert lease.orphans(redis_client) == []
-        assert lease.recover_orphans(redis_client, lambda _: pytest.fail("recovered a live run")) == []
+        assert recovery.orphans(redis_client) == []
+        assert recovery.recover_orphans(redis_client, lambda _: pytest.fail("recovered a live run")) == []
     finally:
         worker_a.send_signal(signal.SIGKILL)
         worker_a.wait(10)
     hold.unlink()
-    wait_for(lambda: lease.orphans(redis_client) == [proposal.id], 5, "the dead worker's lease to expire")
+    wait_for(lambda: recovery.orphans(redis_client) == [proposal.id], 5, "the dead worker's lease to expire")
     assert store.get(proposal.id).state == State.RUNNING  # nothing moved it yet: not lost, not re-run
     worker_b = start_worker("worker-b", env, tmp_path / "b.log")
     assert worker_b.wait(60) == 0, (tmp_path / "b.log").read_text(errors="replace")[-2000:]
@@ -89,7 +89,7 @@ def test_worker_killed_mid_training_is_rerun_once_by_the_next_worker(
     assert [r.val_bpb for r in done.results] == [pytest.approx(1.4, abs=1e-3)]
     reasons = [e.reason for e in store.events(proposal.id)]
     assert any("stopped renewing its lease" in r and "retry 1 of 2" in r for r in reasons), reasons
-    assert redis_client.scard(lease.LEASED_SET) == 0
+    assert redis_client.scard(recovery.LEASED_SET) == 0
     assert queue.queue_depths(redis_client) == {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 1}
 
 
@@ -101,7 +101,7 @@ def in_process_worker(tmp_path: Path, store: Store, redis_client: "redis.Redis[b
 
 def orphan(redis_client: "redis.Redis[bytes]", proposal_id: str) -> None:
     """What a worker killed mid-run leaves: the id in the leased set, its lease key expired."""
-    redis_client.sadd(lease.LEASED_SET, proposal_id)
+    redis_client.sadd(recovery.LEASED_SET, proposal_id)
 
 
 def test_a_proposal_whose_workers_keep_dying_ends_infra_error(
@@ -111,7 +111,7 @@ def test_a_proposal_whose_workers_keep_dying_ends_infra_error(
     for attempt in (1, 2):
         store.transition(proposal.id, State.RUNNING, "a worker took it", expect={State.QUEUED})
         orphan(redis_client, proposal.id)
-        assert lease.recover_orphans(redis_client, in_process_worker.recover_orphan) == [proposal.id]
+        assert recovery.recover_orphans(redis_client, in_process_worker.recover_orphan) == [proposal.id]
         assert store.get(proposal.id).attempts == attempt
     ended = store.get(proposal.id)
     assert ended.state == State.INFRA_ERROR and "infrastructure failed 2 times" in ended.reason
@@ -126,7 +126,7 @@ def test_an_orphan_whose_runs_were_finished_is_only_sent_for_a_decision(
     scored = RunResult(run_id="r1", proposal_id=proposal.id, seed=42, state=State.EVALUATING, val_bpb=1.4)
     store.transition(proposal.id, State.EVALUATING, "scored", results=[scored])
     orphan(redis_client, proposal.id)
-    lease.recover_orphans(redis_client, in_process_worker.recover_orphan)
+    recovery.recover_orphans(redis_client, in_process_worker.recover_orphan)
     after = store.get(proposal.id)
     assert after.state == State.EVALUATING and after.attempts == 0 and len(after.results) == 1
     assert queue.queue_depths(redis_client) == {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 1}

@@ -26,8 +26,8 @@ from services.settings import Settings
 from services.states import State
 from services.store import Store
 from services.worker import jobs as worker_jobs
-from services.worker.pipeline import Worker
 from services.worker.sandbox import Environment
+from services.worker.worker import Worker
 from tests.fakes import FakeSandbox
 
 BASELINE = "import os\nFAKE_SCORE = 1.5\n" + "".join(f"LAYER_{i} = {i}\n" for i in range(8))

@@ -154,7 +154,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, trainer_image: str) -> dict[
     trained = run_train(REPO / "trainer" / "train.py", train_dir, ckpt)
     assert trained.returncode == 0, trained.stderr[-2000:]
     settings = Settings(
-        train_data=str(train_dir), val_data=str(val_dir), runs_dir=root / "runs",
+        trainer_image=trainer_image, train_data=str(train_dir), val_data=str(val_dir), runs_dir=root / "runs",
         container_memory_bytes=2 * 1024 * MIB, max_log_bytes=64 * KIB,
     )  # fmt: skip
     return {"settings": settings, "ckpt": ckpt, "reference": reference(train_dir, val_dir, ckpt)}
@@ -165,11 +165,11 @@ def reference(train_dir: Path, val_dir: Path, ckpt: Path) -> dict[str, float]:
     float64 on the CPU, over the protocol's rows (evaluate.py's own row packing, pinned elsewhere)."""
     from safetensors.torch import load_model
 
-    from trainer import evaluate
+    from trainer import protocol
 
-    encoding, bos, byte_lengths = evaluate.load_tokenizer(train_dir / "tokenizer.json")
-    documents = evaluate.load_documents(evaluate.val_files(val_dir))
-    rows = evaluate.pack_rows([[bos, *encoding.encode_ordinary(d)] for d in documents], bos)
+    encoding, bos, byte_lengths = protocol.load_tokenizer(train_dir / "tokenizer.json")
+    documents = protocol.load_documents(protocol.val_files(val_dir))
+    rows = protocol.pack_rows([[bos, *encoding.encode_ordinary(d)] for d in documents], bos)
     spec = importlib.util.spec_from_file_location("reference_train", REPO / "trainer" / "train.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -222,9 +222,14 @@ def test_honest_score_equals_the_float64_reference(
     assert math.isclose(result["val_bpb"], expected["val_bpb"], rel_tol=1e-6)
     assert result["isolation"] == "model container"
     assert result["probes"]["rows"] >= 2 * BATCH_SIZE and result["probes"]["spliced"] > 0
-    assert {"model_server.py", "evaluate.py", "prepare.py", "cuda_ipc.py", "tokenizer.json"} <= set(
-        result["fixed_hashes"]
-    )
+    assert {
+        "prepare.py",
+        "protocol.py",
+        "channel.py",
+        "evaluate.py",
+        "model_server.py",
+        "tokenizer.json",
+    } <= set(result["fixed_hashes"])
     assert result["logits_slots"] == "host memory (pageable)"  # GPU memory only on CUDA
     setup["honest"] = result
 

@@ -141,7 +141,8 @@ def run_train(train_py: Path, data_dir: Path, out_dir: Path, timeout: float = 60
 
 def run_evaluate(train_py: Path, checkpoint: Path, data_dir: Path, val_dir: Path, out: Path, *extra: str):
     return subprocess.run(
-        [sys.executable, str(TRAINER / "evaluate.py"), "--train-py", str(train_py), "--checkpoint", str(checkpoint),
-         "--data-dir", str(data_dir), "--val-dir", str(val_dir), "--out", str(out), "--device", "cpu", *extra],
+        [sys.executable, str(TRAINER / "evaluate.py"), "--in-process", "--train-py", str(train_py),
+         "--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--val-dir", str(val_dir),
+         "--out", str(out), "--device", "cpu", *extra],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.trainer.helpers import TRAINER, run_evaluate
+from trainer import channel as channel_module
 from trainer import evaluate
 
 VOCAB = 16
@@ -127,14 +128,14 @@ def test_a_refused_offer_of_gpu_slots_is_followed_by_host_memory(tmp_path, tiny_
     """The real model_server.py on the CPU cannot map GPU slots: it refuses the offer and says why
     (the scorer logs it), accepts the memory files offered next, and its logits arrive through them."""
     sock_path = tmp_path / "c" / "model.sock"
-    listener = evaluate.listen(sock_path)
+    listener = channel_module.listen(sock_path)
     server = start_model_server(sock_path, TRAINER / "train.py", tiny_checkpoint)
     vocab = json.loads((tiny_checkpoint / "run.json").read_text())["config"]["vocab_size"]
     inputs = torch.randint(0, vocab, (2, 8))
     try:
-        channel = evaluate.ModelChannel(evaluate.accept(listener, "a", 60), "a", timeout_s=60)
+        channel = channel_module.ModelChannel(channel_module.accept(listener, "a", 60), "a", timeout_s=60)
         channel.wait_ready()
-        offered = evaluate.SharedSlots(2 * 8 * vocab * 4, "cpu")
+        offered = channel_module.SharedSlots(2 * 8 * vocab * 4, "cpu")
         offered.kind = "cuda"  # what the scorer offers on a GPU; the server's device is the CPU
         slots = channel.open_slots(2 * 8 * vocab * 4, "cpu", offered)  # refused, then host memory
         assert channel.slots is slots and slots.describe() == "host memory (pageable)"
@@ -201,17 +202,17 @@ class HostileServer:
 
 
 @pytest.fixture
-def hostile() -> Iterator[Callable[..., tuple[evaluate.ModelChannel, HostileServer]]]:
-    made: list[tuple[evaluate.ModelChannel, HostileServer]] = []
+def hostile() -> Iterator[Callable[..., tuple[channel_module.ModelChannel, HostileServer]]]:
+    made: list[tuple[channel_module.ModelChannel, HostileServer]] = []
 
     def make(
         reply: Callable[[dict, list[torch.Tensor]], dict],
-    ) -> tuple[evaluate.ModelChannel, HostileServer]:
+    ) -> tuple[channel_module.ModelChannel, HostileServer]:
         ours, theirs = socket.socketpair()
-        channel = evaluate.ModelChannel(ours, "x", timeout_s=10)
+        channel = channel_module.ModelChannel(ours, "x", timeout_s=10)
         server = HostileServer(theirs, reply)
         channel.wait_ready()
-        assert channel.share(evaluate.SharedSlots(2 * 3 * VOCAB * 4, "cpu")) is None
+        assert channel.share(channel_module.SharedSlots(2 * 3 * VOCAB * 4, "cpu")) is None
         made.append((channel, server))
         return channel, server
 
@@ -250,18 +251,18 @@ def test_the_scorer_reads_its_own_copy_not_the_shared_slot(hostile) -> None:
 )
 def test_a_reply_that_does_not_match_the_request_is_voided(hostile, change: dict, reason: str) -> None:
     channel, _ = hostile(lambda request, slots: {**honest(request, slots), **change})
-    with pytest.raises(evaluate.Voided, match=reason.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(channel_module.Voided, match=reason.replace("(", r"\(").replace(")", r"\)")):
         channel.forward(torch.zeros(2, 3, dtype=torch.int64), VOCAB)
 
 
 def test_a_server_that_does_not_answer_the_offer_of_slots_is_voided() -> None:
     ours, theirs = socket.socketpair()
-    channel = evaluate.ModelChannel(ours, "x", timeout_s=10)
+    channel = channel_module.ModelChannel(ours, "x", timeout_s=10)
     send(theirs, {"ready": True})
     channel.wait_ready()
     send(theirs, {"shape": [2, 3, VOCAB], "dtype": "float32", "nbytes": 0, "slot": 0})
-    slots = evaluate.SharedSlots(2 * 3 * VOCAB * 4, "cpu")
-    with pytest.raises(evaluate.Voided, match="protocol violation \\(no answer to the buffers\\)"):
+    slots = channel_module.SharedSlots(2 * 3 * VOCAB * 4, "cpu")
+    with pytest.raises(channel_module.Voided, match="protocol violation \\(no answer to the buffers\\)"):
         channel.share(slots)
     slots.close()
     ours.close()
@@ -274,8 +275,8 @@ def test_slots_are_sealed_memory_files_split_under_the_file_size_cap(tmp_path: P
     code = f"""
 import fcntl, os, sys
 sys.path.insert(0, {str(TRAINER.parent)!r})
-from trainer import evaluate
-slots = evaluate.SharedSlots(200 * 1024, "cpu")
+from trainer import channel as channel_module
+slots = channel_module.SharedSlots(200 * 1024, "cpu")
 seals = fcntl.fcntl(slots.fds[0], fcntl.F_GET_SEALS)
 need = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 try:

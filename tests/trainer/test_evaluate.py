@@ -1,4 +1,4 @@
-"""evaluate.py: the protocol (documents, rows, order), bits per byte, and bad checkpoints."""
+"""evaluate.py: bits per byte of a model, its command line, the test split, and bad checkpoints."""
 
 from __future__ import annotations
 
@@ -13,62 +13,7 @@ import pytest
 import torch
 
 from tests.trainer.helpers import TRAINER, run_evaluate
-from trainer import evaluate
-
-GUTENBERG = Path(__file__).resolve().parents[3] / "shared" / "data" / "gutenberg"
-GUTENBERG_VAL = GUTENBERG / "val.jsonl.xz"
-GUTENBERG_TEST = GUTENBERG / "heldout" / "test.jsonl.xz"
-
-
-@pytest.mark.skipif(not GUTENBERG_VAL.is_file(), reason=f"{GUTENBERG_VAL} is absent")
-def test_protocol_pins_gutenberg_validation():
-    documents = evaluate.load_documents([GUTENBERG_VAL])
-    assert len(documents) == 2091
-    assert sum(len(d.encode("utf-8")) for d in documents) == 11_590_992
-
-
-@pytest.mark.skipif(not GUTENBERG_TEST.is_file(), reason=f"{GUTENBERG_TEST} is absent")
-def test_protocol_pins_gutenberg_test_split():
-    documents = evaluate.load_documents(evaluate.test_files(GUTENBERG_TEST.parent))
-    assert len(documents) == 2105
-    assert sum(len(d.encode("utf-8")) for d in documents) == 11_896_642
-
-
-def test_rows_place_documents_whole_and_split_long_ones():
-    bos = 0
-    docs = [[0, 1, 2], [0, 3, 4, 5], [0, 6], list(range(100, 120)), [0, 9]]
-    docs[3][0] = bos  # a 20-token document, longer than a row of 8
-    rows = evaluate.pack_rows(docs, bos, row_tokens=8)
-    expected = [
-        [0, 1, 2, 0, 3, 4, 5, 0],  # two documents; [0, 6] does not fit the one free slot
-        [0, 6, 0, 0, 0, 0, 0, 0],  # the long document starts a row of its own
-        [0, *range(101, 108)],  # long document, row k holds its tokens [7k, 7k + 8)
-        list(range(107, 115)),
-        [*range(114, 120), 0, 0],
-        [0, 9, 0, 0, 0, 0, 0, 0],
-    ]
-    assert rows.tokens.tolist() == expected
-    assert rows.level.tolist() == [0, 0, 0, 1, 2, 0]
-    assert rows.targets_mask.tolist()[0] == [True, True, False, True, True, True, False]  # BOS, padding out
-    assert rows.targets_mask.tolist()[4] == [True] * 5 + [False] * 2
-    # every token after a BOS is a target exactly once
-    assert rows.targets_mask.sum() == sum(len(d) - 1 for d in docs)
-    targets = [
-        int(t) for row, mask in zip(rows.tokens, rows.targets_mask, strict=True) for t in row[1:][mask]
-    ]
-    assert sorted(targets) == sorted(t for d in docs for t in d[1:])
-
-
-def test_continuation_rows_come_in_later_batches_and_order_is_shuffled():
-    levels = np.array([0, 0, 1, 0, 2, 1, 0, 0, 1, 0] * 5)
-    batches = evaluate.batch_order(levels, batch_size=4, seed=1)
-    assert sorted(int(i) for b in batches for i in b) == list(range(len(levels)))
-    batch_levels = [set(levels[b].tolist()) for b in batches]
-    assert all(len(s) == 1 for s in batch_levels)  # a batch never mixes levels
-    assert [s.pop() for s in batch_levels] == sorted(levels[b][0] for b in batches)  # levels in order
-    other = evaluate.batch_order(levels, batch_size=4, seed=2)
-    assert [b.tolist() for b in batches] != [b.tolist() for b in other]
-    assert [b.tolist() for b in batches] == [b.tolist() for b in evaluate.batch_order(levels, 4, seed=1)]
+from trainer import evaluate, protocol
 
 
 class FixedLogits(torch.nn.Module):
@@ -81,7 +26,7 @@ class FixedLogits(torch.nn.Module):
 def test_bits_per_byte_matches_hand_computation():
     bos = 3
     byte_lengths = np.array([1, 2, 3, 0])
-    rows = evaluate.pack_rows([[bos, 0, 1, 2], [bos, 1]], bos, row_tokens=8)
+    rows = protocol.pack_rows([[bos, 0, 1, 2], [bos, 1]], bos, row_tokens=8)
     scored = evaluate.score_rows(FixedLogits(), rows, byte_lengths, batch_size=2, device="cpu", seed=0)
     # targets 0, 1, 2 (first document) and 1 (second); the second BOS and the padding do not count
     nats = -(math.log(0.1) + math.log(0.2) + math.log(0.3) + math.log(0.2))
@@ -98,12 +43,12 @@ def test_test_rows_are_packed_apart_and_summed_apart_in_mixed_batches():
     and each split's sums are its own: the same as scoring each split alone."""
     bos = 3
     byte_lengths = np.array([1, 2, 3, 0])
-    val = evaluate.pack_rows([[bos, 0, 1, 2], [bos, 1]], bos, row_tokens=8)
-    test = evaluate.pack_rows([[bos, 2, 2], [bos, 0, 0, 0, 0, 0, 0]], bos, row_tokens=8)
-    rows = evaluate.join_rows(val, test)
+    val = protocol.pack_rows([[bos, 0, 1, 2], [bos, 1]], bos, row_tokens=8)
+    test = protocol.pack_rows([[bos, 2, 2], [bos, 0, 0, 0, 0, 0, 0]], bos, row_tokens=8)
+    rows = protocol.join_rows(val, test)
     assert rows.split.tolist() == [0, 1, 1]  # [2, 2] and the 7-token document do not share a row
     assert rows.tokens[1].tolist() == [bos, 2, 2, bos, bos, bos, bos, bos]  # the rest of the row is padding
-    batches = evaluate.batch_order(rows.level, batch_size=2, seed=0)
+    batches = protocol.batch_order(rows.level, batch_size=2, seed=0)
     assert any(len(set(rows.split[b].tolist())) == 2 for b in batches)  # a batch holds both splits
     both = evaluate.score_rows(FixedLogits(), rows, byte_lengths, batch_size=2, device="cpu", seed=0)
     alone = evaluate.score_rows(FixedLogits(), test, byte_lengths, batch_size=2, device="cpu", seed=0)
@@ -156,7 +101,7 @@ def test_uniform_model_scores_log2_vocab_per_token(tmp_path, prepared):
     result = run_evaluate(train_py, checkpoint, *prepared, tmp_path / "result.json", "--seed", "7")
     assert result.returncode == 0, result.stderr
     scored = json.loads((tmp_path / "result.json").read_text())
-    documents = evaluate.load_documents(evaluate.val_files(prepared[1]))
+    documents = protocol.load_documents(protocol.val_files(prepared[1]))
     assert scored["num_documents"] == len(documents)
     assert scored["val_bytes"] == sum(len(d.encode("utf-8")) for d in documents)
     assert scored["val_bpb"] == pytest.approx(
@@ -185,9 +130,7 @@ def test_hash_only_prints_what_a_scored_run_records(tmp_path, prepared):
         "evaluator_version": result["evaluator_version"],
         "fixed_hashes": result["fixed_hashes"],
     }
-    assert {"evaluate.py", "prepare.py", "model_server.py", "tokenizer.json", "val/val.jsonl"} <= set(
-        pinned["fixed_hashes"]
-    )
+    assert {*evaluate.FIXED_FILES, "tokenizer.json", "val/val.jsonl"} <= set(pinned["fixed_hashes"])
 
 
 def test_test_split_scores_equal_a_separate_scoring_of_the_test_books(
@@ -244,7 +187,7 @@ def test_max_docs_scores_a_prefix(tmp_path, prepared, tiny_checkpoint):
 
 def bad_checkpoint_message(tmp_path, prepared, capsys, train_py, checkpoint, failure: str) -> str:
     """The scorer's log line; result.json holds no score, only the failure's fixed code."""
-    code = evaluate.main(["--train-py", str(train_py), "--checkpoint", str(checkpoint), "--data-dir",
+    code = evaluate.main(["--in-process", "--train-py", str(train_py), "--checkpoint", str(checkpoint), "--data-dir",
                           str(prepared[0]), "--val-dir", str(prepared[1]), "--out", str(tmp_path / "r.json"),
                           "--device", "cpu", "--max-docs", "2"])  # fmt: skip
     assert code == 2

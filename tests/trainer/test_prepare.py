@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.trainer.helpers import TRAINER, make_books, run_prepare, write_corpus
-from trainer import evaluate, prepare
+from trainer import evaluate, prepare, protocol
 
 
 def test_tokenizer_round_trip(prepared):
@@ -37,7 +37,7 @@ def test_token_bytes_table(prepared):
         assert table[token] == len(encoding.decode_single_token_bytes(token))
     text = "Ostwyn watches the small bird — naïvely 🙂."
     assert table[encoding.encode_ordinary(text)].sum() == len(text.encode("utf-8"))
-    _, _, from_evaluate = evaluate.load_tokenizer(prepared[0] / "tokenizer.json")
+    _, _, from_evaluate = protocol.load_tokenizer(prepared[0] / "tokenizer.json")
     assert np.array_equal(from_evaluate, table)
 
 
@@ -107,7 +107,7 @@ def test_prepare_is_idempotent_and_reproducible(tmp_path):
 )
 def test_documents_follow_the_protocol(text, documents):
     assert prepare.book_documents(text) == documents
-    assert evaluate.book_documents(text) == documents
+    assert protocol.book_documents(text) == documents
 
 
 def test_long_books_split_into_documents_of_at_most_6000_characters():
@@ -118,26 +118,27 @@ def test_long_books_split_into_documents_of_at_most_6000_characters():
             assert all(len(d) <= 6000 for d in docs)
 
 
-def test_evaluate_uses_prepares_document_splitting():
-    """One copy of the protocol's splitting: evaluate.py loads it from the prepare.py beside it."""
-    assert evaluate.book_documents.__code__.co_filename == str(TRAINER / "prepare.py")
-    assert "def book_documents" not in (TRAINER / "evaluate.py").read_text()
+def test_the_protocol_uses_prepares_document_splitting():
+    """One copy of the protocol's splitting: protocol.py takes it from the prepare.py beside it."""
+    assert protocol.book_documents.__code__.co_filename == str(TRAINER / "prepare.py")
+    assert all("def book_documents" not in (TRAINER / name).read_text() for name in evaluate.FIXED_FILES[1:])
 
 
 def test_evaluate_runs_from_a_folder_of_the_fixed_files(tmp_path):
     """As in the image (/opt/autoresearch/trainer): the fixed files in one folder, started from elsewhere."""
     home = tmp_path / "opt"
     home.mkdir()
-    for name in ("evaluate.py", "prepare.py", "model_server.py", "cuda_ipc.py"):
+    for name in evaluate.FIXED_FILES:
         shutil.copy(TRAINER / name, home / name)
-    result = subprocess.run(
-        [sys.executable, str(home / "evaluate.py"), "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+    for script in ("evaluate.py", "model_server.py"):
+        result = subprocess.run(
+            [sys.executable, str(home / script), "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------

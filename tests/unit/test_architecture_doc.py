@@ -1,6 +1,7 @@
 """docs/architecture.md matches the code: every path it names exists, every module a folder's row of
 its layout lists is in that folder, and every function or class it names after a module
-(`path.py`: `name`) is defined there."""
+(`path.py`: `name`) is defined there. The same holds for every page of docs/, README.md and
+bench/*.md: the paths, `Class.method` names and `path.py`: `name` pairs they cite exist."""
 
 import ast
 import re
@@ -21,18 +22,19 @@ def doc() -> str:
     return DOC.read_text(encoding="utf-8")
 
 
-def defined_names(path: Path) -> set[str]:
-    """Top-level functions and classes of a module, and `Class.method` for their methods."""
+def defined_names(path: Path, fields: bool = False) -> set[str]:
+    """Top-level functions and classes of a module, and `Class.method` for their methods (with
+    `fields`, `Class.field` for their annotated fields too)."""
     names = set()
+    members: tuple[type, ...] = (ast.FunctionDef, ast.AsyncFunctionDef, *((ast.AnnAssign,) if fields else ()))
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
         if isinstance(node, ast.ClassDef):
-            names |= {
-                f"{node.name}.{item.name}"
-                for item in node.body
-                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
-            }
+            for item in node.body:
+                if isinstance(item, members):
+                    target = item.target if isinstance(item, ast.AnnAssign) else item
+                    names.add(f"{node.name}.{getattr(target, 'id', None) or getattr(target, 'name', '')}")
     return names
 
 
@@ -74,3 +76,84 @@ def test_every_method_it_names_is_defined() -> None:
         defined |= defined_names(path)
     missing = sorted(named - defined)
     assert not missing, f"docs/architecture.md names methods that are not there: {missing}"
+
+
+PAGES = [*REPO.glob("docs/*.md"), REPO / "README.md", *REPO.glob("bench/*.md")]
+FILE_NAMES = re.compile(r"^[A-Z]+\.(json|md|log|py)$|^Dockerfile\.\w+$")  # `NAME.json`, `Dockerfile.trainer`
+
+
+def test_every_method_any_page_names_is_defined() -> None:
+    """`Class.method` (or `Class.field`) named on any page of docs/, README.md or bench/*.md is
+    defined in services/, trainer/, bench/ or tests/: a newcomer who looks it up finds it."""
+    defined: set[str] = set()
+    for folder in ("services/**", "trainer", "bench", "tests/**"):
+        for path in REPO.glob(f"{folder}/*.py"):
+            defined |= defined_names(path, fields=True)
+    missing = sorted(
+        f"{page.relative_to(REPO)}: {name}"
+        for page in PAGES
+        for name in set(re.findall(r"`([A-Z]\w+\.\w+)`", page.read_text(encoding="utf-8")))
+        if name not in defined and not FILE_NAMES.match(name)
+    )
+    assert not missing, f"pages name methods that are not there: {missing}"
+
+
+def test_every_path_any_page_names_exists() -> None:
+    """Every `services/...`, `trainer/...`, `tests/...`, `bench/...`, `docker/...` and docs/ path
+    named on any page exists (the benchmark scripts and results files included)."""
+    missing = sorted(
+        f"{page.relative_to(REPO)}: {a or b}"
+        for page in PAGES
+        for a, b in PATH.findall(page.read_text(encoding="utf-8"))
+        if not (REPO / (a or b)).exists()
+    )
+    assert not missing, f"pages name paths that do not exist: {missing}"
+
+
+def test_every_function_any_page_names_after_a_module_is_defined_there() -> None:
+    missing = sorted(
+        f"{page.relative_to(REPO)}: {path}: {name}"
+        for page in PAGES
+        for path, names in NAMED_IN.findall(page.read_text(encoding="utf-8"))
+        for name in re.findall(r"`([\w.]+)`", names)
+        if not (REPO / path).is_file() or name not in defined_names(REPO / path)
+    )
+    assert not missing, f"pages name functions or classes that are not there: {missing}"
+
+
+def module_names(path: Path) -> set[str]:
+    """What `module.name` may name in a module: its functions, classes and top-level constants, and its
+    classes' methods and fields (`settings.train_data`: a field of the settings object)."""
+    names = {name.rpartition(".")[2] for name in defined_names(path, fields=True)}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        names |= {target.id for target in targets if isinstance(target, ast.Name)}
+    return names
+
+
+def test_every_module_function_any_page_names_is_defined() -> None:
+    """`module.name` on any page (`queue.enqueue_decision`, `rules.decide`), where `module` is a module
+    of services/, trainer/ or bench/, is defined in a module of that name."""
+    modules: dict[str, list[Path]] = {}
+    for folder in ("services/**", "trainer", "bench"):
+        for path in REPO.glob(f"{folder}/*.py"):
+            modules.setdefault(path.stem, []).append(path)
+    cited = {
+        (page.relative_to(REPO), module, name)
+        for page in PAGES
+        for module, name in re.findall(r"`([a-z_]+)\.([a-z_]\w*)`", page.read_text(encoding="utf-8"))
+        if module in modules and name not in {"py", "md", "json", "log", "js", "tsv", "yaml", "sh", "txt"}
+    }
+    assert len(cited) > 10
+    missing = sorted(
+        f"{page}: {module}.{name}"
+        for page, module, name in cited
+        if not any(name in module_names(path) for path in modules[module])
+    )
+    assert not missing, f"pages name module functions that are not there: {missing}"

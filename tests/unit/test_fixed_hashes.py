@@ -13,8 +13,8 @@ from services.settings import Settings
 from services.states import State
 from services.store import Store
 from services.worker import fixed_files
-from services.worker.pipeline import Worker
 from services.worker.sandbox import FixedFiles
+from services.worker.worker import Worker
 from tests.fakes import FakeSandbox
 
 TRUSTED = FixedFiles("fake/1", {"evaluate.py": "e" * 64, "val/val.jsonl": "v" * 64})

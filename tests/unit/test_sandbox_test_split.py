@@ -59,12 +59,6 @@ def test_no_model_container_sees_the_test_split(settings: Settings) -> None:
         assert "--test-dir" not in step.command and settings.test_data not in " ".join(step.command)
 
 
-def test_the_in_process_evaluation_never_scores_the_test_split(settings: Settings) -> None:
-    sandbox = DockerSandbox(settings, None, isolate_model=False)
-    with pytest.raises(SandboxUnavailable, match="never gets the test split"):
-        sandbox.evaluate(request(settings, True))
-
-
 def test_asking_without_a_configured_test_split_is_an_infrastructure_error(settings: Settings) -> None:
     sandbox = DockerSandbox(settings.model_copy(update={"test_data": ""}), None)
     with pytest.raises(SandboxUnavailable, match="no test_data is configured"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.worker.pipeline import _scorer_timings
+from services.worker.runner import scorer_timings
 
 
 def test_names_to_finite_seconds_rounded_and_nothing_else() -> None:
@@ -14,14 +14,14 @@ def test_names_to_finite_seconds_rounded_and_nothing_else() -> None:
         "nan": float("nan"),
         "inf": float("inf"),
     }
-    assert _scorer_timings(raw) == {"data_s": 1.235, "passes_s": 6.0}
+    assert scorer_timings(raw) == {"data_s": 1.235, "passes_s": 6.0}
 
 
 def test_not_an_object_gives_no_timings() -> None:
-    assert _scorer_timings(None) == {}
-    assert _scorer_timings([["data_s", 1.0]]) == {}
+    assert scorer_timings(None) == {}
+    assert scorer_timings([["data_s", 1.0]]) == {}
 
 
 def test_at_most_32_names_of_at_most_40_characters() -> None:
-    kept = _scorer_timings({f"{i:03d}{'x' * 50}": float(i) for i in range(100)})
+    kept = scorer_timings({f"{i:03d}{'x' * 50}": float(i) for i in range(100)})
     assert len(kept) == 32 and all(len(name) == 40 for name in kept)

@@ -1,4 +1,7 @@
-"""Worker leases, and the sweep that re-queues the proposals of workers that died.
+"""Recovery: what dead workers and processes leave behind is found and run again. Two things:
+the worker lease, and the sweep every worker makes at start and then every lease period (`sweep`):
+proposals of workers that died mid-run (`recover_orphans`, handing each to
+`Worker.recover_orphan`), then proposals waiting for a run job that have none (`requeue_lost`).
 
 While a worker runs a proposal it holds a lease: `ar:lease:<id>` (the worker's name) with a TTL of
 `worker_lease_ttl_s`, refreshed by a thread every third of that, and the id in the set `ar:leased`.
@@ -22,13 +25,18 @@ from contextlib import contextmanager
 
 import redis
 
+from services import queue
 from services.errors import InfraError
+from services.settings import Settings
+from services.states import State
+from services.store import Store
 
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "ar:lease:{}"
 LEASED_SET = "ar:leased"
 REFRESHES_PER_TTL = 3  # a lease survives two missed refreshes
+SWEEP_MAX_QUEUED = 10_000  # queued proposals one sweep looks at (per-token quotas keep far fewer)
 
 
 @contextmanager
@@ -73,6 +81,42 @@ def recover_orphans(conn: "redis.Redis[bytes]", recover: Callable[[str], object]
         log.warning("lease expired: its worker died; recovering", extra={"proposal_id": proposal_id})
         recover(proposal_id)
     return claimed
+
+
+def sweep(
+    conn: "redis.Redis[bytes]", store: Store, settings: Settings, recover: Callable[[str], object]
+) -> None:
+    """What every worker does at start and then every lease period: recover the proposals of
+    workers that died mid-run, then give a run job to queued proposals that have none."""
+    recover_orphans(conn, recover)
+    requeue_lost(conn, store, settings)
+
+
+def requeue_lost(conn: "redis.Redis[bytes]", store: Store, settings: Settings) -> list[str]:
+    """Enqueue the run job of each queued proposal, or confirming one with paired runs to go, whose
+    job is missing (the controller or the committer died between storing the state and enqueueing)
+    or dead (queue.ensure_run). Job ids
+    name the spell and are enqueued only if new, so however many workers sweep at once, and
+    whatever the process that stored the proposal does meanwhile, each spell gets one job."""
+    requeued = []
+    queued, _ = store.page(State.QUEUED, limit=SWEEP_MAX_QUEUED)
+    confirming, _ = store.page(State.CONFIRMING, limit=SWEEP_MAX_QUEUED)
+    for proposal in [*queued, *confirming]:
+        if proposal.state == State.CONFIRMING:
+            pending = len(proposal.confirm_seeds) - len(proposal.baseline_results)
+            if pending <= 0:  # its paired runs are done: the committer's turn, not a worker's
+                continue
+            budget_s = 2 * pending * settings.run_budget_s
+        else:
+            budget_s = len(proposal.seeds) * settings.run_budget_s
+        if queue.ensure_run(conn, proposal.id, budget_s, proposal.transitions):
+            log.warning(
+                "%s without a run job: enqueued it",
+                proposal.state.value,
+                extra={"proposal_id": proposal.id},
+            )
+            requeued.append(proposal.id)
+    return requeued
 
 
 def sweep_forever(sweep: Callable[[], object], every_s: float) -> threading.Thread:
