@@ -234,7 +234,7 @@ class GPT(nn.Module):
         # its own input; the other blocks read a copy of the embedding (not an alias of x0, so every
         # block has the same inputs and one compiled graph).
         twin = x0.clone() if self.unet else None
-        outputs = []
+        outputs: list[torch.Tensor] = []
         for i, (block, ve) in enumerate(zip(self.blocks, ves, strict=True)):
             mirror = len(self.blocks) - 1 - i
             skip = (outputs[mirror] if mirror < i - 1 else twin) if self.unet else None
