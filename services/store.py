@@ -35,9 +35,9 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
-from services.errors import Conflict, IdempotencyKeyReused, NotFound, StoreUnavailable
+from services.errors import Conflict, IdempotencyKeyReused, IllegalTransition, NotFound, StoreUnavailable
 from services.models import Best, Event, Fingerprint, LineageEntry, ProgramVersion, Proposal, now
-from services.states import State
+from services.states import State, may_follow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -219,6 +219,12 @@ class Store:
                         pipe.reset()
                         wanted = "/".join(sorted(expect))
                         raise Conflict(f"proposal {proposal_id} is {old.state}, not {wanted}")
+                    if state is not None and not may_follow(old.state, state):
+                        pipe.reset()
+                        raise IllegalTransition(
+                            f"proposal {proposal_id} is {old.state}; it cannot become {state} "
+                            "(services.states.TRANSITIONS)"
+                        )
                     fields = dict(changes, updated_at=now())
                     if state is not None:
                         fields.update(state=state, reason=reason, transitions=old.transitions + 1)

@@ -2,10 +2,11 @@
 
 import pytest
 
-from services.errors import Conflict, NotFound
+from services.errors import Conflict, IllegalTransition, NotFound
 from services.models import Best, Proposal, new_id
-from services.states import State
+from services.states import State, may_follow
 from services.store import Store
+from tests.walk import path_to
 
 
 def make_proposal(text: str = "print('hi')\n", base: str = "c0ffee1") -> Proposal:
@@ -108,3 +109,21 @@ def test_calibration_counts_each_run_once_by_its_id(store: Store) -> None:
     store.add_gap_calibration_runs("fp1", "c1", {"run-a": 0.01, "run-c": 0.02})
     assert store.gap_calibration_runs("fp1") == {"c1": [0.01, 0.02]}
     assert store.calibration_runs("fp2") == {} and "fp1" in store.fingerprints()
+
+
+def test_transition_walks_the_table(store: Store) -> None:
+    """Every (from, to) pair of states: the store allows exactly the moves the table lists, and a
+    refused move changes nothing."""
+    paths = path_to(State.QUEUED)
+    for old in State:
+        for new in State:
+            proposal, _ = store.create(make_proposal(f"x = '{old}-{new}'\n"))
+            for step in paths[old][1:]:
+                store.transition(proposal.id, step, f"to {step}")
+            before = store.get(proposal.id), store.events(proposal.id), store.count_by_state()
+            if may_follow(old, new):
+                assert store.transition(proposal.id, new, "walk").state == new
+            else:
+                with pytest.raises(IllegalTransition, match=f"is {old}; it cannot become {new}"):
+                    store.transition(proposal.id, new, "walk")
+                assert (store.get(proposal.id), store.events(proposal.id), store.count_by_state()) == before
