@@ -12,7 +12,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from services import auth
 from services.controller.disclosure import Disclosure
 from services.controller.events import EventHub
-from services.metrics import DigestCache
 from services.settings import Settings
 from services.store import Store
 
@@ -44,11 +43,6 @@ def _hub(request: Request) -> EventHub:
     return hub
 
 
-def _digests(request: Request) -> DigestCache:
-    digests: DigestCache = request.app.state.digests
-    return digests
-
-
 def _heartbeat_s(request: Request) -> float:
     return float(request.app.state.sse_heartbeat_s)
 
@@ -57,7 +51,6 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[Store, Depends(_store)]
 RedisDep = Annotated[RedisConn, Depends(_redis)]
 HubDep = Annotated[EventHub, Depends(_hub)]
-DigestsDep = Annotated[DigestCache, Depends(_digests)]
 HeartbeatDep = Annotated[float, Depends(_heartbeat_s)]
 
 

@@ -22,7 +22,6 @@ from services.controller.schemas import (
     SubmitProposal,
 )
 from services.errors import InfraError, NotFound, ProposalError, UnknownBase
-from services.metrics import Digest, DigestCache
 from services.models import (
     PROPOSAL_ID_PREFIX,
     RUN_ID_PREFIX,
@@ -36,8 +35,8 @@ from services.models import (
 from services.patches import build_candidate, content_hash
 from services.queue import enqueue_run, queue_depths
 from services.settings import Settings
-from services.states import FAILURES, State
-from services.store import Store
+from services.states import State
+from services.store import Store, stats
 from services.text import check_multiline, check_one_line
 
 log = logging.getLogger(__name__)
@@ -430,29 +429,32 @@ def check_program_version(store: Store, version: int) -> None:
         )
 
 
-def program_stats(store: Store, digests: DigestCache) -> list[ProgramStats]:
+def program_stats(store: Store) -> list[ProgramStats]:
     """One row per program.md version, oldest first, then a row for proposals that named none (if
-    any). Counts agent proposals only, not runs of commits."""
-    by_version: dict[int | None, list[Digest]] = {v.version: [] for v in store.program_versions()}
-    for digest in digests.refresh(store):
-        if digest.kind == "proposal":
-            by_version.setdefault(digest.program_version, []).append(digest)
-    keys = sorted(k for k in by_version if k is not None) + ([None] if by_version.get(None) else [])
-    return [_stats_row(key, by_version[key]) for key in keys]
+    any). Counts agent proposals only, not runs of commits; read from the store's counters."""
+    counters, _ = store.stats()
+    versions: list[int | None] = [v.version for v in store.program_versions()]
+    named = {int(f.split(":")[1]) for f in counters if f.startswith("program:") and f.split(":")[1].isdigit()}
+    rows: list[int | None] = sorted(set(versions) | named)  # type: ignore[type-var]
+    if counters.get(stats.program_field(None, "proposals")):
+        rows.append(None)
+    return [_stats_row(version, counters) for version in rows]
 
 
-def _stats_row(version: int | None, digests: list[Digest]) -> ProgramStats:
-    scored = [d for d in digests if d.decided]
-    deltas = [d.delta_bpb for d in scored if d.delta_bpb is not None]
-    merged = sum(d.state == State.MERGED for d in digests)
+def _stats_row(version: int | None, counters: dict[str, float]) -> ProgramStats:
+    def count(what: str) -> int:
+        return int(counters.get(stats.program_field(version, what), 0))
+
+    scored, merged, deltas = count("scored"), count("merged"), count("deltas")
+    delta_sum = counters.get(stats.program_field(version, "delta_sum_bpb"), 0.0)
     return ProgramStats(
         version=version,
-        proposals=len(digests),
-        scored=len(scored),
+        proposals=count("proposals"),
+        scored=scored,
         merged=merged,
-        failed=sum(d.state in FAILURES for d in digests),
-        win_rate=merged / len(scored) if scored else None,
-        mean_delta_bpb=sum(deltas) / len(deltas) if deltas else None,
+        failed=count("failed"),
+        win_rate=merged / scored if scored else None,
+        mean_delta_bpb=delta_sum / deltas if deltas else None,
     )
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from services.committer import rules
 from services.controller.logic import NotReady
 from services.errors import NotFound
-from services.metrics import DigestCache
 from services.models import Fingerprint, LineageEntry, Proposal
 from services.settings import Settings
 from services.states import State
@@ -153,8 +152,9 @@ class Cost:
     gpu_seconds_per_improvement: float | None  # total / merged; None before the first merge
 
 
-def cost(store: Store, digests: DigestCache) -> Cost:
-    all_digests = digests.refresh(store)
-    total = sum(d.gpu_seconds for d in all_digests)
-    merged = sum(d.kind == "proposal" and d.state == State.MERGED for d in all_digests)
+def cost(store: Store) -> Cost:
+    """From the store's counters (services/store/stats.py): one read, whatever the number of proposals."""
+    counters, _ = store.stats()
+    total = counters.get("gpu_s", 0.0)
+    merged = int(counters.get("merged_proposals", 0))
     return Cost(total, merged, total / merged if merged else None)

@@ -2,10 +2,10 @@
 
 import pytest
 
-from services.errors import Conflict, IllegalTransition, NotFound
-from services.models import Best, Proposal, new_id
+from services.errors import Conflict, IllegalTransition, NotFound, StoreNeedsMigration
+from services.models import Best, Proposal, RunResult, StepTimings, new_id
 from services.states import State, may_follow
-from services.store import Store
+from services.store import SCHEMA_KEY, SCHEMA_VERSION, Store, stats
 from tests.walk import path_to
 
 
@@ -127,3 +127,33 @@ def test_transition_walks_the_table(store: Store) -> None:
                 with pytest.raises(IllegalTransition, match=f"is {old}; it cannot become {new}"):
                     store.transition(proposal.id, new, "walk")
                 assert (store.get(proposal.id), store.events(proposal.id), store.count_by_state()) == before
+
+
+def test_counters_equal_a_recount_after_any_writes(store: Store) -> None:
+    """The counters kept with each write are what counting every proposal from scratch gives."""
+    run = RunResult(
+        run_id="r1", proposal_id="p", seed=1, state=State.EVALUATING, val_bpb=1.2,
+        timings=StepTimings(prepare_s=1.0, train_container_s=100.0, collect_s=1.0, eval_container_s=9.0),
+    )  # fmt: skip
+    paths = path_to(State.QUEUED)
+    for i, target in enumerate(State):
+        proposal, _ = store.create(make_proposal(f"x = {i}\n"))
+        for step in paths[target][1:]:
+            store.transition(proposal.id, step, "walk", results=[run] if step != State.QUEUED else [])
+        store.update(proposal.id, attempts=2)
+    counters, first = store.stats()
+    ids = [p.id for p in store.page(limit=100)[0]]
+    assert counters == pytest.approx(stats.recount(store.get_many(ids)))
+    assert store.count_by_state() == {s.value: 1 for s in State}
+    assert first == pytest.approx(run.finished_at - 111.0)
+
+
+def test_an_empty_store_is_stamped_and_an_unmarked_one_refused(store: Store) -> None:
+    assert store.open_schema() == SCHEMA_VERSION
+    store.r.delete(SCHEMA_KEY)
+    store.create(make_proposal())
+    with pytest.raises(StoreNeedsMigration, match=r"python -m services\.store\.migrate --redis-url"):
+        store.open_schema()
+    store.r.set(SCHEMA_KEY, SCHEMA_VERSION + 1)
+    with pytest.raises(StoreNeedsMigration, match="newer version"):
+        store.open_schema()

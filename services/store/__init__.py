@@ -25,6 +25,10 @@ Keys (prefix `ar:`):
     livelog:<id>           stream of {chunk} entries: the live log of a running proposal (capped, expires)
     repo-bundle            hash {head, bundle}: a git bundle of the research branch and its notes as
                            agents may read them, written by the committer (GET /v1/repo.bundle)
+    stats                  hash counter → number: proposals per state, GPU-seconds, runs by outcome and
+                           duration, program.md rows (services/store/stats.py), kept with every write
+    stats:first-run        zset {"first": when the earliest stored run started}
+    schema                 the store's layout version (SCHEMA_VERSION); services/store/migrate.py
 Channel `ar:events` carries every transition as JSON {proposal_id, state, reason, at}.
 """
 
@@ -35,14 +39,31 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
-from services.errors import Conflict, IdempotencyKeyReused, IllegalTransition, NotFound, StoreUnavailable
+from services.errors import (
+    Conflict,
+    IdempotencyKeyReused,
+    IllegalTransition,
+    NotFound,
+    StoreNeedsMigration,
+    StoreUnavailable,
+)
 from services.models import Best, Event, Fingerprint, LineageEntry, ProgramVersion, Proposal, now
 from services.states import State, may_follow
+from services.store import stats
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 EVENTS_CHANNEL = "ar:events"
+STATS_KEY = "ar:stats"
+FIRST_RUN_KEY = "ar:stats:first-run"
+SCHEMA_KEY = "ar:schema"
+# The layout of the keys below. 1 (no `ar:schema` key): before counters were kept with the writes.
+# 2: `ar:stats` counters. A store of an older layout is refused until `MIGRATE_COMMAND` has run.
+SCHEMA_VERSION = 2
+MIGRATE_COMMAND = "python -m services.store.migrate"
+# The records whose layout changed: a store without them is stamped with SCHEMA_VERSION as it is.
+_DATA_KEYS = ("ar:proposals",)
 IDEMPOTENCY_TTL_S = 24 * 3600  # how long a retried submit finds its first answer
 # Live logs are for watching a run; the kept tail of a finished run is in its RunResult. The cap bounds
 # Redis memory: entries of at most LIVE_LOG_ENTRY_CHARS characters (<= 4 KiB of UTF-8), at most
@@ -130,6 +151,7 @@ class Store:
                     pipe.rpush(f"ar:events:{proposal.id}", event.model_dump_json())
                     pipe.zadd("ar:proposals", {proposal.id: proposal.created_at})
                     pipe.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
+                    _count(pipe, None, proposal)
                     for key in keys:
                         pipe.set(
                             key,
@@ -183,10 +205,93 @@ class Store:
 
     @_translate
     def count_by_state(self) -> dict[str, int]:
+        counts = self.r.hmget(STATS_KEY, [stats.state_field(state) for state in State])
+        return {state.value: int(count or 0) for state, count in zip(State, counts, strict=True)}
+
+    @_translate
+    def stats(self) -> tuple[dict[str, float], float | None]:
+        """(every counter of services/store/stats.py, when the earliest stored run started or None);
+        one round trip, whatever the number of proposals."""
         pipe = self.r.pipeline(transaction=False)
-        for state in State:
-            pipe.zcard(f"ar:state:{state}")
-        return {state.value: int(count) for state, count in zip(State, pipe.execute(), strict=True)}
+        pipe.hgetall(STATS_KEY)
+        pipe.zscore(FIRST_RUN_KEY, "first")
+        raw, first = pipe.execute()
+        return {k.decode(): float(v) for k, v in raw.items()}, first
+
+    @_translate
+    def put_many(self, proposals: list[Proposal], fingerprint_key: str | None = None) -> None:
+        """Store finished proposals as they are, in one round trip (imports and benchmarks seed the
+        record with this): each with its state's index, its dedupe key, an event for its submit and
+        one for its state, its score when scored, and its counters. Not atomic: for a store no
+        service writes to meanwhile."""
+        pipe = self.r.pipeline(transaction=False)
+        for p in proposals:
+            pipe.set(f"ar:proposal:{p.id}", p.model_dump_json())
+            events = [Event(at=p.created_at, state=State.QUEUED, reason="submitted")]
+            if p.state != State.QUEUED:
+                events.append(Event(at=p.updated_at, state=p.state, reason=p.reason))
+            pipe.rpush(f"ar:events:{p.id}", *(e.model_dump_json() for e in events))
+            pipe.zadd("ar:proposals", {p.id: p.created_at})
+            pipe.zadd(f"ar:state:{p.state}", {p.id: p.created_at})
+            if p.kind == "proposal":
+                pipe.set(f"ar:dedupe:{p.base_commit}:{p.content_hash}", p.id)
+            if p.decision is not None:
+                pipe.zadd("ar:scores", {p.id: p.decision.candidate_bpb})
+                if fingerprint_key is not None:
+                    pipe.zadd(f"ar:scores:{fingerprint_key}", {p.id: p.decision.candidate_bpb})
+            _count(pipe, None, p)
+        pipe.execute()
+
+    # --- the layout version
+
+    @_translate
+    def rewrite_all(self, batch: int) -> int:
+        """Rewrite every proposal in the current record format and count the counters from scratch,
+        then stamp SCHEMA_VERSION (the migration; safe to repeat). Returns the number of proposals."""
+        ids = [i.decode() for i in self.r.zrange("ar:proposals", 0, -1)]
+        counters: dict[str, float] = {}
+        first: float | None = None
+        for start in range(0, len(ids), batch):
+            proposals = self.get_many(ids[start : start + batch])
+            pipe = self.r.pipeline(transaction=False)
+            for proposal in proposals:
+                pipe.set(f"ar:proposal:{proposal.id}", proposal.model_dump_json())
+                started = stats.first_run_started_at(proposal)
+                first = started if first is None or (started is not None and started < first) else first
+            pipe.execute()
+            for field, value in stats.recount(proposals).items():
+                counters[field] = counters.get(field, 0.0) + value
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(STATS_KEY, FIRST_RUN_KEY)
+        if counters:
+            pipe.hset(
+                STATS_KEY, mapping={k: v if stats.is_float(k) else int(v) for k, v in counters.items() if v}
+            )
+        if first is not None:
+            pipe.zadd(FIRST_RUN_KEY, {"first": first})
+        pipe.set(SCHEMA_KEY, SCHEMA_VERSION)
+        pipe.execute()
+        return len(ids)
+
+    @_translate
+    def open_schema(self) -> int:
+        """Check that this store has the layout this code writes (an empty store is stamped with it);
+        raise StoreNeedsMigration naming the command otherwise. Every service calls this at start."""
+        raw = self.r.get(SCHEMA_KEY)
+        if raw is None:
+            if self.r.exists(*_DATA_KEYS):
+                raise StoreNeedsMigration(_migrate_message(1))
+            self.r.set(SCHEMA_KEY, SCHEMA_VERSION, nx=True)
+            raw = self.r.get(SCHEMA_KEY)
+        version = int(raw or 0)
+        if version > SCHEMA_VERSION:
+            raise StoreNeedsMigration(
+                f"this Redis store has layout {version}, written by a newer version of the service than "
+                f"this one (layout {SCHEMA_VERSION}); run the newer version"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreNeedsMigration(_migrate_message(version))
+        return version
 
     @_translate
     def transition(
@@ -231,6 +336,7 @@ class Store:
                     new = Proposal.model_validate({**old.model_dump(), **fields})  # validates changes
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())
+                    _count(pipe, old, new)
                     if state is not None:
                         event = Event(at=new.updated_at, state=state, reason=reason)
                         pipe.zrem(f"ar:state:{old.state}", proposal_id)
@@ -570,6 +676,27 @@ class EventSubscription:
 
     def close(self) -> None:
         self._pubsub.close()
+
+
+def _count(pipe: "redis.client.Pipeline[bytes]", old: Proposal | None, new: Proposal) -> None:
+    """Queue the counters' change for a write of `new` (over `old`) on a MULTI pipeline."""
+    for field, change in stats.difference(old, new).items():
+        if stats.is_float(field):
+            pipe.hincrbyfloat(STATS_KEY, field, change)
+        else:
+            pipe.hincrby(STATS_KEY, field, int(change))
+    started = stats.first_run_started_at(new)
+    if started is not None:
+        pipe.zadd(FIRST_RUN_KEY, {"first": started}, lt=True)
+
+
+def _migrate_message(version: int) -> str:
+    return (
+        f"this Redis store has layout {version}, written by an older version of the service; this version "
+        f"reads layout {SCHEMA_VERSION}. Stop the controller, workers and committer, then run "
+        f"`{MIGRATE_COMMAND} --redis-url <the same AR_REDIS_URL>` once (it keeps every record), and start "
+        "them again"
+    )
 
 
 def state_key(state: State) -> str:
