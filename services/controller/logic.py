@@ -32,7 +32,7 @@ from services.models import (
     RunResult,
     new_id,
 )
-from services.patches import build_candidate, content_hash
+from services.patches import candidate_text, content_hash, finish_candidate
 from services.queue import enqueue_run, queue_depths
 from services.settings import Settings
 from services.states import State
@@ -95,13 +95,16 @@ def submit_proposal(
     if body.program_version is not None:
         check_program_version(store, body.program_version)
     base = resolve_base(store, body.base_commit, "base_commit")
-    candidate = build_candidate(
-        base.train_py,
-        base_commit=base.commit,
-        train_py=body.train_py,
-        diff=body.diff,
-        max_bytes=settings.max_patch_bytes,
+    text = candidate_text(
+        base.train_py, train_py=body.train_py, diff=body.diff, max_bytes=settings.max_patch_bytes
     )
+    text_hash = content_hash(base.commit, text)
+    duplicate = store.duplicate(base.commit, text_hash)
+    if duplicate is not None:  # answered before compiling: it compiled when it was stored
+        if quotas.applies_to(principal):  # a duplicate counts towards the rate (services/quotas.py)
+            quotas.count_submit(conn, principal, settings.submits_per_minute)
+        return _submitted(conn, settings, principal, body, base, duplicate, False)
+    candidate = finish_candidate(base.train_py, text, text_hash)
     proposal = Proposal(
         id=new_id(PROPOSAL_ID_PREFIX),
         title=body.title,
@@ -123,6 +126,13 @@ def submit_proposal(
     else:
         stored, created = store.create(proposal, dedupe=True, idempotency=idem)
     settings.pauses.reached("submit:stored")  # test-only kill point (services/faults.py); inert
+    return _submitted(conn, settings, principal, body, base, stored, created)
+
+
+def _submitted(
+    conn: "redis.Redis[bytes]", settings: Settings, principal: Principal, body: SubmitProposal, base: Base,
+    stored: Proposal, created: bool,
+) -> tuple[Proposal, bool]:  # fmt: skip
     if stored.state == State.QUEUED:  # a replay too: its first controller may have died before this
         enqueue_run(conn, stored.id, settings.run_budget_s, stored.transitions)
     if created:

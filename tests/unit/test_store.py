@@ -157,3 +157,16 @@ def test_an_empty_store_is_stamped_and_an_unmarked_one_refused(store: Store) -> 
     store.r.set(SCHEMA_KEY, SCHEMA_VERSION + 1)
     with pytest.raises(StoreNeedsMigration, match="newer version"):
         store.open_schema()
+
+
+def test_each_body_is_stored_once_and_records_hold_hashes(store: Store) -> None:
+    first, _ = store.create(make_proposal("x = 1\n"))
+    second, _ = store.create(make_proposal("x = 2\n"))
+    store.create(make_proposal("x = 1\n", base="beef001"))  # the same bodies on another base
+    assert len(list(store.r.scan_iter("ar:body:*"))) == 3  # the base's and two candidates
+    raw = store.r.get(f"ar:proposal:{first.id}") or b""
+    assert b"print('base')" not in raw and b"x = 1" not in raw
+    assert store.get(first.id) == first and store.get(second.id) == second
+    moved = store.transition(first.id, State.RUNNING, "go")
+    moved = store.transition(first.id, State.QUEUED, "re-queued", base_train_py="print('new base')\n")
+    assert store.get(first.id) == moved and moved.base_train_py == "print('new base')\n"
