@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -41,7 +40,6 @@ class Snapshot:
 
 def snapshot(
     store: Store,
-    conn: "redis.Redis[bytes]",
     score: Callable[[float | None], float | None] = lambda x: x,
 ) -> Snapshot:
     """`score` shows the best's val_bpb as this route's audience may see it (rounded for agents)."""
@@ -49,7 +47,7 @@ def snapshot(
     program = store.program_version()
     counters, first_run_at = store.stats()
     return Snapshot(
-        queues=queue_depths(conn),
+        queues=queue_depths(store.r),
         states=store.count_by_state(),
         counters=counters,
         first_run_at=first_run_at,

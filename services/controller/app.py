@@ -79,7 +79,6 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store
-    app.state.redis = conn
     app.state.event_hub = hub
     app.state.sse_heartbeat_s = sse_heartbeat_s
     setattr(app.state, bodies.MODELS_STATE, schemas.request_models(schemas.Limits.of(settings)))

@@ -76,7 +76,6 @@ class Status:
 
 def submit_proposal(
     store: Store,
-    conn: "redis.Redis[bytes]",
     settings: Settings,
     principal: Principal,
     body: SubmitProposal,
@@ -84,6 +83,7 @@ def submit_proposal(
 ) -> tuple[Proposal, bool]:
     """Validate, deduplicate, store and enqueue; return (proposal, created). Nothing is stored or
     enqueued unless the whole submission is valid; a replay or a duplicate is returned as it is."""
+    conn = store.r  # the queues and quotas share the store's Redis
     idem = None
     if idempotency_key is not None:
         idem = (_idempotency_owner(principal), idempotency_key, request_hash(body))
@@ -240,11 +240,10 @@ def cancel_proposal(store: Store, principal: Principal, proposal_id: str) -> Pro
 # ---------------------------------------------------------------------------- runs of a commit
 
 
-def request_runs(
-    store: Store, conn: "redis.Redis[bytes]", settings: Settings, principal: Principal, body: RequestRuns
-) -> Proposal:
+def request_runs(store: Store, settings: Settings, principal: Principal, body: RequestRuns) -> Proposal:
     """Runs of an existing commit (baseline, calibration, re-runs): one proposal of kind "run" holding
     every seed, never deduplicated."""
+    conn = store.r
     base = resolve_base(store, body.commit, "commit")
     title = body.title or f"{body.count} run(s) of {base.commit[:12]}"
     _check_text(title, body.description)
@@ -329,8 +328,8 @@ def readiness(store: Store) -> Best:
     return best
 
 
-def status(store: Store, conn: "redis.Redis[bytes]") -> Status:
-    return Status(queues=queue_depths(conn), states=store.count_by_state(), best=store.get_best())
+def status(store: Store) -> Status:
+    return Status(queues=queue_depths(store.r), states=store.count_by_state(), best=store.get_best())
 
 
 # ---------------------------------------------------------------------------- program.md

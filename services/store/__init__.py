@@ -1,4 +1,8 @@
-"""The one module that knows Redis keys: proposals, their events, the best commit, tokens.
+"""The store: proposals, their events, the research record, program.md versions, tokens, live logs.
+
+Every key the service uses, with its type, time to live and owner, is in one table:
+services/store/keys.py. Redis errors are translated into StoreUnavailable here (`_translate`); every
+read-modify-write goes through one optimistic-transaction loop (`optimistic`).
 
 Keys (prefix `ar:`):
     proposal:<id>          a Proposal's record: "z" + zlib of its JSON, in which the two train.py bodies
@@ -31,6 +35,7 @@ Keys (prefix `ar:`):
     stats                  hash counter → number: proposals per state, GPU-seconds, runs by outcome and
                            duration, program.md rows (services/store/stats.py), kept with every write
     stats:first-run        zset {"first": when the earliest stored run started}
+    results                zset "<id>\t<results.tsv row>" → created_at, kept with each write
     schema                 the store's layout version (SCHEMA_VERSION); services/store/migrate.py
 Channel `ar:events` carries every transition as JSON {proposal_id, state, reason, at}.
 """
@@ -61,6 +66,7 @@ R = TypeVar("R")
 
 EVENTS_CHANNEL = "ar:events"
 STATS_KEY = "ar:stats"
+RESULTS_KEY = "ar:results"
 FIRST_RUN_KEY = "ar:stats:first-run"
 SCHEMA_KEY = "ar:schema"
 # The layout of the keys below. 1 (no `ar:schema` key): before counters were kept with the writes.
@@ -91,6 +97,22 @@ REDIS_CONNECT_TIMEOUT_S = 5  # a Redis that accepts no connection within 5 s is 
 # and `PubSub.listen()` reads with no timeout by redis-py's design. So 10 s only ever cuts off a Redis
 # that stopped answering. (RQ's clients block longer: `queue.rq_worker` makes its own.)
 STORE_SOCKET_TIMEOUT_S = 10
+
+
+def optimistic(
+    client: "redis.Redis[bytes]", watch: list[str], attempt: "Callable[[redis.client.Pipeline[bytes]], R]"
+) -> R:
+    """The optimistic-transaction loop, the one place it is written: WATCH `watch`, then `attempt(pipe)`
+    reads (immediately, while watching), queues its writes after `pipe.multi()` and executes them;
+    if a watched key changed meanwhile (WatchError), the attempt starts again on fresh reads."""
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                if watch:
+                    pipe.watch(*watch)
+                return attempt(pipe)
+            except redis.WatchError:
+                continue
 
 
 def _translate(fn: Callable[P, R]) -> Callable[P, R]:
@@ -143,37 +165,34 @@ class Store:
         if dedupe:
             keys.append(f"ar:dedupe:{proposal.base_commit}:{proposal.content_hash}")
         event = Event(at=proposal.created_at, state=proposal.state, reason="submitted")
-        with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    if keys:
-                        pipe.watch(*keys)
-                    for key in keys:
-                        existing = cast("bytes | None", pipe.get(key))  # immediate while watching
-                        if existing is not None:
-                            pipe.reset()
-                            if idempotency is not None and key == keys[0]:
-                                return self._replay(existing, idempotency[1], idempotency[2]), False
-                            return self.get(existing.decode()), False
-                    record, bodies = _encode(proposal)
-                    pipe.multi()
-                    _put_bodies(pipe, bodies)
-                    pipe.set(f"ar:proposal:{proposal.id}", record)
-                    pipe.rpush(f"ar:events:{proposal.id}", event.model_dump_json())
-                    pipe.zadd("ar:proposals", {proposal.id: proposal.created_at})
-                    pipe.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
-                    _count(pipe, None, proposal)
-                    for key in keys:
-                        pipe.set(
-                            key,
-                            values.get(key, proposal.id),
-                            ex=IDEMPOTENCY_TTL_S if key in values else None,
-                        )
-                    pipe.publish(EVENTS_CHANNEL, _event_message(proposal.id, event))
-                    pipe.execute()
-                    return proposal, True
-                except redis.WatchError:
-                    continue
+
+        def attempt(pipe: "redis.client.Pipeline[bytes]") -> tuple[Proposal, bool]:
+            for key in keys:
+                existing = cast("bytes | None", pipe.get(key))  # immediate while watching
+                if existing is not None:
+                    pipe.reset()
+                    if idempotency is not None and key == keys[0]:
+                        return self._replay(existing, idempotency[1], idempotency[2]), False
+                    return self.get(existing.decode()), False
+            record, bodies = _encode(proposal)
+            pipe.multi()
+            _put_bodies(pipe, bodies)
+            pipe.set(f"ar:proposal:{proposal.id}", record)
+            pipe.rpush(f"ar:events:{proposal.id}", event.model_dump_json())
+            pipe.zadd("ar:proposals", {proposal.id: proposal.created_at})
+            pipe.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
+            _count(pipe, None, proposal)
+            for key in keys:
+                pipe.set(
+                    key,
+                    values.get(key, proposal.id),
+                    ex=IDEMPOTENCY_TTL_S if key in values else None,
+                )
+            pipe.publish(EVENTS_CHANNEL, _event_message(proposal.id, event))
+            pipe.execute()
+            return proposal, True
+
+        return optimistic(self.r, keys, attempt)
 
     @_translate
     def duplicate(self, base_commit: str, content_hash: str) -> Proposal | None:
@@ -279,6 +298,11 @@ class Store:
             _count(pipe, None, p)
         pipe.execute()
 
+    @_translate
+    def results_rows(self) -> list[str]:
+        """The results.tsv rows of every agent proposal with a verdict or a crash, oldest first."""
+        return [m.decode().partition("\t")[2] for m in self.r.zrange(RESULTS_KEY, 0, -1)]
+
     # --- the layout version
 
     @_translate
@@ -287,6 +311,7 @@ class Store:
         then stamp SCHEMA_VERSION (the migration; safe to repeat). Returns the number of proposals."""
         ids = [i.decode() for i in self.r.zrange("ar:proposals", 0, -1)]
         counters: dict[str, float] = {}
+        rows: list[dict[str | bytes, bytes | float | int | str]] = []
         first: float | None = None
         for start in range(0, len(ids), batch):
             proposals = self.get_many(ids[start : start + batch])
@@ -298,10 +323,17 @@ class Store:
                 started = stats.first_run_started_at(proposal)
                 first = started if first is None or (started is not None and started < first) else first
             pipe.execute()
+            batch_rows: dict[str | bytes, bytes | float | int | str] = {
+                m: p.created_at for p in proposals if (m := stats.results_member(p)) is not None
+            }
+            if batch_rows:
+                rows.append(batch_rows)
             for field, value in stats.recount(proposals).items():
                 counters[field] = counters.get(field, 0.0) + value
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(STATS_KEY, FIRST_RUN_KEY)
+        pipe.delete(STATS_KEY, FIRST_RUN_KEY, RESULTS_KEY)
+        for proposal_rows in rows:
+            pipe.zadd(RESULTS_KEY, proposal_rows)
         if counters:
             pipe.hset(
                 STATS_KEY, mapping={k: v if stats.is_float(k) else int(v) for k, v in counters.items() if v}
@@ -351,43 +383,41 @@ class Store:
         expect: set[State] | None,
     ) -> Proposal:  # fmt: skip
         key = f"ar:proposal:{proposal_id}"
-        with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = cast("bytes | None", pipe.get(key))  # immediate while watching
-                    if raw is None:
-                        raise NotFound(f"no proposal with id {proposal_id!r}")
-                    old = self._decode([raw])[0]
-                    if expect is not None and old.state not in expect:
-                        pipe.reset()
-                        wanted = "/".join(sorted(expect))
-                        raise Conflict(f"proposal {proposal_id} is {old.state}, not {wanted}")
-                    if state is not None and not may_follow(old.state, state):
-                        pipe.reset()
-                        raise IllegalTransition(
-                            f"proposal {proposal_id} is {old.state}; it cannot become {state} "
-                            "(services.states.TRANSITIONS)"
-                        )
-                    fields = dict(changes, updated_at=now())
-                    if state is not None:
-                        fields.update(state=state, reason=reason, transitions=old.transitions + 1)
-                    new = Proposal.model_validate({**old.model_dump(), **fields})  # validates changes
-                    record, bodies = _encode(new)
-                    pipe.multi()
-                    _put_bodies(pipe, bodies)
-                    pipe.set(key, record)
-                    _count(pipe, old, new)
-                    if state is not None:
-                        event = Event(at=new.updated_at, state=state, reason=reason)
-                        pipe.zrem(f"ar:state:{old.state}", proposal_id)
-                        pipe.zadd(f"ar:state:{state}", {proposal_id: old.created_at})
-                        pipe.rpush(f"ar:events:{proposal_id}", event.model_dump_json())
-                        pipe.publish(EVENTS_CHANNEL, _event_message(proposal_id, event))
-                    pipe.execute()
-                    return new
-                except redis.WatchError:
-                    continue
+
+        def attempt(pipe: "redis.client.Pipeline[bytes]") -> Proposal:
+            raw = cast("bytes | None", pipe.get(key))  # immediate while watching
+            if raw is None:
+                raise NotFound(f"no proposal with id {proposal_id!r}")
+            old = self._decode([raw])[0]
+            if expect is not None and old.state not in expect:
+                pipe.reset()
+                wanted = "/".join(sorted(expect))
+                raise Conflict(f"proposal {proposal_id} is {old.state}, not {wanted}")
+            if state is not None and not may_follow(old.state, state):
+                pipe.reset()
+                raise IllegalTransition(
+                    f"proposal {proposal_id} is {old.state}; it cannot become {state} "
+                    "(services.states.TRANSITIONS)"
+                )
+            fields = dict(changes, updated_at=now())
+            if state is not None:
+                fields.update(state=state, reason=reason, transitions=old.transitions + 1)
+            new = Proposal.model_validate({**old.model_dump(), **fields})  # validates changes
+            record, bodies = _encode(new)
+            pipe.multi()
+            _put_bodies(pipe, bodies)
+            pipe.set(key, record)
+            _count(pipe, old, new)
+            if state is not None:
+                event = Event(at=new.updated_at, state=state, reason=reason)
+                pipe.zrem(f"ar:state:{old.state}", proposal_id)
+                pipe.zadd(f"ar:state:{state}", {proposal_id: old.created_at})
+                pipe.rpush(f"ar:events:{proposal_id}", event.model_dump_json())
+                pipe.publish(EVENTS_CHANNEL, _event_message(proposal_id, event))
+            pipe.execute()
+            return new
+
+        return optimistic(self.r, [key], attempt)
 
     @_translate
     def cancel(self, proposal_id: str, reason: str) -> Proposal:
@@ -535,25 +565,23 @@ class Store:
         run_ids = list(scores)
         if not run_ids:
             return
-        with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key, counted)
-                    seen = cast("list[int]", pipe.smismember(counted, run_ids))  # type: ignore[no-untyped-call]
-                    fresh = [run_id for run_id, known in zip(run_ids, seen, strict=True) if not known]
-                    if not fresh:
-                        pipe.unwatch()
-                        return
-                    raw = cast("bytes | None", pipe.hget(key, commit))
-                    runs = [*(json.loads(raw) if raw else []), *(scores[run_id] for run_id in fresh)]
-                    pipe.multi()
-                    pipe.hset(key, commit, json.dumps(runs))
-                    pipe.sadd(counted, *fresh)
-                    pipe.sadd("ar:fingerprints", fingerprint_key)
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
+
+        def attempt(pipe: "redis.client.Pipeline[bytes]") -> None:
+            seen = cast("list[int]", pipe.smismember(counted, run_ids))  # type: ignore[no-untyped-call]
+            fresh = [run_id for run_id, known in zip(run_ids, seen, strict=True) if not known]
+            if not fresh:
+                pipe.unwatch()
+                return
+            raw = cast("bytes | None", pipe.hget(key, commit))
+            runs = [*(json.loads(raw) if raw else []), *(scores[run_id] for run_id in fresh)]
+            pipe.multi()
+            pipe.hset(key, commit, json.dumps(runs))
+            pipe.sadd(counted, *fresh)
+            pipe.sadd("ar:fingerprints", fingerprint_key)
+            pipe.execute()
+            return
+
+        return optimistic(self.r, [key, counted], attempt)
 
     def _runs_by_commit(self, key: str) -> dict[str, list[float]]:
         raw = self.r.hgetall(key)
@@ -595,27 +623,25 @@ class Store:
         version creates nothing and returns the current one; with `only_if_empty` (seeding at start-up)
         nothing is created once any version exists. Atomic against concurrent writers."""
         key = "ar:program:versions"
-        with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = cast("bytes | None", pipe.lindex(key, -1))  # immediate while watching
-                    current = None if raw is None else ProgramVersion.model_validate_json(raw)
-                    if current is not None and (only_if_empty or current.text == text):
-                        pipe.reset()
-                        return current, False
-                    version = ProgramVersion(
-                        version=1 if current is None else current.version + 1,
-                        text=text,
-                        author=author,
-                        message=message,
-                    )
-                    pipe.multi()
-                    pipe.rpush(key, version.model_dump_json())
-                    pipe.execute()
-                    return version, True
-                except redis.WatchError:
-                    continue
+
+        def attempt(pipe: "redis.client.Pipeline[bytes]") -> tuple[ProgramVersion, bool]:
+            raw = cast("bytes | None", pipe.lindex(key, -1))  # immediate while watching
+            current = None if raw is None else ProgramVersion.model_validate_json(raw)
+            if current is not None and (only_if_empty or current.text == text):
+                pipe.reset()
+                return current, False
+            version = ProgramVersion(
+                version=1 if current is None else current.version + 1,
+                text=text,
+                author=author,
+                message=message,
+            )
+            pipe.multi()
+            pipe.rpush(key, version.model_dump_json())
+            pipe.execute()
+            return version, True
+
+        return optimistic(self.r, [key], attempt)
 
     @_translate
     def program_version(self, version: int | None = None) -> ProgramVersion | None:
@@ -774,6 +800,13 @@ def _count(pipe: "redis.client.Pipeline[bytes]", old: Proposal | None, new: Prop
             pipe.hincrbyfloat(STATS_KEY, field, change)
         else:
             pipe.hincrby(STATS_KEY, field, int(change))
+    old_row = None if old is None else stats.results_member(old)
+    new_row = stats.results_member(new)
+    if old_row != new_row:
+        if old_row is not None:
+            pipe.zrem(RESULTS_KEY, old_row)
+        if new_row is not None:
+            pipe.zadd(RESULTS_KEY, {new_row: new.created_at})
     started = stats.first_run_started_at(new)
     if started is not None:
         pipe.zadd(FIRST_RUN_KEY, {"first": started}, lt=True)

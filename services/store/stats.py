@@ -92,3 +92,39 @@ def recount(proposals: list[Proposal]) -> dict[str, float]:
         for field, value in contributions(p).items():
             total[field] += value
     return {field: value for field, value in total.items() if value}
+
+
+# ---------------------------------------------------------------------------- results.tsv rows
+# Upstream's results.tsv has a row per agent proposal with a verdict or a crash; each row is kept with
+# the proposal's writes (zset `ar:results`, member "<id>\t<row>", score created_at), so the file is
+# read without loading a proposal.
+CRASH_STATES = frozenset({State.CRASHED, State.TIMED_OUT, State.OOM})
+RESULTS_STATES = frozenset({State.MERGED, State.REJECTED, *CRASH_STATES})
+SHORT_SHA = 7  # upstream's results.tsv shows commits abbreviated to 7 hex digits
+
+
+def results_member(p: Proposal) -> str | None:
+    """The proposal's results.tsv row, prefixed with its id; None if it has no row."""
+    if p.kind != "proposal" or p.state not in RESULTS_STATES:
+        return None
+    return f"{p.id}\t{results_row(p)}"
+
+
+def results_row(p: Proposal) -> str:
+    """keep = merged; discard = rejected; crash = crashed, timed out or out of memory (val_bpb
+    0.000000, memory 0.0). `commit` is the merged commit or the proposal's tried ref; a crash never
+    reaches the committer, so it has none and the column is empty."""
+    if p.state in CRASH_STATES:
+        return row("", 0.0, None, "crash", p.title)
+    first = next((r for r in p.results if r.val_bpb is not None), None)
+    memory = None if first is None else first.peak_memory_bytes
+    score = p.decision.candidate_bpb if p.decision is not None else (first.val_bpb if first else None)
+    if p.state == State.MERGED:
+        return row(p.merged_commit or "", score or 0.0, memory, "keep", p.title)
+    return row(p.tried_ref or "", score or 0.0, memory, "discard", p.title)
+
+
+def row(commit: str, val_bpb: float, peak_memory_bytes: int | None, status: str, description: str) -> str:
+    memory_gb = (peak_memory_bytes or 0) / 1e9
+    text = " ".join(description.split())  # no tabs or newlines inside a field
+    return f"{commit[:SHORT_SHA]}\t{val_bpb:.6f}\t{memory_gb:.1f}\t{status}\t{text}"

@@ -29,7 +29,7 @@ from services.models import Best, Decision, Proposal, RunResult, new_id
 from services.patches import canonical_diff, content_hash
 from services.settings import Settings
 from services.states import State
-from services.store import Store, connect
+from services.store import Store, connect, keys
 from services.worker import lease
 from services.worker.pipeline import Worker
 from tests.conftest import free_port, wait_for
@@ -72,7 +72,7 @@ def test_worker_killed_mid_training_is_rerun_once_by_the_next_worker(
            "AR_WORKER_LEASE_TTL_S": "1", "AR_INFRA_RETRIES": "2"}  # fmt: skip
     worker_a = start_worker("worker-a", env, tmp_path / "a.log")
     try:
-        wait_for(lambda: redis_client.exists(lease.LEASE_KEY.format(proposal.id)), 30, "worker A's lease")
+        wait_for(lambda: redis_client.exists(keys.LEASE.of(proposal.id)), 30, "worker A's lease")
         assert store.get(proposal.id).state == State.RUNNING
         time.sleep(2.5)  # over two lease periods: renewed, so never orphaned while A lives
         assert lease.orphans(redis_client) == []

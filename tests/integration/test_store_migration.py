@@ -89,6 +89,10 @@ def test_an_old_store_is_refused_then_migrated_without_loss(old_store: tuple[Sto
     assert store.token("c" * 64) is None and store.has_tokens()
     assert [v.version for v in store.program_versions()] == [1, 2]
     assert len(store.leaderboard()) == 2
+    verdicts = sorted(
+        (p for p in before.values() if stats.results_member(p)), key=lambda p: (p.created_at, p.id)
+    )
+    assert store.results_rows() == [stats.results_row(p) for p in verdicts] and len(verdicts) == 3
 
     again = migrate(url)  # idempotent
     assert again.returncode == 0, again.stderr
