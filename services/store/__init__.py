@@ -599,6 +599,22 @@ class Store:
         return None if raw is None else dict(json.loads(raw))
 
     @_translate
+    def add_first_token(self, token_hash: str, name: str, role: str) -> bool:
+        """Add the token only while no token exists; True if it was added. Atomic: of several processes
+        starting at once, one adds its token."""
+
+        def attempt(pipe: "redis.client.Pipeline[bytes]") -> bool:
+            if pipe.hlen("ar:tokens"):
+                pipe.reset()
+                return False
+            pipe.multi()
+            pipe.hset("ar:tokens", token_hash, json.dumps({"name": name, "role": role}))
+            pipe.execute()
+            return True
+
+        return optimistic(self.r, ["ar:tokens"], attempt)
+
+    @_translate
     def has_tokens(self) -> bool:
         return bool(self.r.hlen("ar:tokens"))
 

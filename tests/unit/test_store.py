@@ -170,3 +170,9 @@ def test_each_body_is_stored_once_and_records_hold_hashes(store: Store) -> None:
     moved = store.transition(first.id, State.RUNNING, "go")
     moved = store.transition(first.id, State.QUEUED, "re-queued", base_train_py="print('new base')\n")
     assert store.get(first.id) == moved and moved.base_train_py == "print('new base')\n"
+
+
+def test_only_the_first_token_is_added_while_none_exists(store: Store) -> None:
+    assert store.add_first_token("h1", "admin", "admin")
+    assert not store.add_first_token("h2", "admin", "admin")  # another controller process came second
+    assert store.token("h1") == {"name": "admin", "role": "admin"} and store.token("h2") is None
