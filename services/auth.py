@@ -90,7 +90,9 @@ def bootstrap_admin(store: Store, admin_token: SecretStr | None) -> None:
         return
     if store.has_tokens():
         return
-    token = create_token(store, BOOTSTRAP_ADMIN_NAME, Role.ADMIN)
+    token = new_token()
+    if not store.add_first_token(hash_token(token), BOOTSTRAP_ADMIN_NAME, Role.ADMIN.value):
+        return  # another controller process made the first one
     # Shown once, on purpose: the operator copies it from the log; only its hash is stored.
     log.warning(
         "AR_ADMIN_TOKEN is unset and no tokens exist: created admin token %s (store it now)",

@@ -7,12 +7,16 @@
     │   ├── InvalidText          a title, description or message holds a control or format character
     │   ├── UnknownBase          the base commit is not on the research branch
     │   ├── IdempotencyKeyReused an Idempotency-Key sent again with another request
-    │   └── NotFound             no proposal / run / commit with that id
+    │   ├── NotFound             no proposal / run / commit with that id
+    │   └── Conflict             clashes with the current state (cancelling a finished run)
+    │       └── IllegalTransition  a state change the transition table (services/states.py) forbids
     ├── AuthError                missing or wrong bearer token (401) or role (403)
     ├── QuotaExceeded            a token's submit quota is used up (429, with Retry-After)
     ├── InfraError               the machine broke, not the idea: retried, then `infra_error`
     │   ├── SandboxUnavailable   Docker daemon down, image missing, GPU lost
-    │   └── StoreUnavailable     Redis unreachable
+    │   ├── StoreUnavailable     Redis unreachable
+    │   └── StoreNeedsMigration  the store was written by an older version; the message names the
+    │                            command that migrates it
     └── RunFailed                the proposal's own code failed: crashed, timed_out, oom, voided
 
 Foreign exceptions (docker, redis, git) are translated into these at the one module that owns the
@@ -58,6 +62,10 @@ class Conflict(ProposalError):
     """The request is well formed but clashes with the current state (e.g. cancelling a finished run)."""
 
 
+class IllegalTransition(Conflict):
+    """A state change that the transition table (services.states.TRANSITIONS) does not allow."""
+
+
 class AuthError(ServiceError):
     def __init__(self, message: str, *, forbidden: bool = False) -> None:
         super().__init__(message)
@@ -91,3 +99,8 @@ class RunFailed(ServiceError):
         super().__init__(reason)
         self.state = state
         self.reason = reason
+
+
+class StoreNeedsMigration(InfraError):
+    """The Redis store was written by an older version of the service; the message names the command
+    that migrates it. Nothing is read or written until then."""

@@ -91,6 +91,14 @@ def build_candidate(
     max_bytes: int,
 ) -> Candidate:
     """Validate a submission against the base's `train.py`; raise InvalidPatch / InvalidPython."""
+    text = candidate_text(base_train_py, train_py=train_py, diff=diff, max_bytes=max_bytes)
+    return finish_candidate(base_train_py, text, content_hash(base_commit, text))
+
+
+def candidate_text(base_train_py: str, *, train_py: str | None, diff: str | None, max_bytes: int) -> str:
+    """The first, cheap half of `build_candidate`: the text checks and the diff applied, giving the
+    candidate with `\n` line endings (not yet compiled). Its `content_hash` answers a duplicate before
+    the costly half runs."""
     if (train_py is None) == (diff is None):
         raise InvalidPatch("send exactly one of `train_py` (the whole file) or `diff` (a unified diff)")
     if diff is not None:
@@ -101,7 +109,12 @@ def build_candidate(
         assert train_py is not None
         check_text(train_py, "train_py", max_bytes)
         candidate = train_py
-    candidate = lf(candidate)
+    return lf(candidate)
+
+
+def finish_candidate(base_train_py: str, candidate: str, candidate_hash: str) -> Candidate:
+    """The second half of `build_candidate`: compile once, refuse a change of nothing, and make the
+    canonical diff. `candidate` comes from `candidate_text`, `candidate_hash` is its `content_hash`."""
     check_python(candidate)
     if normalise(candidate) == normalise(base_train_py):
         raise InvalidPatch(
@@ -109,9 +122,7 @@ def build_candidate(
             "whitespace; change the code"
         )
     return Candidate(
-        train_py=candidate,
-        diff=canonical_diff(lf(base_train_py), candidate),
-        content_hash=content_hash(base_commit, candidate),
+        train_py=candidate, diff=canonical_diff(lf(base_train_py), candidate), content_hash=candidate_hash
     )
 
 

@@ -16,7 +16,7 @@ from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from services.store import connect
+from services.store import connect, keys
 
 RUNS_QUEUE = "runs"
 COMMITS_QUEUE = "commits"
@@ -91,7 +91,7 @@ def ensure_run(conn: "redis.Redis[bytes]", proposal_id: str, budget_s: int, tran
             return False
     except NoSuchJobError:  # expired since: enqueue it
         return enqueue_run(conn, proposal_id, budget_s, transitions)
-    if not conn.set(f"ar:replacing:{job_id}", "1", nx=True, ex=REPLACE_LOCK_S):
+    if not conn.set(keys.REPLACING.of(job_id), "1", nx=True, ex=REPLACE_LOCK_S):
         return False  # another sweeper replaces it
     Job.fetch(job_id, connection=conn).delete()
     return enqueue_run(conn, proposal_id, budget_s, transitions)

@@ -23,14 +23,12 @@ import redis
 from services.auth import Principal, Role
 from services.errors import QuotaExceeded
 from services.states import State
-from services.store import state_key
+from services.store import keys, state_key
 
 RATE_WINDOW_S = 60  # the rate limit is per minute
 RATE_KEY_TTL_S = 2 * RATE_WINDOW_S  # a window's counter outlives its minute, then expires
 RESERVATION_TTL_S = 30  # a submit's place counts this long before its proposal is stored (or not)
 # zset: proposal id → 0 once stored (it counts while it is queued), or the reservation's expiry (ms)
-QUEUED_KEY = "ar:quota:places:{}"
-RATE_KEY = "ar:quota:rate:{}:{}"  # submits of the token in one window (token hash, window number)
 
 # KEYS: the token's places, the queued-state index. ARGV: proposal id, limit, reservation ttl (ms).
 # Forgets places whose proposal left the queue (or whose reservation expired), then takes one for
@@ -86,7 +84,7 @@ def count_submit(
 ) -> None:
     """Count one submit in the current minute; raise QuotaExceeded beyond `per_minute`."""
     now = time.time() if now is None else now
-    key = RATE_KEY.format(principal.token_hash, int(now // RATE_WINDOW_S))
+    key = keys.QUOTA_RATE.of(principal.token_hash, int(now // RATE_WINDOW_S))
     count = int(conn.register_script(_COUNT)(keys=[key], args=[per_minute, RATE_KEY_TTL_S]))
     if count < 0:
         retry_after_s = max(1, RATE_WINDOW_S - int(now % RATE_WINDOW_S))
@@ -104,9 +102,9 @@ def queued_place(
     """Take a place for `proposal_id` among the token's queued proposals for the block (raise
     QuotaExceeded if `limit` are held); the block stores the proposal. Afterwards the place is kept
     if the proposal is queued, given back otherwise."""
-    keys = [QUEUED_KEY.format(principal.token_hash), state_key(State.QUEUED)]
+    script_keys = [keys.QUOTA_PLACES.of(principal.token_hash), state_key(State.QUEUED)]
     taken, held = conn.register_script(_RESERVE)(
-        keys=keys, args=[proposal_id, limit, RESERVATION_TTL_S * 1000]
+        keys=script_keys, args=[proposal_id, limit, RESERVATION_TTL_S * 1000]
     )
     if not taken:
         raise QuotaExceeded(
@@ -118,4 +116,4 @@ def queued_place(
         yield
     finally:
         with contextlib.suppress(redis.RedisError):  # if Redis is away, the reservation expires
-            conn.register_script(_SETTLE)(keys=keys, args=[proposal_id])
+            conn.register_script(_SETTLE)(keys=script_keys, args=[proposal_id])

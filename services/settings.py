@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     program_path: Path = Path("program.md")  # version 1 of the agents' instructions
     host: str = "0.0.0.0"  # the address the API listens on
     port: int = Field(8000, gt=0, lt=65536)  # the port the API listens on
+    # API processes (uvicorn workers) on that port: each holds its own Redis connections and event
+    # subscription, and nothing in the controller assumes one process, so the API scales over cores
+    controller_workers: int = Field(1, ge=1, le=64)
     page_size_max: int = Field(200, gt=0)  # the largest `limit` a list accepts (default 50)
 
     # --- built-in agents (services/agent/: autoresearch-agent, autoresearch-search)

@@ -75,6 +75,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redis_client(redis_url: str) -> Iterator["redis.Redis[bytes]"]:
     client = connect(redis_url)
     client.flushdb()
+    Store(client).open_schema()  # as every service does at start
     yield client
     client.flushdb()
     client.close()

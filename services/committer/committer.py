@@ -25,13 +25,12 @@ from services.models import Best, Decision, LineageEntry, Proposal, RunResult, n
 from services.patches import build_candidate, split_lines
 from services.settings import Settings
 from services.states import TERMINAL, State
-from services.store import Store
+from services.store import Store, keys
 
 log = logging.getLogger(__name__)
 
-WAITING_FOR_BASELINE = "ar:waiting-for-baseline"  # proposals scored before the baseline was
-BASELINE_REQUESTED = "ar:baseline-requested"
-NEW_FINGERPRINT_RUNS = "ar:new-fingerprint-runs:{}"  # fingerprint key → the runs of the best asked for on it
+WAITING_FOR_BASELINE = keys.WAITING_FOR_BASELINE.of()  # proposals scored before the baseline was
+BASELINE_REQUESTED = keys.BASELINE_REQUESTED.of()
 # Test figures stay out of git (commit messages, notes, tried refs): agents may read the repository.
 TEST_RESULT_FIELDS = frozenset({"test_bpb", "test_tokens", "test_bytes"})
 
@@ -115,7 +114,7 @@ class Committer:
             return  # before the baseline's score, the baseline run is what establishes it
         if self.store.calibration_runs(fingerprint).get(best.commit):
             return
-        if not self.conn.set(NEW_FINGERPRINT_RUNS.format(fingerprint), best.commit, nx=True):
+        if not self.conn.set(keys.NEW_FINGERPRINT_RUNS.of(fingerprint), best.commit, nx=True):
             return
         seeds = [self.settings.first_seed + i for i in range(count)]
         description = (

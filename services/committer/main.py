@@ -19,7 +19,9 @@ def main() -> None:
     settings = Settings()
     conn = connect(settings.redis_url)
     repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author, settings.pauses)
-    committer = Committer(settings=settings, store=Store(conn), repo=repo, conn=conn)
+    store = Store(conn)
+    store.open_schema()  # an older layout is refused, naming the migration command
+    committer = Committer(settings=settings, store=store, repo=repo, conn=conn)
     head = committer.bootstrap(settings.baseline_train_py.read_text(encoding="utf-8"))
     log.info(
         "research branch %s at %s; %d verdicts resumed", settings.research_branch, head, committer.recover()

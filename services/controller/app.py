@@ -14,7 +14,6 @@ from services import auth
 from services.controller import bodies, events, logic, mcp_http, problems, schemas
 from services.controller.routes import best, health, metrics, program, proposals, research, runs, tokens, ui
 from services.controller.routes import events as event_routes
-from services.metrics import DigestCache
 from services.settings import KIB, Settings
 from services.store import Store
 
@@ -57,6 +56,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(store.open_schema)  # an older layout: refused, naming the migration
         await run_in_threadpool(auth.bootstrap_admin, store, settings.admin_token)
         await run_in_threadpool(logic.seed_program, store, program_path)
         try:
@@ -79,9 +79,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store
-    app.state.redis = conn
     app.state.event_hub = hub
-    app.state.digests = DigestCache()
     app.state.sse_heartbeat_s = sse_heartbeat_s
     setattr(app.state, bodies.MODELS_STATE, schemas.request_models(schemas.Limits.of(settings)))
     problems.install(app)

@@ -1,25 +1,19 @@
 """`Annotated` dependency aliases, so a route's signature says what it needs in one line each.
 
-Settings, store and Redis connection live on `app.state` (set by `create_app`), never built at import.
+Settings and store live on `app.state` (set by `create_app`), never built at import. Routes get a store,
+never a raw Redis connection: the store and the modules it serves (queue, quotas) own the keys.
 """
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
-import redis
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services import auth
 from services.controller.disclosure import Disclosure
 from services.controller.events import EventHub
-from services.metrics import DigestCache
 from services.settings import Settings
 from services.store import Store
-
-if TYPE_CHECKING:
-    RedisConn = redis.Redis[bytes]
-else:
-    RedisConn = redis.Redis  # not subscriptable at runtime; FastAPI evaluates this annotation
 
 _bearer = HTTPBearer(auto_error=False, description="a token from AR_ADMIN_TOKEN or POST /v1/tokens")
 
@@ -34,19 +28,9 @@ def _store(request: Request) -> Store:
     return store
 
 
-def _redis(request: Request) -> RedisConn:
-    conn: RedisConn = request.app.state.redis
-    return conn
-
-
 def _hub(request: Request) -> EventHub:
     hub: EventHub = request.app.state.event_hub
     return hub
-
-
-def _digests(request: Request) -> DigestCache:
-    digests: DigestCache = request.app.state.digests
-    return digests
 
 
 def _heartbeat_s(request: Request) -> float:
@@ -55,9 +39,7 @@ def _heartbeat_s(request: Request) -> float:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[Store, Depends(_store)]
-RedisDep = Annotated[RedisConn, Depends(_redis)]
 HubDep = Annotated[EventHub, Depends(_hub)]
-DigestsDep = Annotated[DigestCache, Depends(_digests)]
 HeartbeatDep = Annotated[float, Depends(_heartbeat_s)]
 
 

@@ -22,7 +22,6 @@ from services.controller.schemas import (
     SubmitProposal,
 )
 from services.errors import InfraError, NotFound, ProposalError, UnknownBase
-from services.metrics import Digest, DigestCache
 from services.models import (
     PROPOSAL_ID_PREFIX,
     RUN_ID_PREFIX,
@@ -33,11 +32,11 @@ from services.models import (
     RunResult,
     new_id,
 )
-from services.patches import build_candidate, content_hash
+from services.patches import candidate_text, content_hash, finish_candidate
 from services.queue import enqueue_run, queue_depths
 from services.settings import Settings
-from services.states import FAILURES, State
-from services.store import Store
+from services.states import State
+from services.store import Store, stats
 from services.text import check_multiline, check_one_line
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,6 @@ class Status:
 
 def submit_proposal(
     store: Store,
-    conn: "redis.Redis[bytes]",
     settings: Settings,
     principal: Principal,
     body: SubmitProposal,
@@ -85,6 +83,7 @@ def submit_proposal(
 ) -> tuple[Proposal, bool]:
     """Validate, deduplicate, store and enqueue; return (proposal, created). Nothing is stored or
     enqueued unless the whole submission is valid; a replay or a duplicate is returned as it is."""
+    conn = store.r  # the queues and quotas share the store's Redis
     idem = None
     if idempotency_key is not None:
         idem = (_idempotency_owner(principal), idempotency_key, request_hash(body))
@@ -96,13 +95,16 @@ def submit_proposal(
     if body.program_version is not None:
         check_program_version(store, body.program_version)
     base = resolve_base(store, body.base_commit, "base_commit")
-    candidate = build_candidate(
-        base.train_py,
-        base_commit=base.commit,
-        train_py=body.train_py,
-        diff=body.diff,
-        max_bytes=settings.max_patch_bytes,
+    text = candidate_text(
+        base.train_py, train_py=body.train_py, diff=body.diff, max_bytes=settings.max_patch_bytes
     )
+    text_hash = content_hash(base.commit, text)
+    duplicate = store.duplicate(base.commit, text_hash)
+    if duplicate is not None:  # answered before compiling: it compiled when it was stored
+        if quotas.applies_to(principal):  # a duplicate counts towards the rate (services/quotas.py)
+            quotas.count_submit(conn, principal, settings.submits_per_minute)
+        return _submitted(conn, settings, principal, body, base, duplicate, False)
+    candidate = finish_candidate(base.train_py, text, text_hash)
     proposal = Proposal(
         id=new_id(PROPOSAL_ID_PREFIX),
         title=body.title,
@@ -124,6 +126,13 @@ def submit_proposal(
     else:
         stored, created = store.create(proposal, dedupe=True, idempotency=idem)
     settings.pauses.reached("submit:stored")  # test-only kill point (services/faults.py); inert
+    return _submitted(conn, settings, principal, body, base, stored, created)
+
+
+def _submitted(
+    conn: "redis.Redis[bytes]", settings: Settings, principal: Principal, body: SubmitProposal, base: Base,
+    stored: Proposal, created: bool,
+) -> tuple[Proposal, bool]:  # fmt: skip
     if stored.state == State.QUEUED:  # a replay too: its first controller may have died before this
         enqueue_run(conn, stored.id, settings.run_budget_s, stored.transitions)
     if created:
@@ -231,11 +240,10 @@ def cancel_proposal(store: Store, principal: Principal, proposal_id: str) -> Pro
 # ---------------------------------------------------------------------------- runs of a commit
 
 
-def request_runs(
-    store: Store, conn: "redis.Redis[bytes]", settings: Settings, principal: Principal, body: RequestRuns
-) -> Proposal:
+def request_runs(store: Store, settings: Settings, principal: Principal, body: RequestRuns) -> Proposal:
     """Runs of an existing commit (baseline, calibration, re-runs): one proposal of kind "run" holding
     every seed, never deduplicated."""
+    conn = store.r
     base = resolve_base(store, body.commit, "commit")
     title = body.title or f"{body.count} run(s) of {base.commit[:12]}"
     _check_text(title, body.description)
@@ -320,8 +328,8 @@ def readiness(store: Store) -> Best:
     return best
 
 
-def status(store: Store, conn: "redis.Redis[bytes]") -> Status:
-    return Status(queues=queue_depths(conn), states=store.count_by_state(), best=store.get_best())
+def status(store: Store) -> Status:
+    return Status(queues=queue_depths(store.r), states=store.count_by_state(), best=store.get_best())
 
 
 # ---------------------------------------------------------------------------- program.md
@@ -430,29 +438,32 @@ def check_program_version(store: Store, version: int) -> None:
         )
 
 
-def program_stats(store: Store, digests: DigestCache) -> list[ProgramStats]:
+def program_stats(store: Store) -> list[ProgramStats]:
     """One row per program.md version, oldest first, then a row for proposals that named none (if
-    any). Counts agent proposals only, not runs of commits."""
-    by_version: dict[int | None, list[Digest]] = {v.version: [] for v in store.program_versions()}
-    for digest in digests.refresh(store):
-        if digest.kind == "proposal":
-            by_version.setdefault(digest.program_version, []).append(digest)
-    keys = sorted(k for k in by_version if k is not None) + ([None] if by_version.get(None) else [])
-    return [_stats_row(key, by_version[key]) for key in keys]
+    any). Counts agent proposals only, not runs of commits; read from the store's counters."""
+    counters, _ = store.stats()
+    versions: list[int | None] = [v.version for v in store.program_versions()]
+    named = {int(f.split(":")[1]) for f in counters if f.startswith("program:") and f.split(":")[1].isdigit()}
+    rows: list[int | None] = sorted(set(versions) | named)  # type: ignore[type-var]
+    if counters.get(stats.program_field(None, "proposals")):
+        rows.append(None)
+    return [_stats_row(version, counters) for version in rows]
 
 
-def _stats_row(version: int | None, digests: list[Digest]) -> ProgramStats:
-    scored = [d for d in digests if d.decided]
-    deltas = [d.delta_bpb for d in scored if d.delta_bpb is not None]
-    merged = sum(d.state == State.MERGED for d in digests)
+def _stats_row(version: int | None, counters: dict[str, float]) -> ProgramStats:
+    def count(what: str) -> int:
+        return int(counters.get(stats.program_field(version, what), 0))
+
+    scored, merged, deltas = count("scored"), count("merged"), count("deltas")
+    delta_sum = counters.get(stats.program_field(version, "delta_sum_bpb"), 0.0)
     return ProgramStats(
         version=version,
-        proposals=len(digests),
-        scored=len(scored),
+        proposals=count("proposals"),
+        scored=scored,
         merged=merged,
-        failed=sum(d.state in FAILURES for d in digests),
-        win_rate=merged / len(scored) if scored else None,
-        mean_delta_bpb=sum(deltas) / len(deltas) if deltas else None,
+        failed=count("failed"),
+        win_rate=merged / scored if scored else None,
+        mean_delta_bpb=delta_sum / deltas if deltas else None,
     )
 
 

@@ -3,6 +3,7 @@
 import logging
 
 import uvicorn
+from fastapi import FastAPI
 
 from services.controller.app import create_app
 from services.logs import configure_logging
@@ -12,12 +13,22 @@ from services.settings import Settings
 SHUTDOWN_GRACE_S = 5
 
 
-def main() -> None:
+def build_app() -> FastAPI:
+    """The app, configured from the environment; each uvicorn worker process builds its own."""
     configure_logging()
     logging.getLogger("mcp").setLevel(logging.WARNING)  # the MCP SDK logs each stateless request at INFO
     settings = Settings()
+    return create_app(settings, program_path=settings.program_path)
+
+
+def main() -> None:
+    configure_logging()
+    settings = Settings()
+    workers = settings.controller_workers
     uvicorn.run(
-        create_app(settings, program_path=settings.program_path),
+        build_app() if workers == 1 else "services.controller.main:build_app",  # workers import it by name
+        factory=workers > 1,
+        workers=workers if workers > 1 else None,
         host=settings.host,
         port=settings.port,
         log_config=None,

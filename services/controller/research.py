@@ -8,15 +8,11 @@ from dataclasses import dataclass
 from services.committer import rules
 from services.controller.logic import NotReady
 from services.errors import NotFound
-from services.metrics import DigestCache
 from services.models import Fingerprint, LineageEntry, Proposal
 from services.settings import Settings
-from services.states import State
-from services.store import Store
+from services.store import Store, stats
 
 RESULTS_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")  # upstream's, in its order
-SHORT_SHA = 7  # upstream's results.tsv shows commits abbreviated to 7 hex digits
-CRASH_STATES = frozenset({State.CRASHED, State.TIMED_OUT, State.OOM})
 BASELINE_DESCRIPTION = "baseline"
 
 
@@ -30,37 +26,16 @@ def lineage(store: Store) -> list[LineageEntry]:
 
 def results_tsv(store: Store) -> str:
     """Upstream's results.tsv: the baseline (once scored), then every agent proposal with a verdict or a
-    crash, oldest first. keep = merged; discard = rejected; crash = crashed, timed out or out of memory
-    (val_bpb 0.000000, memory 0.0). `commit` is the merged commit or the proposal's tried ref; a crash
-    never reaches the committer, so it has none and the column is empty."""
+    crash, oldest first (services/store/stats.py: `results_row`); the rows are kept with the proposals'
+    writes, so no proposal is loaded."""
     rows = ["\t".join(RESULTS_COLUMNS)]
     root = next(iter(store.lineage()), None)
     if root is not None and root.val_bpb is not None:
-        rows.append(_row(root.commit, root.val_bpb, root.peak_memory_bytes, "keep", BASELINE_DESCRIPTION))
-    wanted = {State.MERGED, State.REJECTED, *CRASH_STATES}
-    ids = [pid for state, pids in store.proposal_ids_by_state().items() if state in wanted for pid in pids]
-    proposals = sorted(
-        (p for p in store.get_many(ids) if p.kind == "proposal"), key=lambda p: (p.created_at, p.id)
-    )
-    rows.extend(_proposal_row(p) for p in proposals)
+        rows.append(
+            stats.row(root.commit, root.val_bpb, root.peak_memory_bytes, "keep", BASELINE_DESCRIPTION)
+        )
+    rows.extend(store.results_rows())
     return "\n".join(rows) + "\n"
-
-
-def _proposal_row(p: Proposal) -> str:
-    if p.state in CRASH_STATES:
-        return _row("", 0.0, None, "crash", p.title)
-    first = next((r for r in p.results if r.val_bpb is not None), None)
-    memory = None if first is None else first.peak_memory_bytes
-    score = p.decision.candidate_bpb if p.decision is not None else (first.val_bpb if first else None)
-    if p.state == State.MERGED:
-        return _row(p.merged_commit or "", score or 0.0, memory, "keep", p.title)
-    return _row(p.tried_ref or "", score or 0.0, memory, "discard", p.title)
-
-
-def _row(commit: str, val_bpb: float, peak_memory_bytes: int | None, status: str, description: str) -> str:
-    memory_gb = (peak_memory_bytes or 0) / 1e9
-    text = " ".join(description.split())  # no tabs or newlines inside a field
-    return f"{commit[:SHORT_SHA]}\t{val_bpb:.6f}\t{memory_gb:.1f}\t{status}\t{text}"
 
 
 # ---------------------------------------------------------------------------- the repository bundle
@@ -153,8 +128,9 @@ class Cost:
     gpu_seconds_per_improvement: float | None  # total / merged; None before the first merge
 
 
-def cost(store: Store, digests: DigestCache) -> Cost:
-    all_digests = digests.refresh(store)
-    total = sum(d.gpu_seconds for d in all_digests)
-    merged = sum(d.kind == "proposal" and d.state == State.MERGED for d in all_digests)
+def cost(store: Store) -> Cost:
+    """From the store's counters (services/store/stats.py): one read, whatever the number of proposals."""
+    counters, _ = store.stats()
+    total = counters.get("gpu_s", 0.0)
+    merged = int(counters.get("merged_proposals", 0))
     return Cost(total, merged, total / merged if merged else None)

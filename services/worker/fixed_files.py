@@ -38,9 +38,8 @@ from typing import Any
 
 import redis
 
+from services.store import keys
 from services.worker.sandbox import FixedFiles
-
-KEY = "ar:fixed-files:{}"
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def scope(environment_hash: str, evaluator_version: str) -> str:
 def pin(conn: "redis.Redis[bytes]", local: FixedFiles, environment_hash: str, by: str) -> Pin:
     """The pin of this worker's scope: `local` if no worker pinned that scope before, else the
     existing record (never overwritten)."""
-    key = KEY.format(scope(environment_hash, local.evaluator_version))
+    key = keys.FIXED_FILES.of(scope(environment_hash, local.evaluator_version))
     record: dict[str, Any] = {
         "evaluator_version": local.evaluator_version,
         "hashes": dict(local.hashes),

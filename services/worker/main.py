@@ -27,6 +27,7 @@ def main() -> None:
         else socket.gethostname()
     )
     store = Store(conn)
+    store.open_schema()  # an older layout is refused, naming the migration command
     sandbox = DockerSandbox(
         settings, owner=name, scratch_mode=settings.scratch_mode, extra_env=settings.sandbox_extra_env,
         eval_max_docs=settings.eval_max_docs, log_sink=store.append_live_log, python=settings.trainer_python,

@@ -29,12 +29,11 @@ from services import queue
 from services.errors import InfraError
 from services.settings import Settings
 from services.states import State
-from services.store import Store
+from services.store import Store, keys
 
 log = logging.getLogger(__name__)
 
-LEASE_KEY = "ar:lease:{}"
-LEASED_SET = "ar:leased"
+LEASED_SET = keys.LEASED.of()
 REFRESHES_PER_TTL = 3  # a lease survives two missed refreshes
 SWEEP_MAX_QUEUED = 10_000  # queued proposals one sweep looks at (per-token quotas keep far fewer)
 
@@ -42,7 +41,7 @@ SWEEP_MAX_QUEUED = 10_000  # queued proposals one sweep looks at (per-token quot
 @contextmanager
 def held(conn: "redis.Redis[bytes]", proposal_id: str, owner: str, ttl_s: int) -> Iterator[None]:
     """Hold the proposal's lease for the duration of the block."""
-    key = LEASE_KEY.format(proposal_id)
+    key = keys.LEASE.of(proposal_id)
     conn.set(key, owner, ex=ttl_s)
     conn.sadd(LEASED_SET, proposal_id)
     stop = threading.Event()
@@ -71,7 +70,7 @@ def _refresh(conn: "redis.Redis[bytes]", key: str, owner: str, ttl_s: int, stop:
 def orphans(conn: "redis.Redis[bytes]") -> list[str]:
     """Ids of proposals whose worker took a lease and stopped refreshing it."""
     ids = sorted(raw.decode() for raw in conn.smembers(LEASED_SET))
-    return [i for i in ids if not conn.exists(LEASE_KEY.format(i))]
+    return [i for i in ids if not conn.exists(keys.LEASE.of(i))]
 
 
 def recover_orphans(conn: "redis.Redis[bytes]", recover: Callable[[str], object]) -> list[str]:

@@ -17,7 +17,7 @@ from services.errors import Conflict, InfraError, SandboxUnavailable
 from services.models import Proposal, RunResult
 from services.settings import Settings
 from services.states import State
-from services.store import Store
+from services.store import Store, keys
 from services.worker import fixed_files, recovery
 from services.worker.runner import Runner, RunPlan
 from services.worker.sandbox import Sandbox
@@ -84,7 +84,7 @@ class Worker:
         if proposal.state == State.CONFIRMING and len(proposal.baseline_results) < len(
             proposal.confirm_seeds
         ):
-            self.conn.delete(f"ar:claim:{proposal.id}:confirm")
+            self.conn.delete(keys.CONFIRM_CLAIM.of(proposal.id))
             return self._infra_failure(proposal_id, died, State.CONFIRMING)
         if proposal.state in (State.EVALUATING, State.CONFIRMING):
             queue.enqueue_decision(self.conn, proposal_id)  # deciding is idempotent
@@ -116,7 +116,7 @@ class Worker:
         base), back to back on this worker, so both see the same machine and cache state."""
         pending = proposal.confirm_seeds[len(proposal.baseline_results) :]
         claim_ttl_s = 2 * max(1, len(pending)) * self.settings.run_budget_s
-        if not self.conn.set(f"ar:claim:{proposal.id}:confirm", self.name, nx=True, ex=claim_ttl_s):
+        if not self.conn.set(keys.CONFIRM_CLAIM.of(proposal.id), self.name, nx=True, ex=claim_ttl_s):
             log.info("skipped: another worker confirms it", extra={"proposal_id": proposal.id})
             return proposal
         try:
@@ -128,7 +128,7 @@ class Worker:
             log.exception("confirmation failed unexpectedly", extra={"proposal_id": proposal.id})
             infra = InfraError(f"worker error: {exc!r}")  # that the sweep would re-run without end
         finally:  # before any re-queue, so that the worker taking the retry can claim it
-            self.conn.delete(f"ar:claim:{proposal.id}:confirm")
+            self.conn.delete(keys.CONFIRM_CLAIM.of(proposal.id))
         return self._retry_later(proposal.id, infra, State.CONFIRMING)
 
     def _confirm_runs(self, proposal: Proposal, pending: list[int]) -> Proposal:

@@ -28,6 +28,7 @@ from services.queue import RUN_JOB, runs_queue
 from services.settings import KIB, Settings
 from services.states import State
 from services.store import Store
+from tests.walk import walk
 
 ADMIN = "admin-token-for-tests-0123456789"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -461,7 +462,7 @@ def submit_many(client: TestClient, headers: Headers, count: int) -> list[str]:
 def test_pagination_and_state_filter(client: TestClient, agent: Headers, store: Store) -> None:
     ids = submit_many(client, agent, 5)
     for proposal_id in ids[:2]:
-        store.transition(proposal_id, State.RUNNING, "picked up")
+        walk(store, proposal_id, State.RUNNING, "picked up")
     page = client.get("/v1/proposals", params={"limit": 2, "offset": 1}, headers=agent).json()
     assert page["total"] == 5 and page["offset"] == 1 and page["limit"] == 2
     assert [row["id"] for row in page["items"]] == ids[::-1][1:3]  # newest first
@@ -478,7 +479,7 @@ def test_pagination_and_state_filter(client: TestClient, agent: Headers, store: 
 
 def test_get_one_with_events_and_not_found(client: TestClient, agent: Headers, store: Store) -> None:
     [proposal_id] = submit_many(client, agent, 1)
-    store.transition(proposal_id, State.RUNNING, "worker gpu0")
+    walk(store, proposal_id, State.RUNNING, "worker gpu0")
     body = client.get(f"/v1/proposals/{proposal_id}", headers=agent).json()
     assert body["state"] == "running"
     assert [(e["state"], e["reason"]) for e in body["events"]] == [
@@ -504,7 +505,7 @@ def test_log_tails(client: TestClient, agent: Headers, store: Store) -> None:
         reason="exit 1",
         log_tail="Traceback\nBoom\n",
     )
-    store.transition(proposal_id, State.CRASHED, "exit 1", results=[result])
+    walk(store, proposal_id, State.CRASHED, "exit 1", results=[result])
     text = client.get(f"/v1/proposals/{proposal_id}/log", headers=agent).text
     assert text == (  # one section per run: its header, its kept log, and a closing line with the outcome
         "# ---- run run-1 · candidate (screening) · seed 42 · crashed · val_bpb -: exit 1\n"
@@ -545,7 +546,7 @@ def test_leaderboard(client: TestClient, agent: Headers, store: Store) -> None:
         delta_bpb=-0.05,
         reason="ok",
     )
-    store.transition(first, State.MERGED, "merged", decision=decision, merged_commit=OTHER_COMMIT)
+    walk(store, first, State.MERGED, "merged", decision=decision, merged_commit=OTHER_COMMIT)
     store.record_score(first, 1.45)
     store.record_score(second, 1.6)
     rows = client.get("/v1/leaderboard", headers=agent).json()

@@ -33,6 +33,7 @@ from tests.integration.live_server import (
     stored_proposal,
     with_lr,
 )
+from tests.walk import walk
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +104,7 @@ def test_bad_submission_shows_the_detail_plainly(cli: Cli, tmp_path: Path) -> No
 
 def test_status_and_list(cli: Cli, store: Store) -> None:
     proposal = stored_proposal(store)
-    store.transition(proposal.id, State.RUNNING, "worker-0 started training")
+    walk(store, proposal.id, State.RUNNING, "worker-0 started training")
     code, out, _ = cli("status")
     assert code == 0
     assert f"best     {COMMIT[:12]}  val_bpb 1.500000" in out
@@ -142,9 +143,10 @@ def test_status_of_a_proposal_in_confirmation_is_not_a_rejection(cli: Cli, store
     proposal = stored_proposal(store)
     noise, params = rules.Noise(0.001, "calibrated", 8), rules.RuleParams()
     screening = rules.screen(1.256, 1.5, COMMIT, noise, params)  # 244 σ better than the best
-    store.transition(proposal.id, State.RUNNING, "started")
-    store.transition(proposal.id, State.EVALUATING, "trained 10 steps; evaluating")
-    store.transition(
+    walk(store, proposal.id, State.RUNNING, "started")
+    walk(store, proposal.id, State.EVALUATING, "trained 10 steps; evaluating")
+    walk(
+        store,
         proposal.id, State.CONFIRMING, screening.reason, decision=screening, screening=screening,
         confirm_seeds=[11, 12, 13],
     )  # fmt: skip
@@ -155,7 +157,7 @@ def test_status_of_a_proposal_in_confirmation_is_not_a_rejection(cli: Cli, store
     assert "rejected" not in out and "within" not in decision_line
     assert "beats the best 1.5000 by 0.2440 (244.0 σ;" in decision_line  # an agent reads 4 decimals
     rejected = rules.screen(1.6, 1.5, COMMIT, noise, params)
-    store.transition(proposal.id, State.REJECTED, rejected.reason, decision=rejected)
+    walk(store, proposal.id, State.REJECTED, rejected.reason, decision=rejected)
     assert "decision: rejected at screening;" in cli("status", proposal.id)[1]
 
 
@@ -226,7 +228,7 @@ def _drive(
         wait_for(lambda: store.r.pubsub_numsub("ar:events")[0][1] >= 1, 10, "the watch to subscribe")
         time.sleep(0.2)  # the stream has sent its snapshot
         for state, reason, changes in steps:
-            store.transition(proposal_id, state, reason, **changes)
+            walk(store, proposal_id, state, reason, **changes)
 
     thread = threading.Thread(target=go)
     thread.start()
@@ -274,13 +276,13 @@ def test_logs_and_follow(cli: Cli, store: Store) -> None:
     proposal = stored_proposal(store)
     code, out, _ = cli("logs", proposal.id)
     assert (code, out) == (0, f"# no finished runs yet; proposal {proposal.id} is queued\n")
-    store.transition(proposal.id, State.RUNNING, "started")
+    walk(store, proposal.id, State.RUNNING, "started")
     store.append_live_log(proposal.id, "step 1\n")
 
     def finish() -> None:
         time.sleep(0.3)
         store.append_live_log(proposal.id, "step 2\n")
-        store.transition(proposal.id, State.CRASHED, "exit code 1")
+        walk(store, proposal.id, State.CRASHED, "exit code 1")
 
     thread = threading.Thread(target=finish)
     thread.start()
@@ -328,7 +330,7 @@ def test_leaderboard_and_best(cli: Cli, store: Store, tmp_path: Path) -> None:
         delta_bpb=0.02,
         reason="worse",
     )
-    store.transition(proposal.id, State.REJECTED, "worse", decision=decision)
+    walk(store, proposal.id, State.REJECTED, "worse", decision=decision)
     store.record_score(proposal.id, 1.52)
     code, out, _ = cli("leaderboard")
     assert code == 0

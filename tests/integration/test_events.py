@@ -13,6 +13,7 @@ import pytest
 from services.states import State
 from services.store import LIVE_LOG_ENTRY_CHARS, LIVE_LOG_MAX_ENTRIES, LIVE_LOG_TTL_S, Store
 from tests.integration.live_server import ADMIN, agent_token, stored_proposal
+from tests.walk import walk
 
 READ_TIMEOUT_S = 5.0
 
@@ -61,12 +62,12 @@ def test_one_proposals_transitions_then_the_stream_ends(http: httpx.Client, stor
             None,
         )
         other = stored_proposal(store, "0.005")
-        store.transition(other.id, State.RUNNING, "someone else's")
-        store.transition(proposal.id, State.RUNNING, "worker-0 started training")
+        walk(store, other.id, State.RUNNING, "someone else's")
+        walk(store, proposal.id, State.RUNNING, "worker-0 started training")
         event, data, _ = next_event(stream)
         assert (event, data["proposal_id"], data["state"]) == ("state", proposal.id, "running")
         assert data["reason"] == "worker-0 started training"
-        store.transition(proposal.id, State.CRASHED, "exit code 1")
+        walk(store, proposal.id, State.CRASHED, "exit code 1")
         assert next_event(stream)[1]["state"] == "crashed"
         assert list(stream) == []  # the server ended the stream after the terminal state
 
@@ -78,7 +79,7 @@ def test_all_transitions_with_keepalives(http: httpx.Client, store: Store) -> No
         assert next(stream) == ("comment", "connected", None)
         assert next(stream) == ("comment", "keepalive", None)  # within the test server's 0.2 s heartbeat
         later = stored_proposal(store, "0.003")  # created after subscribing: a `queued` event
-        store.transition(proposal.id, State.CANCELLED, "by test")
+        walk(store, proposal.id, State.CANCELLED, "by test")
         seen = [next_event(stream)[1] for _ in range(2)]
     assert [(d["proposal_id"], d["state"]) for d in seen] == [
         (later.id, "queued"),
@@ -88,7 +89,7 @@ def test_all_transitions_with_keepalives(http: httpx.Client, store: Store) -> No
 
 def test_a_finished_proposal_streams_its_state_and_ends(http: httpx.Client, store: Store) -> None:
     proposal = stored_proposal(store)
-    store.transition(proposal.id, State.CANCELLED, "by test")
+    walk(store, proposal.id, State.CANCELLED, "by test")
     with http.stream("GET", "/v1/events", params={"proposal_id": proposal.id}) as answer:
         events = [frame for frame in frames(answer) if frame[0] != "comment"]
     assert [(e, d["state"]) for e, d, _ in events] == [("state", "cancelled")]
@@ -115,7 +116,7 @@ def test_many_watchers_share_one_subscription(http: httpx.Client, store: Store) 
     for _ in watchers:
         assert ready.acquire(timeout=READ_TIMEOUT_S)
     assert store.r.pubsub_numsub("ar:events")[0][1] == 1  # one Redis subscription for all five
-    store.transition(proposal.id, State.CANCELLED, "by test")
+    walk(store, proposal.id, State.CANCELLED, "by test")
     for thread in watchers:
         thread.join(READ_TIMEOUT_S)
     assert results == ["queued,cancelled"] * 5
@@ -137,7 +138,7 @@ def test_stream_errors_are_problems(http: httpx.Client, url: str) -> None:
 
 def test_live_log_streams_output_then_ends(http: httpx.Client, store: Store) -> None:
     proposal = stored_proposal(store)
-    store.transition(proposal.id, State.RUNNING, "started")
+    walk(store, proposal.id, State.RUNNING, "started")
     store.append_live_log(proposal.id, "step 1 loss 3.2\n")
     with http.stream("GET", f"/v1/proposals/{proposal.id}/log/stream") as answer:
         stream = frames(answer)
@@ -148,7 +149,7 @@ def test_live_log_streams_output_then_ends(http: httpx.Client, store: Store) -> 
         assert second[1] == {"text": "step 2 loss 3.1\n"}
         assert first[2] is not None and second[2] is not None and second[2] > first[2]
         store.append_live_log(proposal.id, "done\n")
-        store.transition(proposal.id, State.TIMED_OUT, "killed at the limit")
+        walk(store, proposal.id, State.TIMED_OUT, "killed at the limit")
         rest = [frame for frame in stream if frame[0] != "comment"]
     assert [(e, d) for e, d, _ in rest] == [("log", {"text": "done\n"}), ("end", {"state": "timed_out"})]
     # A reconnecting client sends the last id it saw and gets only what came after.
@@ -180,7 +181,7 @@ def test_store_live_log_is_capped_and_expires(store: Store) -> None:
 
 def test_admin_token_reads_streams_too(url: str, store: Store) -> None:
     proposal = stored_proposal(store)
-    store.transition(proposal.id, State.CANCELLED, "by test")
+    walk(store, proposal.id, State.CANCELLED, "by test")
     headers = {"Authorization": f"Bearer {ADMIN}"}
     with httpx.stream("GET", f"{url}/v1/proposals/{proposal.id}/log/stream", headers=headers) as answer:
         assert answer.status_code == 200

@@ -29,13 +29,14 @@ from services.models import Best, Decision, Proposal, RunResult, new_id
 from services.patches import canonical_diff, content_hash
 from services.settings import Settings
 from services.states import State
-from services.store import Store, connect
+from services.store import Store, connect, keys
 from services.worker import recovery
 from services.worker.worker import Worker
 from tests.conftest import free_port, wait_for
 from tests.fakes import FakeSandbox
 from tests.integration.conftest import REPO
 from tests.integration.live_server import ADMIN, REPO_PROGRAM, agent_token, seed, with_lr
+from tests.walk import walk
 
 BASE = "FAKE_SCORE = 1.5\n"
 
@@ -71,7 +72,7 @@ def test_worker_killed_mid_training_is_rerun_once_by_the_next_worker(
            "AR_WORKER_LEASE_TTL_S": "1", "AR_INFRA_RETRIES": "2"}  # fmt: skip
     worker_a = start_worker("worker-a", env, tmp_path / "a.log")
     try:
-        wait_for(lambda: redis_client.exists(recovery.LEASE_KEY.format(proposal.id)), 30, "worker A's lease")
+        wait_for(lambda: redis_client.exists(keys.LEASE.of(proposal.id)), 30, "worker A's lease")
         assert store.get(proposal.id).state == State.RUNNING
         time.sleep(2.5)  # over two lease periods: renewed, so never orphaned while A lives
         assert recovery.orphans(redis_client) == []
@@ -124,7 +125,7 @@ def test_an_orphan_whose_runs_were_finished_is_only_sent_for_a_decision(
     proposal = new_proposal(store, BASE)
     store.transition(proposal.id, State.RUNNING, "taken", expect={State.QUEUED})
     scored = RunResult(run_id="r1", proposal_id=proposal.id, seed=42, state=State.EVALUATING, val_bpb=1.4)
-    store.transition(proposal.id, State.EVALUATING, "scored", results=[scored])
+    walk(store, proposal.id, State.EVALUATING, "scored", results=[scored])
     orphan(redis_client, proposal.id)
     recovery.recover_orphans(redis_client, in_process_worker.recover_orphan)
     after = store.get(proposal.id)
@@ -365,7 +366,7 @@ def accepted(store: Store, head: str, base_py: str, i: int) -> Proposal:
         accepted=True, rule="paired-z/v1", stage="confirm", candidate_bpb=1.4 - i / 100, best_bpb=1.5,
         best_commit=head, delta_bpb=-0.1, reason="confirmed (test)",
     )  # fmt: skip
-    return store.transition(proposal.id, State.ACCEPTED, "confirmed (test)", decision=decision)
+    return walk(store, proposal.id, State.ACCEPTED, "confirmed (test)", decision=decision)
 
 
 def test_committer_sigkilled_at_each_step_of_a_merge_merges_exactly_once(
@@ -479,11 +480,11 @@ def test_a_confirming_proposal_whose_paired_runs_were_never_enqueued_gets_one_jo
     none), and leaves alone a confirming proposal whose paired runs are all done (it waits for the
     committer's verdict, not for a worker)."""
     waiting = new_proposal(store, BASE)
-    store.transition(waiting.id, State.CONFIRMING, "screened: confirm", confirm_seeds=[7, 8])
+    walk(store, waiting.id, State.CONFIRMING, "screened: confirm", confirm_seeds=[7, 8])
     done = new_proposal(store, BASE + "\n# other\n")
     finished = in_process_worker.run_once(done, 9, announce=False, subject="best")
-    store.transition(
-        done.id, State.CONFIRMING, "screened: confirm", confirm_seeds=[9], baseline_results=[finished]
+    walk(
+        store, done.id, State.CONFIRMING, "screened: confirm", confirm_seeds=[9], baseline_results=[finished]
     )
     assert in_process_worker.requeue_lost() == [waiting.id]
     runs = queue.runs_queue(redis_client)

@@ -15,6 +15,7 @@ from services.patches import canonical_diff
 from services.states import State
 from services.store import Store
 from tests.integration.live_server import BASE, COMMIT, agent_token, with_lr
+from tests.walk import walk
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = {
@@ -75,7 +76,7 @@ async def session_run(url: str, token: str, store: Store) -> dict[str, Any]:
             await session.call_tool("submit_proposal", {"title": "again", "agent": "mcp-agent", "diff": diff})
         )
         seen["again"] = again
-        store.transition(submitted["id"], State.CRASHED, "exit code 1")
+        walk(store, submitted["id"], State.CRASHED, "exit code 1")
         seen["status"] = data_of(await session.call_tool("proposal_status", {"proposal_id": submitted["id"]}))
         seen["list"] = data_of(await session.call_tool("list_proposals", {"state": "crashed"}))
         seen["log"] = text_of(await session.call_tool("proposal_log", {"proposal_id": submitted["id"]}))
@@ -102,7 +103,7 @@ def test_mcp_tools_against_a_running_controller(url: str, store: Store) -> None:
     assert (seen["again"]["id"], seen["again"]["created"]) == (submitted["id"], False)
     status = seen["status"]
     assert (status["state"], status["reason"]) == ("crashed", "exit code 1")
-    assert [e["state"] for e in status["events"]] == ["queued", "crashed"]
+    assert [e["state"] for e in status["events"]] == ["queued", "running", "crashed"]
     assert [item["id"] for item in seen["list"]["items"]] == [submitted["id"]]
     assert seen["log"] == f"# no finished runs yet; proposal {submitted['id']} is crashed\n"
     assert data_of(seen["leaderboard"]) == [] and text_of(seen["leaderboard"]).startswith("[]")

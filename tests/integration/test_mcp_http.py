@@ -23,6 +23,7 @@ from services.store import Store
 from tests import mcp_wire
 from tests.integration.live_server import ADMIN, BASE, COMMIT, agent_token, serve, stored_proposal, with_lr
 from tests.integration.test_mcp import TOOLS, data_of, text_of
+from tests.walk import walk
 
 SESSION_TIMEOUT_S = 60
 RESOURCES = {"autoresearch://program.md", "autoresearch://best/train.py"}
@@ -54,7 +55,7 @@ async def every_tool(url: str, token: str, store: Store) -> dict[str, Any]:
         seen["submitted"] = data_of(await client.call_tool("submit_proposal", submit))
         seen["again"] = data_of(await client.call_tool("submit_proposal", {**submit, "title": "again"}))
         proposal_id = seen["submitted"]["id"]
-        store.transition(proposal_id, State.CRASHED, "exit code 1")
+        walk(store, proposal_id, State.CRASHED, "exit code 1")
         seen["status"] = data_of(await client.call_tool("proposal_status", {"proposal_id": proposal_id}))
         seen["list"] = data_of(await client.call_tool("list_proposals", {"state": "crashed", "limit": 5}))
         seen["log"] = text_of(await client.call_tool("proposal_log", {"proposal_id": proposal_id}))
@@ -101,7 +102,7 @@ def test_the_sdk_client_lists_and_calls_every_tool_over_http(url: str, store: St
     assert store.get(submitted["id"]).description == ""
     assert (seen["again"]["id"], seen["again"]["created"]) == (submitted["id"], False)
     assert (seen["status"]["state"], seen["status"]["reason"]) == ("crashed", "exit code 1")
-    assert [e["state"] for e in seen["status"]["events"]] == ["queued", "crashed"]
+    assert [e["state"] for e in seen["status"]["events"]] == ["queued", "running", "crashed"]
     assert [item["id"] for item in seen["list"]["items"]] == [submitted["id"]]
     assert seen["log"] == f"# no finished runs yet; proposal {submitted['id']} is crashed\n"
     assert [row["id"] for row in seen["leaderboard"]] == [seen["scored_id"]]
@@ -174,7 +175,7 @@ def test_an_agent_sees_through_mcp_what_rest_shows_it(url: str, store: Store) ->
         test_gap_bpb=0.00123456,
         test_candidate_runs=[1.31234567],
     )
-    store.transition(proposal.id, State.REJECTED, decision.reason)
+    walk(store, proposal.id, State.REJECTED, decision.reason)
     store.update(proposal.id, decision=decision)
     tokens = {"agent": agent_token(store), "admin": ADMIN}
     seen: dict[str, dict[str, Any]] = {}

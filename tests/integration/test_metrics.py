@@ -30,6 +30,7 @@ from tests.integration.live_server import (
     stored_proposal,
     with_lr,
 )
+from tests.walk import walk
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_metrics_from_the_store(client: TestClient, store: Store) -> None:
     assert empty[("autoresearch_best_val_bpb", ())] == 1.5
 
     merged = stored_proposal(store, "0.01").id
-    store.transition(merged, State.RUNNING, "go")
+    walk(store, merged, State.RUNNING, "go")
     decision = Decision(
         accepted=True,
         rule="t",
@@ -86,7 +87,8 @@ def test_metrics_from_the_store(client: TestClient, store: Store) -> None:
         delta_bpb=-0.1,
         reason="r",
     )
-    store.transition(
+    walk(
+        store,
         merged,
         State.MERGED,
         "merged",
@@ -94,9 +96,9 @@ def test_metrics_from_the_store(client: TestClient, store: Store) -> None:
         decision=decision,
     )
     crashed = stored_proposal(store, "0.02").id
-    store.transition(crashed, State.CRASHED, "boom", results=[run(crashed, State.CRASHED, 50.0, 0.0, t0)])
+    walk(store, crashed, State.CRASHED, "boom", results=[run(crashed, State.CRASHED, 50.0, 0.0, t0)])
     running = stored_proposal(store, "0.03").id
-    store.transition(running, State.RUNNING, "go")
+    walk(store, running, State.RUNNING, "go")
     client.post(
         "/v1/proposals",
         json={"title": "t", "agent": "a", "train_py": with_lr("0.04")},
@@ -122,15 +124,13 @@ def test_metrics_from_the_store(client: TestClient, store: Store) -> None:
     assert 370.0 / (time.time() - t0 + 322.0) <= share <= 370.0 / 322.0
 
 
-def test_cached_digests_follow_transitions(client: TestClient, store: Store) -> None:
+def test_counters_follow_transitions(client: TestClient, store: Store) -> None:
     proposal = stored_proposal(store).id
     assert samples(client)[("autoresearch_runs_total", (("outcome", "crashed"),))] == 0.0
-    store.transition(
-        proposal, State.CRASHED, "x", results=[run(proposal, State.CRASHED, 5.0, 0.0, time.time())]
-    )
+    walk(store, proposal, State.CRASHED, "x", results=[run(proposal, State.CRASHED, 5.0, 0.0, time.time())])
     assert samples(client)[("autoresearch_runs_total", (("outcome", "crashed"),))] == 1.0
-    store.r.delete(f"ar:state:{State.CRASHED}")  # gone from the indexes: gone from the metrics
-    assert samples(client)[("autoresearch_runs_total", (("outcome", "crashed"),))] == 0.0
+    assert samples(client)[("autoresearch_proposals", (("state", "crashed"),))] == 1.0
+    assert samples(client)[("autoresearch_proposals", (("state", "queued"),))] == 0.0
 
 
 def test_submit_and_cancel_log_their_proposal_id(

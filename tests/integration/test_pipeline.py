@@ -508,9 +508,7 @@ def test_the_roots_note_holds_every_run_of_the_root(service: Service) -> None:
     root = service.repo.head()
     admin = Principal("ops", Role.ADMIN, "h")
     for count in (2, 1):  # later runs of the root (calibration, re-runs) join the baseline run
-        logic.request_runs(
-            service.store, service.conn, service.settings, admin, RequestRuns(commit=root, count=count)
-        )
+        logic.request_runs(service.store, service.settings, admin, RequestRuns(commit=root, count=count))
         service.drain()
     runs = [r for p in service.store.page(limit=100)[0] if p.kind == "run" for r in p.results]
     note = json.loads(service.repo.note(root) or "{}")

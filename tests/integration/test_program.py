@@ -22,6 +22,7 @@ from services.settings import Settings
 from services.states import State
 from services.store import Store
 from tests.integration.live_server import ADMIN, agent_token, seed, settings_for, stored_proposal, with_lr
+from tests.walk import walk
 
 V1 = "# Research program\n\nLower val_bpb.\nOne idea per proposal.\n"
 V2 = "# Research program\n\nLower val_bpb.\nTwo ideas at most per proposal.\n"
@@ -264,16 +265,16 @@ def decide(store: Store, proposal_id: str, state: State, delta: float) -> None:
         delta_bpb=delta,
         reason="numbers",
     )
-    store.transition(proposal_id, State.RUNNING, "started")
-    store.transition(proposal_id, State.EVALUATING, "trained")
-    store.transition(proposal_id, state, "decided", decision=decision)
+    walk(store, proposal_id, State.RUNNING, "started")
+    walk(store, proposal_id, State.EVALUATING, "trained")
+    walk(store, proposal_id, state, "decided", decision=decision)
 
 
 def test_stats_per_version(client: TestClient, admin: Headers, agent: Headers, store: Store) -> None:
     client.put("/v1/program", json={"text": V2, "message": "v2"}, headers=admin)
     decide(store, stored_proposal(store, "0.01", program_version=1).id, State.MERGED, -0.02)
     decide(store, stored_proposal(store, "0.02", program_version=1).id, State.REJECTED, 0.01)
-    store.transition(stored_proposal(store, "0.03", program_version=1).id, State.CRASHED, "boom")
+    walk(store, stored_proposal(store, "0.03", program_version=1).id, State.CRASHED, "boom")
     stored_proposal(store, "0.04", program_version=1)  # still queued
     decide(store, stored_proposal(store, "0.05", program_version=2).id, State.REJECTED, 0.004)
     decide(store, stored_proposal(store, "0.06").id, State.MERGED, -0.001)  # named no version

@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from services.committer import rules
-from services.committer.committer import NEW_FINGERPRINT_RUNS
 from services.controller import research
 from services.models import Proposal
 from services.settings import Settings
 from services.states import State
+from services.store import keys
 from services.worker.sandbox import FixedFiles
 from tests.integration.test_pipeline import BASELINE, Service, running_service
 
@@ -142,7 +142,7 @@ def test_the_best_is_run_again_once_on_a_new_fingerprint(service: Service) -> No
     assert all(r.test_bpb is not None for r in rerun.results)
     key = rerun.results[0].fingerprint.key() if rerun.results[0].fingerprint else None
     assert key is not None and key != before.fingerprint_key
-    assert service.conn.get(NEW_FINGERPRINT_RUNS.format(key)) == before.commit.encode()
+    assert service.conn.get(keys.NEW_FINGERPRINT_RUNS.of(key)) == before.commit.encode()
     after = service.store.get_best()
     assert after is not None and after.fingerprint_key == key and after.commit == before.commit
     assert len(service.store.calibration_runs(key)[before.commit]) == service.settings.new_fingerprint_runs

@@ -2,10 +2,11 @@
 
 import pytest
 
-from services.errors import Conflict, NotFound
-from services.models import Best, Proposal, new_id
-from services.states import State
-from services.store import Store
+from services.errors import Conflict, IllegalTransition, NotFound, StoreNeedsMigration
+from services.models import Best, Proposal, RunResult, StepTimings, new_id
+from services.states import State, may_follow
+from services.store import SCHEMA_KEY, SCHEMA_VERSION, Store, stats
+from tests.walk import path_to
 
 
 def make_proposal(text: str = "print('hi')\n", base: str = "c0ffee1") -> Proposal:
@@ -108,3 +109,70 @@ def test_calibration_counts_each_run_once_by_its_id(store: Store) -> None:
     store.add_gap_calibration_runs("fp1", "c1", {"run-a": 0.01, "run-c": 0.02})
     assert store.gap_calibration_runs("fp1") == {"c1": [0.01, 0.02]}
     assert store.calibration_runs("fp2") == {} and "fp1" in store.fingerprints()
+
+
+def test_transition_walks_the_table(store: Store) -> None:
+    """Every (from, to) pair of states: the store allows exactly the moves the table lists, and a
+    refused move changes nothing."""
+    paths = path_to(State.QUEUED)
+    for old in State:
+        for new in State:
+            proposal, _ = store.create(make_proposal(f"x = '{old}-{new}'\n"))
+            for step in paths[old][1:]:
+                store.transition(proposal.id, step, f"to {step}")
+            before = store.get(proposal.id), store.events(proposal.id), store.count_by_state()
+            if may_follow(old, new):
+                assert store.transition(proposal.id, new, "walk").state == new
+            else:
+                with pytest.raises(IllegalTransition, match=f"is {old}; it cannot become {new}"):
+                    store.transition(proposal.id, new, "walk")
+                assert (store.get(proposal.id), store.events(proposal.id), store.count_by_state()) == before
+
+
+def test_counters_equal_a_recount_after_any_writes(store: Store) -> None:
+    """The counters kept with each write are what counting every proposal from scratch gives."""
+    run = RunResult(
+        run_id="r1", proposal_id="p", seed=1, state=State.EVALUATING, val_bpb=1.2,
+        timings=StepTimings(prepare_s=1.0, train_container_s=100.0, collect_s=1.0, eval_container_s=9.0),
+    )  # fmt: skip
+    paths = path_to(State.QUEUED)
+    for i, target in enumerate(State):
+        proposal, _ = store.create(make_proposal(f"x = {i}\n"))
+        for step in paths[target][1:]:
+            store.transition(proposal.id, step, "walk", results=[run] if step != State.QUEUED else [])
+        store.update(proposal.id, attempts=2)
+    counters, first = store.stats()
+    ids = [p.id for p in store.page(limit=100)[0]]
+    assert counters == pytest.approx(stats.recount(store.get_many(ids)))
+    assert store.count_by_state() == {s.value: 1 for s in State}
+    assert first == pytest.approx(run.finished_at - 111.0)
+
+
+def test_an_empty_store_is_stamped_and_an_unmarked_one_refused(store: Store) -> None:
+    assert store.open_schema() == SCHEMA_VERSION
+    store.r.delete(SCHEMA_KEY)
+    store.create(make_proposal())
+    with pytest.raises(StoreNeedsMigration, match=r"python -m services\.store\.migrate --redis-url"):
+        store.open_schema()
+    store.r.set(SCHEMA_KEY, SCHEMA_VERSION + 1)
+    with pytest.raises(StoreNeedsMigration, match="newer version"):
+        store.open_schema()
+
+
+def test_each_body_is_stored_once_and_records_hold_hashes(store: Store) -> None:
+    first, _ = store.create(make_proposal("x = 1\n"))
+    second, _ = store.create(make_proposal("x = 2\n"))
+    store.create(make_proposal("x = 1\n", base="beef001"))  # the same bodies on another base
+    assert len(list(store.r.scan_iter("ar:body:*"))) == 3  # the base's and two candidates
+    raw = store.r.get(f"ar:proposal:{first.id}") or b""
+    assert b"print('base')" not in raw and b"x = 1" not in raw
+    assert store.get(first.id) == first and store.get(second.id) == second
+    moved = store.transition(first.id, State.RUNNING, "go")
+    moved = store.transition(first.id, State.QUEUED, "re-queued", base_train_py="print('new base')\n")
+    assert store.get(first.id) == moved and moved.base_train_py == "print('new base')\n"
+
+
+def test_only_the_first_token_is_added_while_none_exists(store: Store) -> None:
+    assert store.add_first_token("h1", "admin", "admin")
+    assert not store.add_first_token("h2", "admin", "admin")  # another controller process came second
+    assert store.token("h1") == {"name": "admin", "role": "admin"} and store.token("h2") is None

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from services.controller import logic, research
-from services.controller.deps import DigestsDep, RedisDep, StoreDep, Viewer
+from services.controller.deps import StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import Health, Ready, StatusView
 
@@ -23,11 +23,11 @@ def readyz(store: StoreDep) -> Ready:
 
 
 @router.get("/v1/status", response_model=StatusView, tags=["health"])
-def status(viewer: Viewer, store: StoreDep, conn: RedisDep, digests: DigestsDep) -> StatusView:
+def status(viewer: Viewer, store: StoreDep) -> StatusView:
     """Queue depths, proposals per state, the best commit, and GPU-seconds spent per improvement."""
-    current = logic.status(store, conn)
+    current = logic.status(store)
     best = current.best
-    cost = research.cost(store, digests)
+    cost = research.cost(store)
     view = StatusView(
         queues=current.queues,
         states=current.states,

@@ -4,15 +4,15 @@ proposal contents, names or tokens (see services/metrics.py for what each metric
 from fastapi import APIRouter, Response
 
 from services import metrics
-from services.controller.deps import DigestsDep, RedisDep, SettingsDep, StoreDep
+from services.controller.deps import SettingsDep, StoreDep
 from services.controller.disclosure import Disclosure
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {metrics.CONTENT_TYPE: {}}}})
-def prometheus(store: StoreDep, conn: RedisDep, digests: DigestsDep, settings: SettingsDep) -> Response:
+def prometheus(store: StoreDep, settings: SettingsDep) -> Response:
     """Queue depths, proposals by state, run durations, GPU busy share, accepts (scores as agents see them:
     this route has no auth)."""
-    body = metrics.render(metrics.snapshot(store, conn, digests, Disclosure.of(None, settings).score))
+    body = metrics.render(metrics.snapshot(store, Disclosure.of(None, settings).score))
     return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path, Response, status
 
 from services.controller import logic
 from services.controller.bodies import json_body
-from services.controller.deps import Admin, Caller, DigestsDep, StoreDep, Viewer
+from services.controller.deps import Admin, Caller, StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import (
     ProgramStatsRow,
@@ -69,6 +69,6 @@ def get_version(version: VersionNumber, caller: Caller, store: StoreDep) -> Prog
 
 
 @router.get("/stats", response_model=list[ProgramStatsRow])
-def stats(viewer: Viewer, store: StoreDep, digests: DigestsDep) -> list[ProgramStatsRow]:
+def stats(viewer: Viewer, store: StoreDep) -> list[ProgramStatsRow]:
     """Per version: proposals, scored, merged, failed, win rate and mean val_bpb delta."""
-    return viewer.models([ProgramStatsRow(**vars(row)) for row in logic.program_stats(store, digests)])
+    return viewer.models([ProgramStatsRow(**vars(row)) for row in logic.program_stats(store)])

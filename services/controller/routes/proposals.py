@@ -7,7 +7,7 @@ from fastapi.responses import PlainTextResponse
 
 from services.controller import logic
 from services.controller.bodies import json_body
-from services.controller.deps import Admin, Caller, RedisDep, SettingsDep, StoreDep, Viewer
+from services.controller.deps import Admin, Caller, SettingsDep, StoreDep, Viewer
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import ProposalDetail, ProposalPage, ProposalSummary, SubmitProposal
 from services.states import State
@@ -44,12 +44,11 @@ def submit(
     body: Annotated[SubmitProposal, json_body(SubmitProposal)],
     viewer: Viewer,
     store: StoreDep,
-    conn: RedisDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ProposalDetail:
     """Submit a whole `train.py` or a unified diff; validated, deduplicated, queued."""
-    proposal, created = logic.submit_proposal(store, conn, settings, caller, body, idempotency_key)
+    proposal, created = logic.submit_proposal(store, settings, caller, body, idempotency_key)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/proposals/{proposal.id}"
     return viewer.model(ProposalDetail.of(proposal, store.events(proposal.id)))

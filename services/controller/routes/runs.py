@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from services.controller import logic
 from services.controller.bodies import json_body
-from services.controller.deps import Admin, RedisDep, SettingsDep, StoreDep
+from services.controller.deps import Admin, SettingsDep, StoreDep
 from services.controller.problems import PROBLEM_RESPONSE
 from services.controller.schemas import ProposalDetail, RequestRuns
 
@@ -21,10 +21,9 @@ def request_runs(
     admin: Admin,
     body: Annotated[RequestRuns, json_body(RequestRuns)],
     store: StoreDep,
-    conn: RedisDep,
     settings: SettingsDep,
 ) -> ProposalDetail:
     """Run a commit (default: the best) `count` times with given or default seeds; never deduplicated."""
-    proposal = logic.request_runs(store, conn, settings, admin, body)
+    proposal = logic.request_runs(store, settings, admin, body)
     response.headers["Location"] = f"/v1/proposals/{proposal.id}"
     return ProposalDetail.of(proposal, store.events(proposal.id))
