@@ -142,6 +142,7 @@ def pipeline(
     )  # fmt: skip
     settings.runs_dir.mkdir()
     store = Store(conn)
+    store.open_schema()  # as every service does at start (the flush removed the stamp)
     repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
     sandbox = DockerSandbox(settings, docker_client)
     committer = Committer(settings=settings, store=store, repo=repo, conn=conn)
