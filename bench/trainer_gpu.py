@@ -250,12 +250,13 @@ def main() -> int:
     parser.add_argument("--noop-edit", action="append", default=[], help="a variant label: comment-only edit")
     parser.add_argument("--commit", default="", help="the commit of trainer/train.py, for the record")
     parser.add_argument("--merge", help="ARM_A,ARM_B: write NAME.json and gpu-noise.json from the run files")
+    parser.add_argument("--noise-file", default="gpu-noise.json", help="with --merge A,B: the noise file's name")
     args = parser.parse_args()
 
     if args.merge:
         arm_a, _, arm_b = args.merge.partition(",")
         command = " ".join(["python", "bench/trainer_gpu.py", *sys.argv[1:]])
-        merge_noise(args.results, args.name, arm_a, arm_b or None, command)
+        merge_noise(args.results, args.name, arm_a, arm_b or None, command, args.noise_file)
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     stage(args.stage, args.work)
@@ -449,8 +450,11 @@ def arm_record(runs: list[dict]) -> dict:
     }
 
 
-def merge_noise(results: Path, name: str, arm_a: str, arm_b: str | None, command: str) -> None:
-    """RESULTS/runs/NAME-LABEL-seedS.json -> RESULTS/NAME.json (arm A) and, given arm B, RESULTS/gpu-noise.json."""
+def merge_noise(
+    results: Path, name: str, arm_a: str, arm_b: str | None, command: str, noise_file: str = "gpu-noise.json"
+) -> None:
+    """RESULTS/runs/NAME-LABEL-seedS.json -> RESULTS/NAME.json (arm A) and, given arm B, RESULTS/NOISE_FILE
+    (gpu-noise.json unless --noise-file names another, so that each trainer and GPU keeps its own)."""
 
     def arm(label: str) -> list[dict]:
         runs = [
@@ -481,7 +485,7 @@ def merge_noise(results: Path, name: str, arm_a: str, arm_b: str | None, command
             command,
         ],
     }
-    (results / "gpu-noise.json").write_text(json.dumps(noise, indent=1) + "\n")
+    (results / noise_file).write_text(json.dumps(noise, indent=1) + "\n")
     keys = ("sigma_bpb", "diff_rms_bpb", "paired_over_unpaired", "correlation_estimate")
     print(json.dumps({k: noise.get(k) for k in keys}), flush=True)
 
