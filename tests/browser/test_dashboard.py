@@ -1,4 +1,4 @@
-"""The dashboard in headless Chromium against the whole service (tests/stack.py): sign in, watch a
+"""The dashboard in headless Chromium against the whole service (tests/support/stack.py): sign in, watch a
 real submission move through its states on its page, then find it on the leaderboard and the plot."""
 
 import re
@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from services.cli.client import ApiClient
-from tests.stack import BASELINE, Stack, running_stack
+from tests.support.stack import BASELINE, Stack, running_stack
 
 pytestmark = pytest.mark.browser
 

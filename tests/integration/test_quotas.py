@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from services import quotas
-from services.controller.app import create_app
 from services.models import Best
 from services.queue import runs_queue
 from services.settings import Settings
 from services.states import State
 from services.store import Store
-from tests.integration.live_server import agent_token, seed, serve, settings_for, with_lr
+from tests.support.api import api_client
+from tests.support.live_server import agent_token, seed, serve, settings_for, with_lr
 
 ADMIN = "admin-token-for-quota-tests-0123456789"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -41,7 +41,7 @@ def client(redis_url: str, store: Store) -> Iterator[TestClient]:
     )  # fmt: skip
     store.add_commit(COMMIT, BASE)
     store.set_best(Best(commit=COMMIT, val_bpb=1.5))
-    with TestClient(create_app(settings, store=store)) as test_client:
+    with api_client(settings, store) as test_client:
         yield test_client
 
 
