@@ -21,7 +21,14 @@ from services.controller.schemas import (
     RequestRuns,
     SubmitProposal,
 )
-from services.errors import InfraError, NotFound, ProposalError, UnknownBase
+from services.errors import (
+    InvalidProgram,
+    NotFound,
+    NotReady,
+    ProposalError,
+    UnknownBase,
+    UnknownProgramVersion,
+)
 from services.models import (
     PROPOSAL_ID_PREFIX,
     RUN_ID_PREFIX,
@@ -44,18 +51,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50  # rows per page when the client does not say
 
 PROGRAM_SEED_AUTHOR = "repo"  # author of version 1, seeded from the repository's program.md
-
-
-class NotReady(InfraError):
-    """The service cannot take work yet: no best commit (the research repo is not initialised)."""
-
-
-class InvalidProgram(ProposalError):
-    """A new program.md text that cannot be stored: empty, too large, not valid UTF-8 text."""
-
-
-class UnknownProgramVersion(ProposalError):
-    """A submit names a program.md version that does not exist."""
 
 
 @dataclass(frozen=True)

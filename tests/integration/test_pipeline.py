@@ -11,9 +11,9 @@ import redis
 from services import queue
 from services.auth import Principal, Role
 from services.committer import rules
-from services.committer.repo import HeadMoved
 from services.controller import logic
 from services.controller.schemas import RequestRuns
+from services.errors import HeadMoved
 from services.models import Proposal
 from services.settings import Settings
 from services.states import State

@@ -118,7 +118,9 @@ def test_the_test_split_is_compared_only_in_runs_that_score_it(
     and is compared without them, one that scores it is compared with them, and both runs get one
     fingerprint (the pin's), so screening and confirmation runs stay comparable."""
     settings = Settings(runs_dir=tmp_path / "w", repo_dir=tmp_path / "repo", test_data="test-data")
-    worker = build_worker(settings, store=Store(redis_client), sandbox=FakeSandbox(fixed=WITH_TEST), name="worker")
+    worker = build_worker(
+        settings, store=Store(redis_client), sandbox=FakeSandbox(fixed=WITH_TEST), name="worker"
+    )
     proposal = Proposal(
         id=new_id("p"), title="t", agent="tester", base_commit="c0ffee1", base_train_py="",
         train_py="FAKE_SCORE = 1.4\n", diff="", content_hash=new_id("h"), seeds=[42],
