@@ -312,6 +312,14 @@ def best_train_py(store: Store) -> tuple[Best, str]:
     return best, train_py
 
 
+def best_runs(store: Store, best: Best) -> list[float]:
+    """The best commit's runs on its fingerprint, as the committer's reference reads them: its own runs
+    and its halves of every paired run since it became the best."""
+    if best.fingerprint_key is None:
+        return []
+    return store.calibration_runs(best.fingerprint_key).get(best.commit, [])
+
+
 def leaderboard(store: Store, settings: Settings, limit: int | None) -> list[Proposal]:
     return store.leaderboard(page_size(settings, limit))
 

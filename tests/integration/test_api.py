@@ -491,6 +491,22 @@ def test_best_and_its_file(client: TestClient, agent: Headers) -> None:
     assert file.headers["content-type"].startswith("text/plain")
 
 
+def test_best_shows_its_recorded_score_against_its_runs_since(
+    client: TestClient, agent: Headers, admin: Headers, store: Store
+) -> None:
+    """A best merged on a lucky run drifts up as it is re-run (paired halves, its own runs): /v1/best
+    shows both, the re-measured one as the mean of the runs the committer's reference reads."""
+    assert client.get("/v1/best", headers=agent).json()["remeasured_bpb"] is None  # no fingerprint yet
+    store.set_best(Best(commit=COMMIT, val_bpb=1.5, fingerprint_key="f" * 16))
+    store.add_calibration_runs("f" * 16, COMMIT, {"r1": 1.50123456, "r2": 1.51, "r3": 1.52})
+    store.add_calibration_runs("f" * 16, "other-commit", {"r4": 1.2})  # another commit's runs: not the best's
+    seen = client.get("/v1/best", headers=admin).json()
+    assert seen["val_bpb"] == 1.5 and seen["best_runs"] == [1.50123456, 1.51, 1.52]
+    assert seen["remeasured_bpb"] == pytest.approx((1.50123456 + 1.51 + 1.52) / 3)
+    rounded = client.get("/v1/best", headers=agent).json()  # agents see scores to 4 decimals
+    assert rounded["best_runs"] == [1.5012, 1.51, 1.52] and rounded["remeasured_bpb"] == 1.5104
+
+
 def test_leaderboard(client: TestClient, agent: Headers, store: Store) -> None:
     first, second = submit_many(client, agent, 2)
     decision = Decision(
