@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from services.auth import Principal, Role
+from services.controller.auth import Principal, Role
 from services.settings import Settings
 
 SCORE_KEYS = frozenset(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import redis
 
-from services import quotas
-from services.auth import Principal
+from services.controller import quotas
+from services.controller.auth import Principal
 from services.controller.schemas import (
     PROGRAM_MAX_BYTES,
     PROGRAM_MESSAGE_MAX_CHARS,
@@ -96,7 +96,9 @@ def submit_proposal(
     text_hash = content_hash(base.commit, text)
     duplicate = store.duplicate(base.commit, text_hash)
     if duplicate is not None:  # answered before compiling: it compiled when it was stored
-        if quotas.applies_to(principal):  # a duplicate counts towards the rate (services/quotas.py)
+        if quotas.applies_to(
+            principal
+        ):  # a duplicate counts towards the rate (services/controller/quotas.py)
             quotas.count_submit(conn, principal, settings.submits_per_minute)
         return _submitted(conn, settings, principal, body, base, duplicate, False)
     candidate = finish_candidate(base.train_py, text, text_hash)

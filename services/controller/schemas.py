@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from services.auth import Role
+from services.controller.auth import Role
 from services.models import Decision, Event, Fingerprint, LineageEntry, Proposal, RunResult
 from services.settings import Settings
 from services.states import State

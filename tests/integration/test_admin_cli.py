@@ -4,7 +4,7 @@ only its hash."""
 import pytest
 
 from services import admin
-from services.auth import hash_token
+from services.controller.auth import hash_token
 from services.settings import Settings
 from services.store import Store
 from tests.support.api import api_client

@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.auth import Role, create_token
+from services.controller.auth import Role, create_token
 from services.settings import Settings
 from services.states import State
 from tests.support.api import api_client

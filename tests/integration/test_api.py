@@ -20,8 +20,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.auth import Role, create_token, hash_token
 from services.controller.app import create_app, request_body_limit
+from services.controller.auth import Role, create_token, hash_token
 from services.models import Best, Decision, RunResult
 from services.patches import canonical_diff
 from services.queue import RUN_JOB, runs_queue
@@ -641,7 +641,7 @@ def test_first_admin_token_is_created_and_logged_once(
 ) -> None:
     settings = Settings(redis_url=redis_url)
     with (
-        caplog.at_level(logging.WARNING, logger="services.auth"),
+        caplog.at_level(logging.WARNING, logger="services.controller.auth"),
         TestClient(create_app(settings, store=store)),
     ):
         pass
@@ -650,7 +650,7 @@ def test_first_admin_token_is_created_and_logged_once(
     assert store.token(hash_token(token)) == {"name": "admin", "role": "admin"}
     caplog.clear()
     with (
-        caplog.at_level(logging.WARNING, logger="services.auth"),
+        caplog.at_level(logging.WARNING, logger="services.controller.auth"),
         TestClient(create_app(settings, store=store)),
     ):
         pass

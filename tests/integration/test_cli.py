@@ -13,11 +13,11 @@ from typing import Protocol
 
 import pytest
 
-from services.auth import hash_token
 from services.cli.main import looks_like_diff, main
 from services.committer import rules
 from services.committer.build import build_committer
 from services.committer.repo import GitResearchRepo
+from services.controller.auth import hash_token
 from services.models import Decision, RunResult
 from services.patches import canonical_diff
 from services.settings import Settings

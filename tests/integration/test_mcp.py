@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 async def session_run(url: str, token: str, store: Store) -> dict[str, Any]:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "services.mcp_server"],
+        args=["-m", "services.cli.mcp_server"],
         env={"AUTORESEARCH_URL": url, "AUTORESEARCH_TOKEN": token},
         cwd=REPO,
     )

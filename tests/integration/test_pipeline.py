@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from services import queue
-from services.auth import Principal, Role
 from services.committer import rules
 from services.controller import logic
+from services.controller.auth import Principal, Role
 from services.controller.schemas import RequestRuns
 from services.errors import HeadMoved
 from services.models import Proposal

@@ -15,7 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from services import quotas
+from services.controller import quotas
 from services.models import Best
 from services.queue import runs_queue
 from services.settings import Settings
@@ -122,7 +122,7 @@ def test_an_idempotent_replay_is_not_counted(client: TestClient) -> None:
 
 
 def test_the_rate_window_resets_each_minute(redis_client: "redis.Redis[bytes]") -> None:
-    from services.auth import Principal, Role
+    from services.controller.auth import Principal, Role
     from services.errors import QuotaExceeded
 
     caller = Principal(name="a", role=Role.AGENT, token_hash="h" * 64)

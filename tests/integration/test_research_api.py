@@ -17,8 +17,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.auth import Role, bootstrap_admin, create_token
 from services.committer import rules
+from services.controller.auth import Role, bootstrap_admin, create_token
 from services.models import Proposal, new_id
 from services.settings import Settings
 from services.states import State

@@ -12,8 +12,8 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 
-from services.auth import Role, create_token
 from services.controller.app import create_app
+from services.controller.auth import Role, create_token
 from services.models import Best, Proposal, new_id
 from services.patches import canonical_diff, content_hash
 from services.settings import Settings

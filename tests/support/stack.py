@@ -16,9 +16,9 @@ from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from services import queue
-from services.auth import Role, create_token
 from services.committer import jobs as committer_jobs
 from services.committer.build import build_committer, research_repo
+from services.controller.auth import Role, create_token
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs as worker_jobs
