@@ -32,9 +32,10 @@ from services.models import Proposal, new_id  # noqa: E402
 from services.settings import GIB, Settings  # noqa: E402
 from services.store import Store, connect  # noqa: E402
 from services.worker import jobs  # noqa: E402
+from services.worker.build import build_worker  # noqa: E402
 from services.worker.docker_sandbox import DockerSandbox  # noqa: E402
 from services.worker.worker import Worker  # noqa: E402
-from tests.trainer.conftest import run_prepare, write_corpus  # noqa: E402
+from tests.support.trainer import run_prepare, write_corpus  # noqa: E402
 
 TRAINER = ROOT / "trainer"
 
@@ -150,9 +151,7 @@ def main() -> None:
             container_memory_bytes=4 * GIB,
         )
         conn = connect(url)
-        worker = Worker(
-            settings=settings, store=Store(conn), sandbox=DockerSandbox(settings), conn=conn, name="bench"
-        )
+        worker = build_worker(settings, store=Store(conn), sandbox=DockerSandbox(settings), name="bench")
         jobs.configure(worker)
         train_py = (TRAINER / "train.py").read_text()
         bare_rows, service_rows = [], []

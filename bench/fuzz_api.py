@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import private_redis  # noqa: E402
 from services.store import Store, connect  # noqa: E402
-from tests.integration.live_server import ADMIN, agent_token, seed, serve, settings_for  # noqa: E402
 from tests.integration.schemathesis_cli import PHASES, default_seed, run_schemathesis  # noqa: E402
+from tests.support.live_server import ADMIN, agent_token, seed, serve, settings_for  # noqa: E402
 
 RUN_TIMEOUT_S = 3600  # one caller's whole run
 REPORTS = ROOT / "test-output" / "schemathesis-cli"

@@ -394,7 +394,7 @@ def run(args: argparse.Namespace) -> None:
         baseline_overrides, proposals = (GPU_BASELINE if args.baseline == "no-wd" else {}), GPU_PROPOSALS
     else:
         sys.path.insert(0, str(REPO))
-        from tests.trainer.conftest import run_prepare, write_corpus
+        from tests.support.trainer import run_prepare, write_corpus
 
         train_dir, val_dir = run_prepare(write_corpus(work / "source"), work / "prepared")
         baseline_overrides, proposals = CPU_BASELINE, CPU_PROPOSALS

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import write_results  # noqa: E402
-from tests.trainer.helpers import TRAINER, run_prepare, run_train, write_corpus  # noqa: E402
+from tests.support.trainer import TRAINER, run_prepare, run_train, write_corpus  # noqa: E402
 
 # Wall-clock seconds from result.json, and cpu_s: the CPU time of the scorer and both model servers
 # (user + system). Each process runs one torch thread (OMP_NUM_THREADS=1): CPU time is then the work

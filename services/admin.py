@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from services.auth import Role, create_token
+from services.controller.auth import Role, create_token
 from services.errors import StoreUnavailable
 from services.settings import Settings
 from services.store import Store

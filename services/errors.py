@@ -5,7 +5,9 @@
     │   ├── InvalidPatch         not UTF-8, too large, not a diff, touches other files, does not apply
     │   ├── InvalidPython        the resulting train.py does not parse
     │   ├── InvalidText          a title, description or message holds a control or format character
+    │   ├── InvalidProgram       a program.md text that cannot be stored (empty, too large, not text)
     │   ├── UnknownBase          the base commit is not on the research branch
+    │   ├── UnknownProgramVersion  a submit names a program.md version that does not exist
     │   ├── IdempotencyKeyReused an Idempotency-Key sent again with another request
     │   ├── NotFound             no proposal / run / commit with that id
     │   └── Conflict             clashes with the current state (cancelling a finished run)
@@ -14,10 +16,14 @@
     ├── QuotaExceeded            a token's submit quota is used up (429, with Retry-After)
     ├── InfraError               the machine broke, not the idea: retried, then `infra_error`
     │   ├── SandboxUnavailable   Docker daemon down, image missing, GPU lost
+    │   ├── RepoError            the research repo could not be read or written (git failed)
+    │   ├── NotReady             no best commit yet: the research repo is not initialised
     │   ├── StoreUnavailable     Redis unreachable
     │   └── StoreNeedsMigration  the store was written by an older version; the message names the
     │                            command that migrates it
-    └── RunFailed                the proposal's own code failed: crashed, timed_out, oom, voided
+    ├── RunFailed                the proposal's own code failed: crashed, timed_out, oom, voided
+    │   └── CollectError         its outputs cannot be taken (missing, too large, malformed): crashed
+    └── HeadMoved                the branch moved under the committer; it decides again on the new head
 
 Foreign exceptions (docker, redis, git) are translated into these at the one module that owns the
 system, with `raise ... from exc`.
@@ -48,6 +54,14 @@ class InvalidText(ProposalError):
 
 class UnknownBase(ProposalError):
     pass
+
+
+class InvalidProgram(ProposalError):
+    """A new program.md text that cannot be stored: empty, too large, not valid UTF-8 text."""
+
+
+class UnknownProgramVersion(ProposalError):
+    """A submit names a program.md version that does not exist."""
 
 
 class IdempotencyKeyReused(ProposalError):
@@ -92,6 +106,14 @@ class StoreUnavailable(InfraError):
     pass
 
 
+class RepoError(InfraError):
+    """The research repository could not be read or written."""
+
+
+class NotReady(InfraError):
+    """The service cannot take work yet: no best commit (the research repo is not initialised)."""
+
+
 class RunFailed(ServiceError):
     """The proposal's code failed in a way that is its own fault; carries the final state."""
 
@@ -104,3 +126,14 @@ class RunFailed(ServiceError):
 class StoreNeedsMigration(InfraError):
     """The Redis store was written by an older version of the service; the message names the command
     that migrates it. Nothing is read or written until then."""
+
+
+class CollectError(RunFailed):
+    """A run's output cannot be taken: the proposal's fault, so the run ends `crashed`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(State.CRASHED, reason)
+
+
+class HeadMoved(ServiceError):
+    """The branch head is not the commit the caller built on (someone committed meanwhile)."""

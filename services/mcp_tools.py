@@ -1,6 +1,6 @@
 """The service's operations as MCP tools and resources, defined once for both transports.
 
-    stdio   `autoresearch-mcp` (services/mcp_server.py): one process, one token, the HTTP API over
+    stdio   `autoresearch-mcp` (services/cli/mcp_server.py): one process, one token, the HTTP API over
             the network through the CLI's client
     HTTP    `/mcp` on the controller (services/controller/mcp_http.py): each request carries its own
             bearer token, and each tool calls the controller's own REST routes in-process with it

@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from services import queue
 from services.committer import rules
-from services.committer.repo import CommitInfo, HeadMoved, RepoError, ResearchRepo
+from services.committer.repo import CommitInfo, ResearchRepo
 from services.controller.disclosure import Disclosure
-from services.errors import ProposalError
+from services.errors import HeadMoved, ProposalError, RepoError
 from services.models import Best, Decision, LineageEntry, Proposal, RunResult, new_id, now
 from services.patches import build_candidate, split_lines
 from services.settings import Settings

@@ -5,8 +5,7 @@ import socket
 
 from services import queue
 from services.committer import jobs
-from services.committer.committer import Committer
-from services.committer.repo import GitResearchRepo
+from services.committer.build import build_committer, research_repo
 from services.logs import configure_logging
 from services.settings import Settings
 from services.store import Store, connect
@@ -17,11 +16,10 @@ log = logging.getLogger(__name__)
 def main() -> None:
     configure_logging()
     settings = Settings()
-    conn = connect(settings.redis_url)
-    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author, settings.pauses)
-    store = Store(conn)
+    store = Store(connect(settings.redis_url))
     store.open_schema()  # an older layout is refused, naming the migration command
-    committer = Committer(settings=settings, store=store, repo=repo, conn=conn)
+    repo = research_repo(settings)
+    committer = build_committer(settings, store=store, repo=repo)
     head = committer.bootstrap(settings.baseline_train_py.read_text(encoding="utf-8"))
     log.info(
         "research branch %s at %s; %d verdicts resumed", settings.research_branch, head, committer.recover()

@@ -32,7 +32,7 @@ from typing import BinaryIO, Protocol
 import git
 from gitdb import IStream
 
-from services.errors import InfraError
+from services.errors import HeadMoved, RepoError
 from services.faults import NO_PAUSES, PausePoints
 
 TRAIN_PY_PATH = "trainer/train.py"
@@ -41,14 +41,6 @@ MERGED_REF_PREFIX = "refs/autoresearch/merged/"
 NOTES_REF = "refs/notes/commits"  # the default, so `git log` shows the result under each commit
 # Proposal ids are made by the service (`models.new_id`); anything else is never made into a ref name.
 _PROPOSAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class RepoError(InfraError):
-    """The research repository could not be read or written."""
-
-
-class HeadMoved(Exception):
-    """The branch head is not the commit the caller built on (someone committed meanwhile)."""
 
 
 @dataclass(frozen=True)

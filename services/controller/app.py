@@ -10,8 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
-from services import auth
-from services.controller import bodies, events, logic, mcp_http, problems, schemas
+from services.controller import auth, bodies, events, logic, mcp_http, problems, schemas
 from services.controller.routes import best, health, metrics, program, proposals, research, runs, tokens, ui
 from services.controller.routes import events as event_routes
 from services.settings import KIB, Settings

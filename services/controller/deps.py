@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services import auth
+from services.controller import auth
 from services.controller.disclosure import Disclosure
 from services.controller.events import EventHub
 from services.settings import Settings

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from services.auth import Principal, Role
+from services.controller.auth import Principal, Role
 from services.settings import Settings
 
 SCORE_KEYS = frozenset(
@@ -34,6 +34,8 @@ SCORE_KEYS = frozenset(
         "merged_bpb", "mean_bpb", "lo_bpb", "hi_bpb", "evidence_delta_bpb",
         # seq-bayes/v2: the candidate's and the best's pooled levels, a run's cost in bpb
         "candidate_level_bpb", "best_level_bpb", "run_cost_bpb",
+        # GET /v1/best: the best re-measured
+        "remeasured_bpb",
     }
 )  # fmt: skip
 # shown to two significant digits

@@ -13,15 +13,22 @@ from pathlib import Path
 
 import redis
 
-from services import quotas
-from services.auth import Principal
+from services.controller import quotas
+from services.controller.auth import Principal
 from services.controller.schemas import (
     PROGRAM_MAX_BYTES,
     PROGRAM_MESSAGE_MAX_CHARS,
     RequestRuns,
     SubmitProposal,
 )
-from services.errors import InfraError, NotFound, ProposalError, UnknownBase
+from services.errors import (
+    InvalidProgram,
+    NotFound,
+    NotReady,
+    ProposalError,
+    UnknownBase,
+    UnknownProgramVersion,
+)
 from services.models import (
     PROPOSAL_ID_PREFIX,
     RUN_ID_PREFIX,
@@ -44,18 +51,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50  # rows per page when the client does not say
 
 PROGRAM_SEED_AUTHOR = "repo"  # author of version 1, seeded from the repository's program.md
-
-
-class NotReady(InfraError):
-    """The service cannot take work yet: no best commit (the research repo is not initialised)."""
-
-
-class InvalidProgram(ProposalError):
-    """A new program.md text that cannot be stored: empty, too large, not valid UTF-8 text."""
-
-
-class UnknownProgramVersion(ProposalError):
-    """A submit names a program.md version that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +96,9 @@ def submit_proposal(
     text_hash = content_hash(base.commit, text)
     duplicate = store.duplicate(base.commit, text_hash)
     if duplicate is not None:  # answered before compiling: it compiled when it was stored
-        if quotas.applies_to(principal):  # a duplicate counts towards the rate (services/quotas.py)
+        if quotas.applies_to(
+            principal
+        ):  # a duplicate counts towards the rate (services/controller/quotas.py)
             quotas.count_submit(conn, principal, settings.submits_per_minute)
         return _submitted(conn, settings, principal, body, base, duplicate, False)
     candidate = finish_candidate(base.train_py, text, text_hash)
@@ -315,6 +312,14 @@ def best_train_py(store: Store) -> tuple[Best, str]:
     if train_py is None:
         raise NotReady(f"the best commit {best.commit} has no train.py in the store yet; try again shortly")
     return best, train_py
+
+
+def best_runs(store: Store, best: Best) -> list[float]:
+    """The best commit's runs on its fingerprint, as the committer's reference reads them: its own runs
+    and its halves of every paired run since it became the best."""
+    if best.fingerprint_key is None:
+        return []
+    return store.calibration_runs(best.fingerprint_key).get(best.commit, [])
 
 
 def leaderboard(store: Store, settings: Settings, limit: int | None) -> list[Proposal]:

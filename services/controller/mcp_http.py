@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from services import auth
 from services.cli.client import ApiError
+from services.controller import auth
 from services.mcp_tools import build_server
 from services.store import Store
 

@@ -29,21 +29,23 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.controller import bodies
-from services.controller.logic import InvalidProgram, NotReady, UnknownProgramVersion
 from services.errors import (
     AuthError,
     Conflict,
     IdempotencyKeyReused,
     InfraError,
     InvalidPatch,
+    InvalidProgram,
     InvalidPython,
     InvalidText,
     NotFound,
+    NotReady,
     ProposalError,
     QuotaExceeded,
     ServiceError,
     StoreUnavailable,
     UnknownBase,
+    UnknownProgramVersion,
 )
 
 log = logging.getLogger(__name__)

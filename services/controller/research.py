@@ -6,8 +6,7 @@ controller has no git access). Imports no FastAPI; failures are ServiceErrors.
 from dataclasses import dataclass
 
 from services.committer import rules
-from services.controller.logic import NotReady
-from services.errors import NotFound
+from services.errors import NotFound, NotReady
 from services.models import Fingerprint, LineageEntry, Proposal
 from services.settings import Settings
 from services.store import Store, stats

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from services.auth import Role
+from services.controller.auth import Role
 from services.models import Decision, Event, Fingerprint, LineageEntry, Proposal, RunResult
 from services.settings import Settings
 from services.states import State
@@ -310,10 +310,16 @@ class ProposalPage(BaseModel):
 
 class BestView(BaseModel):
     commit: str
-    val_bpb: float | None
+    val_bpb: float | None = Field(description="the score recorded when it became the best")
     proposal_id: str | None
     updated_at: float
     train_py: str
+    best_runs: list[float] = Field(
+        default=[], description="its runs on its fingerprint since: its own, and its halves of paired runs"
+    )
+    remeasured_bpb: float | None = Field(
+        default=None, description="the mean of best_runs: the best re-measured, to set against val_bpb"
+    )
 
 
 class LeaderboardRow(BaseModel):

@@ -62,12 +62,12 @@ LIVE_LOG = Key("livelog:{}", "stream", "an hour after the last append", STORE, "
 REPO_BUNDLE = Key("repo-bundle", "hash", "none", STORE, "{head, bundle}: the research branch as a bundle")
 EVENTS_CHANNEL = Key("events", "channel", "none", STORE, "every transition, published")
 QUOTA_PLACES = Key(
-    "quota:places:{}", "zset", "members expire: a reservation 30 s, a place while queued", "services/quotas.py",
-    "a token's places among queued proposals", ("token",),
+    "quota:places:{}", "zset", "members expire: a reservation 30 s, a place while queued",
+    "services/controller/quotas.py", "a token's places among queued proposals", ("token",),
 )  # fmt: skip
 QUOTA_RATE = Key(
-    "quota:rate:{}:{}", "string", "two minutes: a window's counter outlives its minute", "services/quotas.py",
-    "a token's submits in one minute", ("token", "window"),
+    "quota:rate:{}:{}", "string", "two minutes: a window's counter outlives its minute",
+    "services/controller/quotas.py", "a token's submits in one minute", ("token", "window"),
 )  # fmt: skip
 LEASE = Key(
     "lease:{}", "string", "worker_lease_ttl_s, refreshed while it runs", "services/worker/recovery.py",

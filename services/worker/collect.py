@@ -20,9 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.errors import InfraError, RunFailed
+from services.errors import CollectError, InfraError
 from services.settings import MIB
-from services.states import State
 from services.worker.folders import remove_tree
 from services.worker.sandbox import CHECKPOINT_FILE, RESULT_FILE, RUN_JSON_FILE, RunPaths
 
@@ -34,13 +33,6 @@ WRITABLE_MODE = 0o1777  # folders the sandbox user (65534) writes: like /tmp, st
 CODE_MODE = 0o755
 TRAIN_PY_MODE = 0o444
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-class CollectError(RunFailed):
-    """A run's output cannot be taken: the proposal's fault, so the run ends `crashed`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(State.CRASHED, reason)
 
 
 class RunStats(BaseModel):

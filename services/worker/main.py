@@ -1,7 +1,6 @@
 """`autoresearch-worker`: one process per GPU, taking proposals off the `runs` queue."""
 
 import logging
-import socket
 
 from services import queue
 from services.errors import InfraError
@@ -9,8 +8,8 @@ from services.logs import configure_logging
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs, recovery
-from services.worker.docker_sandbox import DockerSandbox, resolve_for_host
-from services.worker.worker import Worker
+from services.worker.build import build_sandbox, build_worker, worker_name
+from services.worker.docker_sandbox import resolve_for_host
 
 log = logging.getLogger(__name__)
 
@@ -20,22 +19,14 @@ def main() -> None:
     # In a compose stack: its own project's volumes, and where its runs folder lies on the host.
     settings = resolve_for_host(Settings())
     log.info("runs in %s (on the host: %s)", settings.runs_dir, settings.runs_host_dir or settings.runs_dir)
-    conn = connect(settings.redis_url)
-    name = (
-        f"{socket.gethostname()}-gpu{settings.gpu_id}"
-        if settings.gpu_mode != "none"
-        else socket.gethostname()
-    )
-    store = Store(conn)
+    store = Store(connect(settings.redis_url))
     store.open_schema()  # an older layout is refused, naming the migration command
-    sandbox = DockerSandbox(
-        settings, owner=name, scratch_mode=settings.scratch_mode, extra_env=settings.sandbox_extra_env,
-        eval_max_docs=settings.eval_max_docs, log_sink=store.append_live_log, python=settings.trainer_python,
-    )  # fmt: skip
+    name = worker_name(settings)
+    sandbox = build_sandbox(settings, store, name)
     removed = sandbox.remove_strays()  # containers a previous life of this worker left behind
     if removed:
         log.warning("removed %d stray containers: %s", len(removed), ", ".join(removed))
-    worker = Worker(settings=settings, store=store, sandbox=sandbox, conn=conn, name=name)
+    worker = build_worker(settings, store=store, sandbox=sandbox, name=name)
     try:  # the fixed files' expected hashes, from the image and data, before any candidate runs
         worker.check_fixed_files()
     except InfraError as exc:

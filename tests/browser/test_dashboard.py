@@ -1,4 +1,4 @@
-"""The dashboard in headless Chromium against the whole service (tests/stack.py): sign in, watch a
+"""The dashboard in headless Chromium against the whole service (tests/support/stack.py): sign in, watch a
 real submission move through its states on its page, then find it on the leaderboard and the plot."""
 
 import re
@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from services.cli.client import ApiClient
-from tests.stack import BASELINE, Stack, running_stack
+from tests.support.stack import BASELINE, Stack, running_stack
 
 pytestmark = pytest.mark.browser
 
@@ -22,9 +22,19 @@ LIFECYCLE = ["queued", "running", "evaluating", "confirming", "accepted", "merge
 
 
 @pytest.fixture
-def stack(tmp_path: Path, redis_client: "redis.Redis[bytes]", redis_url: str) -> Iterator[Stack]:
-    with running_stack(tmp_path, redis_url) as running:
+def stack(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_client: "redis.Redis[bytes]", redis_url: str
+) -> Iterator[Stack]:
+    # indirect parametrization: settings of the stack (the acceptance rule)
+    with running_stack(tmp_path, redis_url, **getattr(request, "param", {})) as running:
         yield running
+
+
+def sign_in(page: Any, stack: Stack) -> None:
+    page.goto(stack.url + "/")
+    page.fill("#token", stack.token("dashboard-user"))
+    page.click("#login-form button")
+    page.wait_for_selector("#progress-plot circle.kept")  # the baseline run
 
 
 @pytest.fixture
@@ -115,5 +125,32 @@ def test_a_submission_moves_through_its_states_and_lands_on_the_plot(
     assert page.locator("#running-best").count() == 1
     page.wait_for_selector("#running-none")  # nothing left running
     assert page.locator(f"#leaderboard tr[data-id='{better}']").count() == 1
+    with ApiClient(stack.url, stack.token("reader")) as reader:  # the dashboard user's role
+        best, merged = reader.get("/v1/best"), reader.get(f"/v1/proposals/{better}")["merged_commit"]
+    assert best["commit"] == merged and best["best_runs"]
+    shown = f"re-measured {best['remeasured_bpb']:.6f} over {len(best['best_runs'])} runs"
+    page.wait_for_selector(f"#best-remeasured:has-text('{shown}')")  # against the recorded score above
     page.wait_for_function("Math.abs(Number(document.getElementById('best-bpb').textContent) - 1.4) < 2e-4")
     page.screenshot(path=str(output_dir / "dashboard.png"), full_page=True)
+
+
+@pytest.mark.parametrize("stack", [{"accept_rule": "seq-bayes/v2"}], indirect=True)
+def test_a_sequential_decision_shows_its_posterior_and_what_it_waits_for(stack: Stack, page: Any) -> None:
+    sign_in(page, stack)
+    with ApiClient(stack.url, stack.token("browser-agent")) as client:
+        better = submit(client, "1.4", "Lower the fake score")
+        page.goto(f"{stack.url}/#/proposals/{better}")
+        page.wait_for_selector("#p-state[data-state='merged']")
+        decision = client.get(f"/v1/proposals/{better}")["decision"]
+    rows = dict(
+        zip(
+            page.locator("#p-decision th").all_text_contents(),
+            page.locator("#p-decision td").all_text_contents(),
+            strict=True,
+        )
+    )
+    assert rows["rule"] == f"{decision['rule']} (confirm)" and decision["rule"] == "seq-bayes/v2"
+    assert rows["posterior P(Δ < 0)"] == f"{decision['posterior']['p_better']:.2f}"
+    assert rows["posterior Δ"].startswith(f"{decision['posterior']['mean_bpb']:+.6f} ± ")
+    assert rows["prior"] == decision["prior_version"] and rows["stopped"] == decision["stopped"] == "accept"
+    assert rows["waiting for"] == "nothing"

@@ -6,28 +6,15 @@ test tags (AR_SERVICES_IMAGE / AR_TRAINER_IMAGE override them), never the ones a
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from docker.client import DockerClient
-from docker.errors import DockerException
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 LOCAL_BASE_IMAGE = "autoresearch/base:bookworm"
 SETUP_TIMEOUT_S = 900
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[DockerClient]:
-    try:
-        client = DockerClient.from_env()
-        client.ping()
-    except (DockerException, OSError) as exc:
-        pytest.skip(f"no Docker engine answers: {exc}")
-    yield client
-    client.close()
 
 
 def compose_command() -> list[str]:

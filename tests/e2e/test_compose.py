@@ -17,9 +17,9 @@ import httpx
 import pytest
 from docker.client import DockerClient
 
-from tests.conftest import free_port
 from tests.e2e.conftest import compose_command
-from tests.trainer.conftest import write_corpus
+from tests.support.net import free_port
+from tests.support.trainer import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"merged", "rejected", "crashed", "timed_out", "oom", "voided", "infra_error", "cancelled"}

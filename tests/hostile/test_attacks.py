@@ -12,7 +12,7 @@ state the sandbox gives them: `oom`, `timed_out`, `crashed` by a kill or a refus
 import pytest
 
 from services.worker.folders import MAX_OUTPUT_DEPTH
-from tests.hostile.conftest import (
+from tests.support.hostile import (
     BEST_BPB,
     LOG_TAIL_BYTES,
     MAX_LOG_BYTES,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import mcp_wire
-from tests.hostile.conftest import MODEL_TRAIN_PY, Harness
+from tests.support import mcp_wire
+from tests.support.hostile import MODEL_TRAIN_PY, Harness
 
 pytestmark = pytest.mark.docker
 

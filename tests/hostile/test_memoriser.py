@@ -27,18 +27,18 @@ from rq import SimpleWorker
 from services import queue
 from services.committer import jobs as committer_jobs
 from services.committer import rules
-from services.committer.committer import Committer
+from services.committer.build import build_committer, research_repo
 from services.committer.repo import GitResearchRepo
-from services.controller.app import create_app
 from services.models import Proposal
 from services.settings import GIB, MIB, Settings
 from services.states import State
 from services.store import Store
 from services.worker import jobs as worker_jobs
+from services.worker.build import build_worker
 from services.worker.docker_sandbox import DockerSandbox
-from services.worker.worker import Worker
-from tests.integration.conftest import REPO
-from tests.integration.test_docker_sandbox import prepare_sandbox_data
+from tests.support import REPO
+from tests.support.api import api_client
+from tests.support.sandbox_data import prepare_sandbox_data
 from trainer import prepare
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]  # 11 runs of the real trainer
@@ -143,14 +143,14 @@ def pipeline(
     settings.runs_dir.mkdir()
     store = Store(conn)
     store.open_schema()  # as every service does at start (the flush removed the stamp)
-    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
+    repo = research_repo(settings)
     sandbox = DockerSandbox(settings, docker_client)
-    committer = Committer(settings=settings, store=store, repo=repo, conn=conn)
-    worker_jobs.configure(Worker(settings=settings, store=store, sandbox=sandbox, conn=conn, name="tw"))
+    committer = build_committer(settings, store=store, repo=repo)
+    worker_jobs.configure(build_worker(settings, store=store, sandbox=sandbox, name="tw"))
     committer_jobs.configure(committer)
     try:
         committer.bootstrap(TRAIN_PY)
-        with TestClient(create_app(settings, store=store)) as client:
+        with api_client(settings, store) as client:
             client.headers["Authorization"] = f"Bearer {ADMIN}"
             pipeline = Pipeline(settings, store, conn, client, repo, validation_tokens(train, val))
             pipeline.drain()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.hostile.conftest import MODEL_TRAIN_PY, Harness
+from tests.support.hostile import MODEL_TRAIN_PY, Harness
 
 pytestmark = pytest.mark.docker
 

@@ -2,7 +2,7 @@
 
     python -m tests.integration.claude_code_check --claude PATH [--loopback-only]
 
-Starts a private Redis and a controller (tests/integration/live_server.py), makes an agent token, and
+Starts a private Redis and a controller (tests/support/live_server.py), makes an agent token, and
 in a fresh HOME runs, as a user would:
 
     claude mcp add --transport http autoresearch URL/mcp --header "Authorization: Bearer TOKEN"
@@ -29,8 +29,8 @@ from pathlib import Path
 import redis
 
 from services.store import Store
-from tests.conftest import free_port, wait_for
-from tests.integration.live_server import agent_token, seed, serve, settings_for
+from tests.support.live_server import agent_token, seed, serve, settings_for
+from tests.support.net import free_port, wait_for
 
 CLAUDE_TIMEOUT_S = 120  # hang guard per claude command
 INSIDE = "AR_CLAUDE_CHECK_IN_NAMESPACE"  # set when re-run inside the namespace

@@ -2,13 +2,12 @@
 only its hash."""
 
 import pytest
-from fastapi.testclient import TestClient
 
 from services import admin
-from services.auth import hash_token
-from services.controller.app import create_app
+from services.controller.auth import hash_token
 from services.settings import Settings
 from services.store import Store
+from tests.support.api import api_client
 
 
 def test_minted_token_is_an_admin_token_stored_hashed(
@@ -19,7 +18,7 @@ def test_minted_token_is_an_admin_token_stored_hashed(
     token = capsys.readouterr().out.strip()
     assert store.token(hash_token(token)) == {"name": "ops", "role": "admin"}
     assert token.encode() not in b"".join(store.r.hgetall("ar:tokens").values())
-    with TestClient(create_app(Settings(redis_url=redis_url), store=store)) as client:
+    with api_client(Settings(redis_url=redis_url), store) as client:
         created = client.post(
             "/v1/tokens",
             json={"name": "agent-x", "role": "agent"},

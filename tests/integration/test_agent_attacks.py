@@ -17,11 +17,11 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.auth import Role, create_token
-from services.controller.app import create_app
+from services.controller.auth import Role, create_token
 from services.settings import Settings
 from services.states import State
-from tests.integration.test_pipeline import BASELINE, Service, running_service
+from tests.support.api import api_client
+from tests.support.service import BASELINE, Service, running_service
 
 ADMIN = "admin-token-for-attack-tests-0123"
 
@@ -40,7 +40,7 @@ def service(tmp_path: Path, redis_url: str, redis_client: "redis.Redis[bytes]") 
 
 @pytest.fixture
 def client(service: Service) -> Iterator[TestClient]:
-    with TestClient(create_app(service.settings, store=service.store, program_path=None)) as test_client:
+    with api_client(service.settings, service.store, None) as test_client:
         yield test_client
 
 

@@ -1,5 +1,5 @@
 """The built-in agents end to end: a live controller, the worker and committer in-process behind the
-fake sandbox (tests/stack.py), and, for the LLM agent, a small fake LLM server speaking the OpenAI
+fake sandbox (tests/support/stack.py), and, for the LLM agent, a small fake LLM server speaking the OpenAI
 chat-completions API whose diffs lower the fake score (`FAKE_SCORE = x` is the candidate's val_bpb)."""
 
 import difflib
@@ -25,9 +25,9 @@ from services.agent.search import RandomSearch
 from services.cli.client import ApiClient
 from services.settings import MIB, Settings
 from services.worker.docker_sandbox import DockerSandbox
-from tests.integration.conftest import REPO
-from tests.integration.test_docker_sandbox import prepare_sandbox_data
-from tests.stack import Stack, running_stack
+from tests.support import REPO
+from tests.support.sandbox_data import prepare_sandbox_data
+from tests.support.stack import Stack, running_stack
 
 LLM_KEY = "sk-test-key"
 STEP_BPB = 0.05  # each good idea of the fake LLM lowers the fake score by this much

@@ -20,39 +20,18 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.auth import Role, create_token, hash_token
 from services.controller.app import create_app, request_body_limit
+from services.controller.auth import Role, create_token, hash_token
 from services.models import Best, Decision, RunResult
 from services.patches import canonical_diff
 from services.queue import RUN_JOB, runs_queue
 from services.settings import KIB, Settings
 from services.states import State
 from services.store import Store
-from tests.walk import walk
+from tests.support.api import ADMIN, BASE, BETTER, COMMIT, api_client, assert_problem, keys, submission
+from tests.support.walk import walk
 
-ADMIN = "admin-token-for-tests-0123456789"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-BASE = """\
-import os
-
-LEARNING_RATE = 0.001  # per step
-DEPTH = 4
-
-
-def build_model(config):
-    return None
-
-
-def main():
-    seed = int(os.environ.get("AR_SEED", "0"))
-    print("seed", seed, LEARNING_RATE, DEPTH)
-
-
-if __name__ == "__main__":
-    main()
-"""
-BETTER = BASE.replace("LEARNING_RATE = 0.001", "LEARNING_RATE = 0.002")
 MAX_PATCH = 16 * KIB
 
 Client = TestClient
@@ -61,14 +40,6 @@ Headers = dict[str, str]
 
 def with_lr(value: str) -> str:
     return BASE.replace("LEARNING_RATE = 0.001", f"LEARNING_RATE = {value}")
-
-
-def submission(**fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"title": "double the learning rate", "description": "why not", "agent": "tester"}
-    if not {"train_py", "diff"} & fields.keys():
-        body["train_py"] = BETTER
-    body.update(fields)
-    return {k: v for k, v in body.items() if v is not ...}
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -90,7 +61,7 @@ def seeded(store: Store) -> Store:
 
 @pytest.fixture
 def client(settings: Settings, seeded: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store=seeded)) as test_client:
+    with api_client(settings, seeded) as test_client:
         yield test_client
 
 
@@ -106,23 +77,8 @@ def agent(client: TestClient, admin: Headers) -> Headers:
     return {"Authorization": f"Bearer {answer.json()['token']}"}
 
 
-def keys(conn: "redis.Redis[bytes]") -> set[bytes]:
-    return set(conn.keys("*"))
-
-
 def jobs(conn: "redis.Redis[bytes]") -> list[tuple[str, tuple[Any, ...]]]:
     return [(job.func_name, tuple(job.args)) for job in runs_queue(conn).jobs]
-
-
-def assert_problem(answer: Any, status: int, slug: str, detail_part: str) -> dict[str, Any]:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = answer.json()
-    assert body["type"] == f"urn:autoresearch:problem:{slug}"
-    assert body["status"] == status
-    assert body["title"]
-    assert detail_part in body["detail"], body["detail"]
-    return body
 
 
 # ---------------------------------------------------------------------------- submit: accepted
@@ -379,7 +335,7 @@ def test_oversized_body_is_refused_before_parsing(
 def test_submit_before_the_repo_is_initialised_is_503(
     settings: Settings, store: Store, redis_client: "redis.Redis[bytes]"
 ) -> None:
-    with TestClient(create_app(settings, store=store)) as client:
+    with api_client(settings, store) as client:
         before = keys(redis_client)
         answer = client.post("/v1/proposals", json=submission(), headers={"Authorization": f"Bearer {ADMIN}"})
         assert_problem(answer, 503, "not-ready", "research repo has not been initialised")
@@ -535,6 +491,22 @@ def test_best_and_its_file(client: TestClient, agent: Headers) -> None:
     assert file.headers["content-type"].startswith("text/plain")
 
 
+def test_best_shows_its_recorded_score_against_its_runs_since(
+    client: TestClient, agent: Headers, admin: Headers, store: Store
+) -> None:
+    """A best merged on a lucky run drifts up as it is re-run (paired halves, its own runs): /v1/best
+    shows both, the re-measured one as the mean of the runs the committer's reference reads."""
+    assert client.get("/v1/best", headers=agent).json()["remeasured_bpb"] is None  # no fingerprint yet
+    store.set_best(Best(commit=COMMIT, val_bpb=1.5, fingerprint_key="f" * 16))
+    store.add_calibration_runs("f" * 16, COMMIT, {"r1": 1.50123456, "r2": 1.51, "r3": 1.52})
+    store.add_calibration_runs("f" * 16, "other-commit", {"r4": 1.2})  # another commit's runs: not the best's
+    seen = client.get("/v1/best", headers=admin).json()
+    assert seen["val_bpb"] == 1.5 and seen["best_runs"] == [1.50123456, 1.51, 1.52]
+    assert seen["remeasured_bpb"] == pytest.approx((1.50123456 + 1.51 + 1.52) / 3)
+    rounded = client.get("/v1/best", headers=agent).json()  # agents see scores to 4 decimals
+    assert rounded["best_runs"] == [1.5012, 1.51, 1.52] and rounded["remeasured_bpb"] == 1.5104
+
+
 def test_leaderboard(client: TestClient, agent: Headers, store: Store) -> None:
     first, second = submit_many(client, agent, 2)
     decision = Decision(
@@ -669,7 +641,7 @@ def test_first_admin_token_is_created_and_logged_once(
 ) -> None:
     settings = Settings(redis_url=redis_url)
     with (
-        caplog.at_level(logging.WARNING, logger="services.auth"),
+        caplog.at_level(logging.WARNING, logger="services.controller.auth"),
         TestClient(create_app(settings, store=store)),
     ):
         pass
@@ -678,7 +650,7 @@ def test_first_admin_token_is_created_and_logged_once(
     assert store.token(hash_token(token)) == {"name": "admin", "role": "admin"}
     caplog.clear()
     with (
-        caplog.at_level(logging.WARNING, logger="services.auth"),
+        caplog.at_level(logging.WARNING, logger="services.controller.auth"),
         TestClient(create_app(settings, store=store)),
     ):
         pass
@@ -687,7 +659,7 @@ def test_first_admin_token_is_created_and_logged_once(
 
 def test_existing_tokens_prevent_a_generated_admin(redis_url: str, store: Store) -> None:
     create_token(store, "someone", Role.AGENT)
-    with TestClient(create_app(Settings(redis_url=redis_url), store=store)):
+    with api_client(Settings(redis_url=redis_url), store):
         pass
     assert len(store.r.hkeys("ar:tokens")) == 1
 
@@ -701,7 +673,7 @@ def test_health_and_readiness(client: TestClient) -> None:
 
 
 def test_not_ready_without_best(settings: Settings, store: Store) -> None:
-    with TestClient(create_app(settings, store=store)) as client:
+    with api_client(settings, store) as client:
         assert_problem(client.get("/readyz"), 503, "not-ready", "no best commit yet")
         assert_problem(
             client.get("/v1/best", headers={"Authorization": f"Bearer {ADMIN}"}), 503, "not-ready", "no best"

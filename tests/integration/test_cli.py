@@ -13,27 +13,19 @@ from typing import Protocol
 
 import pytest
 
-from services.auth import hash_token
 from services.cli.main import looks_like_diff, main
 from services.committer import rules
-from services.committer.committer import Committer
+from services.committer.build import build_committer
 from services.committer.repo import GitResearchRepo
+from services.controller.auth import hash_token
 from services.models import Decision, RunResult
 from services.patches import canonical_diff
 from services.settings import Settings
 from services.states import State
 from services.store import Store
-from tests.conftest import free_port, wait_for
-from tests.integration.live_server import (
-    ADMIN,
-    BASE,
-    COMMIT,
-    REPO_PROGRAM,
-    agent_token,
-    stored_proposal,
-    with_lr,
-)
-from tests.walk import walk
+from tests.support.live_server import ADMIN, BASE, COMMIT, REPO_PROGRAM, agent_token, stored_proposal, with_lr
+from tests.support.net import free_port, wait_for
+from tests.support.walk import walk
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -194,7 +186,7 @@ def test_repo_clone_gets_the_branch_with_its_notes(
     try:
         root = repo.ensure(BASE)
         repo.set_note(root, json.dumps({"val_bpb": 1.23456789, "results": []}))
-        committer = Committer(settings=Settings(), store=store, repo=repo, conn=store.r)
+        committer = build_committer(Settings(), store=store, repo=repo)
         committer.publish_bundle()
     finally:
         repo.close()

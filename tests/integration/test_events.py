@@ -12,8 +12,8 @@ import pytest
 
 from services.states import State
 from services.store import LIVE_LOG_ENTRY_CHARS, LIVE_LOG_MAX_ENTRIES, LIVE_LOG_TTL_S, Store
-from tests.integration.live_server import ADMIN, agent_token, stored_proposal
-from tests.walk import walk
+from tests.support.live_server import ADMIN, agent_token, stored_proposal
+from tests.support.walk import walk
 
 READ_TIMEOUT_S = 5.0
 

@@ -11,13 +11,13 @@ from pydantic import SecretStr
 from rq import SimpleWorker
 
 from services import queue
-from services.controller.app import create_app
 from services.models import Best
 from services.settings import MIB, Settings
 from services.store import Store
 from services.worker import jobs
+from services.worker.build import build_worker
 from services.worker.docker_sandbox import DockerSandbox
-from services.worker.worker import Worker
+from tests.support.api import api_client
 
 pytestmark = pytest.mark.docker
 
@@ -56,11 +56,9 @@ def api(
     store.add_commit(COMMIT, BASE)
     store.set_best(Best(commit=COMMIT, val_bpb=1.5))
     sandbox = DockerSandbox(settings, log_sink=store.append_live_log)  # as the worker's main wires it
-    jobs.configure(
-        Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="docker-w")
-    )
+    jobs.configure(build_worker(settings, store=store, sandbox=sandbox, name="docker-w"))
     try:
-        with TestClient(create_app(settings, store=store)) as client:
+        with api_client(settings, store) as client:
             client.headers["Authorization"] = f"Bearer {ADMIN}"
             yield client
     finally:

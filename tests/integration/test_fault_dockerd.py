@@ -40,12 +40,13 @@ from services.settings import MIB, Settings
 from services.states import State
 from services.store import Store
 from services.worker import jobs
+from services.worker.build import build_worker
 from services.worker.collect import prepare_run_dir
 from services.worker.docker_sandbox import LABEL_PROPOSAL, DockerSandbox
 from services.worker.sandbox import TrainRequest
 from services.worker.worker import Worker
-from tests.conftest import wait_for
-from tests.integration.conftest import REPO
+from tests.support import REPO
+from tests.support.net import wait_for
 
 # docker-py leaks the socket of each connection attempt that fails (the daemon is down on purpose
 # here); the garbage collector closes them, with a ResourceWarning that is no fault of the test.
@@ -270,7 +271,7 @@ def rig(
         settings = make_settings(**overrides)
         sandbox = sandbox_for(settings, private_dockerd)
         made.append(sandbox)
-        worker = Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="w-dockerd")
+        worker = build_worker(settings, store=store, sandbox=sandbox, name="w-dockerd")
         jobs.configure(worker)
         return worker
 

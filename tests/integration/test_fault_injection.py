@@ -31,12 +31,13 @@ from services.settings import Settings
 from services.states import State
 from services.store import Store, connect, keys
 from services.worker import recovery
+from services.worker.build import build_worker
 from services.worker.worker import Worker
-from tests.conftest import free_port, wait_for
-from tests.fakes import FakeSandbox
-from tests.integration.conftest import REPO
-from tests.integration.live_server import ADMIN, REPO_PROGRAM, agent_token, seed, with_lr
-from tests.walk import walk
+from tests.support import REPO
+from tests.support.fakes import FakeSandbox
+from tests.support.live_server import ADMIN, REPO_PROGRAM, agent_token, seed, with_lr
+from tests.support.net import free_port, wait_for
+from tests.support.walk import walk
 
 BASE = "FAKE_SCORE = 1.5\n"
 
@@ -53,7 +54,7 @@ def new_proposal(store: Store, train_py: str) -> Proposal:
 def start_worker(name: str, env: dict[str, str], log: Path) -> "subprocess.Popen[bytes]":
     with log.open("ab") as sink:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.fault_worker", name], cwd=REPO, env=env,
+            [sys.executable, "-m", "tests.support.fault_worker", name], cwd=REPO, env=env,
             stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -97,7 +98,7 @@ def test_worker_killed_mid_training_is_rerun_once_by_the_next_worker(
 @pytest.fixture
 def in_process_worker(tmp_path: Path, store: Store, redis_client: "redis.Redis[bytes]") -> Worker:
     settings = Settings(runs_dir=tmp_path / "runs", infra_retries=1)
-    return Worker(settings=settings, store=store, sandbox=FakeSandbox(), conn=redis_client, name="w")
+    return build_worker(settings, store=store, sandbox=FakeSandbox(), name="w")
 
 
 def orphan(redis_client: "redis.Redis[bytes]", proposal_id: str) -> None:
@@ -297,10 +298,7 @@ def test_controller_killed_between_storing_and_enqueueing_runs_the_proposal_once
     assert total == 1 and proposal.state == State.QUEUED
     assert queue.queue_depths(redis_client)[queue.RUNS_QUEUE] == 0  # stored, never enqueued
     settings = Settings(runs_dir=tmp_path / "runs")
-    sweepers = [
-        Worker(settings=settings, store=store, sandbox=FakeSandbox(), conn=redis_client, name=f"w{i}")
-        for i in range(4)
-    ]
+    sweepers = [build_worker(settings, store=store, sandbox=FakeSandbox(), name=f"w{i}") for i in range(4)]
     start = threading.Barrier(len(sweepers))
     swept: list[list[str]] = []
 

@@ -58,8 +58,9 @@ from schemathesis.specs.openapi.checks import (
 
 from services.controller.problems import PROBLEM_JSON
 from services.store import Store, connect
-from tests.integration.live_server import ADMIN, agent_token, seed, serve, settings_for, stored_proposal
 from tests.integration.schemathesis_cli import default_seed, run_schemathesis
+from tests.support.api import assert_problem
+from tests.support.live_server import ADMIN, agent_token, seed, serve, settings_for, stored_proposal
 
 FUZZ_DB = 9  # a Redis database of its own: nothing another test reads or flushes
 EXAMPLES = {"admin": 60, "agent": 25, "none": 10}  # Hypothesis examples per operation, caller and mode
@@ -313,13 +314,6 @@ def _write_output(tally: Tally, operations: int, elapsed_s: float, fuzz_seed: in
 def http(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10) as client:
         yield client
-
-
-def assert_problem(answer: httpx.Response, status: int, slug: str, detail: str) -> None:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"].startswith(PROBLEM_JSON)
-    body = answer.json()
-    assert body["type"].endswith(f":{slug}") and detail in body["detail"], body
 
 
 def test_a_program_version_beyond_64_bits_is_not_found(http: httpx.Client) -> None:

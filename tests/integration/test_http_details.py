@@ -18,12 +18,12 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.controller.app import create_app, request_body_limit
+from services.controller.app import request_body_limit
 from services.controller.schemas import EXAMPLE_TRAIN_PY
 from services.models import Best
 from services.settings import KIB, Settings
 from services.store import Store
-from tests.integration.test_api import ADMIN, BASE, BETTER, COMMIT, assert_problem, keys, submission
+from tests.support.api import ADMIN, BASE, BETTER, COMMIT, api_client, assert_problem, keys, submission
 
 TITLE_CHARS = 50
 DESCRIPTION_CHARS = 300
@@ -48,7 +48,7 @@ def settings(redis_url: str) -> Settings:
 def client(settings: Settings, store: Store) -> Iterator[TestClient]:
     store.add_commit(COMMIT, BASE)
     store.set_best(Best(commit=COMMIT, val_bpb=1.5))
-    with TestClient(create_app(settings, store=store)) as test_client:
+    with api_client(settings, store) as test_client:
         yield test_client
 
 

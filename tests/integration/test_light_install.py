@@ -11,8 +11,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from services.store import Store
-from tests.integration.live_server import agent_token
-from tests.integration.test_mcp import SESSION_TIMEOUT_S, TOOLS, data_of
+from tests.support.live_server import agent_token
+from tests.support.mcp_client import SESSION_TIMEOUT_S, TOOLS, data_of
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Many workers, many hosts: two worker groups that share only Redis process one `runs` queue while the
 committer (in this process, real git) decides and merges. Each group is its own Python process
-(tests/worker_group.py: an RQ SimpleWorker with the fake sandbox) with its own run folder.
+(tests/support/worker_group.py: an RQ SimpleWorker with the fake sandbox) with its own run folder.
 
 `netns`: each group runs in its own network namespace, reaching Redis over a veth pair; Redis listens
 only on the host sides of the pairs, so the groups share no network but that and no loopback. Needs
@@ -29,14 +29,14 @@ from rq import SimpleWorker
 
 from services import queue
 from services.committer import jobs as committer_jobs
-from services.committer.committer import Committer
+from services.committer.build import build_committer, research_repo
 from services.committer.repo import GitResearchRepo
 from services.models import Proposal, new_id
 from services.patches import build_candidate
 from services.settings import Settings
 from services.states import TERMINAL, State
 from services.store import Store, connect
-from tests.conftest import free_port, wait_for
+from tests.support.net import free_port, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FILLER = "".join(f"LAYER_{i} = {i}\n" for i in range(96))  # far-apart lines: edits rebase cleanly
@@ -152,7 +152,7 @@ def _wait_for_redis(url: str) -> None:
 
 def _start_group(group: Group) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*group.prefix, sys.executable, "-m", "tests.worker_group", "--redis-url", group.redis_url,
+        [*group.prefix, sys.executable, "-m", "tests.support.worker_group", "--redis-url", group.redis_url,
          "--runs-dir", str(group.runs_dir), "--log", str(group.log), "--name", f"group-{group.name}"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -198,8 +198,8 @@ def _exchange(network: Network, tmp_path: Path) -> None:
         confirm_runs=2,
     )  # fmt: skip
     store = Store(conn)
-    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
-    committer = Committer(settings=settings, store=store, repo=repo, conn=conn)
+    repo = research_repo(settings)
+    committer = build_committer(settings, store=store, repo=repo)
     committer_jobs.configure(committer)
     workers = [_start_group(group) for group in network.groups]
     try:

@@ -2,50 +2,27 @@
 (uvicorn in a thread, real Redis): the tools are listed and each one does what it says."""
 
 import asyncio
-import json
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
-from mcp.types import CallToolResult, TextContent
 
 from services.patches import canonical_diff
 from services.states import State
 from services.store import Store
-from tests.integration.live_server import BASE, COMMIT, agent_token, with_lr
-from tests.walk import walk
+from tests.support.live_server import BASE, COMMIT, agent_token, with_lr
+from tests.support.mcp_client import SESSION_TIMEOUT_S, TOOLS, data_of, text_of
+from tests.support.walk import walk
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = {
-    "submit_proposal",
-    "proposal_status",
-    "get_best",
-    "leaderboard",
-    "get_program",
-    "list_proposals",
-    "proposal_log",
-}
-SESSION_TIMEOUT_S = 60
-
-
-def text_of(result: CallToolResult) -> str:
-    return "".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-def data_of(result: CallToolResult) -> Any:
-    assert not result.is_error, text_of(result)
-    if result.structured_content is not None:
-        structured = result.structured_content
-        return structured.get("result", structured) if set(structured) == {"result"} else structured
-    return json.loads(text_of(result))
 
 
 async def session_run(url: str, token: str, store: Store) -> dict[str, Any]:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "services.mcp_server"],
+        args=["-m", "services.cli.mcp_server"],
         env={"AUTORESEARCH_URL": url, "AUTORESEARCH_TOKEN": token},
         cwd=REPO,
     )

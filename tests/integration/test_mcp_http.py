@@ -20,10 +20,10 @@ from services.patches import canonical_diff
 from services.settings import Settings
 from services.states import State
 from services.store import Store
-from tests import mcp_wire
-from tests.integration.live_server import ADMIN, BASE, COMMIT, agent_token, serve, stored_proposal, with_lr
-from tests.integration.test_mcp import TOOLS, data_of, text_of
-from tests.walk import walk
+from tests.support import mcp_wire
+from tests.support.live_server import ADMIN, BASE, COMMIT, agent_token, serve, stored_proposal, with_lr
+from tests.support.mcp_client import TOOLS, data_of, text_of
+from tests.support.walk import walk
 
 SESSION_TIMEOUT_S = 60
 RESOURCES = {"autoresearch://program.md", "autoresearch://best/train.py"}

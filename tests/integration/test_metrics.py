@@ -15,13 +15,13 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.controller.app import create_app
 from services.logs import JsonFormatter
 from services.models import Decision, RunResult, StepTimings
 from services.settings import Settings
 from services.states import State
 from services.store import Store
-from tests.integration.live_server import (
+from tests.support.api import api_client
+from tests.support.live_server import (
     ADMIN,
     REPO_PROGRAM,
     agent_token,
@@ -30,7 +30,7 @@ from tests.integration.live_server import (
     stored_proposal,
     with_lr,
 )
-from tests.walk import walk
+from tests.support.walk import walk
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def settings(redis_url: str) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings, store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store=seed(store), program_path=REPO_PROGRAM)) as test_client:
+    with api_client(settings, seed(store), REPO_PROGRAM) as test_client:
         yield test_client
 
 

@@ -2,114 +2,23 @@
 git repository, behind the fake sandbox: submit → queue → run → score → decide → commit."""
 
 import json
-import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
-from rq import SimpleWorker
 
 from services import queue
-from services.auth import Principal, Role
-from services.committer import jobs as committer_jobs
 from services.committer import rules
-from services.committer.committer import Committer
-from services.committer.repo import GitResearchRepo, HeadMoved
 from services.controller import logic
+from services.controller.auth import Principal, Role
 from services.controller.schemas import RequestRuns
-from services.models import Proposal, new_id
-from services.patches import build_candidate
+from services.errors import HeadMoved
+from services.models import Proposal
 from services.settings import Settings
 from services.states import State
-from services.store import Store
-from services.worker import jobs as worker_jobs
 from services.worker.sandbox import Environment
-from services.worker.worker import Worker
-from tests.fakes import FakeSandbox
-
-BASELINE = "import os\nFAKE_SCORE = 1.5\n" + "".join(f"LAYER_{i} = {i}\n" for i in range(8))
-
-
-@dataclass
-class Service:
-    settings: Settings
-    store: Store
-    conn: "redis.Redis[bytes]"
-    repo: GitResearchRepo
-    sandbox: FakeSandbox
-    committer: Committer
-
-    def submit(self, train_py: str, title: str = "idea") -> Proposal:
-        best = self.store.get_best()
-        assert best is not None
-        base_py = self.store.commit_train_py(best.commit) or ""
-        candidate = build_candidate(
-            base_py,
-            base_commit=best.commit,
-            train_py=train_py,
-            diff=None,
-            max_bytes=self.settings.max_patch_bytes,
-        )
-        proposal = Proposal(
-            id=new_id("p"),
-            title=title,
-            agent="test-agent",
-            description="a test idea",
-            base_commit=best.commit,
-            base_train_py=base_py,
-            train_py=candidate.train_py,
-            diff=candidate.diff,
-            content_hash=candidate.content_hash,
-            seeds=[self.settings.first_seed],
-        )
-        stored, _ = self.store.create(proposal)
-        queue.enqueue_run(self.conn, stored.id, 60)
-        return stored
-
-    def drain(self) -> None:
-        """Run both queues until nothing is left (runs can enqueue decisions and vice versa)."""
-        while queue.queue_depths(self.conn) != {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 0}:
-            for q in (queue.runs_queue(self.conn), queue.commits_queue(self.conn)):
-                SimpleWorker([q], connection=self.conn).work(burst=True, logging_level="WARNING")
-
-    def drain_one_job(self) -> None:
-        """Perform the next job of either queue directly, letting any exception out."""
-        for q in (queue.runs_queue(self.conn), queue.commits_queue(self.conn)):
-            job = q.dequeue_any([q], None, connection=self.conn) if len(q) else None
-            if job is not None:
-                job[0].perform()
-                return
-
-    def git(self, *args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(self.repo.path), *args], check=True, capture_output=True, text=True
-        ).stdout
-
-
-@contextmanager
-def running_service(settings: Settings, redis_client: "redis.Redis[bytes]") -> Iterator[Service]:
-    """A worker (fake sandbox) and a committer (real git) on the real Redis, wired into in-process RQ
-    jobs, the baseline bootstrapped and scored."""
-    store = Store(redis_client)
-    sandbox = FakeSandbox()
-    repo = GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author)
-    committer = Committer(settings=settings, store=store, repo=repo, conn=redis_client)
-    worker_jobs.configure(
-        Worker(settings=settings, store=store, sandbox=sandbox, conn=redis_client, name="w1")
-    )
-    committer_jobs.configure(committer)
-    committer.bootstrap(BASELINE)
-    service = Service(settings, store, redis_client, repo, sandbox, committer)
-    service.drain()
-    try:
-        yield service
-    finally:
-        worker_jobs.configure(None)
-        committer_jobs.configure(None)
-        repo.close()
+from tests.support.service import BASELINE, Service, running_service
 
 
 @pytest.fixture

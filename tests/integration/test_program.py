@@ -21,8 +21,9 @@ from services.models import Decision
 from services.settings import Settings
 from services.states import State
 from services.store import Store
-from tests.integration.live_server import ADMIN, agent_token, seed, settings_for, stored_proposal, with_lr
-from tests.walk import walk
+from tests.support.api import api_client, assert_problem, keys
+from tests.support.live_server import ADMIN, agent_token, seed, settings_for, stored_proposal, with_lr
+from tests.support.walk import walk
 
 V1 = "# Research program\n\nLower val_bpb.\nOne idea per proposal.\n"
 V2 = "# Research program\n\nLower val_bpb.\nTwo ideas at most per proposal.\n"
@@ -44,7 +45,7 @@ def program_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(settings: Settings, store: Store, program_file: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store=seed(store), program_path=program_file)) as test_client:
+    with api_client(settings, seed(store), program_file) as test_client:
         yield test_client
 
 
@@ -56,18 +57,6 @@ def admin() -> Headers:
 @pytest.fixture
 def agent(client: TestClient, store: Store) -> Headers:
     return {"Authorization": f"Bearer {agent_token(store)}"}
-
-
-def assert_problem(answer: Any, status: int, slug: str, detail_part: str) -> None:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"].startswith("application/problem+json")
-    body = answer.json()
-    assert body["type"] == f"urn:autoresearch:problem:{slug}"
-    assert detail_part in body["detail"], body["detail"]
-
-
-def keys(conn: "redis.Redis[bytes]") -> set[bytes]:
-    return set(conn.keys("*"))
 
 
 # ---------------------------------------------------------------------------- reading
@@ -84,11 +73,11 @@ def test_version_1_is_seeded_from_the_file(client: TestClient, agent: Headers) -
 
 
 def test_seed_happens_once(settings: Settings, store: Store, program_file: Path, tmp_path: Path) -> None:
-    with TestClient(create_app(settings, store=seed(store), program_path=program_file)):
+    with api_client(settings, seed(store), program_file):
         pass
     other = tmp_path / "other.md"
     other.write_text("something else\n", encoding="utf-8")
-    with TestClient(create_app(settings, store=store, program_path=other)) as client:
+    with api_client(settings, store, other) as client:
         body = client.get("/v1/program", headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert (body["version"], body["text"]) == (1, V1)
     assert len(store.program_versions()) == 1

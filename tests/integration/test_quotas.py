@@ -15,14 +15,14 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from services import quotas
-from services.controller.app import create_app
+from services.controller import quotas
 from services.models import Best
 from services.queue import runs_queue
 from services.settings import Settings
 from services.states import State
 from services.store import Store
-from tests.integration.live_server import agent_token, seed, serve, settings_for, with_lr
+from tests.support.api import api_client
+from tests.support.live_server import agent_token, seed, serve, settings_for, with_lr
 
 ADMIN = "admin-token-for-quota-tests-0123456789"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -41,7 +41,7 @@ def client(redis_url: str, store: Store) -> Iterator[TestClient]:
     )  # fmt: skip
     store.add_commit(COMMIT, BASE)
     store.set_best(Best(commit=COMMIT, val_bpb=1.5))
-    with TestClient(create_app(settings, store=store)) as test_client:
+    with api_client(settings, store) as test_client:
         yield test_client
 
 
@@ -122,7 +122,7 @@ def test_an_idempotent_replay_is_not_counted(client: TestClient) -> None:
 
 
 def test_the_rate_window_resets_each_minute(redis_client: "redis.Redis[bytes]") -> None:
-    from services.auth import Principal, Role
+    from services.controller.auth import Principal, Role
     from services.errors import QuotaExceeded
 
     caller = Principal(name="a", role=Role.AGENT, token_hash="h" * 64)

@@ -15,7 +15,7 @@ from rq import SimpleWorker
 
 from services import queue
 from services.store import REDIS_CONNECT_TIMEOUT_S, STORE_SOCKET_TIMEOUT_S, Store, connect
-from tests.stack import ThreadWorker
+from tests.support.stack import ThreadWorker
 
 # RQ blocks for worker_ttl - 15 s: 6 s here, one second past redis-py's default socket timeout, so a
 # client left at the default times out within the test's one idle period.

@@ -17,13 +17,13 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from fastapi.testclient import TestClient
 
-from services.auth import Role, bootstrap_admin, create_token
 from services.committer import rules
-from services.controller.app import create_app
+from services.controller.auth import Role, bootstrap_admin, create_token
 from services.models import Proposal, new_id
 from services.settings import Settings
 from services.states import State
-from tests.integration.test_pipeline import BASELINE, Service, running_service
+from tests.support.api import api_client, assert_problem
+from tests.support.service import BASELINE, Service, running_service
 
 ADMIN = "admin-token-for-research-tests-0123"
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
@@ -44,7 +44,7 @@ def service(tmp_path: Path, redis_url: str, redis_client: "redis.Redis[bytes]") 
 
 @pytest.fixture
 def client(service: Service) -> Iterator[TestClient]:
-    with TestClient(create_app(service.settings, store=service.store, program_path=None)) as test_client:
+    with api_client(service.settings, service.store, None) as test_client:
         yield test_client
 
 
@@ -52,14 +52,6 @@ def get(client: TestClient, path: str, **params: str) -> Any:
     answer = client.get(path, headers=HEADERS, params=params)
     assert answer.status_code == 200, answer.text
     return answer.json()
-
-
-def assert_problem(answer: Any, status: int, slug: str, detail_part: str) -> None:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"].startswith("application/problem+json")
-    body = answer.json()
-    assert body["type"] == f"urn:autoresearch:problem:{slug}" and body["status"] == status
-    assert detail_part in body["detail"], body["detail"]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from services.errors import StoreNeedsMigration
 from services.models import Proposal
 from services.states import State
 from services.store import MIGRATE_COMMAND, SCHEMA_VERSION, Store, connect, stats
-from tests.conftest import free_port, wait_for
+from tests.support.net import free_port, wait_for
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store_v1.rdb"
 

@@ -18,7 +18,7 @@ from services.settings import Settings
 from services.states import State
 from services.store import keys
 from services.worker.sandbox import FixedFiles
-from tests.integration.test_pipeline import BASELINE, Service, running_service
+from tests.support.service import BASELINE, Service, running_service
 
 # The fake's honest test_bpb is its val_bpb + 0.01; a memoriser's val_bpb drops, its test_bpb stays.
 MEMORISER = BASELINE.replace("FAKE_SCORE = 1.5", "FAKE_SCORE = 0.9") + "FAKE_TEST_SCORE = 1.5237\n"

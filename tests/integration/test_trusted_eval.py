@@ -24,7 +24,7 @@ from services.settings import KIB, MIB, Settings
 from services.worker.collect import collect_checkpoint, prepare_run_dir, read_result
 from services.worker.docker_sandbox import DockerSandbox
 from services.worker.sandbox import EvalRequest, StepOutcome
-from tests.integration.conftest import REPO
+from tests.support import REPO
 
 pytestmark = pytest.mark.docker
 
@@ -143,7 +143,7 @@ VOIDED_BECAUSE = {  # the scorer's failure code (result.json) and its log's word
 def setup(tmp_path_factory: pytest.TempPathFactory, trainer_image: str) -> dict[str, Any]:
     """Prepared data (readable by uid 65534), a tiny baseline checkpoint, and the reference score."""
     sys.path.insert(0, str(REPO))
-    from tests.trainer.helpers import run_prepare, run_train, write_corpus
+    from tests.support.trainer import run_prepare, run_train, write_corpus
 
     root = tmp_path_factory.mktemp("trusted")
     train_dir, val_dir = run_prepare(write_corpus(root / "source"), root / "prepared")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.helpers import TRAINER, run_prepare, run_train, write_corpus
+from tests.support.trainer import TRAINER, run_prepare, run_train, write_corpus
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.trainer.helpers import REPO
+from tests.support.trainer import REPO
 
 spec = importlib.util.spec_from_file_location("trainer_gpu", REPO / "bench" / "trainer_gpu.py")
 bench = importlib.util.module_from_spec(spec)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.helpers import TRAINER, run_evaluate
+from tests.support.trainer import TRAINER, run_evaluate
 from trainer import channel as channel_module
 from trainer import evaluate
 

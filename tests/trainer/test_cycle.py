@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.trainer.helpers import patched_train_py, run_evaluate, run_prepare, run_train, write_corpus
+from tests.support.trainer import patched_train_py, run_evaluate, run_prepare, run_train, write_corpus
 
 IMPROVEMENT = {"TINY_LR": 1.0}  # the baseline's learning rates are too low for 60 steps
 REGRESSION = {"TINY_STEPS": 15}  # far too few steps

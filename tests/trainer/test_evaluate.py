@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer.helpers import TRAINER, run_evaluate
+from tests.support.trainer import TRAINER, run_evaluate
 from trainer import evaluate, protocol
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_model, save_model
 
-from tests.trainer.helpers import REPO
+from tests.support.trainer import REPO
 from trainer import train
 
 CONFIG = dict(vocab_size=300, depth=4, model_dim=64, head_dim=16, mlp_ratio=4, value_embeds=1,

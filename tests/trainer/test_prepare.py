@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from tests.trainer.helpers import TRAINER, make_books, run_prepare, write_corpus
+from tests.support.trainer import TRAINER, make_books, run_prepare, write_corpus
 from trainer import evaluate, prepare, protocol
 
 

@@ -7,7 +7,7 @@ import time
 
 from safetensors.torch import load_file
 
-from tests.trainer.helpers import TRAINER, patched_train_py, run_train
+from tests.support.trainer import TRAINER, patched_train_py, run_train
 from trainer import train
 
 SUMMARY_KEYS = ("steps", "tokens", "startup_s", "training_s", "peak_memory_bytes", "num_params", "seed")

@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from services.errors import RunFailed
+from services.errors import CollectError, RunFailed
 from services.settings import KIB, MIB
 from services.states import State
-from services.worker.collect import (
-    CollectError,
-    collect_checkpoint,
-    copy_cache,
-    prepare_run_dir,
-    read_result,
-)
+from services.worker.collect import collect_checkpoint, copy_cache, prepare_run_dir, read_result
 from services.worker.sandbox import RunPaths
 
 RUN_JSON = {"config": {"n_layer": 2}, "steps": 10, "tokens": 1000, "seed": 42}

@@ -3,8 +3,8 @@ reasons, no held-out test figures, no scorer timings; admins see everything unch
 
 import math
 
-from services.auth import Principal, Role
 from services.committer import rules
+from services.controller.auth import Principal, Role
 from services.controller.disclosure import Disclosure
 from services.models import Decision, RunResult, StepTimings
 from services.settings import Settings

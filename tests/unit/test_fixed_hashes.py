@@ -13,9 +13,10 @@ from services.settings import Settings
 from services.states import State
 from services.store import Store
 from services.worker import fixed_files
+from services.worker.build import build_worker
 from services.worker.sandbox import FixedFiles
 from services.worker.worker import Worker
-from tests.fakes import FakeSandbox
+from tests.support.fakes import FakeSandbox
 
 TRUSTED = FixedFiles("fake/1", {"evaluate.py": "e" * 64, "val/val.jsonl": "v" * 64})
 OTHER_DATA = FixedFiles("fake/1", {"evaluate.py": "e" * 64, "val/val.jsonl": "0" * 64})
@@ -28,9 +29,7 @@ def forged(hashes: dict[str, str]) -> str:
 
 def make_worker(tmp_path: Path, conn: "redis.Redis[bytes]", name: str, found: FixedFiles) -> Worker:
     settings = Settings(runs_dir=tmp_path / name, repo_dir=tmp_path / "repo")
-    return Worker(
-        settings=settings, store=Store(conn), sandbox=FakeSandbox(fixed=found), conn=conn, name=name
-    )
+    return build_worker(settings, store=Store(conn), sandbox=FakeSandbox(fixed=found), name=name)
 
 
 def run(worker: Worker, train_py: str = "FAKE_SCORE = 1.4\n") -> RunResult:
@@ -119,8 +118,8 @@ def test_the_test_split_is_compared_only_in_runs_that_score_it(
     and is compared without them, one that scores it is compared with them, and both runs get one
     fingerprint (the pin's), so screening and confirmation runs stay comparable."""
     settings = Settings(runs_dir=tmp_path / "w", repo_dir=tmp_path / "repo", test_data="test-data")
-    worker = Worker(
-        settings=settings, store=Store(redis_client), sandbox=FakeSandbox(fixed=WITH_TEST), conn=redis_client
+    worker = build_worker(
+        settings, store=Store(redis_client), sandbox=FakeSandbox(fixed=WITH_TEST), name="worker"
     )
     proposal = Proposal(
         id=new_id("p"), title="t", agent="tester", base_commit="c0ffee1", base_train_py="",

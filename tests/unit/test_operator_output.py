@@ -4,7 +4,7 @@ access-log line for a successful healthcheck."""
 import json
 import logging
 
-from services.auth import first_admin_banner
+from services.controller.auth import first_admin_banner
 from services.logs import HealthcheckFilter, JsonFormatter
 
 
@@ -15,7 +15,9 @@ def access_record(path: str, status: int) -> logging.LogRecord:
 
 def test_a_banner_follows_its_json_line_as_plain_text() -> None:
     token = "ar_" + "x" * 43
-    record = logging.LogRecord("services.auth", logging.WARNING, "", 0, "created admin token", None, None)
+    record = logging.LogRecord(
+        "services.controller.auth", logging.WARNING, "", 0, "created admin token", None, None
+    )
     record.banner = first_admin_banner(token)
     first, *box = JsonFormatter().format(record).splitlines()
     assert json.loads(first)["msg"] == "created admin token"

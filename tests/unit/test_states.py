@@ -1,5 +1,5 @@
 from services.states import ACTIVE, FAILURES, TERMINAL, TRANSITIONS, State
-from tests.walk import path_to
+from tests.support.walk import path_to
 
 
 def test_state_strings_are_the_contract() -> None:

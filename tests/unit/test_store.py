@@ -6,7 +6,7 @@ from services.errors import Conflict, IllegalTransition, NotFound, StoreNeedsMig
 from services.models import Best, Proposal, RunResult, StepTimings, new_id
 from services.states import State, may_follow
 from services.store import SCHEMA_KEY, SCHEMA_VERSION, Store, stats
-from tests.walk import path_to
+from tests.support.walk import path_to
 
 
 def make_proposal(text: str = "print('hi')\n", base: str = "c0ffee1") -> Proposal:

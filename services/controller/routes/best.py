@@ -1,5 +1,6 @@
 """/v1/best and /v1/leaderboard (per fingerprint)."""
 
+import statistics
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -16,11 +17,14 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: PROBLEM_RESPONSE, 422: PROBLE
 
 @router.get("/best", response_model=BestView)
 def best(viewer: Viewer, store: StoreDep) -> BestView:
-    """The head of the research branch: commit, score and its train.py."""
+    """The head of the research branch: commit, score and its train.py, and its score re-measured (the
+    mean of its runs since), which a recorded score lucky in its runs drifts away from."""
     current, train_py = logic.best_train_py(store)
+    runs = logic.best_runs(store, current)
     view = BestView(
-        **current.model_dump(include={"commit", "val_bpb", "proposal_id", "updated_at"}), train_py=train_py
-    )
+        **current.model_dump(include={"commit", "val_bpb", "proposal_id", "updated_at"}), train_py=train_py,
+        best_runs=runs, remeasured_bpb=statistics.fmean(runs) if runs else None,
+    )  # fmt: skip
     return viewer.model(view)
 
 

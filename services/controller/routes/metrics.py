@@ -1,9 +1,9 @@
 """GET /metrics: Prometheus text exposition. No auth: it shows counts, durations and scores, no
-proposal contents, names or tokens (see services/metrics.py for what each metric means)."""
+proposal contents, names or tokens (see services/controller/metrics.py for what each metric means)."""
 
 from fastapi import APIRouter, Response
 
-from services import metrics
+from services.controller import metrics
 from services.controller.deps import SettingsDep, StoreDep
 from services.controller.disclosure import Disclosure
 

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, status
 
-from services import auth
+from services.controller import auth
 from services.controller.bodies import json_body
 from services.controller.deps import Admin, StoreDep
 from services.controller.schemas import CreateToken, TokenCreated

@@ -206,8 +206,9 @@ function drawPlot(points) {
 // ------------------------------------------------------------------------------------ overview
 
 async function refreshOverview(signal) {
-  const [status, board, recent, metricsText, points, ...busyPages] = await Promise.all([
+  const [status, best, board, recent, metricsText, points, ...busyPages] = await Promise.all([
     api("/v1/status", { signal }),
+    api("/v1/best", { signal }).catch(() => null), // none before the baseline is scored
     api("/v1/leaderboard?limit=20", { signal }),
     api("/v1/proposals?limit=20", { signal }),
     fetch("/metrics", { signal }).then((r) => (r.ok ? r.text() : "")),
@@ -217,6 +218,10 @@ async function refreshOverview(signal) {
   const m = parseMetrics(metricsText);
   $("best-bpb").textContent = fmt(status.best_val_bpb);
   $("best-commit").textContent = short(status.best_commit);
+  // The score recorded at the merge against the best's runs since (paired halves, its own re-runs).
+  const runs = best ? best.best_runs.length : 0;
+  $("best-remeasured").textContent = runs ?
+    `re-measured ${fmt(best.remeasured_bpb)} over ${runs} run${runs === 1 ? "" : "s"}` : "not re-measured yet";
   $("queue-runs").textContent = `${status.queues.runs ?? 0} waiting`;
   $("queue-commits").textContent = `${status.queues.commits ?? 0} decisions waiting`;
   const busy = BUSY.reduce((sum, s) => sum + (status.states[s] || 0), 0);
@@ -298,6 +303,7 @@ function renderProposal(p) {
     ["Δ (candidate − best)", signed(d.delta_bpb)], ["σ (noise)", `${fmt(d.sigma_bpb)} ${d.sigma_source}`],
     ["threshold", fmt(d.threshold_bpb)], ["candidate runs", d.candidate_runs.map((v) => fmt(v)).join(", ")],
     ["best runs", d.best_runs.map((v) => fmt(v)).join(", ")], ["seeds", d.seeds.join(", ")], ["reason", d.reason],
+    ...posteriorRows(p),
     ["held-out test tripwire", d.tripwire || "not-run"],
     // The test split's figures reach only admins' browsers (the API leaves them out for agents).
     ...(d.test_gap_bpb != null ? [
@@ -317,6 +323,20 @@ function renderProposal(p) {
   $("p-events").replaceChildren(...p.events.map((e) => el("li", {},
     `${new Date(e.at * 1000).toLocaleTimeString()} `, stateChip(e.state), e.reason ? ` ${e.reason}` : "")));
   renderDiff(p.diff || "(a run of an existing commit: no diff)");
+}
+
+// A sequential rule's state (seq-bayes): its posterior over the effect Δ, the prior it started from, why
+// it stopped or went on, and what it waits for.
+function posteriorRows(p) {
+  const d = p.decision, post = d.posterior || {};
+  if (post.p_better === undefined) return [];
+  const waiting = p.state === "confirming" ?
+    `${d.more_runs || 1} more paired run${(d.more_runs || 1) === 1 ? "" : "s"} (candidate and best)` : "nothing";
+  return [
+    ["posterior P(Δ < 0)", fmt(post.p_better, 2)],
+    ["posterior Δ", `${signed(post.mean_bpb)} ± ${fmt(post.sd_bpb)} (90%: ${signed(post.lo_bpb)} to ${signed(post.hi_bpb)})`],
+    ["prior", d.prior_version || "—"], ["stopped", d.stopped || "—"], ["waiting for", waiting],
+  ];
 }
 
 // Where a decision stands: a screening verdict that sent the proposal to confirmation is no rejection.

@@ -12,13 +12,13 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 
-from services.auth import Role, create_token
 from services.controller.app import create_app
+from services.controller.auth import Role, create_token
 from services.models import Best, Proposal, new_id
 from services.patches import canonical_diff, content_hash
 from services.settings import Settings
 from services.store import Store
-from tests.conftest import free_port, wait_for
+from tests.support.net import free_port, wait_for
 
 ADMIN = "admin-token-for-live-tests-0123456789"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -3,7 +3,7 @@ the `runs` queue with the fake sandbox, its own run folder, and nothing shared w
 Redis. Every training request is appended to `--log` as `proposal_id <TAB> seed <TAB> sha256(train.py)`,
 so the test can count what ran where.
 
-    python -m tests.worker_group --redis-url URL --runs-dir DIR --log FILE --name NAME
+    python -m tests.support.worker_group --redis-url URL --runs-dir DIR --log FILE --name NAME
 """
 
 import argparse
@@ -16,9 +16,9 @@ from services import queue
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs
+from services.worker.build import build_worker
 from services.worker.sandbox import StepOutcome, TrainRequest
-from services.worker.worker import Worker
-from tests.fakes import FakeSandbox
+from tests.support.fakes import FakeSandbox
 
 TRAIN_DELAY_S = 0.05  # long enough that one group cannot drain the queue before the other dequeues
 
@@ -45,7 +45,7 @@ def main() -> None:
     settings = Settings(redis_url=args.redis_url, runs_dir=args.runs_dir, repo_dir=args.runs_dir / "no-repo")
     conn = connect(settings.redis_url)
     sandbox = LoggingFakeSandbox(log_path=args.log)
-    jobs.configure(Worker(settings=settings, store=Store(conn), sandbox=sandbox, conn=conn, name=args.name))
+    jobs.configure(build_worker(settings, store=Store(conn), sandbox=sandbox, name=args.name))
     rq_conn = queue.worker_connection(settings.redis_url)
     queue.rq_worker(queue.RUNS_QUEUE, rq_conn, args.name).work(with_scheduler=False, logging_level="WARNING")
 

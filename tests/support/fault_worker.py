@@ -1,7 +1,7 @@
 """A worker process behind the FakeSandbox, for fault-injection tests: settings from the environment
 (AR_*), one sweep at start (as `autoresearch-worker` does: orphaned leases, then queued proposals
 without a run job), then the runs queue in burst mode.
-Usage: python -m tests.integration.fault_worker <worker name>"""
+Usage: python -m tests.support.fault_worker <worker name>"""
 
 import sys
 import uuid
@@ -10,15 +10,15 @@ from services import queue
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs
-from services.worker.worker import Worker
-from tests.fakes import FakeSandbox
+from services.worker.build import build_worker
+from tests.support.fakes import FakeSandbox
 
 
 def main() -> None:
     name = sys.argv[1]
     settings = Settings()
     conn = connect(settings.redis_url)
-    worker = Worker(settings=settings, store=Store(conn), sandbox=FakeSandbox(), conn=conn, name=name)
+    worker = build_worker(settings, store=Store(conn), sandbox=FakeSandbox(), name=name)
     jobs.configure(worker)
     worker.sweep()
     rq_name = f"{name}-{uuid.uuid4().hex[:8]}"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import redis
 
-from services.auth import Principal, Role
+from services.controller.auth import Principal, Role
 from services.errors import QuotaExceeded
 from services.states import State
 from services.store import keys, state_key

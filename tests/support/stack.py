@@ -1,7 +1,7 @@
 """The whole service in one test process, for client-side end-to-end tests (dashboard, agents): a real
-controller under uvicorn (tests/integration/live_server.py), a real git research repo, real Redis and
+controller under uvicorn (tests/support/live_server.py), a real git research repo, real Redis and
 RQ, and the worker and committer draining both queues in a background thread behind the fake
-sandbox (tests/fakes.py: a candidate's `FAKE_SCORE = x` line is its score)."""
+sandbox (tests/support/fakes.py: a candidate's `FAKE_SCORE = x` line is its score)."""
 
 import threading
 from collections.abc import Iterator
@@ -16,17 +16,16 @@ from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from services import queue
-from services.auth import Role, create_token
 from services.committer import jobs as committer_jobs
-from services.committer.committer import Committer
-from services.committer.repo import GitResearchRepo
+from services.committer.build import build_committer, research_repo
+from services.controller.auth import Role, create_token
 from services.settings import Settings
 from services.store import Store, connect
 from services.worker import jobs as worker_jobs
+from services.worker.build import build_worker
 from services.worker.sandbox import Sandbox
-from services.worker.worker import Worker
-from tests.fakes import FakeSandbox
-from tests.integration.live_server import ADMIN, serve
+from tests.support.fakes import FakeSandbox
+from tests.support.live_server import ADMIN, serve
 
 BASELINE = """\
 import os
@@ -116,13 +115,9 @@ def running_stack(
     conn = connect(redis_url)
     store = Store(conn)
     sandbox = sandbox or FakeSandbox()
-    repo = GitResearchRepo(
-        service_settings.repo_dir, service_settings.research_branch, service_settings.git_author
-    )
-    committer = Committer(settings=service_settings, store=store, repo=repo, conn=conn)
-    worker_jobs.configure(
-        Worker(settings=service_settings, store=store, sandbox=sandbox, conn=conn, name="w1")
-    )
+    repo = research_repo(service_settings)
+    committer = build_committer(service_settings, store=store, repo=repo)
+    worker_jobs.configure(build_worker(service_settings, store=store, sandbox=sandbox, name="w1"))
     committer_jobs.configure(committer)
     stop, unpaused = threading.Event(), threading.Event()
     unpaused.set()

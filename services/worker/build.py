@@ -1,0 +1,36 @@
+"""How a worker is put together, in one place: the worker's main, the tests and the benchmarks all
+build it here, so that what runs in production is what they exercise."""
+
+import socket
+
+from services.settings import Settings
+from services.store import Store, connect
+from services.worker.docker_sandbox import DockerSandbox
+from services.worker.sandbox import Sandbox
+from services.worker.worker import Worker
+
+
+def worker_name(settings: Settings) -> str:
+    """The host's name, with the GPU's index when the worker owns one (one worker per GPU)."""
+    host = socket.gethostname()
+    return f"{host}-gpu{settings.gpu_id}" if settings.gpu_mode != "none" else host
+
+
+def build_sandbox(settings: Settings, store: Store, owner: str) -> DockerSandbox:
+    """The Docker sandbox as a worker runs it: its containers labelled with the worker's name, live
+    logs into the store."""
+    return DockerSandbox(
+        settings, owner=owner, scratch_mode=settings.scratch_mode, extra_env=settings.sandbox_extra_env,
+        eval_max_docs=settings.eval_max_docs, log_sink=store.append_live_log, python=settings.trainer_python,
+    )  # fmt: skip
+
+
+def build_worker(
+    settings: Settings, *, store: Store | None = None, sandbox: Sandbox | None = None, name: str | None = None
+) -> Worker:
+    """A worker from its settings. A store (and its Redis connection) and a sandbox may be given, as
+    tests do; otherwise they are made from the settings."""
+    store = store if store is not None else Store(connect(settings.redis_url))
+    name = name if name is not None else worker_name(settings)
+    sandbox = sandbox if sandbox is not None else build_sandbox(settings, store, name)
+    return Worker(settings=settings, store=store, sandbox=sandbox, conn=store.r, name=name)
