@@ -1,8 +1,8 @@
 """Accept rules: pure functions from run scores to verdicts, so that the committer and the acceptance
 simulation (bench/acceptance.py) run exactly the same code. `decide(evidence, policy)` is the one
 entry the committer calls on every screen and confirmation step (bench/campaign.py calls it too); the
-setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v2` and
-`seq-bayes/v1` (each described at its section below).
+setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v3`,
+`seq-bayes/v2` and `seq-bayes/v1` (each described at its section below).
 
 Rule `paired-z/v1` (the default), in two stages:
 
@@ -895,23 +895,27 @@ def _seq_v2_params(params: SeqV2Params) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Rule seq-bayes/v3: seq-bayes/v2's evidence and look-ahead, guarded against one lucky heavy-tailed run
-# and cheap enough to simulate at scale (opt-in: AR_ACCEPT_RULE=seq-bayes/v3)
+# Rule seq-bayes/v3: seq-bayes/v2's evidence and look-ahead, guarded against one heavy-tailed run and
+# cheap enough to simulate at scale (opt-in: AR_ACCEPT_RULE=seq-bayes/v3)
 #
 # Changes from v2, each measured in the campaign simulation (bench/campaign.py, docs/evaluation.md):
 #
-# 1. **A heavy-tailed screening run.** The screening run's likelihood is a scale mixture of normals
-#    (`SCREEN_TAIL`: most runs at σ, a few at `tail_scale` σ), which keeps the posterior closed-form
-#    and approximates Student-t noise: a screening run far better than anything the prior expects is
-#    read as possibly an outlier, so it cannot carry an accept; the weight of the outlier part follows
-#    from how far the paired runs disagree with it.
-# 2. **The paired runs alone must agree** with a higher bar (`p_confirm_alone`), so a lucky screen and
-#    one middling pair do not merge.
-# 3. **Exact pruning.** The value of any look-ahead is bounded by E[max(−Δ, 0)] (the posterior's
-#    expected gain where Δ < 0), computed in closed form; only candidates above twice a run's cost pay
-#    for the look-ahead, which tries 1, 2 then 4 more pairs and stops at the first worth its runs.
-# 4. **A run's cost depends on σ only through two significant digits**, so it is computed once per
-#    noise level (`screen_value` is the same function v2 uses).
+# 1. **One run may be an outlier.** The evidence is read both as v2 reads it and, for each run in it
+#    (the screening run, each paired run of either side), with that run alone `tail_scale` times
+#    noisier (prior share `tail_weight`): a scale mixture of normals, so the posterior stays closed
+#    form, and each reading is weighted by how well it makes the runs agree. Under Student-t(3) noise
+#    v2's false merges were single lucky runs (the screen, or one paired run, often with the pooled σ
+#    of a few heavy-tailed runs well below the true σ); this reading no longer lets one of them carry an
+#    accept, and costs nothing where runs agree.
+# 2. **The paired runs alone must agree** with a higher bar (`p_confirm_alone` 0.9).
+# 3. **A run costs half as much** (`cost_share` 0.05): with the guard above, confirming more borderline
+#    candidates pays.
+# 4. **Exact pruning.** The value of any look-ahead is bounded by E[max(−Δ, 0)] (the posterior's expected
+#    gain where Δ < 0), in closed form; only candidates above twice a run's cost pay for the look-ahead,
+#    which tries 1, 2 then 4 more pairs and stops at the first worth its runs.
+# 5. **One screening threshold per noise level.** On a screen the look-ahead's verdict is monotone in
+#    the screen's Δ, so `screen_threshold_v3` finds its boundary once per σ and reference uncertainty
+#    (two significant digits each); a run's cost likewise uses σ to two significant digits.
 
 SEQ_BAYES_V3_RULE = "seq-bayes/v3"
 RULES = (PAIRED_Z_RULE, SEQ_BAYES_RULE, SEQ_BAYES_V2_RULE, SEQ_BAYES_V3_RULE)
@@ -922,13 +926,13 @@ _LOOKAHEAD_NODES_V3 = 9  # quadrature points of the next pairs' predictive mean 
 class SeqV3Params:
     p_accept: float = 0.97  # accept when P(Δ < 0) reaches this
     p_confirm_alone: float = 0.9  # ... and the paired runs alone give at least this
-    cost_share: float = 0.1  # a run costs this share of what it buys screening a fresh proposal
+    cost_share: float = 0.05  # a run costs this share of what it buys screening a fresh proposal
     min_pairs: int = 1  # paired runs before any accept (seed-ignoring candidates, drift)
     p_give_up: float = 0.002  # reject at once below this P(Δ < 0)
     max_pairs: int = 8  # paired runs after which a candidate still unconvincing is rejected
     screen_extra_sigma: float = 0.7  # extra σ on the screening run: the shared screening seed's offset
-    tail_weight: float = 0.1  # share of runs in the screening run's wide part
-    tail_scale: float = 3.0  # the wide part's σ, in σ
+    tail_weight: float = 0.1  # prior share of an outlier reading per run
+    tail_scale: float = 3.0  # an outlier run's σ, in σ
     prior: Prior = PRIOR_V2
 
 
@@ -950,9 +954,8 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _belief(y: float, v: float, prior: Prior) -> _Belief:
-    """The mixture prior's posterior for the likelihood N(y; Δ, v): the closed forms of `_parts`,
-    written out once per call, with the expected gain on Δ < 0 of each part."""
-    parts: list[tuple[float, float, float, float, float]] = []  # log evidence, P(Δ<0), mean, E[Δ²], upside
+    """The mixture prior's posterior for the likelihood N(y; Δ, v): the closed forms of `_parts`
+    written out flat (this runs in every look-ahead), with each part's expected gain on Δ < 0."""
     # clearly worse: a normal cut to Δ > 0 (no upside)
     s2 = prior.worse_sd_bpb**2
     v1 = 1 / (1 / s2 + 1 / v)
@@ -961,36 +964,46 @@ def _belief(y: float, v: float, prior: Prior) -> _Belief:
     a = m1 / sd1
     log_cdf = _log_ndtr(a)
     mean1 = m1 + sd1 * math.exp(-0.5 * a * a - _LOG_SQRT_2PI - log_cdf)
-    log_z1 = math.log(2 * prior.worse_weight) + _log_normal(y, s2 + v) + log_cdf
-    parts.append((log_z1, 0.0, mean1, v1 + m1 * mean1, 0.0))
+    log_z1 = math.log(2 * prior.worse_weight) - 0.5 * (y * y / (s2 + v) + math.log(s2 + v)) + log_cdf
     # near zero: a normal; its upside is E[−Δ; Δ < 0]
     z2 = prior.zero_sd_bpb**2
     v2 = 1 / (1 / z2 + 1 / v)
     sd2 = math.sqrt(v2)
     m2 = v2 * y / v
-    below = 0.5 * math.erfc(m2 / sd2 / _SQRT2)
-    upside2 = sd2 * math.exp(-0.5 * (m2 / sd2) ** 2 - _LOG_SQRT_2PI) - m2 * below
-    parts.append((math.log(prior.zero_weight) + _log_normal(y, z2 + v), below, m2, v2 + m2 * m2, upside2))
-    # real gains: normals cut to Δ < 0, all upside
-    for weight, mu in (
-        (prior.gain_weight, prior.gain_mean_bpb),
-        (prior.large_gain_weight, prior.large_gain_mean_bpb),
-    ):
-        if weight > 0:
-            log_z3, _, mean3, second3 = _gain_part(y, v, weight, mu)
-            parts.append((log_z3, 1.0, mean3, second3, -mean3))
-    top = max(part[0] for part in parts)
-    weights = [math.exp(part[0] - top) for part in parts]
-    total = sum(weights)
-    p_better = sum(w * part[1] for w, part in zip(weights, parts, strict=True)) / total
-    mean = sum(w * part[2] for w, part in zip(weights, parts, strict=True)) / total
-    second = sum(w * part[3] for w, part in zip(weights, parts, strict=True)) / total
-    upside = sum(w * part[4] for w, part in zip(weights, parts, strict=True)) / total
+    b = m2 / sd2
+    below = 0.5 * math.erfc(b / _SQRT2)
+    log_z2 = math.log(prior.zero_weight) - 0.5 * (y * y / (z2 + v) + math.log(z2 + v))
+    # real gains, Δ = −Exp(μ): normals cut to Δ < 0, all upside (the log evidences here leave out the
+    # common −½·log 2π, as do the two above)
+    sd3 = math.sqrt(v)
+    mu, mu4 = prior.gain_mean_bpb, prior.large_gain_mean_bpb
+    m3, m4 = y + v / mu, y + v / mu4
+    c3, c4 = m3 / sd3, m4 / sd3
+    log_tail3, log_tail4 = _log_ndtr(-c3), _log_ndtr(-c4)
+    mean3 = m3 - sd3 * math.exp(-0.5 * c3 * c3 - _LOG_SQRT_2PI - log_tail3)
+    mean4 = m4 - sd3 * math.exp(-0.5 * c4 * c4 - _LOG_SQRT_2PI - log_tail4)
+    log_z3 = math.log(prior.gain_weight / mu) + y / mu + v / (2 * mu * mu) + log_tail3 + _LOG_SQRT_2PI
+    log_z4 = (
+        math.log(prior.large_gain_weight / mu4) + y / mu4 + v / (2 * mu4 * mu4) + log_tail4 + _LOG_SQRT_2PI
+        if prior.large_gain_weight > 0
+        else -math.inf
+    )
+    top = max(log_z1, log_z2, log_z3, log_z4)
+    w1, w2, w3 = math.exp(log_z1 - top), math.exp(log_z2 - top), math.exp(log_z3 - top)
+    w4 = math.exp(log_z4 - top) if prior.large_gain_weight > 0 else 0.0
+    total = w1 + w2 + w3 + w4
+    p_better = (w2 * below + w3 + w4) / total
+    mean = (w1 * mean1 + w2 * m2 + w3 * mean3 + w4 * mean4) / total
+    second = (
+        w1 * (v1 + m1 * mean1) + w2 * (v2 + m2 * m2) + w3 * (v + m3 * mean3) + w4 * (v + m4 * mean4)
+    ) / total
+    upside2 = sd2 * math.exp(-0.5 * b * b - _LOG_SQRT_2PI) - m2 * below
+    upside = (w2 * upside2 - w3 * mean3 - w4 * mean4) / total
     return _Belief(
         min(max(p_better, 0.0), 1.0),
         mean,
         math.sqrt(max(second - mean * mean, 0.0)),
-        top + math.log(total),
+        top + math.log(total) - _LOG_SQRT_2PI,
         upside,
     )
 
@@ -1009,35 +1022,39 @@ def _mix(beliefs: list[tuple[float, _Belief]]) -> _Belief:
     return _Belief(p_better, mean, math.sqrt(max(second - mean * mean, 0.0)), top + math.log(total), upside)
 
 
-def _levels_v3(evidence: Evidence, params: SeqV3Params, screen_scale: float) -> _Levels:
-    """v2's levels, with the screening run's variance scaled by `screen_scale` (its tail part)."""
+def _consistent(terms: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """Gaussian measurements (x, variance) of one level pooled: (mean, variance, log of how well they
+    agree), the factor their joint likelihood keeps once the level is integrated out."""
+    mean, var = _pool(terms)
+    log_c = 0.5 * math.log(var) - sum(0.5 * ((x - mean) ** 2 / s + math.log(s)) for x, s in terms)
+    return mean, var, log_c
+
+
+def _outlier_parts(evidence: Evidence, params: SeqV3Params) -> list[tuple[float, _Levels]]:
+    """The evidence under "no run is an outlier" and under "run k alone is one" (its variance
+    `tail_scale`² times larger), for the screening run and every paired run of either side: (log weight,
+    levels) of each, the weight with how well that reading makes the runs agree. The first part is
+    the one without an outlier."""
     sigma2 = max(evidence.noise.sigma_bpb, 1e-9) ** 2
-    screen_var = screen_scale * sigma2 * (1 + params.screen_extra_sigma**2) / len(evidence.screen_runs)
+    screen_var = sigma2 * (1 + params.screen_extra_sigma**2) / len(evidence.screen_runs)
     cand = [
         (statistics.fmean(evidence.screen_runs), screen_var),
         *((x, sigma2) for x in evidence.candidate_runs),
     ]
-    ref_var = max(evidence.best_sd_bpb, 1e-9) ** 2
-    best = [(evidence.best_bpb, ref_var), *((x, sigma2) for x in evidence.best_runs)]
-    (c, cv), (b, bv) = _pool(cand), _pool(best)
-    return _Levels(c, cv, b, bv)
-
-
-def _screen_parts(evidence: Evidence, params: SeqV3Params) -> list[tuple[float, _Levels]]:
-    """The screening run's scale mixture: (log weight, levels) of its narrow and its wide part. The
-    weight carries how well the screening run agrees with the paired runs under that part (the rest
-    of the evidence is the same in both)."""
-    sigma2 = max(evidence.noise.sigma_bpb, 1e-9) ** 2
+    ref = (evidence.best_bpb, max(evidence.best_sd_bpb, 1e-9) ** 2)
+    best = [(x, sigma2) for x in evidence.best_runs]
+    wide = params.tail_scale**2
+    log_tail, log_body = math.log(params.tail_weight), math.log(1 - params.tail_weight)
+    readings = [(log_body, -1, -1)]
+    readings += [(log_tail, k, -1) for k in range(len(cand))]
+    readings += [(log_tail, -1, k) for k in range(len(best))]
     out = []
-    for weight, scale in ((1 - params.tail_weight, 1.0), (params.tail_weight, params.tail_scale**2)):
-        levels = _levels_v3(evidence, params, scale)
-        log_w = math.log(weight)
-        if evidence.candidate_runs:
-            n = len(evidence.candidate_runs)
-            screen_var = scale * sigma2 * (1 + params.screen_extra_sigma**2)
-            gap = statistics.fmean(evidence.screen_runs) - statistics.fmean(evidence.candidate_runs)
-            log_w += _log_normal(gap, screen_var + sigma2 / n)
-        out.append((log_w, levels))
+    for log_prior, k_cand, k_best in readings:
+        c_terms = [(x, s * wide if k == k_cand else s) for k, (x, s) in enumerate(cand)]
+        b_terms = [ref, *((x, s * wide if k == k_best else s) for k, (x, s) in enumerate(best))]
+        c, cv, log_cc = _consistent(c_terms)
+        b, bv, log_cb = _consistent(b_terms)
+        out.append((log_prior + log_cc + log_cb, _Levels(c, cv, b, bv)))
     return out
 
 
@@ -1066,15 +1083,17 @@ def _lookahead_v3(
         v2 = _after_pairs(levels, n, sigma2)
         v_n = 1 / max(1 / v2 - 1 / v, 1e-30)
         spread = math.sqrt(post.sd_bpb**2 + v_n)
-        weighted = total = 0.0
+        log_weights, values = [], []
         for k in range(_LOOKAHEAD_NODES_V3):
             node = post.mean_bpb + spread * (-3.5 + 7.0 * k / (_LOOKAHEAD_NODES_V3 - 1))
             after = _belief(v2 * (y / v + node / v_n), v2, params.prior)
-            weight = math.exp(after.log_z + _log_normal(y - node, v + v_n) - post.log_z)
-            total += weight
-            if pairs + n >= params.min_pairs and after.p_better >= params.p_accept:
-                weighted += weight * max(-after.mean_bpb, 0.0)
-        if total > 0 and weighted / total > 2 * n * run_cost:
+            # the predictive density of the new pairs' mean, up to a constant: Z(data + node)·N(y − node)
+            log_weights.append(after.log_z + _log_normal(y - node, v + v_n))
+            accept = pairs + n >= params.min_pairs and after.p_better >= params.p_accept
+            values.append(max(-after.mean_bpb, 0.0) if accept else 0.0)
+        top = max(log_weights)
+        weights = [math.exp(x - top) for x in log_weights]
+        if sum(w * x for w, x in zip(weights, values, strict=True)) / sum(weights) > 2 * n * run_cost:
             return True
     return False
 
@@ -1124,7 +1143,7 @@ def run_cost_v3(sigma_bpb: float, params: SeqV3Params) -> float:
 def _decide_seq_bayes_v3(evidence: Evidence, params: SeqV3Params) -> Decision:
     sigma = evidence.noise.sigma_bpb
     sigma2 = max(sigma, 1e-9) ** 2
-    parts = _screen_parts(evidence, params)
+    parts = _outlier_parts(evidence, params)
     belief = _belief_v3(parts, params.prior)
     post = belief.posterior()
     pairs = len(evidence.candidate_runs)
