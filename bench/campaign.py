@@ -2,7 +2,7 @@
 (services/committer/rules.py: `decide`, `reference`, `calibrate`, `gap_step`, the tripwire inside
 `decide`) through the committer's bookkeeping, against upstream's greedy keep-if-better.
 
-    .venv/bin/python bench/campaign.py [--campaigns 200] [--gpu-hours 100] [--jobs 2]
+    .venv/bin/python bench/campaign.py [--campaigns 200] [--gpu-hours 100] [--jobs 2] [--rules seq-bayes/v2]
     .venv/bin/python bench/campaign.py --table bench/results/campaign.json   # the docs' tables
 
 A campaign spends a fixed GPU budget (a run costs RUN_S: 300 s of training plus evaluation) on a
