@@ -2,7 +2,7 @@
 (services/committer/rules.py: `decide`, `reference`, `calibrate`, `gap_step`, the tripwire inside
 `decide`) through the committer's bookkeeping, against upstream's greedy keep-if-better.
 
-    .venv/bin/python bench/campaign.py [--campaigns 200] [--gpu-hours 100] [--jobs 2]
+    .venv/bin/python bench/campaign.py [--campaigns 200] [--gpu-hours 100] [--jobs 2] [--rules seq-bayes/v2]
     .venv/bin/python bench/campaign.py --table bench/results/campaign.json   # the docs' tables
 
 A campaign spends a fixed GPU budget (a run costs RUN_S: 300 s of training plus evaluation) on a
@@ -23,6 +23,7 @@ minimum) and its raw log.
 """
 
 import argparse
+import functools
 import io
 import itertools
 import json
@@ -56,8 +57,8 @@ RHOS = [0.0, 0.5]
 GAP_SIGMA_SHARE = 1.0  # σ of one run's (test − val), as a share of σ: a pessimistic guess
 GREEDY = "greedy"
 ORACLE = "oracle"  # a bound, not a rule: knows every true Δ, spends one run per proposal, merges every gain
-RULE_NAMES = [GREEDY, rules.PAIRED_Z_RULE, rules.SEQ_BAYES_V2_RULE, ORACLE]
-CANDIDATE_RULE = rules.SEQ_BAYES_V2_RULE  # the rule measured against the goals (the `ratios`)
+CANDIDATE_RULE = rules.SEQ_BAYES_V3_RULE  # the rule measured against the goals (the `ratios`)
+RULE_NAMES = [GREEDY, rules.PAIRED_Z_RULE, CANDIDATE_RULE, ORACLE]  # `--rules` adds others (seq-bayes/v2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -171,9 +172,17 @@ class Branch:
     runs_by_commit: dict[int, list[float]] = field(default_factory=dict)
     gap_steps: list[rules.GapStep] = field(default_factory=list)
 
+    _noise_key: tuple[int, int] = (-1, -1)
+    _noise: rules.Noise | None = None
+
     def noise(self, params: rules.RuleParams) -> rules.Noise:
+        """σ pooled over the runs of the latest commits; recomputed only when those runs changed."""
         recent = {c: r for c, r in self.runs_by_commit.items() if c > self.commit - 4}
-        return rules.calibrate({str(c): r for c, r in recent.items()}, params)
+        key = (self.commit, sum(len(r) for r in recent.values()))
+        if self._noise is None or key != self._noise_key:
+            self._noise = rules.calibrate({str(c): r for c, r in recent.items()}, params)
+            self._noise_key = key
+        return self._noise
 
 
 def campaign(rule: str, mixture: str, machine: Machine, stream: list[Proposal], policy: rules.Policy,
@@ -304,6 +313,7 @@ def _decide(branch: Branch, machine: Machine, delta: float, proposal: Proposal, 
 # the grid
 
 
+@functools.cache
 def policy_for(rule: str, rho: float = 0.0) -> rules.Policy:
     settings = Settings()
     return rules.Policy(
@@ -486,14 +496,26 @@ def main() -> None:
     parser.add_argument(
         "--only", default="", help="only scenarios whose name contains each of these (commas)"
     )
+    parser.add_argument(
+        "--rules",
+        default="",
+        help="further rules to measure besides greedy, paired-z/v1 and the candidate (commas)",
+    )
     parser.add_argument("--table", type=Path, help="print the docs' tables of this results file, run nothing")
     args = parser.parse_args()
     if args.table is not None:
         print(table(json.loads(args.table.read_text())))
         return
     wanted = [part for part in args.only.split(",") if part]
+    extra = [r for r in args.rules.split(",") if r]
+    unknown = [r for r in extra if r not in rules.RULES]
+    if unknown:
+        parser.error(f"unknown rules {unknown}; known: {', '.join(rules.RULES)}")
+    rule_names = [*RULE_NAMES[:-1], *(r for r in extra if r not in RULE_NAMES), ORACLE]
     cells = [
-        c for c in scenarios(args.campaigns, args.seed, args.gpu_hours) if all(w in c[0] for w in wanted)
+        c
+        for c in scenarios(args.campaigns, args.seed, args.gpu_hours, rule_names)
+        if all(w in c[0] for w in wanted)
     ]
     log = io.StringIO()
     results: dict[str, dict[str, dict[str, object]]] = {}
@@ -520,13 +542,15 @@ def main() -> None:
     figures = {
         "default_rule": Settings().accept_rule,
         "candidate_rule": CANDIDATE_RULE,
-        "rules": RULE_NAMES,
+        "rules": rule_names,
         "grid": {"sigma_bpb": SIGMAS, "noise": NOISES, "mixture": MIXTURES, "rho": RHOS,
                  "campaigns": args.campaigns, "gpu_hours": args.gpu_hours, "run_s": RUN_S,
                  "drift_per_run_sigma": DRIFT_PER_RUN, "gap_sigma_share": GAP_SIGMA_SHARE},
         "seq_params": rules._seq_params(rules.seq_params_from(Settings())),
         "seq2_params": rules._seq_v2_params(policy_for(CANDIDATE_RULE).seq2),
         "seq2_prior": rules.PRIOR_V2.version,
+        "seq3_params": rules._seq_v3_params(policy_for(CANDIDATE_RULE).seq3),
+        "seq3_prior": policy_for(CANDIDATE_RULE).seq3.prior.version,
         "trust": checks,
         "paired_params": rules._params(rules.params_from(Settings())),
         "wall_s": round(time.monotonic() - t0, 1),

@@ -89,6 +89,20 @@ def test_a_seq_bayes_v2_decision_shows_agents_its_levels_and_probabilities_round
     assert f"P(better) {decision.posterior['p_better']:.2f}," in shown.reason
 
 
+def test_a_seq_bayes_v3_decision_rounds_its_expected_gain_like_a_score() -> None:
+    noise = rules.Noise(0.000567891, "calibrated", 9)
+    evidence = rules.Evidence(
+        best_commit="abc", best_bpb=1.4315689, best_sd_bpb=0.000312345, noise=noise, screen_runs=[1.4301234],
+        screen_seeds=[42], candidate_runs=[1.4299871, 1.4302113], best_runs=[1.4316012, 1.4314987], seeds=[7, 8],
+    )  # fmt: skip
+    decision = rules.decide(evidence, rules.Policy(rule=rules.SEQ_BAYES_V3_RULE))
+    shown = AGENT.model(decision)
+    for key in ("expected_gain_bpb", "candidate_level_bpb", "best_level_bpb", "mean_bpb", "run_cost_bpb"):
+        assert shown.posterior[key] == round(decision.posterior[key], 4), key
+    for key in ("p_better", "p_better_confirmation_alone"):
+        assert shown.posterior[key] == round(decision.posterior[key], 2), key
+
+
 def test_test_split_fields_are_hidden_at_any_depth() -> None:
     data = {
         "results": [{"val_bpb": 1.0, "test_bpb": 1.1, "nested": {"test_gap_bpb": 0.3}}],
