@@ -808,23 +808,47 @@ def _decide_seq_bayes_v2(evidence: Evidence, params: SeqV2Params) -> Decision:
     pairs = len(evidence.candidate_runs)
     alone = _confirmation_alone(evidence, levels, sigma2, params)
     run_cost = params.cost_share * screen_value(round(sigma, 7), params.screen_extra_sigma, params.prior)
-    more, stopped = 0, ""
-    if _ignores_seed(evidence):
-        accepted, stopped = False, "reject-ignores-seed"
-    elif pairs >= params.min_pairs and post.p_better >= params.p_accept and alone >= params.p_confirm_alone:
-        accepted, stopped = True, "accept"
-    elif post.p_better < params.p_give_up:
-        accepted, stopped = False, "reject-unlikely"
-    elif pairs >= params.max_pairs:
-        accepted, stopped = False, "reject-max-runs"
+    more, accepted, stopped = 0, False, _verdict(evidence, post, pairs, alone, params)
+    if stopped is not None:
+        accepted = stopped == "accept"
     else:
-        accepted = False
         # E[max(−Δ, 0)] ≤ √(P(Δ < 0)·E[Δ²]) (Cauchy-Schwarz) bounds what any look-ahead can find
         ceiling = math.sqrt(post.p_better * (post.sd_bpb**2 + post.mean_bpb**2))
         if ceiling > 2 * run_cost and _lookahead_v2(levels, pairs, sigma2, run_cost, params) > 0:
             more, stopped = 1, "more-runs"
         else:
             stopped = "reject-not-worth"
+    return _sequential_decision(
+        SEQ_BAYES_V2_RULE, evidence, levels, post, alone, accepted, more, stopped, run_cost,
+        params=_seq_v2_params(params), threshold=params.p_accept, prior_version=params.prior.version,
+        reason=_seq_v2_reason(stopped, post, alone, pairs, params, evidence),
+    )  # fmt: skip
+
+
+def _verdict(
+    evidence: Evidence, post: Posterior, pairs: int, alone: float, params: "SeqV2Params | SeqV3Params"
+) -> str | None:
+    """How a sequential rule stops, when the evidence settles it without a look-ahead (None: it does
+    not, and the look-ahead decides between another run and `reject-not-worth`)."""
+    if _ignores_seed(evidence):
+        return "reject-ignores-seed"
+    if pairs >= params.min_pairs and post.p_better >= params.p_accept and alone >= params.p_confirm_alone:
+        return "accept"
+    if post.p_better < params.p_give_up:
+        return "reject-unlikely"
+    if pairs >= params.max_pairs:
+        return "reject-max-runs"
+    return None
+
+
+def _sequential_decision(
+    rule: str, evidence: Evidence, levels: "_Levels", post: Posterior, alone: float, accepted: bool,
+    more: int, stopped: str, run_cost: float, *, params: dict[str, float], threshold: float,
+    prior_version: str, reason: str, extra: dict[str, float] | None = None,
+) -> Decision:  # fmt: skip
+    """The record of a seq-bayes/v2 or v3 verdict: the runs, the posterior's summary (with `extra`), the
+    pooled levels it compared, and why it stopped."""
+    pairs = len(evidence.candidate_runs)
     candidate_bpb = (
         statistics.fmean(evidence.candidate_runs) if pairs else statistics.fmean(evidence.screen_runs)
     )
@@ -832,21 +856,20 @@ def _decide_seq_bayes_v2(evidence: Evidence, params: SeqV2Params) -> Decision:
     summary = {
         "p_better": post.p_better, "mean_bpb": post.mean_bpb, "sd_bpb": post.sd_bpb,
         "lo_bpb": post.mean_bpb - 1.645 * post.sd_bpb, "hi_bpb": post.mean_bpb + 1.645 * post.sd_bpb,
-        "evidence_delta_bpb": levels.delta, "evidence_sd_bpb": math.sqrt(levels.var),
+        **(extra or {}), "evidence_delta_bpb": levels.delta, "evidence_sd_bpb": math.sqrt(levels.var),
         "candidate_level_bpb": levels.candidate, "best_level_bpb": levels.best,
         "reference_sd_bpb": evidence.best_sd_bpb, "p_better_confirmation_alone": alone,
         "run_cost_bpb": run_cost,
     }  # fmt: skip
     return Decision(
-        accepted=accepted, rule=SEQ_BAYES_V2_RULE, stage="confirm" if pairs else "screen", confirm=more > 0,
+        accepted=accepted, rule=rule, stage="confirm" if pairs else "screen", confirm=more > 0,
         more_runs=more, candidate_bpb=candidate_bpb, best_bpb=evidence.best_bpb,
         best_commit=evidence.best_commit, delta_bpb=statistics.fmean(diffs) if pairs
-        else candidate_bpb - evidence.best_bpb, sigma_bpb=sigma, sigma_source=evidence.noise.source,
-        threshold_bpb=params.p_accept, candidate_runs=list(evidence.candidate_runs),
-        best_runs=list(evidence.best_runs), seeds=list(evidence.seeds), params=_seq_v2_params(params),
-        posterior=summary, prior_version=params.prior.version, stopped=stopped,
-        merged_bpb=levels.best + post.mean_bpb if accepted else None,
-        reason=_seq_v2_reason(stopped, post, alone, pairs, params, evidence),
+        else candidate_bpb - evidence.best_bpb, sigma_bpb=evidence.noise.sigma_bpb,
+        sigma_source=evidence.noise.source, threshold_bpb=threshold, candidate_runs=list(evidence.candidate_runs),
+        best_runs=list(evidence.best_runs), seeds=list(evidence.seeds), params=params,
+        posterior=summary, prior_version=prior_version, stopped=stopped,
+        merged_bpb=levels.best + post.mean_bpb if accepted else None, reason=reason,
     )  # fmt: skip
 
 
@@ -1154,17 +1177,10 @@ def _decide_seq_bayes_v3(evidence: Evidence, params: SeqV3Params) -> Decision:
     pairs = len(evidence.candidate_runs)
     alone = _confirmation_alone_v3(evidence, parts[0][1], sigma2, params)
     run_cost = run_cost_v3(sigma, params)
-    more, stopped = 0, ""
-    if _ignores_seed(evidence):
-        accepted, stopped = False, "reject-ignores-seed"
-    elif pairs >= params.min_pairs and post.p_better >= params.p_accept and alone >= params.p_confirm_alone:
-        accepted, stopped = True, "accept"
-    elif post.p_better < params.p_give_up:
-        accepted, stopped = False, "reject-unlikely"
-    elif pairs >= params.max_pairs:
-        accepted, stopped = False, "reject-max-runs"
+    more, accepted, stopped = 0, False, _verdict(evidence, post, pairs, alone, params)
+    if stopped is not None:
+        accepted = stopped == "accept"
     else:
-        accepted = False
         if pairs == 0:
             threshold = screen_threshold_v3(_two_digits(sigma), _two_digits(evidence.best_sd_bpb), params)
             worth = parts[0][1].delta < threshold
@@ -1174,29 +1190,11 @@ def _decide_seq_bayes_v3(evidence: Evidence, params: SeqV3Params) -> Decision:
             more, stopped = 1, "more-runs"
         else:
             stopped = "reject-not-worth"
-    levels = parts[0][1]
-    candidate_bpb = (
-        statistics.fmean(evidence.candidate_runs) if pairs else statistics.fmean(evidence.screen_runs)
-    )
-    diffs = [c - b for c, b in zip(evidence.candidate_runs, evidence.best_runs, strict=True)]
-    summary = {
-        "p_better": post.p_better, "mean_bpb": post.mean_bpb, "sd_bpb": post.sd_bpb,
-        "lo_bpb": post.mean_bpb - 1.645 * post.sd_bpb, "hi_bpb": post.mean_bpb + 1.645 * post.sd_bpb,
-        "expected_gain_bpb": belief.upside_bpb, "evidence_delta_bpb": levels.delta,
-        "evidence_sd_bpb": math.sqrt(levels.var), "candidate_level_bpb": levels.candidate,
-        "best_level_bpb": levels.best, "reference_sd_bpb": evidence.best_sd_bpb,
-        "p_better_confirmation_alone": alone, "run_cost_bpb": run_cost,
-    }  # fmt: skip
-    return Decision(
-        accepted=accepted, rule=SEQ_BAYES_V3_RULE, stage="confirm" if pairs else "screen", confirm=more > 0,
-        more_runs=more, candidate_bpb=candidate_bpb, best_bpb=evidence.best_bpb,
-        best_commit=evidence.best_commit, delta_bpb=statistics.fmean(diffs) if pairs
-        else candidate_bpb - evidence.best_bpb, sigma_bpb=sigma, sigma_source=evidence.noise.source,
-        threshold_bpb=params.p_accept, candidate_runs=list(evidence.candidate_runs),
-        best_runs=list(evidence.best_runs), seeds=list(evidence.seeds), params=_seq_v3_params(params),
-        posterior=summary, prior_version=params.prior.version, stopped=stopped,
-        merged_bpb=levels.best + post.mean_bpb if accepted else None,
+    return _sequential_decision(
+        SEQ_BAYES_V3_RULE, evidence, parts[0][1], post, alone, accepted, more, stopped, run_cost,
+        params=_seq_v3_params(params), threshold=params.p_accept, prior_version=params.prior.version,
         reason=_seq_v3_reason(stopped, post, alone, pairs, params, evidence),
+        extra={"expected_gain_bpb": belief.upside_bpb},
     )  # fmt: skip
 
 
