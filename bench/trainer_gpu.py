@@ -250,7 +250,9 @@ def main() -> int:
     parser.add_argument("--noop-edit", action="append", default=[], help="a variant label: comment-only edit")
     parser.add_argument("--commit", default="", help="the commit of trainer/train.py, for the record")
     parser.add_argument("--merge", help="ARM_A,ARM_B: write NAME.json and gpu-noise.json from the run files")
-    parser.add_argument("--noise-file", default="gpu-noise.json", help="with --merge A,B: the noise file's name")
+    parser.add_argument(
+        "--noise-file", default="gpu-noise.json", help="with --merge A,B: the noise file's name"
+    )
     args = parser.parse_args()
 
     if args.merge:
