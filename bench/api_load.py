@@ -1,9 +1,10 @@
 """API load: requests per second and latency percentiles of the controller over real HTTP.
 
-    .venv/bin/python bench/api_load.py [--clients 16] [--seconds 20]
+    .venv/bin/python bench/api_load.py [--clients 16] [--seconds 20] [--workers 1]
 
 Starts its own redis-server on a free port and the real entry point (`python -m
-services.controller.main`: one uvicorn process, access log on, as deployed) against it, seeds a best
+services.controller.main`, access log on, as deployed; `--workers` sets AR_CONTROLLER_WORKERS, the
+number of uvicorn processes) against it, seeds a best
 commit holding trainer/train.py, then runs one phase per endpoint for `--seconds` each, with
 `--clients` concurrent keep-alive connections from one asyncio client in this process:
 
@@ -13,7 +14,10 @@ commit holding trainer/train.py, then runs one phase per endpoint for `--seconds
     get_proposal  GET /v1/proposals/{id} of proposals made in the submit phase
 
 Client, server and Redis share the machine's cores, as they would on a small box; the figures are
-the whole system's, not the server's alone. Writes bench/results/api_load.json and the raw log
+the whole system's, not the server's alone. Beside them, each phase reports the CPU time the
+controller's processes spent per request (`<phase>_server_cpu_ms_per_request`: user + system time
+of the process tree from /proc, divided by the phase's requests), which does not depend on how the
+cores are shared. Writes bench/results/api_load.json and the raw log
 bench/results/logs/api_load.log.
 """
 
@@ -66,8 +70,47 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
     raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its descendants, read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, []))
+    return tree
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU time of `root` and its live descendants."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime and stime (fields 14 and 15 of stat)
+    return total / CLOCK_TICKS_PER_S
+
+
+@dataclass
+class Controller:
+    url: str
+    pid: int
+
+
 @contextmanager
-def controller(redis_url: str, log_path: Path) -> Iterator[str]:
+def controller(redis_url: str, log_path: Path, workers: int) -> Iterator[Controller]:
     port = free_port()
     env = {
         **os.environ,
@@ -75,6 +118,7 @@ def controller(redis_url: str, log_path: Path) -> Iterator[str]:
         "AR_HOST": "127.0.0.1",
         "AR_PORT": str(port),
         "AR_ADMIN_TOKEN": ADMIN_TOKEN,
+        "AR_CONTROLLER_WORKERS": str(workers),
         # The benchmark measures throughput; the per-token quotas would answer 429 after 30 submits.
         "AR_MAX_QUEUED_PER_TOKEN": str(10**9),
         "AR_SUBMITS_PER_MINUTE": str(10**9),
@@ -99,7 +143,7 @@ def controller(redis_url: str, log_path: Path) -> Iterator[str]:
 
         try:
             wait_until(healthy, START_TIMEOUT_S, "the controller")
-            yield url
+            yield Controller(url, proc.pid)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -115,6 +159,7 @@ class Phase:
     latencies_s: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    server_cpu_s: float = 0.0
 
     def record(self, status: int, latency_s: float) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -136,6 +181,7 @@ class Phase:
             f"{self.name}_p90_ms": pct(0.90),
             f"{self.name}_p99_ms": pct(0.99),
             f"{self.name}_max_ms": round(1000 * ordered[-1], 2),
+            f"{self.name}_server_cpu_ms_per_request": round(1000 * self.server_cpu_s / len(ordered), 2),
         }
 
 
@@ -175,7 +221,10 @@ def variant_diff(base_lines: list[str], variant: int) -> str:
     )
 
 
-def run_phases(url: str, clients: int, seconds: float, base: str, say: Callable[[str], None]) -> list[Phase]:
+def run_phases(
+    server: Controller, clients: int, seconds: float, base: str, say: Callable[[str], None]
+) -> list[Phase]:
+    url = server.url
     admin = httpx.post(
         f"{url}/v1/tokens",
         json={"name": "bench", "role": "agent"},
@@ -209,7 +258,9 @@ def run_phases(url: str, clients: int, seconds: float, base: str, say: Callable[
     phases = []
     asyncio.run(drive(Phase("warmup", 2.0), clients, url, token, status))
     for name, request in (("submit", submit), ("status", status), ("get_proposal", get_proposal)):
+        cpu_before = cpu_seconds(server.pid)
         phase = asyncio.run(drive(Phase(name, seconds), clients, url, token, request))
+        phase.server_cpu_s = cpu_seconds(server.pid) - cpu_before
         say(f"{name}: {json.dumps(phase.figures())} statuses={phase.statuses}")
         phases.append(phase)
     return phases
@@ -222,6 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=16, help="concurrent connections")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    parser.add_argument("--workers", type=int, default=1, help="controller processes (AR_CONTROLLER_WORKERS)")
     args = parser.parse_args()
 
     lines: list[str] = []
@@ -232,7 +284,11 @@ def main() -> None:
         lines.append(stamped)
 
     base = (ROOT / "trainer" / "train.py").read_text()
-    say(f"api_load: {args.clients} clients, {args.seconds} s per phase, {os.cpu_count()} CPUs")
+    load_start = round(os.getloadavg()[0], 2)
+    say(
+        f"api_load: {args.clients} clients, {args.seconds} s per phase, {args.workers} controller "
+        f"process(es), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start"
+    )
     say(f"platform: {platform.platform()}, Python {platform.python_version()}")
     say(f"base train.py: {len(base.splitlines())} lines, {len(base.encode())} bytes")
     with tempfile.TemporaryDirectory(prefix="api-load-") as folder, private_redis() as redis_url:
@@ -240,8 +296,8 @@ def main() -> None:
         store.add_commit(BASE_COMMIT, base)
         store.set_best(Best(commit=BASE_COMMIT, val_bpb=1.0))
         controller_log = Path(folder) / "controller.log"
-        with controller(redis_url, controller_log) as url:
-            phases = run_phases(url, args.clients, args.seconds, base, say)
+        with controller(redis_url, controller_log, args.workers) as server:
+            phases = run_phases(server, args.clients, args.seconds, base, say)
         submitted = sum(n for status, n in phases[0].statuses.items() if status == 201)
         enqueued = queue_depths(store.r)[RUNS_QUEUE]
         say(f"check: {submitted} proposals created (201), {enqueued} jobs in the runs queue")
@@ -259,7 +315,11 @@ def main() -> None:
             "machine_kind": MACHINE,
             "clients": args.clients,
             "seconds_per_phase": args.seconds,
-            "server": "1 uvicorn process (python -m services.controller.main), access log on, sync routes",
+            "controller_workers": args.workers,
+            "server": f"{args.workers} uvicorn process(es) (python -m services.controller.main, "
+            f"AR_CONTROLLER_WORKERS={args.workers}), access log on, sync routes",
+            "load_average_1min_start": load_start,
+            "load_average_1min_end": round(os.getloadavg()[0], 2),
             "base_train_py_lines": len(base.splitlines()),
             "submits_created": submitted,
             "runs_jobs_enqueued": enqueued,

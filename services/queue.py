@@ -150,5 +150,11 @@ def worker_name(base: str) -> str:
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
+def queue_keys() -> dict[str, str]:
+    """Each queue's name → the Redis list RQ keeps its waiting jobs in (RQ's key, not the store's): for
+    reading the depths in one round trip with other reads (`Store.status`)."""
+    return {name: Queue.redis_queue_namespace_prefix + name for name in (RUNS_QUEUE, COMMITS_QUEUE)}
+
+
 def queue_depths(conn: "redis.Redis[bytes]") -> dict[str, int]:
     return {RUNS_QUEUE: len(runs_queue(conn)), COMMITS_QUEUE: len(commits_queue(conn))}

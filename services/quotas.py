@@ -52,6 +52,35 @@ end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return {1, held}
 """
+# KEYS: the token's places, the queued-state index, the rate window's counter. ARGV: proposal id,
+# queued limit, reservation ttl (ms), rate limit, rate ttl (s). `_RESERVE` and `_COUNT` in one step
+# (one round trip for a submit): the queued limit is checked first, then the rate; a refusal takes
+# nothing. Returns {taken 0/1, places held before, the count or -1 when the rate refused}.
+_RESERVE_AND_COUNT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local places = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local held = 0
+for i = 1, #places, 2 do
+    local id, until_ms = places[i], tonumber(places[i + 1])
+    if redis.call('ZSCORE', KEYS[2], id) or until_ms > now then
+        held = held + 1
+    else
+        redis.call('ZREM', KEYS[1], id)
+    end
+end
+if held >= tonumber(ARGV[2]) then
+    return {0, held, 0}
+end
+local count = tonumber(redis.call('GET', KEYS[3]) or '0')
+if count >= tonumber(ARGV[4]) then
+    return {0, held, -1}
+end
+count = redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+return {1, held, count}
+"""
 # KEYS: the token's places, the queued-state index. ARGV: proposal id. A stored, queued proposal
 # keeps its place (it counts while queued); otherwise the place is given back.
 _SETTLE = """
@@ -84,15 +113,62 @@ def count_submit(
 ) -> None:
     """Count one submit in the current minute; raise QuotaExceeded beyond `per_minute`."""
     now = time.time() if now is None else now
-    key = keys.QUOTA_RATE.of(principal.token_hash, int(now // RATE_WINDOW_S))
-    count = int(conn.register_script(_COUNT)(keys=[key], args=[per_minute, RATE_KEY_TTL_S]))
+    count = int(
+        conn.register_script(_COUNT)(keys=[_rate_key(principal, now)], args=[per_minute, RATE_KEY_TTL_S])
+    )
     if count < 0:
-        retry_after_s = max(1, RATE_WINDOW_S - int(now % RATE_WINDOW_S))
-        raise QuotaExceeded(
-            f"token {principal.name!r} reached its limit of {per_minute} submits per minute; "
-            f"retry in {retry_after_s} s",
-            retry_after_s=retry_after_s,
-        )
+        raise _rate_exceeded(principal, per_minute, now)
+
+
+def _rate_key(principal: Principal, now: float) -> str:
+    return keys.QUOTA_RATE.of(principal.token_hash, int(now // RATE_WINDOW_S))
+
+
+def _rate_exceeded(principal: Principal, per_minute: int, now: float) -> QuotaExceeded:
+    retry_after_s = max(1, RATE_WINDOW_S - int(now % RATE_WINDOW_S))
+    return QuotaExceeded(
+        f"token {principal.name!r} reached its limit of {per_minute} submits per minute; "
+        f"retry in {retry_after_s} s",
+        retry_after_s=retry_after_s,
+    )
+
+
+def _queue_full(principal: Principal, held: int, limit: int, retry_after_s: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"token {principal.name!r} has {held} proposals queued (limit {limit}); retry in about "
+        f"{retry_after_s} s, once one of them has started running",
+        retry_after_s=retry_after_s,
+    )
+
+
+@contextlib.contextmanager
+def submit_place(
+    conn: "redis.Redis[bytes]", principal: Principal, proposal_id: str, *, limit: int, per_minute: int,
+    retry_after_s: int,
+) -> Iterator[None]:  # fmt: skip
+    """`queued_place` and `count_submit` in one round trip: take a place for `proposal_id` among the
+    token's queued proposals and count the submit in this minute (raise QuotaExceeded, taking nothing,
+    if `limit` places are held or `per_minute` submits made); the block stores the proposal, and the
+    place is settled as `queued_place` settles it."""
+    now = time.time()
+    script_keys = [keys.QUOTA_PLACES.of(principal.token_hash), state_key(State.QUEUED)]
+    args = [proposal_id, limit, RESERVATION_TTL_S * 1000, per_minute, RATE_KEY_TTL_S]
+    taken, held, count = conn.register_script(_RESERVE_AND_COUNT)(
+        keys=[*script_keys, _rate_key(principal, now)], args=args
+    )
+    if not taken:
+        if int(count) < 0:
+            raise _rate_exceeded(principal, per_minute, now)
+        raise _queue_full(principal, int(held), limit, retry_after_s)
+    try:
+        yield
+    finally:
+        _settle(conn, script_keys, proposal_id)
+
+
+def _settle(conn: "redis.Redis[bytes]", script_keys: list[str], proposal_id: str) -> None:
+    with contextlib.suppress(redis.RedisError):  # if Redis is away, the reservation expires
+        conn.register_script(_SETTLE)(keys=script_keys, args=[proposal_id])
 
 
 @contextlib.contextmanager
@@ -107,13 +183,8 @@ def queued_place(
         keys=script_keys, args=[proposal_id, limit, RESERVATION_TTL_S * 1000]
     )
     if not taken:
-        raise QuotaExceeded(
-            f"token {principal.name!r} has {held} proposals queued (limit {limit}); retry in about "
-            f"{retry_after_s} s, once one of them has started running",
-            retry_after_s=retry_after_s,
-        )
+        raise _queue_full(principal, held, limit, retry_after_s)
     try:
         yield
     finally:
-        with contextlib.suppress(redis.RedisError):  # if Redis is away, the reservation expires
-            conn.register_script(_SETTLE)(keys=script_keys, args=[proposal_id])
+        _settle(conn, script_keys, proposal_id)

@@ -45,6 +45,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
@@ -75,10 +76,12 @@ SCHEMA_VERSION = 2
 RECORD_MARK = b"z"  # a record of layout 2 starts with it; JSON (layout 1) starts with "{"
 BODY_ZLIB_LEVEL = 1  # 33 KB of train.py in ~0.3 ms to ~13 KB; level 6 saves 10% more for 3x the time
 RECORD_ZLIB_LEVEL = 6  # records are small (~6 KB of JSON): the better ratio costs ~0.1 ms
+COMMIT_FILES_CACHED = 16  # commits' train.py kept per store (the best and recent bases)
 BODY_CACHE_ENTRIES = 256  # decompressed bodies kept per process (content-addressed: never stale)
 MIGRATE_COMMAND = "python -m services.store.migrate"
 # The records whose layout changed: a store without them is stamped with SCHEMA_VERSION as it is.
 _DATA_KEYS = ("ar:proposals",)
+SUBMITTED_REASON = "submitted"  # the reason of a proposal's first event, written by `create`
 IDEMPOTENCY_TTL_S = 24 * 3600  # how long a retried submit finds its first answer
 # Live logs are for watching a run; the kept tail of a finished run is in its RunResult. The cap bounds
 # Redis memory: entries of at most LIVE_LOG_ENTRY_CHARS characters (<= 4 KiB of UTF-8), at most
@@ -134,9 +137,19 @@ def connect(url: str, socket_timeout_s: float = STORE_SOCKET_TIMEOUT_S) -> "redi
     )
 
 
+@dataclass(frozen=True)
+class StatusRead:
+    queues: dict[str, int]  # queue name → jobs waiting
+    states: dict[str, int]  # state → proposals in it (every state, 0 included)
+    counters: dict[str, float]  # every counter of services/store/stats.py
+    best: Best | None
+
+
 class Store:
     def __init__(self, client: "redis.Redis[bytes]") -> None:
         self.r = client
+        # commit → train.py: a commit's file never changes, and every submit reads its base's
+        self._commit_files: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str) -> "Store":
@@ -164,7 +177,7 @@ class Store:
             values[_idem_key(owner, key)] = f"{proposal.id} {request_hash}"
         if dedupe:
             keys.append(f"ar:dedupe:{proposal.base_commit}:{proposal.content_hash}")
-        event = Event(at=proposal.created_at, state=proposal.state, reason="submitted")
+        event = Event(at=proposal.created_at, state=proposal.state, reason=SUBMITTED_REASON)
 
         def attempt(pipe: "redis.client.Pipeline[bytes]") -> tuple[Proposal, bool]:
             for key in keys:
@@ -263,6 +276,25 @@ class Store:
         return {state.value: int(count or 0) for state, count in zip(State, counts, strict=True)}
 
     @_translate
+    def status(self, queue_keys: Mapping[str, str]) -> "StatusRead":
+        """What /v1/status shows, in one round trip whatever the number of proposals: the length of
+        each list in `queue_keys` (name → key; the queues' keys are RQ's, services/queue.py), the
+        counters and the best."""
+        pipe = self.r.pipeline(transaction=False)
+        for key in queue_keys.values():
+            pipe.llen(key)
+        pipe.hgetall(STATS_KEY)
+        pipe.get("ar:best")
+        *lengths, raw_counters, raw_best = pipe.execute()
+        counters = {k.decode(): float(v) for k, v in raw_counters.items()}
+        return StatusRead(
+            queues={name: int(n) for name, n in zip(queue_keys, lengths, strict=True)},
+            states={state.value: int(counters.get(stats.state_field(state), 0)) for state in State},
+            counters=counters,
+            best=None if raw_best is None else Best.model_validate_json(raw_best),
+        )
+
+    @_translate
     def stats(self) -> tuple[dict[str, float], float | None]:
         """(every counter of services/store/stats.py, when the earliest stored run started or None);
         one round trip, whatever the number of proposals."""
@@ -283,7 +315,7 @@ class Store:
             record, bodies = _encode(p)
             _put_bodies(pipe, bodies)
             pipe.set(f"ar:proposal:{p.id}", record)
-            events = [Event(at=p.created_at, state=State.QUEUED, reason="submitted")]
+            events = [Event(at=p.created_at, state=State.QUEUED, reason=SUBMITTED_REASON)]
             if p.state != State.QUEUED:
                 events.append(Event(at=p.updated_at, state=p.state, reason=p.reason))
             pipe.rpush(f"ar:events:{p.id}", *(e.model_dump_json() for e in events))
@@ -463,11 +495,21 @@ class Store:
     @_translate
     def add_commit(self, commit: str, train_py: str) -> None:
         self.r.hset("ar:commits", commit, train_py)
+        self._commit_files.pop(commit, None)
 
     @_translate
     def commit_train_py(self, commit: str) -> str | None:
+        """The commit's train.py (kept in this process once read: a commit's file never changes)."""
+        cached = self._commit_files.get(commit)
+        if cached is not None:
+            return cached
         raw = self.r.hget("ar:commits", commit)
-        return None if raw is None else raw.decode()
+        if raw is None:
+            return None
+        while len(self._commit_files) >= COMMIT_FILES_CACHED:
+            del self._commit_files[next(iter(self._commit_files))]
+        self._commit_files[commit] = raw.decode()
+        return self._commit_files[commit]
 
     @_translate
     def resolve_commit(self, prefix: str) -> str | None:
