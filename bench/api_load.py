@@ -1,12 +1,13 @@
 """API load: requests per second and latency percentiles of the controller over real HTTP.
 
-    .venv/bin/python bench/api_load.py [--clients 16] [--seconds 20] [--workers 1]
+    .venv/bin/python bench/api_load.py [--clients 16] [--seconds 20] [--workers 1] [--client raw]
 
 Starts its own redis-server on a free port and the real entry point (`python -m
 services.controller.main`, access log on, as deployed; `--workers` sets AR_CONTROLLER_WORKERS, the
 number of uvicorn processes) against it, seeds a best
 commit holding trainer/train.py, then runs one phase per endpoint for `--seconds` each, with
-`--clients` concurrent keep-alive connections from one asyncio client in this process:
+`--clients` concurrent keep-alive connections from one asyncio client in this process (`--client`:
+a minimal HTTP/1.1 client by default, or httpx, which costs this process more CPU per request):
 
     submit        POST /v1/proposals, every request a distinct diff (appends a line to train.py), so each
                   one is validated, applied, compiled, stored and enqueued (none is a duplicate)
@@ -160,6 +161,7 @@ class Phase:
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
 
     def record(self, status: int, latency_s: float) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
@@ -182,31 +184,97 @@ class Phase:
             f"{self.name}_p99_ms": pct(0.99),
             f"{self.name}_max_ms": round(1000 * ordered[-1], 2),
             f"{self.name}_server_cpu_ms_per_request": round(1000 * self.server_cpu_s / len(ordered), 2),
+            f"{self.name}_client_cpu_ms_per_request": round(1000 * self.client_cpu_s / len(ordered), 2),
         }
 
 
-Request = Callable[[httpx.AsyncClient, int], Any]
+class Answer:
+    """The part of an HTTP answer the phases read."""
+
+    def __init__(self, status_code: int, body: bytes) -> None:
+        self.status_code = status_code
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
-async def drive(phase: Phase, clients: int, url: str, token: str, make_request: Request) -> Phase:
-    """`clients` tasks, each sending its next request as soon as the last one answered."""
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection, written and read with asyncio streams: a client that costs
+    the machine far less CPU per request than httpx, so that on a small box, where client and server
+    share the cores, the figures say more about the server. It reads answers with a Content-Length
+    (what the controller sends for these routes) and nothing else."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.headers = "".join(f"{k}: {v}\r\n" for k, v in {"Host": self.host, **headers}.items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> Answer:
+        return await self.request("GET", path, b"")
+
+    async def post(self, path: str, json: Any) -> Answer:
+        return await self.request("POST", path, _json_bytes(json))
+
+    async def request(self, method: str, path: str, body: bytes) -> Answer:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = f"{method} {path} HTTP/1.1\r\n{self.headers}"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = next(
+            int(v) for k, _, v in (line.partition(":") for line in lines) if k.lower() == "content-length"
+        )
+        return Answer(int(status_line.split(" ", 2)[1]), await self.reader.readexactly(length))
+
+    async def aclose(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+Client = httpx.AsyncClient | RawConnection
+Request = Callable[[Any, int], Any]
+
+
+async def drive(
+    phase: Phase, clients: int, url: str, token: str, make_request: Request, client_kind: str
+) -> Phase:
+    """`clients` tasks, each sending its next request as soon as the last one answered (over its own
+    connection with the raw client; from one pool of as many connections with httpx)."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {token}"}
     counter = iter(range(10**9))
     async with httpx.AsyncClient(
         base_url=url, headers=headers, limits=limits, timeout=REQUEST_TIMEOUT_S
-    ) as client:
+    ) as pool:
         deadline = time.perf_counter() + phase.seconds
 
         async def one_client() -> None:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                answer = await make_request(client, next(counter))
-                phase.record(answer.status_code, time.perf_counter() - started)
+            client: Client = pool if client_kind == "httpx" else RawConnection(url, headers)
+            try:
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    answer = await asyncio.wait_for(make_request(client, next(counter)), REQUEST_TIMEOUT_S)
+                    phase.record(answer.status_code, time.perf_counter() - started)
+            finally:
+                if isinstance(client, RawConnection):
+                    await client.aclose()
 
         started = time.perf_counter()
+        cpu_started = time.process_time()
         await asyncio.gather(*(one_client() for _ in range(clients)))
         phase.elapsed_s = time.perf_counter() - started
+        phase.client_cpu_s = time.process_time() - cpu_started
     return phase
 
 
@@ -222,7 +290,7 @@ def variant_diff(base_lines: list[str], variant: int) -> str:
 
 
 def run_phases(
-    server: Controller, clients: int, seconds: float, base: str, say: Callable[[str], None]
+    server: Controller, clients: int, seconds: float, base: str, client_kind: str, say: Callable[[str], None]
 ) -> list[Phase]:
     url = server.url
     admin = httpx.post(
@@ -235,7 +303,7 @@ def run_phases(
     base_lines = base.rstrip("\n").split("\n")
     created: list[str] = []
 
-    async def submit(client: httpx.AsyncClient, n: int) -> httpx.Response:
+    async def submit(client: Client, n: int) -> Any:
         body = {
             "title": f"bench variant {n}",
             "description": "load test",
@@ -247,19 +315,19 @@ def run_phases(
             created.append(answer.json()["id"])
         return answer
 
-    async def status(client: httpx.AsyncClient, n: int) -> httpx.Response:
+    async def status(client: Client, n: int) -> Any:
         return await client.get("/v1/status")
 
     picker = random.Random(0)
 
-    async def get_proposal(client: httpx.AsyncClient, n: int) -> httpx.Response:
+    async def get_proposal(client: Client, n: int) -> Any:
         return await client.get(f"/v1/proposals/{picker.choice(created)}")
 
     phases = []
-    asyncio.run(drive(Phase("warmup", 2.0), clients, url, token, status))
+    asyncio.run(drive(Phase("warmup", 2.0), clients, url, token, status, client_kind))
     for name, request in (("submit", submit), ("status", status), ("get_proposal", get_proposal)):
         cpu_before = cpu_seconds(server.pid)
-        phase = asyncio.run(drive(Phase(name, seconds), clients, url, token, request))
+        phase = asyncio.run(drive(Phase(name, seconds), clients, url, token, request, client_kind))
         phase.server_cpu_s = cpu_seconds(server.pid) - cpu_before
         say(f"{name}: {json.dumps(phase.figures())} statuses={phase.statuses}")
         phases.append(phase)
@@ -274,6 +342,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent connections")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     parser.add_argument("--workers", type=int, default=1, help="controller processes (AR_CONTROLLER_WORKERS)")
+    parser.add_argument(
+        "--client", choices=["raw", "httpx"], default="raw",
+        help="raw: a minimal asyncio HTTP/1.1 client (default); httpx: httpx.AsyncClient (costs more CPU)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     lines: list[str] = []
@@ -286,7 +358,7 @@ def main() -> None:
     base = (ROOT / "trainer" / "train.py").read_text()
     load_start = round(os.getloadavg()[0], 2)
     say(
-        f"api_load: {args.clients} clients, {args.seconds} s per phase, {args.workers} controller "
+        f"api_load: {args.clients} {args.client} clients, {args.seconds} s per phase, {args.workers} controller "
         f"process(es), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start"
     )
     say(f"platform: {platform.platform()}, Python {platform.python_version()}")
@@ -297,7 +369,7 @@ def main() -> None:
         store.set_best(Best(commit=BASE_COMMIT, val_bpb=1.0))
         controller_log = Path(folder) / "controller.log"
         with controller(redis_url, controller_log, args.workers) as server:
-            phases = run_phases(server, args.clients, args.seconds, base, say)
+            phases = run_phases(server, args.clients, args.seconds, base, args.client, say)
         submitted = sum(n for status, n in phases[0].statuses.items() if status == 201)
         enqueued = queue_depths(store.r)[RUNS_QUEUE]
         say(f"check: {submitted} proposals created (201), {enqueued} jobs in the runs queue")
@@ -316,6 +388,7 @@ def main() -> None:
             "clients": args.clients,
             "seconds_per_phase": args.seconds,
             "controller_workers": args.workers,
+            "client": args.client,
             "server": f"{args.workers} uvicorn process(es) (python -m services.controller.main, "
             f"AR_CONTROLLER_WORKERS={args.workers}), access log on, sync routes",
             "load_average_1min_start": load_start,

@@ -141,15 +141,29 @@ def _queue_full(principal: Principal, held: int, limit: int, retry_after_s: int)
     )
 
 
+class Place:
+    """A submit's place among its token's queued proposals (`submit_place`)."""
+
+    def __init__(self, places_key: str, proposal_id: str) -> None:
+        self.places_key = places_key
+        self.proposal_id = proposal_id
+        self.kept = False
+
+    def keep(self, pipe: "redis.client.Pipeline[bytes]") -> None:
+        """Queue on the write that stores the proposal `queued` what settling would then do: the place
+        is kept while it is queued. The caller sets `kept` once that write is done."""
+        pipe.zadd(self.places_key, {self.proposal_id: 0}, xx=True)
+
+
 @contextlib.contextmanager
 def submit_place(
     conn: "redis.Redis[bytes]", principal: Principal, proposal_id: str, *, limit: int, per_minute: int,
     retry_after_s: int,
-) -> Iterator[None]:  # fmt: skip
+) -> Iterator[Place]:  # fmt: skip
     """`queued_place` and `count_submit` in one round trip: take a place for `proposal_id` among the
     token's queued proposals and count the submit in this minute (raise QuotaExceeded, taking nothing,
-    if `limit` places are held or `per_minute` submits made); the block stores the proposal, and the
-    place is settled as `queued_place` settles it."""
+    if `limit` places are held or `per_minute` submits made); the block stores the proposal. The place
+    is settled as `queued_place` settles it, unless the block's write kept it (`Place.keep`)."""
     now = time.time()
     script_keys = [keys.QUOTA_PLACES.of(principal.token_hash), state_key(State.QUEUED)]
     args = [proposal_id, limit, RESERVATION_TTL_S * 1000, per_minute, RATE_KEY_TTL_S]
@@ -160,10 +174,12 @@ def submit_place(
         if int(count) < 0:
             raise _rate_exceeded(principal, per_minute, now)
         raise _queue_full(principal, int(held), limit, retry_after_s)
+    place = Place(script_keys[0], proposal_id)
     try:
-        yield
+        yield place
     finally:
-        _settle(conn, script_keys, proposal_id)
+        if not place.kept:
+            _settle(conn, script_keys, proposal_id)
 
 
 def _settle(conn: "redis.Redis[bytes]", script_keys: list[str], proposal_id: str) -> None:

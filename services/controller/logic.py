@@ -115,8 +115,9 @@ def submit_proposal(
         with quotas.submit_place(
             conn, principal, proposal.id, limit=settings.max_queued_per_token,
             per_minute=settings.submits_per_minute, retry_after_s=settings.run_budget_s,
-        ):  # fmt: skip
-            stored, created = store.create(proposal, dedupe=True, idempotency=idem)
+        ) as place:  # fmt: skip
+            stored, created = store.create(proposal, dedupe=True, idempotency=idem, also=place.keep)
+            place.kept = created
     else:
         stored, created = store.create(proposal, dedupe=True, idempotency=idem)
     settings.pauses.reached("submit:stored")  # test-only kill point (services/faults.py); inert

@@ -102,6 +102,26 @@ REDIS_CONNECT_TIMEOUT_S = 5  # a Redis that accepts no connection within 5 s is 
 STORE_SOCKET_TIMEOUT_S = 10
 
 
+# KEYS: guard keys. ARGV: commands, each as its argument count and then its arguments. If a guard key
+# holds a value, returns {its 1-based index, the value} and writes nothing; else runs every command
+# and returns {0}. A script runs alone, so the check and the writes are one atomic step.
+_CREATE_UNLESS_EXISTS = """
+for i, key in ipairs(KEYS) do
+    local value = redis.call('GET', key)
+    if value then
+        return {i, value}
+    end
+end
+local at = 1
+while at <= #ARGV do
+    local argc = tonumber(ARGV[at])
+    redis.call(unpack(ARGV, at + 1, at + argc))
+    at = at + argc + 1
+end
+return {0, ''}
+"""
+
+
 def optimistic(
     client: "redis.Redis[bytes]", watch: list[str], attempt: "Callable[[redis.client.Pipeline[bytes]], R]"
 ) -> R:
@@ -163,49 +183,46 @@ class Store:
 
     @_translate
     def create(
-        self, proposal: Proposal, *, dedupe: bool = True, idempotency: tuple[str, str, str] | None = None
-    ) -> tuple[Proposal, bool]:
+        self, proposal: Proposal, *, dedupe: bool = True, idempotency: tuple[str, str, str] | None = None,
+        also: "Callable[[redis.client.Pipeline[bytes]], None] | None" = None,
+    ) -> tuple[Proposal, bool]:  # fmt: skip
         """Store a new proposal; return (proposal, created). A duplicate (same normalised content on the
         same base) or a repeated (owner, Idempotency-Key, request hash) returns the existing proposal and
         stores nothing; the key with another request hash raises IdempotencyKeyReused. Atomic:
-        concurrent submits of the same content or key create exactly one."""
-        keys = []
+        concurrent submits of the same content or key create exactly one. `also` queues more writes
+        (another module's keys) that happen with the proposal's, and only if it is created.
+
+        One round trip: the check and the writes run as one Lua script (`_CREATE_UNLESS_EXISTS`), the
+        writes queued on an unsent pipeline by the same code every other write uses."""
+        guards = []
         values = {}
         if idempotency is not None:
             owner, key, request_hash = idempotency
-            keys.append(_idem_key(owner, key))
+            guards.append(_idem_key(owner, key))
             values[_idem_key(owner, key)] = f"{proposal.id} {request_hash}"
         if dedupe:
-            keys.append(f"ar:dedupe:{proposal.base_commit}:{proposal.content_hash}")
+            guards.append(f"ar:dedupe:{proposal.base_commit}:{proposal.content_hash}")
         event = Event(at=proposal.created_at, state=proposal.state, reason=SUBMITTED_REASON)
-
-        def attempt(pipe: "redis.client.Pipeline[bytes]") -> tuple[Proposal, bool]:
-            for key in keys:
-                existing = cast("bytes | None", pipe.get(key))  # immediate while watching
-                if existing is not None:
-                    pipe.reset()
-                    if idempotency is not None and key == keys[0]:
-                        return self._replay(existing, idempotency[1], idempotency[2]), False
-                    return self.get(existing.decode()), False
-            record, bodies = _encode(proposal)
-            pipe.multi()
-            _put_bodies(pipe, bodies)
-            pipe.set(f"ar:proposal:{proposal.id}", record)
-            pipe.rpush(f"ar:events:{proposal.id}", event.model_dump_json())
-            pipe.zadd("ar:proposals", {proposal.id: proposal.created_at})
-            pipe.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
-            _count(pipe, None, proposal)
-            for key in keys:
-                pipe.set(
-                    key,
-                    values.get(key, proposal.id),
-                    ex=IDEMPOTENCY_TTL_S if key in values else None,
-                )
-            pipe.publish(EVENTS_CHANNEL, _event_message(proposal.id, event))
-            pipe.execute()
+        record, bodies = _encode(proposal)
+        with self.r.pipeline(transaction=False) as writes:  # recorded, never executed
+            _put_bodies(writes, bodies)
+            writes.set(f"ar:proposal:{proposal.id}", record)
+            writes.rpush(f"ar:events:{proposal.id}", event.model_dump_json())
+            writes.zadd("ar:proposals", {proposal.id: proposal.created_at})
+            writes.zadd(f"ar:state:{proposal.state}", {proposal.id: proposal.created_at})
+            _count(writes, None, proposal)
+            for key in guards:
+                writes.set(key, values.get(key, proposal.id), ex=IDEMPOTENCY_TTL_S if key in values else None)
+            writes.publish(EVENTS_CHANNEL, _event_message(proposal.id, event))
+            if also is not None:
+                also(writes)
+            argv = [part for args, _ in writes.command_stack for part in (len(args), *args)]
+        found, existing = self.r.register_script(_CREATE_UNLESS_EXISTS)(keys=guards, args=argv)
+        if not found:
             return proposal, True
-
-        return optimistic(self.r, keys, attempt)
+        if idempotency is not None and found == 1:
+            return self._replay(existing, idempotency[1], idempotency[2]), False
+        return self.get(existing.decode()), False
 
     @_translate
     def duplicate(self, base_commit: str, content_hash: str) -> Proposal | None:
