@@ -8,22 +8,25 @@ Two limits per agent token (admin tokens are the operator's and have none):
 Going over raises `QuotaExceeded`, answered 429 with `Retry-After`.
 
 Both are atomic, so concurrent submits of one token never end over a limit: each is one Lua
-script that checks and takes in one step. A submit takes a place among the token's queued
-proposals before it stores its proposal (`queued_place`): the place is a reservation that counts
-for RESERVATION_TTL_S, kept once the proposal is stored `queued` (it then counts while the proposal
-is queued) and given back if the submit ends otherwise (a duplicate, another 4xx, a crash: expiry).
+script that checks and takes in one step (a submit runs both in one script, `submit_place`). A
+submit takes a place among the token's queued proposals before it stores its proposal
+(`queued_place`): the place is a reservation that counts for RESERVATION_TTL_S, kept once the
+proposal is stored `queued` (it then counts while the proposal is queued) and given back if the
+submit ends otherwise (a duplicate, another 4xx, a crash: expiry).
+A Redis error is raised as StoreUnavailable (`store.translate_errors`).
 """
 
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 
 from services.auth import Principal, Role
 from services.errors import QuotaExceeded
 from services.states import State
-from services.store import keys, state_key
+from services.store import keys, state_key, translate_errors
 
 RATE_WINDOW_S = 60  # the rate limit is per minute
 RATE_KEY_TTL_S = 2 * RATE_WINDOW_S  # a window's counter outlives its minute, then expires
@@ -108,6 +111,7 @@ def applies_to(principal: Principal) -> bool:
     return principal.role is not Role.ADMIN
 
 
+@translate_errors
 def count_submit(
     conn: "redis.Redis[bytes]", principal: Principal, per_minute: int, now: float | None = None
 ) -> None:
@@ -167,8 +171,8 @@ def submit_place(
     now = time.time()
     script_keys = [keys.QUOTA_PLACES.of(principal.token_hash), state_key(State.QUEUED)]
     args = [proposal_id, limit, RESERVATION_TTL_S * 1000, per_minute, RATE_KEY_TTL_S]
-    taken, held, count = conn.register_script(_RESERVE_AND_COUNT)(
-        keys=[*script_keys, _rate_key(principal, now)], args=args
+    taken, held, count = _run_script(
+        _RESERVE_AND_COUNT, conn, [*script_keys, _rate_key(principal, now)], args
     )
     if not taken:
         if int(count) < 0:
@@ -180,6 +184,11 @@ def submit_place(
     finally:
         if not place.kept:
             _settle(conn, script_keys, proposal_id)
+
+
+@translate_errors
+def _run_script(script: str, conn: "redis.Redis[bytes]", script_keys: list[str], args: list[object]) -> Any:
+    return conn.register_script(script)(keys=script_keys, args=args)
 
 
 def _settle(conn: "redis.Redis[bytes]", script_keys: list[str], proposal_id: str) -> None:
@@ -195,9 +204,7 @@ def queued_place(
     QuotaExceeded if `limit` are held); the block stores the proposal. Afterwards the place is kept
     if the proposal is queued, given back otherwise."""
     script_keys = [keys.QUOTA_PLACES.of(principal.token_hash), state_key(State.QUEUED)]
-    taken, held = conn.register_script(_RESERVE)(
-        keys=script_keys, args=[proposal_id, limit, RESERVATION_TTL_S * 1000]
-    )
+    taken, held = _run_script(_RESERVE, conn, script_keys, [proposal_id, limit, RESERVATION_TTL_S * 1000])
     if not taken:
         raise _queue_full(principal, held, limit, retry_after_s)
     try:

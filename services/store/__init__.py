@@ -1,7 +1,7 @@
 """The store: proposals, their events, the research record, program.md versions, tokens, live logs.
 
 Every key the service uses, with its type, time to live and owner, is in one table:
-services/store/keys.py. Redis errors are translated into StoreUnavailable here (`_translate`); every
+services/store/keys.py. Redis errors are translated into StoreUnavailable here (`translate_errors`); every
 read-modify-write goes through one optimistic-transaction loop (`optimistic`).
 
 Keys (prefix `ar:`):
@@ -138,7 +138,11 @@ def optimistic(
                 continue
 
 
-def _translate(fn: Callable[P, R]) -> Callable[P, R]:
+def translate_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Redis errors raised by `fn` become StoreUnavailable (services/errors.py), naming the cause: the
+    store, and the modules that send their own commands on its connection (services/queue.py,
+    services/quotas.py), translate at their boundary with this."""
+
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -175,13 +179,13 @@ class Store:
     def from_url(cls, url: str) -> "Store":
         return cls(connect(url))
 
-    @_translate
+    @translate_errors
     def ping(self) -> bool:
         return bool(self.r.ping())
 
     # --- proposals
 
-    @_translate
+    @translate_errors
     def create(
         self, proposal: Proposal, *, dedupe: bool = True, idempotency: tuple[str, str, str] | None = None,
         also: "Callable[[redis.client.Pipeline[bytes]], None] | None" = None,
@@ -224,13 +228,13 @@ class Store:
             return self._replay(existing, idempotency[1], idempotency[2]), False
         return self.get(existing.decode()), False
 
-    @_translate
+    @translate_errors
     def duplicate(self, base_commit: str, content_hash: str) -> Proposal | None:
         """The proposal with this normalised content on this base, if one was stored."""
         existing = self.r.get(f"ar:dedupe:{base_commit}:{content_hash}")
         return None if existing is None else self.get(existing.decode())
 
-    @_translate
+    @translate_errors
     def idempotent(self, owner: str, key: str, request_hash: str) -> Proposal | None:
         """The proposal an earlier submit by `owner` with this Idempotency-Key created, if any; raises
         IdempotencyKeyReused if that submit was another request."""
@@ -251,7 +255,7 @@ class Store:
             )
         return self.get(proposal_id)
 
-    @_translate
+    @translate_errors
     def get(self, proposal_id: str) -> Proposal:
         raw = self.r.get(f"ar:proposal:{proposal_id}")
         if raw is None:
@@ -276,7 +280,7 @@ class Store:
                     f[name] = found[f.pop(key)]
         return [Proposal.model_validate(f) for f in fields]
 
-    @_translate
+    @translate_errors
     def page(
         self, state: State | None = None, offset: int = 0, limit: int = 50
     ) -> tuple[list[Proposal], int]:
@@ -287,12 +291,12 @@ class Store:
         raws = self.r.mget([f"ar:proposal:{i.decode()}" for i in ids]) if ids else []
         return self._decode([raw for raw in raws if raw is not None]), total
 
-    @_translate
+    @translate_errors
     def count_by_state(self) -> dict[str, int]:
         counts = self.r.hmget(STATS_KEY, [stats.state_field(state) for state in State])
         return {state.value: int(count or 0) for state, count in zip(State, counts, strict=True)}
 
-    @_translate
+    @translate_errors
     def status(self, queue_keys: Mapping[str, str]) -> "StatusRead":
         """What /v1/status shows, in one round trip whatever the number of proposals: the length of
         each list in `queue_keys` (name → key; the queues' keys are RQ's, services/queue.py), the
@@ -311,7 +315,7 @@ class Store:
             best=None if raw_best is None else Best.model_validate_json(raw_best),
         )
 
-    @_translate
+    @translate_errors
     def stats(self) -> tuple[dict[str, float], float | None]:
         """(every counter of services/store/stats.py, when the earliest stored run started or None);
         one round trip, whatever the number of proposals."""
@@ -321,7 +325,7 @@ class Store:
         raw, first = pipe.execute()
         return {k.decode(): float(v) for k, v in raw.items()}, first
 
-    @_translate
+    @translate_errors
     def put_many(self, proposals: list[Proposal], fingerprint_key: str | None = None) -> None:
         """Store finished proposals as they are, in one round trip (imports and benchmarks seed the
         record with this): each with its state's index, its dedupe key, an event for its submit and
@@ -347,14 +351,14 @@ class Store:
             _count(pipe, None, p)
         pipe.execute()
 
-    @_translate
+    @translate_errors
     def results_rows(self) -> list[str]:
         """The results.tsv rows of every agent proposal with a verdict or a crash, oldest first."""
         return [m.decode().partition("\t")[2] for m in self.r.zrange(RESULTS_KEY, 0, -1)]
 
     # --- the layout version
 
-    @_translate
+    @translate_errors
     def rewrite_all(self, batch: int) -> int:
         """Rewrite every proposal in the current record format and count the counters from scratch,
         then stamp SCHEMA_VERSION (the migration; safe to repeat). Returns the number of proposals."""
@@ -393,7 +397,7 @@ class Store:
         pipe.execute()
         return len(ids)
 
-    @_translate
+    @translate_errors
     def open_schema(self) -> int:
         """Check that this store has the layout this code writes (an empty store is stamped with it);
         raise StoreNeedsMigration naming the command otherwise. Every service calls this at start."""
@@ -413,7 +417,7 @@ class Store:
             raise StoreNeedsMigration(_migrate_message(version))
         return version
 
-    @_translate
+    @translate_errors
     def transition(
         self, proposal_id: str, state: State, reason: str, *, expect: set[State] | None = None, **changes: Any
     ) -> Proposal:
@@ -422,7 +426,7 @@ class Store:
         of two workers taking the same proposal, one wins)."""
         return self._modify(proposal_id, state, reason, changes, expect)
 
-    @_translate
+    @translate_errors
     def update(self, proposal_id: str, **changes: Any) -> Proposal:
         """Change fields without a state transition."""
         return self._modify(proposal_id, None, "", changes, None)
@@ -468,14 +472,14 @@ class Store:
 
         return optimistic(self.r, [key], attempt)
 
-    @_translate
+    @translate_errors
     def cancel(self, proposal_id: str, reason: str) -> Proposal:
         try:
             return self.transition(proposal_id, State.CANCELLED, reason, expect={State.QUEUED})
         except Conflict as exc:
             raise Conflict(f"{exc}; only queued proposals can be cancelled") from exc
 
-    @_translate
+    @translate_errors
     def events(self, proposal_id: str) -> list[Event]:
         pipe = self.r.pipeline(transaction=False)
         pipe.exists(f"ar:proposal:{proposal_id}")
@@ -485,7 +489,7 @@ class Store:
             raise NotFound(f"no proposal with id {proposal_id!r}")
         return [Event.model_validate_json(raw) for raw in raws]
 
-    @_translate
+    @translate_errors
     def record_score(self, proposal_id: str, val_bpb: float, fingerprint_key: str | None = None) -> None:
         """A proposal's score, on the overall board and on its fingerprint's board."""
         pipe = self.r.pipeline(transaction=True)
@@ -495,11 +499,11 @@ class Store:
             pipe.sadd("ar:fingerprints", fingerprint_key)
         pipe.execute()
 
-    @_translate
+    @translate_errors
     def fingerprints(self) -> list[str]:
         return sorted(f.decode() for f in self.r.smembers("ar:fingerprints"))
 
-    @_translate
+    @translate_errors
     def leaderboard(self, limit: int = 50, fingerprint_key: str | None = None) -> list[Proposal]:
         """Best scores first; scores of different fingerprints are never mixed when one is given."""
         key = "ar:scores" if fingerprint_key is None else f"ar:scores:{fingerprint_key}"
@@ -509,12 +513,12 @@ class Store:
 
     # --- research branch mirror (written by the committer, read by the controller)
 
-    @_translate
+    @translate_errors
     def add_commit(self, commit: str, train_py: str) -> None:
         self.r.hset("ar:commits", commit, train_py)
         self._commit_files.pop(commit, None)
 
-    @_translate
+    @translate_errors
     def commit_train_py(self, commit: str) -> str | None:
         """The commit's train.py (kept in this process once read: a commit's file never changes)."""
         cached = self._commit_files.get(commit)
@@ -528,7 +532,7 @@ class Store:
         self._commit_files[commit] = raw.decode()
         return self._commit_files[commit]
 
-    @_translate
+    @translate_errors
     def resolve_commit(self, prefix: str) -> str | None:
         """Full id of the commit starting with `prefix` (≥ 7 hex digits), if exactly one does."""
         if self.r.hexists("ar:commits", prefix):
@@ -536,38 +540,38 @@ class Store:
         matches = [c.decode() for c in self.r.hkeys("ar:commits") if c.decode().startswith(prefix)]
         return matches[0] if len(matches) == 1 else None
 
-    @_translate
+    @translate_errors
     def get_best(self) -> Best | None:
         raw = self.r.get("ar:best")
         return None if raw is None else Best.model_validate_json(raw)
 
-    @_translate
+    @translate_errors
     def set_best(self, best: Best) -> None:
         self.r.set("ar:best", best.model_dump_json())
 
-    @_translate
+    @translate_errors
     def add_lineage(self, entry: LineageEntry) -> None:
         """Record (or replace) a branch commit's lineage entry; idempotent, so a backfill or a retried
         merge writes the same entry again."""
         self.r.hset("ar:lineage", entry.commit, entry.model_dump_json())
 
-    @_translate
+    @translate_errors
     def lineage_entry(self, commit: str) -> LineageEntry | None:
         raw = self.r.hget("ar:lineage", commit)
         return None if raw is None else LineageEntry.model_validate_json(raw)
 
-    @_translate
+    @translate_errors
     def lineage(self) -> list[LineageEntry]:
         """Every recorded commit of the research branch, oldest first."""
         entries = [LineageEntry.model_validate_json(raw) for raw in self.r.hvals("ar:lineage")]
         return sorted(entries, key=lambda e: e.position)
 
-    @_translate
+    @translate_errors
     def set_repo_bundle(self, head: str, bundle: bytes) -> None:
         """The committer's latest bundle of the research branch (its head, and the bundle's bytes)."""
         self.r.hset("ar:repo-bundle", mapping={"head": head, "bundle": bundle})
 
-    @_translate
+    @translate_errors
     def repo_bundle(self) -> tuple[str, bytes] | None:
         """(head, bundle bytes) of the latest bundle, or None before the committer wrote one."""
         head, bundle = self.r.hmget("ar:repo-bundle", ["head", "bundle"])
@@ -575,7 +579,7 @@ class Store:
 
     # --- fingerprints: what each key stands for
 
-    @_translate
+    @translate_errors
     def add_fingerprint(self, fingerprint: Fingerprint) -> str:
         """Remember the fields behind a fingerprint key; returns the key."""
         key = fingerprint.key()
@@ -585,35 +589,35 @@ class Store:
         pipe.execute()
         return key
 
-    @_translate
+    @translate_errors
     def fingerprint_fields(self) -> dict[str, Fingerprint]:
         raw = self.r.hgetall("ar:fingerprint-fields")
         return {k.decode(): Fingerprint.model_validate_json(v) for k, v in raw.items()}
 
-    @_translate
+    @translate_errors
     def leaderboard_size(self, fingerprint_key: str | None = None) -> int:
         return int(self.r.zcard("ar:scores" if fingerprint_key is None else f"ar:scores:{fingerprint_key}"))
 
     # --- noise calibration: every scored run of a commit on the branch, per fingerprint
 
-    @_translate
+    @translate_errors
     def add_calibration_runs(self, fingerprint_key: str, commit: str, scores: Mapping[str, float]) -> None:
         """Record the val_bpb of runs of a branch commit (run id → score). A run already recorded is
         skipped, so a retried or duplicated decision job counts each run once."""
         self._append_runs(f"ar:calibration:{fingerprint_key}", fingerprint_key, commit, scores)
 
-    @_translate
+    @translate_errors
     def calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
         return self._runs_by_commit(f"ar:calibration:{fingerprint_key}")
 
-    @_translate
+    @translate_errors
     def add_gap_calibration_runs(self, fingerprint_key: str, commit: str, gaps: Mapping[str, float]) -> None:
         """Record test_bpb − val_bpb of runs of a branch commit (run id → gap; the tripwire's noise
         calibration), each run once like `add_calibration_runs`."""
         if gaps:
             self._append_runs(f"ar:calibration-gap:{fingerprint_key}", fingerprint_key, commit, gaps)
 
-    @_translate
+    @translate_errors
     def gap_calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
         return self._runs_by_commit(f"ar:calibration-gap:{fingerprint_key}")
 
@@ -648,16 +652,16 @@ class Store:
 
     # --- tokens
 
-    @_translate
+    @translate_errors
     def add_token(self, token_hash: str, name: str, role: str) -> None:
         self.r.hset("ar:tokens", token_hash, json.dumps({"name": name, "role": role}))
 
-    @_translate
+    @translate_errors
     def token(self, token_hash: str) -> dict[str, str] | None:
         raw = self.r.hget("ar:tokens", token_hash)
         return None if raw is None else dict(json.loads(raw))
 
-    @_translate
+    @translate_errors
     def add_first_token(self, token_hash: str, name: str, role: str) -> bool:
         """Add the token only while no token exists; True if it was added. Atomic: of several processes
         starting at once, one adds its token."""
@@ -673,11 +677,11 @@ class Store:
 
         return optimistic(self.r, ["ar:tokens"], attempt)
 
-    @_translate
+    @translate_errors
     def has_tokens(self) -> bool:
         return bool(self.r.hlen("ar:tokens"))
 
-    @_translate
+    @translate_errors
     def subscribe(self) -> Iterator[dict[str, Any]]:
         pubsub = self.r.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(EVENTS_CHANNEL)
@@ -690,7 +694,7 @@ class Store:
     # --------------------------------------------------------------------------------- program.md
     # versions, live logs, a polling event subscription, bulk reads for statistics and metrics
 
-    @_translate
+    @translate_errors
     def add_program_version(
         self, text: str, author: str, message: str, *, only_if_empty: bool = False
     ) -> tuple[ProgramVersion, bool]:
@@ -718,7 +722,7 @@ class Store:
 
         return optimistic(self.r, [key], attempt)
 
-    @_translate
+    @translate_errors
     def program_version(self, version: int | None = None) -> ProgramVersion | None:
         """Version `version` (from 1), or the current one when None; None if there is no such version."""
         if version is not None and not 1 <= version <= REDIS_MAX_MEMBERS:
@@ -726,14 +730,14 @@ class Store:
         raw = self.r.lindex("ar:program:versions", -1 if version is None else version - 1)
         return None if raw is None else ProgramVersion.model_validate_json(raw)
 
-    @_translate
+    @translate_errors
     def program_versions(self) -> list[ProgramVersion]:
         """Every version, oldest first."""
         return [
             ProgramVersion.model_validate_json(raw) for raw in self.r.lrange("ar:program:versions", 0, -1)
         ]
 
-    @_translate
+    @translate_errors
     def append_live_log(self, proposal_id: str, chunk: str) -> None:
         """Append a chunk of a running proposal's log (the worker calls this as output arrives). Long
         chunks are split; only the newest LIVE_LOG_MAX_ENTRIES entries are kept; the log expires
@@ -753,7 +757,7 @@ class Store:
         pipe.expire(key, LIVE_LOG_TTL_S)
         pipe.execute()
 
-    @_translate
+    @translate_errors
     def read_live_log(
         self, proposal_id: str, after: str = "0", limit: int = LIVE_LOG_READ_MAX
     ) -> list[tuple[str, str]]:
@@ -767,7 +771,7 @@ class Store:
             (entry_id.decode(), fields[b"chunk"].decode("utf-8", "replace")) for entry_id, fields in entries
         ]
 
-    @_translate
+    @translate_errors
     def proposal_state(self, proposal_id: str) -> State | None:
         """The proposal's state from the state indexes (cheap: does not load the proposal)."""
         pipe = self.r.pipeline(transaction=False)
@@ -778,14 +782,14 @@ class Store:
                 return state
         return None
 
-    @_translate
+    @translate_errors
     def proposal_ids_by_state(self) -> dict[State, list[str]]:
         pipe = self.r.pipeline(transaction=False)
         for state in State:
             pipe.zrange(f"ar:state:{state}", 0, -1)
         return {state: [i.decode() for i in ids] for state, ids in zip(State, pipe.execute(), strict=True)}
 
-    @_translate
+    @translate_errors
     def get_many(self, proposal_ids: list[str], batch: int = 100) -> list[Proposal]:
         """The proposals that exist among `proposal_ids`, in that order (fetched `batch` at a time)."""
         found: list[Proposal] = []
@@ -794,7 +798,7 @@ class Store:
             found.extend(self._decode([raw for raw in self.r.mget(keys) if raw is not None]))
         return found
 
-    @_translate
+    @translate_errors
     def event_subscription(self) -> "EventSubscription":
         """A subscription to the `ar:events` channel, active when this returns (so no transition
         published afterwards is missed); poll it with `get(timeout_s)`, close it when done."""
@@ -813,7 +817,7 @@ class EventSubscription:
             self._pubsub.close()
             raise StoreUnavailable("Redis did not confirm the subscription to the events channel")
 
-    @_translate
+    @translate_errors
     def get(self, timeout_s: float) -> dict[str, Any] | None:
         """The next transition, or None if none arrives within `timeout_s`."""
         message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
