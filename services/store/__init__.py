@@ -37,7 +37,20 @@ Keys (prefix `ar:`):
     stats:first-run        zset {"first": when the earliest stored run started}
     results                zset "<id>\t<results.tsv row>" → created_at, kept with each write
     schema                 the store's layout version (SCHEMA_VERSION); services/store/migrate.py
+    aging:logs             zset id → when it finished, of finished proposals whose run log tails are
+                           still kept (`age_run_logs`; "Aging" below)
 Channel `ar:events` carries every transition as JSON {proposal_id, state, reason, at}.
+
+Aging. What grows with the record and is not evidence is trimmed; evidence never is:
+    live logs              capped (LIVE_LOG_MAX_ENTRIES) and expire LIVE_LOG_TTL_S after the last append
+    run log tails          a finished proposal's `RunResult.log_tail`s are replaced by AGED_LOG_TAIL once
+                           it finished longer ago than the retention (`age_run_logs`, run by the
+                           workers' sweep, AR_RUN_LOG_RETENTION_S); every other field of every run stays
+    idempotency keys       expire after IDEMPOTENCY_TTL_S
+Kept whatever their age: proposal records with every run's numbers, fingerprints and seeds, decisions,
+events, scores, calibration, lineage, results.tsv rows, bodies. A decision cites runs by their
+numbers (Decision, RunResult), and the committer's git notes hold the same results without the log
+tails (committer.py), so no aging touches what a decision or a note refers to.
 """
 
 import functools
@@ -58,8 +71,8 @@ from services.errors import (
     StoreNeedsMigration,
     StoreUnavailable,
 )
-from services.models import Best, Event, Fingerprint, LineageEntry, ProgramVersion, Proposal, now
-from services.states import State, may_follow
+from services.models import Best, Event, Fingerprint, LineageEntry, ProgramVersion, Proposal, RunResult, now
+from services.states import TERMINAL, State, may_follow
 from services.store import stats
 
 P = ParamSpec("P")
@@ -81,6 +94,12 @@ BODY_CACHE_ENTRIES = 256  # decompressed bodies kept per process (content-addres
 MIGRATE_COMMAND = "python -m services.store.migrate"
 # The records whose layout changed: a store without them is stamped with SCHEMA_VERSION as it is.
 _DATA_KEYS = ("ar:proposals",)
+LOG_AGING_KEY = "ar:aging:logs"
+# What a run's log tail becomes once aged out: says where it went, so a reader of GET .../log knows.
+AGED_LOG_TAIL = (
+    "[log tail removed by the store's aging policy (AR_RUN_LOG_RETENTION_S); the run's numbers are kept]\n"
+)
+AGING_BATCH = 200  # proposals aged per round trip of `age_run_logs`
 SUBMITTED_REASON = "submitted"  # the reason of a proposal's first event, written by `create`
 IDEMPOTENCY_TTL_S = 24 * 3600  # how long a retried submit finds its first answer
 # Live logs are for watching a run; the kept tail of a finished run is in its RunResult. The cap bounds
@@ -344,6 +363,8 @@ class Store:
             pipe.zadd(f"ar:state:{p.state}", {p.id: p.created_at})
             if p.kind == "proposal":
                 pipe.set(f"ar:dedupe:{p.base_commit}:{p.content_hash}", p.id)
+            if p.state in TERMINAL and any(r.log_tail for r in (*p.results, *p.baseline_results)):
+                pipe.zadd(LOG_AGING_KEY, {p.id: p.updated_at})
             if p.decision is not None:
                 pipe.zadd("ar:scores", {p.id: p.decision.candidate_bpb})
                 if fingerprint_key is not None:
@@ -355,6 +376,51 @@ class Store:
     def results_rows(self) -> list[str]:
         """The results.tsv rows of every agent proposal with a verdict or a crash, oldest first."""
         return [m.decode().partition("\t")[2] for m in self.r.zrange(RESULTS_KEY, 0, -1)]
+
+    # --- aging
+
+    @translate_errors
+    def age_run_logs(self, retention_s: float, now_s: float | None = None) -> int:
+        """Replace the run log tails of proposals that finished more than `retention_s` ago with
+        AGED_LOG_TAIL ("Aging" in the module docstring); returns how many proposals were aged. Only
+        `log_tail` changes: the proposal's state, numbers, decision, counters and events stay as they
+        are. Safe to run from several processes at once (each proposal is rewritten optimistically)."""
+        cutoff = (now() if now_s is None else now_s) - retention_s
+        aged = 0
+        while ids := [
+            i.decode() for i in self.r.zrangebyscore(LOG_AGING_KEY, "-inf", cutoff, 0, AGING_BATCH)
+        ]:
+            for proposal_id in ids:
+                aged += self._age_logs(proposal_id)
+            self.r.zrem(LOG_AGING_KEY, *ids)
+        return aged
+
+    def _age_logs(self, proposal_id: str) -> int:
+        key = f"ar:proposal:{proposal_id}"
+
+        def attempt(pipe: "redis.client.Pipeline[bytes]") -> int:
+            raw = cast("bytes | None", pipe.get(key))  # immediate while watching
+            if raw is None:
+                pipe.reset()
+                return 0
+            old = self._decode([raw])[0]
+            new = old.model_copy(
+                update={
+                    "results": [_aged(r) for r in old.results],
+                    "baseline_results": [_aged(r) for r in old.baseline_results],
+                }
+            )
+            if new == old:
+                pipe.reset()
+                return 0
+            record, bodies = _encode(new)
+            pipe.multi()
+            _put_bodies(pipe, bodies)
+            pipe.set(key, record)
+            pipe.execute()
+            return 1
+
+        return optimistic(self.r, [key], attempt)
 
     # --- the layout version
 
@@ -373,6 +439,10 @@ class Store:
                 record, bodies = _encode(proposal)
                 _put_bodies(pipe, bodies)
                 pipe.set(f"ar:proposal:{proposal.id}", record)
+                if proposal.state in TERMINAL and any(
+                    r.log_tail for r in (*proposal.results, *proposal.baseline_results)
+                ):  # finished before the aging index existed: aged from when it last changed
+                    pipe.zadd(LOG_AGING_KEY, {proposal.id: proposal.updated_at})
                 started = stats.first_run_started_at(proposal)
                 first = started if first is None or (started is not None and started < first) else first
             pipe.execute()
@@ -463,6 +533,8 @@ class Store:
             _count(pipe, old, new)
             if state is not None:
                 event = Event(at=new.updated_at, state=state, reason=reason)
+                if state in TERMINAL and any(r.log_tail for r in (*new.results, *new.baseline_results)):
+                    pipe.zadd(LOG_AGING_KEY, {proposal_id: new.updated_at})
                 pipe.zrem(f"ar:state:{old.state}", proposal_id)
                 pipe.zadd(f"ar:state:{state}", {proposal_id: old.created_at})
                 pipe.rpush(f"ar:events:{proposal_id}", event.model_dump_json())
@@ -865,6 +937,10 @@ def _fields(raw: bytes) -> dict[str, Any]:
     if raw.startswith(RECORD_MARK):
         raw = zlib.decompress(raw[len(RECORD_MARK) :])
     return dict(json.loads(raw))
+
+
+def _aged(result: RunResult) -> RunResult:
+    return result.model_copy(update={"log_tail": AGED_LOG_TAIL}) if result.log_tail else result
 
 
 def _put_bodies(pipe: "redis.client.Pipeline[bytes]", bodies: dict[str, bytes]) -> None:
