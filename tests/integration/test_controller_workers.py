@@ -26,7 +26,7 @@ from tests.integration.live_server import BASE, REPO_PROGRAM, seed, with_lr
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = "admin-token-for-two-processes-0123456789"
 WORKERS = 2
-MAX_CONNECTIONS = 200  # opened at most while looking for a connection served by each process
+START_TIMEOUT_S = 60  # for the processes to start and each to serve a connection (a loaded CI box)
 
 
 class Connection:
@@ -150,19 +150,20 @@ def controller(redis_url: str, redis_client: Any, tmp_path: Path) -> Iterator[tu
             finally:
                 probe.close()
 
-        workers = wait_for(ready, 60, "the controller's two processes to answer")
+        workers = wait_for(ready, START_TIMEOUT_S, "the controller's two processes to answer")
         yield port, workers
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
 
 
-def connection_to_each(port: int, workers: list[int]) -> tuple[dict[int, Connection], list[Connection]]:
-    """One open connection served by each worker process ({pid: connection}), and the others opened
-    while looking for them (to close)."""
+def connection_to_each(port: int, workers: list[int]) -> dict[int, Connection]:
+    """One open connection served by each worker process ({pid: connection}). A process still
+    starting accepts nothing yet, so connections are opened (and those of a process already held
+    closed again) until every process has served one."""
     pinned: dict[int, Connection] = {}
-    spare: list[Connection] = []
-    for _ in range(MAX_CONNECTIONS):
+
+    def one_more() -> bool:
         conn = Connection(port)
         assert conn.request("GET", "/healthz")[0] == 200  # accepted and served: its process holds it
         inode = conn.server_side_inode()
@@ -170,12 +171,16 @@ def connection_to_each(port: int, workers: list[int]) -> tuple[dict[int, Connect
         if owner is not None and owner not in pinned:
             pinned[owner] = conn
         else:
-            spare.append(conn)
-        if len(pinned) == len(workers):
-            return pinned, spare
-    for conn in [*pinned.values(), *spare]:
-        conn.close()
-    raise AssertionError(f"{MAX_CONNECTIONS} connections did not reach every process")
+            conn.close()
+        return len(pinned) == len(workers)
+
+    try:
+        wait_for(one_more, START_TIMEOUT_S, "a connection served by each controller process", interval_s=0.01)
+    except AssertionError:
+        for conn in pinned.values():
+            conn.close()
+        raise
+    return pinned
 
 
 def submission(train_py: str, title: str) -> dict[str, Any]:
@@ -189,7 +194,7 @@ def submission(train_py: str, title: str) -> dict[str, Any]:
 
 def test_two_processes_agree_on_what_either_wrote(controller: tuple[int, list[int]], redis_url: str) -> None:
     port, workers = controller
-    pinned, spare = connection_to_each(port, workers)
+    pinned = connection_to_each(port, workers)
     first, second = (pinned[pid] for pid in workers)
     try:
         # the first admin token is the environment's, in both processes
@@ -238,7 +243,7 @@ def test_two_processes_agree_on_what_either_wrote(controller: tuple[int, list[in
         assert listings[0] == listings[1]
         assert listings[0]["total"] == 2
     finally:
-        for conn in [*pinned.values(), *spare]:
+        for conn in pinned.values():
             conn.close()
     conn_check = connect(redis_url)
     try:
