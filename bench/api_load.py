@@ -16,10 +16,12 @@ a minimal HTTP/1.1 client by default, or httpx, which costs this process more CP
 
 Client, server and Redis share the machine's cores, as they would on a small box; the figures are
 the whole system's, not the server's alone. Beside them, each phase reports the CPU time the
-controller's processes spent per request (`<phase>_server_cpu_ms_per_request`: user + system time
-of the process tree from /proc, divided by the phase's requests), which does not depend on how the
-cores are shared. Writes bench/results/api_load.json and the raw log
-bench/results/logs/api_load.log.
+controller's processes spent per request (`<phase>_server_cpu_ms_per_request`: user + system time of
+the process tree from /proc, divided by the phase's requests) and this process's
+(`<phase>_client_cpu_ms_per_request`). On a shared box CPU time per request grows with the machine's
+load too (the load average at the start and end is in the results). Writes
+bench/results/api_load.json and the raw log bench/results/logs/api_load.log (with `--workers N`
+above 1: api_load_workersN.json and .log).
 """
 
 import argparse
@@ -382,7 +384,7 @@ def main() -> None:
     for phase in phases:
         figures.update(phase.figures())
     write_results(
-        NAME,
+        NAME if args.workers == 1 else f"{NAME}_workers{args.workers}",
         {
             "machine_kind": MACHINE,
             "clients": args.clients,
