@@ -26,6 +26,7 @@ above 1: api_load_workersN.json and .log).
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -237,7 +238,8 @@ class RawConnection:
     async def aclose(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            await self.writer.wait_closed()
+            with contextlib.suppress(ConnectionError):  # the server may reset a connection being closed
+                await self.writer.wait_closed()
 
 
 def _json_bytes(value: Any) -> bytes:
