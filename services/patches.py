@@ -9,7 +9,9 @@ that says what to fix:
        mode change or binary patch, one file only
     3. the diff applies strictly: every hunk's old lines must equal the base at the line its header
        states (no offset search, no fuzz); hunks in order and not overlapping
-    4. the candidate compiles as Python (it is never run here)
+    4. the candidate compiles as Python (it is never run here); of a change to a base that compiles,
+       the top-level statements it touches are compiled (`changed_region`), the whole file only if
+       they fail
     5. the candidate differs from the base after normalisation
 
 Lines: `split_lines` is the one definition of a line of `train.py` or of a diff, used wherever one is
@@ -29,7 +31,10 @@ One leniency: inside a hunk a completely empty line counts as an empty context l
 and mail clients strip the single space that `diff` writes there; it still has to match the base.
 """
 
+import ast
+import bisect
 import difflib
+import functools
 import hashlib
 import re
 import threading
@@ -40,6 +45,7 @@ from services.errors import InvalidPatch, InvalidPython
 
 TRAIN_PY = "trainer/train.py"
 NO_NEWLINE_MARKER = "\\ No newline at end of file"
+DIFF_CONTEXT_LINES = 3  # lines of context around each change in a canonical diff (diff -u's default)
 
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(?: .*)?$")
 # git extended headers that say something other than "this file's content changed".
@@ -115,7 +121,7 @@ def candidate_text(base_train_py: str, *, train_py: str | None, diff: str | None
 def finish_candidate(base_train_py: str, candidate: str, candidate_hash: str) -> Candidate:
     """The second half of `build_candidate`: compile once, refuse a change of nothing, and make the
     canonical diff. `candidate` comes from `candidate_text`, `candidate_hash` is its `content_hash`."""
-    check_python(candidate)
+    check_python(candidate, base_train_py)
     if normalise(candidate) == normalise(base_train_py):
         raise InvalidPatch(
             "the candidate changes nothing: it equals the base train.py up to line endings and trailing "
@@ -174,14 +180,17 @@ def check_line_breaks(text: str, what: str) -> None:
     )
 
 
-def check_python(source: str) -> None:
+def check_python(source: str, base: str | None = None) -> None:
     """Compile (never run) the candidate: catches syntax errors and compile-time ones such as a
-    module-level `return`. Warnings are silenced under a lock (the filter list is process-global) so a
-    candidate full of odd escapes cannot flood the controller's log."""
+    module-level `return`. Given the `base` it was made from, only the top-level statements the change
+    touches are compiled when that decides it (`changed_region`); a failure there is settled by
+    compiling the whole file, so the error and its position are the whole file's."""
+    if base is not None:
+        region = changed_region(outline(lf(base)), source)
+        if region is not None and _compiles(region):
+            return
     try:
-        with _COMPILE_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compile(source, TRAIN_PY, "exec", dont_inherit=True)
+        _compile(source)
     except SyntaxError as exc:
         raise InvalidPython(
             f"the candidate train.py does not parse as Python: {exc.msg} at line {exc.lineno}, "
@@ -189,6 +198,87 @@ def check_python(source: str) -> None:
         ) from exc
     except (ValueError, RecursionError, MemoryError) as exc:
         raise InvalidPython(f"the candidate train.py does not parse as Python: {exc}") from exc
+
+
+def _compile(source: str) -> None:
+    """Warnings are silenced under a lock (the filter list is process-global) so a candidate full of
+    odd escapes cannot flood the controller's log."""
+    with _COMPILE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compile(source, TRAIN_PY, "exec", dont_inherit=True)
+
+
+def _compiles(source: str) -> bool:
+    try:
+        _compile(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------- compiling what changed
+
+
+@dataclass(frozen=True)
+class Outline:
+    """A base `train.py` that compiles, as lines, and the 0-based indices of the lines where its
+    top-level statements begin (decorators included), with the number of lines: the places where the
+    file can be cut into runs of whole statements."""
+
+    lines: tuple[str, ...]
+    cuts: tuple[int, ...]  # ascending, from 0 (before any statement) to len(lines)
+
+
+# Module-scope facts that tie one top-level statement to another (a `from __future__` import must come
+# first; `global x` at module level is an error after a use of x): where either word occurs, the whole
+# file is compiled.
+_CROSS_STATEMENT = re.compile(r"__future__|\bglobal\b")
+OUTLINES_CACHED = 8  # bases outlined per process (a base changes when the best does)
+
+
+@functools.lru_cache(maxsize=OUTLINES_CACHED)
+def outline(base: str) -> Outline | None:
+    """The base's outline, or None when the base does not compile or ties statements together."""
+    if _CROSS_STATEMENT.search(base) or not _compiles(base):
+        return None
+    try:
+        tree = ast.parse(base)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    lines = tuple(split_lines(base))
+    starts = []
+    for node in tree.body:
+        if node.col_offset != 0:  # a statement after `;` or a backslash: cut nowhere near it
+            return None
+        decorators = getattr(node, "decorator_list", [])
+        starts.append(min([node.lineno, *(d.lineno for d in decorators)]) - 1)
+    return Outline(lines, tuple(sorted({0, *starts, len(lines)})))
+
+
+def changed_region(base: Outline | None, candidate: str) -> str | None:
+    """The candidate's lines that differ from the base, widened to whole top-level statements of the
+    base, with blank lines in front so line numbers stay the file's. If this region compiles, the
+    whole candidate does: the lines before it and after it are runs of whole statements of a base
+    that compiled, and a region that compiles on its own ends where a statement may begin. None when
+    that argument does not hold here (no outline, or the change names `__future__` or `global`)."""
+    if base is None or not base.lines:
+        return None
+    lines = split_lines(candidate)
+    old = base.lines
+    same_head = 0
+    limit = min(len(lines), len(old))
+    while same_head < limit and lines[same_head] == old[same_head]:
+        same_head += 1
+    same_tail = 0
+    while same_tail < limit - same_head and lines[-1 - same_tail] == old[-1 - same_tail]:
+        same_tail += 1
+    start = base.cuts[bisect.bisect_right(base.cuts, same_head) - 1]
+    end = base.cuts[bisect.bisect_left(base.cuts, len(old) - same_tail)]
+    region = lines[start : len(lines) - (len(old) - end)]
+    text = "\n".join(region) + "\n"
+    if _CROSS_STATEMENT.search(text):
+        return None
+    return "\n" * start + text
 
 
 # ---------------------------------------------------------------------------- normal forms
@@ -226,20 +316,51 @@ def content_hash(base_commit: str, train_py: str) -> str:
 
 
 def canonical_diff(base: str, candidate: str) -> str:
-    """difflib's unified diff with git-style headers and `\\ No newline at end of file` markers."""
-    out: list[str] = []
+    """difflib's unified diff with git-style headers and `\\ No newline at end of file` markers.
+    difflib compares only what lies between the lines the two share at their start and end (and the
+    context lines around it), so a small change to a long file costs little; hunk headers are then
+    numbered as lines of the whole file."""
+    old = split_lines(base, keepends=True)
+    new = split_lines(candidate, keepends=True)
+    head, tail = _common_ends(old, new)
+    skip_head = max(0, head - DIFF_CONTEXT_LINES)
+    skip_tail = max(0, tail - DIFF_CONTEXT_LINES)
     lines = difflib.unified_diff(
-        split_lines(base, keepends=True),
-        split_lines(candidate, keepends=True),
+        old[skip_head : len(old) - skip_tail],
+        new[skip_head : len(new) - skip_tail],
         fromfile=f"a/{TRAIN_PY}",
         tofile=f"b/{TRAIN_PY}",
+        n=DIFF_CONTEXT_LINES,
     )
+    out: list[str] = []
     for line in lines:
+        if skip_head and line.startswith("@@ "):
+            line = _shift_header(line, skip_head)
         if line.endswith("\n"):
             out.append(line)
         else:
             out.append(line + "\n" + NO_NEWLINE_MARKER + "\n")
     return "".join(out)
+
+
+def _common_ends(old: list[str], new: list[str]) -> tuple[int, int]:
+    """How many lines the two share at their start, and then at their end (not overlapping)."""
+    limit = min(len(old), len(new))
+    head = 0
+    while head < limit and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    return head, tail
+
+
+def _shift_header(header: str, lines: int) -> str:
+    match = _HUNK_HEADER.match(header.rstrip("\n"))
+    assert match is not None, header  # difflib writes every header in this form
+    old = f"{int(match[1]) + lines}" + ("" if match[2] is None else f",{match[2]}")
+    new = f"{int(match[3]) + lines}" + ("" if match[4] is None else f",{match[4]}")
+    return f"@@ -{old} +{new} @@\n"
 
 
 # ---------------------------------------------------------------------------- diff parsing

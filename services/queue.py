@@ -7,6 +7,8 @@ A run job's id is the proposal's id and its transition count when it entered the
 serves (`run_job_id`), and run jobs are enqueued only if that id is new: whoever enqueues a spell
 (the controller, a worker's infrastructure retry, the committer, a worker's sweep for proposals
 left `queued` without a job), it gets exactly one job.
+
+A Redis error in an enqueue or a depth read is raised as StoreUnavailable (`store.translate_errors`).
 """
 
 import uuid
@@ -16,7 +18,7 @@ from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from services.store import connect, keys
+from services.store import connect, keys, translate_errors
 
 RUNS_QUEUE = "runs"
 COMMITS_QUEUE = "commits"
@@ -58,6 +60,7 @@ def run_job_id(proposal_id: str, transitions: int) -> str:
     return f"run-{proposal_id}-{transitions}"
 
 
+@translate_errors
 def enqueue_run(conn: "redis.Redis[bytes]", proposal_id: str, budget_s: int, transitions: int = 0) -> bool:
     """Enqueue the run job of the proposal's current spell (`transitions`: the proposal's count when
     it entered the state the job serves); False if that job exists already. RQ's unique enqueue is
@@ -78,6 +81,7 @@ def enqueue_run(conn: "redis.Redis[bytes]", proposal_id: str, budget_s: int, tra
     return True
 
 
+@translate_errors
 def ensure_run(conn: "redis.Redis[bytes]", proposal_id: str, budget_s: int, transitions: int) -> bool:
     """Make sure the proposal's current spell has a run job that can still run: enqueue it if it is
     missing (the process that stored or re-queued the proposal died before enqueueing), or replace
@@ -97,6 +101,7 @@ def ensure_run(conn: "redis.Redis[bytes]", proposal_id: str, budget_s: int, tran
     return enqueue_run(conn, proposal_id, budget_s, transitions)
 
 
+@translate_errors
 def enqueue_decision(conn: "redis.Redis[bytes]", proposal_id: str) -> None:
     commits_queue(conn).enqueue(
         DECIDE_JOB,
@@ -150,5 +155,12 @@ def worker_name(base: str) -> str:
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
+def queue_keys() -> dict[str, str]:
+    """Each queue's name → the Redis list RQ keeps its waiting jobs in (RQ's key, not the store's): for
+    reading the depths in one round trip with other reads (`Store.status`)."""
+    return {name: Queue.redis_queue_namespace_prefix + name for name in (RUNS_QUEUE, COMMITS_QUEUE)}
+
+
+@translate_errors
 def queue_depths(conn: "redis.Redis[bytes]") -> dict[str, int]:
     return {RUNS_QUEUE: len(runs_queue(conn)), COMMITS_QUEUE: len(commits_queue(conn))}

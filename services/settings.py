@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     tmpfs_bytes: int = Field(2 * GIB, ge=MIB)  # size of each container's /tmp (scratch_mode tmpfs)
     max_log_bytes: int = Field(8 * MIB, ge=KIB)  # the log kept per step; the rest is cut
     log_tail_bytes: int = Field(16 * KIB, ge=KIB)  # what the API shows of a failed run
+    # How long a finished proposal keeps its runs' log tails (the workers' sweep then replaces them
+    # with a note; every number of every run, and each decision, is kept whatever its age).
+    run_log_retention_s: int = Field(30 * 24 * 3600, ge=3600)
     max_checkpoint_bytes: int = Field(4 * GIB, ge=KIB)  # model.safetensors; a larger one is not collected
     max_output_bytes: int = Field(8 * GIB, ge=KIB)  # whole output folder; the run is killed beyond
     # After the deadline, when the in-container backstop kills a step whose worker died mid-step.

@@ -2,6 +2,9 @@
 
 Settings and store live on `app.state` (set by `create_app`), never built at import. Routes get a store,
 never a raw Redis connection: the store and the modules it serves (queue, quotas) own the keys.
+
+A dependency that does no I/O is `async def`: FastAPI runs a plain `def` dependency in its thread pool,
+a hop that costs more than these functions do. Those that read Redis stay `def`.
 """
 
 from typing import Annotated
@@ -18,22 +21,22 @@ from services.store import Store
 _bearer = HTTPBearer(auto_error=False, description="a token from AR_ADMIN_TOKEN or POST /v1/tokens")
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _store(request: Request) -> Store:
+async def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def _hub(request: Request) -> EventHub:
+async def _hub(request: Request) -> EventHub:
     hub: EventHub = request.app.state.event_hub
     return hub
 
 
-def _heartbeat_s(request: Request) -> float:
+async def _heartbeat_s(request: Request) -> float:
     return float(request.app.state.sse_heartbeat_s)
 
 
@@ -52,14 +55,14 @@ def _principal(
 Caller = Annotated[auth.Principal, Depends(_principal)]
 
 
-def _admin(principal: Caller) -> auth.Principal:
+async def _admin(principal: Caller) -> auth.Principal:
     return auth.require(principal, auth.Role.ADMIN)
 
 
 Admin = Annotated[auth.Principal, Depends(_admin)]
 
 
-def _viewer(principal: Caller, settings: SettingsDep) -> Disclosure:
+async def _viewer(principal: Caller, settings: SettingsDep) -> Disclosure:
     return Disclosure.of(principal, settings)
 
 

@@ -40,10 +40,10 @@ from services.models import (
     new_id,
 )
 from services.patches import candidate_text, content_hash, finish_candidate
-from services.queue import enqueue_run, queue_depths
+from services.queue import enqueue_run, queue_keys
 from services.settings import Settings
 from services.states import State
-from services.store import Store, stats
+from services.store import SUBMITTED_REASON, StatusRead, Store, stats
 from services.text import check_multiline, check_one_line
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,6 @@ PROGRAM_SEED_AUTHOR = "repo"  # author of version 1, seeded from the repository'
 class Base:
     commit: str
     train_py: str
-
-
-@dataclass(frozen=True)
-class Status:
-    queues: dict[str, int]
-    states: dict[str, int]
-    best: Best | None
 
 
 # ---------------------------------------------------------------------------- proposals
@@ -116,10 +109,12 @@ def submit_proposal(
         seeds=[settings.first_seed],
     )
     if quotas.applies_to(principal):  # after validation: a rejected submission writes nothing
-        limit = settings.max_queued_per_token
-        with quotas.queued_place(conn, principal, proposal.id, limit, settings.run_budget_s):
-            quotas.count_submit(conn, principal, settings.submits_per_minute)
-            stored, created = store.create(proposal, dedupe=True, idempotency=idem)
+        with quotas.submit_place(
+            conn, principal, proposal.id, limit=settings.max_queued_per_token,
+            per_minute=settings.submits_per_minute, retry_after_s=settings.run_budget_s,
+        ) as place:  # fmt: skip
+            stored, created = store.create(proposal, dedupe=True, idempotency=idem, also=place.keep)
+            place.kept = created
     else:
         stored, created = store.create(proposal, dedupe=True, idempotency=idem)
     settings.pauses.reached("submit:stored")  # test-only kill point (services/faults.py); inert
@@ -144,6 +139,14 @@ def _submitted(
     else:
         log.info("submit returned the existing proposal %s", stored.id, extra={"proposal_id": stored.id})
     return stored, created
+
+
+def submitted_events(store: Store, proposal: Proposal, created: bool) -> list[Event]:
+    """The events to answer a submit with: a proposal just created has the one `Store.create` wrote
+    (no read needed); a duplicate or a replay has its history read."""
+    if created:
+        return [Event(at=proposal.created_at, state=proposal.state, reason=SUBMITTED_REASON)]
+    return store.events(proposal.id)
 
 
 def get_proposal(store: Store, proposal_id: str) -> tuple[Proposal, list[Event]]:
@@ -333,8 +336,9 @@ def readiness(store: Store) -> Best:
     return best
 
 
-def status(store: Store) -> Status:
-    return Status(queues=queue_depths(store.r), states=store.count_by_state(), best=store.get_best())
+def status(store: Store) -> StatusRead:
+    """Queue depths, proposals per state, the counters and the best: one round trip to Redis."""
+    return store.status(queue_keys())
 
 
 # ---------------------------------------------------------------------------- program.md

@@ -1,9 +1,12 @@
 """`autoresearch-controller`: serve the API with uvicorn, configured from the environment (AR_*)."""
 
+import asyncio
 import logging
+import socket
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from services.controller.app import create_app
 from services.logs import configure_logging
@@ -11,6 +14,19 @@ from services.settings import Settings
 
 # Open event streams would hold a graceful shutdown forever; after this they are cut.
 SHUTDOWN_GRACE_S = 5
+
+
+class NoDelayH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol on a connection with Nagle's algorithm off. asyncio turns it off
+    only for sockets it knows to be TCP; the listening socket uvicorn hands to its worker processes
+    (AR_CONTROLLER_WORKERS above 1) is rebuilt from a file descriptor without that mark, and each
+    answer, written as a head and then a body, then waited ~40 ms for the client's delayed ACK."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
 
 
 def build_app() -> FastAPI:
@@ -29,6 +45,7 @@ def main() -> None:
         build_app() if workers == 1 else "services.controller.main:build_app",  # workers import it by name
         factory=workers > 1,
         workers=workers if workers > 1 else None,
+        http=NoDelayH11Protocol,
         host=settings.host,
         port=settings.port,
         log_config=None,

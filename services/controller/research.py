@@ -130,6 +130,10 @@ class Cost:
 def cost(store: Store) -> Cost:
     """From the store's counters (services/store/stats.py): one read, whatever the number of proposals."""
     counters, _ = store.stats()
+    return cost_of(counters)
+
+
+def cost_of(counters: dict[str, float]) -> Cost:
     total = counters.get("gpu_s", 0.0)
     merged = int(counters.get("merged_proposals", 0))
     return Cost(total, merged, total / merged if merged else None)

@@ -45,6 +45,10 @@ STATS = Key("stats", "hash", "none", STORE, "counters kept with every write (ser
 FIRST_RUN = Key("stats:first-run", "zset", "none", STORE, "when the earliest stored run started")
 RESULTS = Key("results", "zset", "none", STORE, "`<id>\t<results.tsv row>` → created_at")
 SCHEMA = Key("schema", "string", "none", STORE, "the store's layout version")
+LOG_AGING = Key(
+    "aging:logs", "zset", "none (members leave once aged)", STORE,
+    "id → when it finished: finished proposals whose run log tails are still kept",
+)  # fmt: skip
 SCORES = Key("scores", "zset", "none", STORE, "id → val_bpb: the leaderboard")
 FINGERPRINT_SCORES = Key("scores:{}", "zset", "none", STORE, "id → val_bpb on one fingerprint", ("fp",))
 FINGERPRINTS = Key("fingerprints", "set", "none", STORE, "fingerprint keys seen")

@@ -86,9 +86,13 @@ def sweep(
     conn: "redis.Redis[bytes]", store: Store, settings: Settings, recover: Callable[[str], object]
 ) -> None:
     """What every worker does at start and then every lease period: recover the proposals of
-    workers that died mid-run, then give a run job to queued proposals that have none."""
+    workers that died mid-run, give a run job to queued proposals that have none, and age the run
+    log tails of proposals finished longer ago than AR_RUN_LOG_RETENTION_S (Store.age_run_logs)."""
     recover_orphans(conn, recover)
     requeue_lost(conn, store, settings)
+    aged = store.age_run_logs(settings.run_log_retention_s)
+    if aged:
+        log.info("aged the run log tails of %d finished proposal(s)", aged)
 
 
 def requeue_lost(conn: "redis.Redis[bytes]", store: Store, settings: Settings) -> list[str]:

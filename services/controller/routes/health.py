@@ -27,7 +27,7 @@ def status(viewer: Viewer, store: StoreDep) -> StatusView:
     """Queue depths, proposals per state, the best commit, and GPU-seconds spent per improvement."""
     current = logic.status(store)
     best = current.best
-    cost = research.cost(store)
+    cost = research.cost_of(current.counters)
     view = StatusView(
         queues=current.queues,
         states=current.states,

@@ -51,7 +51,7 @@ def submit(
     proposal, created = logic.submit_proposal(store, settings, caller, body, idempotency_key)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/proposals/{proposal.id}"
-    return viewer.model(ProposalDetail.of(proposal, store.events(proposal.id)))
+    return viewer.model(ProposalDetail.of(proposal, logic.submitted_events(store, proposal, created)))
 
 
 @router.get("", response_model=ProposalPage, responses={422: PROBLEM_RESPONSE})
