@@ -20,8 +20,8 @@ import pytest
 
 from services.patches import canonical_diff
 from services.store import Store, connect
-from tests.conftest import free_port, wait_for
-from tests.integration.live_server import BASE, REPO_PROGRAM, seed, with_lr
+from tests.support.live_server import BASE, REPO_PROGRAM, seed, with_lr
+from tests.support.net import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = "admin-token-for-two-processes-0123456789"

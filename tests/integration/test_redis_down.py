@@ -15,14 +15,15 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from services import auth, queue, quotas
+from services import queue
+from services.controller import auth, quotas
 from services.controller.app import create_app
 from services.errors import StoreUnavailable
 from services.models import Proposal, new_id
 from services.settings import Settings
 from services.store import Store, connect
-from tests.conftest import free_port, wait_for
-from tests.integration.live_server import BASE, COMMIT, seed, with_lr
+from tests.support.live_server import BASE, COMMIT, seed, with_lr
+from tests.support.net import free_port, wait_for
 
 ADMIN = "admin-token-for-redis-down-0123456789"
 LAST_RESORT = "Redis error:"  # what services/controller/problems.py logs for an untranslated one

@@ -7,8 +7,8 @@ import pytest
 from services.models import Decision, RunResult, StepTimings
 from services.states import State
 from services.store import AGED_LOG_TAIL, LOG_AGING_KEY, Store
+from tests.support.walk import path_to
 from tests.unit.test_store import make_proposal
-from tests.walk import path_to
 
 DAY_S = 24 * 3600
 RETENTION_S = 30 * DAY_S
