@@ -104,7 +104,7 @@ def optimistic(
 def translate_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Redis errors raised by `fn` become StoreUnavailable (services/errors.py), naming the cause: the
     store, and the modules that send their own commands on its connection (services/queue.py,
-    services/quotas.py), translate at their boundary with this."""
+    services/controller/quotas.py), translate at their boundary with this."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
