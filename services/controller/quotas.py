@@ -33,10 +33,10 @@ RATE_KEY_TTL_S = 2 * RATE_WINDOW_S  # a window's counter outlives its minute, th
 RESERVATION_TTL_S = 30  # a submit's place counts this long before its proposal is stored (or not)
 # zset: proposal id → 0 once stored (it counts while it is queued), or the reservation's expiry (ms)
 
-# KEYS: the token's places, the queued-state index. ARGV: proposal id, limit, reservation ttl (ms).
-# Forgets places whose proposal left the queue (or whose reservation expired), then takes one for
-# the proposal if fewer than the limit are held. Returns {taken 0/1, places held before}.
-_RESERVE = """
+# The start of both reserving scripts (KEYS[1]: the token's places, KEYS[2]: the queued-state index):
+# forgets places whose proposal left the queue (or whose reservation expired), counts the rest (`held`)
+# and reads the server's clock (`now`, ms).
+_HELD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local places = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
@@ -49,29 +49,22 @@ for i = 1, #places, 2 do
         redis.call('ZREM', KEYS[1], id)
     end
 end
+"""
+# ARGV: proposal id, limit, reservation ttl (ms). Takes a place for the proposal if fewer than the
+# limit are held. Returns {taken 0/1, places held before}.
+_TAKE = """
 if held >= tonumber(ARGV[2]) then
     return {0, held}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return {1, held}
 """
+_RESERVE = _HELD + _TAKE
 # KEYS: the token's places, the queued-state index, the rate window's counter. ARGV: proposal id,
 # queued limit, reservation ttl (ms), rate limit, rate ttl (s). `_RESERVE` and `_COUNT` in one step
 # (one round trip for a submit): the queued limit is checked first, then the rate; a refusal takes
 # nothing. Returns {taken 0/1, places held before, the count or -1 when the rate refused}.
-_RESERVE_AND_COUNT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local places = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local held = 0
-for i = 1, #places, 2 do
-    local id, until_ms = places[i], tonumber(places[i + 1])
-    if redis.call('ZSCORE', KEYS[2], id) or until_ms > now then
-        held = held + 1
-    else
-        redis.call('ZREM', KEYS[1], id)
-    end
-end
+_TAKE_AND_COUNT = """
 if held >= tonumber(ARGV[2]) then
     return {0, held, 0}
 end
@@ -84,6 +77,7 @@ redis.call('EXPIRE', KEYS[3], ARGV[5])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return {1, held, count}
 """
+_RESERVE_AND_COUNT = _HELD + _TAKE_AND_COUNT
 # KEYS: the token's places, the queued-state index. ARGV: proposal id. A stored, queued proposal
 # keeps its place (it counts while queued); otherwise the place is given back.
 _SETTLE = """
