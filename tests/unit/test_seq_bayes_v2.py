@@ -14,19 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import itertools
 
 from bench import campaign
+from tests.support.evidence import NOISE, evidence
 
-SIGMA = 0.001
-NOISE = rules.Noise(SIGMA, "calibrated", 10)
 POLICY = rules.Policy(rule=rules.SEQ_BAYES_V2_RULE)
-
-
-def evidence(
-    screen: float, cand: tuple[float, ...] = (), best: tuple[float, ...] = (), seeds: tuple[int, ...] = ()
-) -> rules.Evidence:
-    return rules.Evidence(
-        best_commit="c", best_bpb=1.3000, best_sd_bpb=SIGMA / 2, noise=NOISE, screen_runs=[screen],
-        screen_seeds=[42], candidate_runs=list(cand), best_runs=list(best), seeds=list(seeds),
-    )  # fmt: skip
 
 
 def test_a_clearly_worse_screen_costs_one_run_and_records_why() -> None:
