@@ -10,7 +10,6 @@ import pytest
 from services.committer import rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench import campaign
 
 NOISE = rules.Noise(0.001, "calibrated", 10)
 POLICY = rules.Policy(rule=rules.SEQ_BAYES_RULE)
@@ -104,33 +103,3 @@ def test_posterior_matches_a_numerical_integration_of_the_prior() -> None:
 
 def _normal(x: np.ndarray, sd: float) -> np.ndarray:
     return np.exp(-(x**2) / (2 * sd * sd)) / (sd * np.sqrt(2 * np.pi))
-
-
-# ---------------------------------------------------------------------------------------------------
-# campaigns of pure noise and of seed-ignoring changes, decided by seq-bayes/v1 (opt-in)
-
-
-@pytest.mark.parametrize("sigma", campaign.SIGMAS)
-def test_pure_noise_is_falsely_accepted_at_most_one_percent_of_the_time(sigma: float) -> None:
-    """Effect 0 on every proposal, Gaussian noise with drift, same-seed correlation 0.5: ≤ 1% merged."""
-    merges = decisions = 0
-    for c in range(3):
-        stream = campaign.proposal_stream("zero", np.random.default_rng((1, c)), 400)
-        machine = campaign.Machine(sigma, "drift", 0.5, (2, c), 400)
-        tally = campaign.campaign(
-            rules.SEQ_BAYES_RULE, "default", machine, stream, campaign.policy_for(rules.SEQ_BAYES_RULE)
-        )
-        merges, decisions = merges + tally.merges, decisions + tally.decisions
-    assert decisions >= 300
-    assert merges / decisions <= 0.01, (merges, decisions)
-
-
-def test_a_change_that_ignores_the_seed_is_never_merged() -> None:
-    """Every proposal scores the same lucky value on every seed (up to 2 σ better than the best)."""
-    stream = campaign.proposal_stream("seedless", np.random.default_rng(3), 300)
-    machine = campaign.Machine(0.002, "gaussian", 0.0, (4,), 300)
-    tally = campaign.campaign(
-        rules.SEQ_BAYES_RULE, "default", machine, stream, campaign.policy_for(rules.SEQ_BAYES_RULE)
-    )
-    assert tally.decisions > 50 and tally.merges == 0
-    assert tally.stops.get("reject-ignores-seed", 0) > 0
