@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     submits_per_minute: int = Field(30, ge=1)  # an agent token's submits per minute (429 beyond)
 
     # --- runs
-    run_wall_clock_s: int = Field(300, gt=0, le=24 * 3600)  # the training container's whole budget
+    # The training container's whole budget; the trainer sees its deadline as AR_WALL_CLOCK_S and
+    # AR_DEADLINE_UNIX (docs/architecture.md).
+    run_wall_clock_s: int = Field(300, gt=0, le=24 * 3600)
     eval_timeout_s: int = Field(600, gt=0, le=24 * 3600)  # the evaluation container's budget
     preset: Literal["full", "tiny"] = "full"  # AR_PRESET passed to the trainer
     device: Literal["cpu", "cuda"] = "cpu"  # AR_DEVICE passed to the trainer
@@ -76,7 +78,8 @@ class Settings(BaseSettings):
     accept_z: float = Field(2.6, gt=0.0, le=10.0)  # one-sided z of the bound; 2.6 keeps false accepts < 1%
     noise_sigma_prior_bpb: float = Field(0.001, gt=0.0, le=1.0)  # σ until calibration has 3 dof
     # Decimals of the scores agents see (admins see full precision; services/controller/disclosure.py).
-    # 4 (0.0001 bpb) is about σ/10 at the 300 s budget (σ 0.0005 on an H200, 0.0009 on an H100).
+    # 4 (0.0001 bpb) is a tenth of σ or less at the 300 s budget (seed σ 0.0005-0.0009 on an H200,
+    # 0.0020 on an H100).
     agent_score_decimals: int = Field(4, ge=1, le=9)
     # Runs of the best commit asked for once on each new fingerprint (a new evaluator version, image,
     # GPU model or data): its score and the noise calibrations there. 0: none.
