@@ -196,8 +196,9 @@ def _add_tools(server: MCPServer) -> None:
 
     @server.tool(title="Best trainer", annotations=READ_ONLY)
     async def get_best(include_train_py: bool = True) -> dict[str, Any]:
-        """The research branch head: commit, val_bpb, the proposal it came from, and its train.py
-        (the base to write a diff against)."""
+        """The research branch head: commit, val_bpb (as recorded at its merge), the proposal it came
+        from, its runs since and their mean (best_runs, remeasured_bpb), and its train.py (the base to
+        write a diff against)."""
         with _refusals_as(ToolError):
             best: dict[str, Any] = await _api().get("/v1/best")
         if not include_train_py:
