@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import write_results  # noqa: E402
 from services.committer import rules  # noqa: E402
-from services.settings import Settings  # noqa: E402
+from services.settings import AcceptanceSettings  # noqa: E402
 
 SIGMA_BPB = 0.0008  # the upstream trainer's seed-to-seed σ on the H100 (bench/README.md)
 BASE_BPB = 1.3166  # its score under the evaluation protocol
@@ -115,11 +115,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    settings = Settings()
-    params = rules.RuleParams(
-        confirm_runs=settings.confirm_runs, screen_margin_sigma=settings.screen_margin_sigma,
-        accept_z=settings.accept_z, sigma_prior_bpb=settings.noise_sigma_prior_bpb,
-    )  # fmt: skip
+    params = rules.params_from(AcceptanceSettings())
     log = io.StringIO()
     models: dict[str, Callable[[], dict[str, object]]] = {
         name: (lambda name=name: simulate(name, args.proposals, args.seed, params))  # type: ignore[misc]

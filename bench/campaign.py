@@ -44,11 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import write_results  # noqa: E402
 from services.committer import rules  # noqa: E402
-from services.settings import Settings  # noqa: E402
+from services.settings import AcceptanceSettings  # noqa: E402
 
 RUN_S = 315.0  # 300 s of training (AR_WALL_CLOCK_S) + ~15 s of evaluation (H100, docs/evaluation.md)
-FIRST_SEED = 42  # the harness seed of every screening run (Settings.first_seed)
-ROOT_RUNS = 4  # the baseline run + 3 runs on its new fingerprint (Settings.new_fingerprint_runs)
+FIRST_SEED = 42  # the harness seed of every screening run (RunSettings.first_seed)
+ROOT_RUNS = 4  # the baseline run + 3 runs on its new fingerprint (AcceptanceSettings.new_fingerprint_runs)
 DRIFT_PER_RUN = 0.05  # the machine's random walk per run, in σ
 SIGMAS = [0.0005, 0.002, 0.005, 0.009]
 NOISES = ["gaussian", "student_t3", "drift"]
@@ -274,7 +274,9 @@ def _decide(branch: Branch, machine: Machine, delta: float, proposal: Proposal, 
         if cand:
             scores = rules.PairedScores(cand, best, test_c, test_b)
             gap_noise = rules.Noise(GAP_SIGMA_SHARE * machine.sigma, "calibrated", 100)
-            test = rules.TripwireEvidence(scores, gap_noise, branch.gap_steps, rules.TripwireParams())
+            test = rules.TripwireEvidence(
+                scores, gap_noise, branch.gap_steps, rules.tripwire_params_from(AcceptanceSettings.defaults())
+            )
         evidence = rules.Evidence(
             best_commit=str(branch.commit), best_bpb=ref, best_sd_bpb=ref_sd, noise=noise,
             screen_runs=[screen], screen_seeds=[FIRST_SEED], candidate_runs=list(cand), best_runs=list(best),
@@ -315,10 +317,10 @@ def _decide(branch: Branch, machine: Machine, delta: float, proposal: Proposal, 
 
 @functools.cache
 def policy_for(rule: str, rho: float = 0.0) -> rules.Policy:
-    settings = Settings()
+    acceptance = AcceptanceSettings.defaults()
     return rules.Policy(
-        rule=rule if rule in rules.RULES else rules.PAIRED_Z_RULE, paired=rules.params_from(settings),
-        seq=rules.seq_params_from(settings),
+        rule=rule if rule in rules.RULES else rules.PAIRED_Z_RULE, paired=rules.params_from(acceptance),
+        seq=rules.seq_params_from(acceptance),
     )  # fmt: skip
 
 
@@ -540,19 +542,19 @@ def main() -> None:
     log.write(f"trust {checks}\n")
     print(f"trust {checks}", flush=True)
     figures = {
-        "default_rule": Settings().accept_rule,
+        "default_rule": AcceptanceSettings.defaults().accept_rule,
         "candidate_rule": CANDIDATE_RULE,
         "rules": rule_names,
         "grid": {"sigma_bpb": SIGMAS, "noise": NOISES, "mixture": MIXTURES, "rho": RHOS,
                  "campaigns": args.campaigns, "gpu_hours": args.gpu_hours, "run_s": RUN_S,
                  "drift_per_run_sigma": DRIFT_PER_RUN, "gap_sigma_share": GAP_SIGMA_SHARE},
-        "seq_params": rules._seq_params(rules.seq_params_from(Settings())),
+        "seq_params": rules._seq_params(rules.seq_params_from(AcceptanceSettings.defaults())),
         "seq2_params": rules._seq_v2_params(policy_for(CANDIDATE_RULE).seq2),
         "seq2_prior": rules.PRIOR_V2.version,
         "seq3_params": rules._seq_v3_params(policy_for(CANDIDATE_RULE).seq3),
         "seq3_prior": policy_for(CANDIDATE_RULE).seq3.prior.version,
         "trust": checks,
-        "paired_params": rules._params(rules.params_from(Settings())),
+        "paired_params": rules._params(rules.params_from(AcceptanceSettings.defaults())),
         "wall_s": round(time.monotonic() - t0, 1),
         "ratios": summary,
         "scenarios": results,

@@ -151,7 +151,9 @@ def main() -> None:
             container_memory_bytes=4 * GIB,
         )
         conn = connect(url)
-        worker = build_worker(settings, store=Store(conn), sandbox=DockerSandbox(settings), name="bench")
+        worker = build_worker(
+            settings, store=Store(conn), sandbox=DockerSandbox(settings.sandbox), name="bench"
+        )
         jobs.configure(worker)
         train_py = (TRAINER / "train.py").read_text()
         bare_rows, service_rows = [], []

@@ -696,11 +696,11 @@ def evalcheck(work: Path, results: Path, memlock_values: list[int]) -> None:
         settings = Settings(trainer_image=HOST_IMAGE, trainer_python=sys.executable, gpu_mode="devices",
                             gpu_device_nodes=nodes, gpu_host_mounts=host_mounts(), device="cuda", preset="tiny",
                             train_data=str(train_dir), val_data=str(work / "val"), runs_dir=work / "evalcheck",
-                            container_memory_bytes=96 * GIB, eval_memlock_bytes=memlock)  # fmt: skip
-        sandbox = DockerSandbox(settings, base_url=f"unix://{DOCKER_SOCKET}", scratch_mode="bind",
-                                python=sys.executable, extra_env=container_env())  # fmt: skip
+                            container_memory_bytes=96 * GIB, eval_memlock_bytes=memlock, scratch_mode="bind",
+                            sandbox_extra_env=container_env())  # fmt: skip
+        sandbox = DockerSandbox(settings.sandbox, base_url=f"unix://{DOCKER_SOCKET}")
         if paths is None:
-            paths = prepare_run_dir(settings.runs_dir, "evalcheck", patched({}))
+            paths = prepare_run_dir(settings.sandbox.runs_dir, "evalcheck", patched({}))
             t0 = time.monotonic()
             trained = sandbox.train(TrainRequest(run_id="evalcheck", proposal_id="evalcheck", paths=paths, seed=1,
                                                  wall_clock_s=120, preset="tiny", device="cuda"))  # fmt: skip
@@ -708,7 +708,7 @@ def evalcheck(work: Path, results: Path, memlock_values: list[int]) -> None:
                 f"tiny training: exit {trained.exit_code} in {time.monotonic() - t0:.1f} s",
                 trained.log[-300:],
             )
-            collect_checkpoint(paths, settings.max_checkpoint_bytes)
+            collect_checkpoint(paths, settings.runs.max_checkpoint_bytes)
         for stale in paths.eval_out.iterdir():  # the previous setting's result
             stale.unlink()
         t0 = time.monotonic()

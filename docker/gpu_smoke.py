@@ -136,12 +136,21 @@ def main() -> None:
         {"nodes": nodes, "mounts": mounts, "ld_library_path": os.environ.get("LD_LIBRARY_PATH", "")},
     )
     extra = {"LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", "")}
-    libcuda = next((d for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu")
-                    if os.path.exists(f"{d}/libcuda.so.1")), None)
+    libcuda = next(
+        (
+            d
+            for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu")
+            if os.path.exists(f"{d}/libcuda.so.1")
+        ),
+        None,
+    )
     if libcuda:
         extra["TRITON_LIBCUDA_PATH"] = libcuda  # Triton then needs no ldconfig
     for mode in ("tmpfs", "bind"):
-        sandbox = DockerSandbox(settings, client, scratch_mode=mode, python=python, extra_env=extra)  # type: ignore[arg-type]
+        group = settings.sandbox.model_copy(
+            update={"scratch_mode": mode, "trainer_python": python, "sandbox_extra_env": extra}
+        )
+        sandbox = DockerSandbox(group, client)
         if mode == "bind":
             t = time.time()
             env = sandbox.environment()
@@ -156,7 +165,7 @@ def main() -> None:
             )
         runs = []
         for i in range(2):
-            paths = prepare_run_dir(settings.runs_dir, f"{mode}{i}", TRAIN_PY)
+            paths = prepare_run_dir(settings.sandbox.runs_dir, f"{mode}{i}", TRAIN_PY)
             if i == 1:
                 copy_cache(runs[0], paths)
             t = time.time()
@@ -187,11 +196,14 @@ def main() -> None:
                 },
             )
             if outcome.exit_code == 0:
-                collect_checkpoint(paths, settings.max_checkpoint_bytes)
+                collect_checkpoint(paths, settings.runs.max_checkpoint_bytes)
             else:
                 break
     t = time.time()
-    outcome = DockerSandbox(settings, client, scratch_mode="bind", python=python, extra_env=extra).train(
+    bound = settings.sandbox.model_copy(
+        update={"scratch_mode": "bind", "trainer_python": python, "sandbox_extra_env": extra}
+    )
+    outcome = DockerSandbox(bound, client).train(
         TrainRequest(
             run_id="sleeper",
             proposal_id="smoke",
@@ -200,7 +212,7 @@ def main() -> None:
             preset="full",
             device="cuda",
             paths=prepare_run_dir(
-                settings.runs_dir,
+                settings.sandbox.runs_dir,
                 "sleeper",
                 "import torch, time; torch.zeros(1, device='cuda'); time.sleep(60)",
             ),

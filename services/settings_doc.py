@@ -1,10 +1,11 @@
-"""docs/configuration.md, generated from `Settings`: every `AR_*` variable with its type, default,
-bounds and meaning, grouped as services/settings.py groups them.
+"""docs/configuration.md, generated from the settings classes: every `AR_*` variable with its type,
+default, bounds and meaning, in the sections services/settings.py gives them, each section saying
+where code reads it (`settings.sandbox`, `AgentSettings`).
 
     python -m services.settings_doc > docs/configuration.md
 
 The meaning is the field's comment in services/settings.py: the comment lines right above it and the
-comment at the end of its line. Group titles are its `# --- name` lines. A test fails when the file
+comment at the end of its line. Section titles are its `# --- name` lines. A test fails when the file
 is stale, or when a field has no comment.
 """
 
@@ -25,7 +26,7 @@ import annotated_types
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from services.settings import Settings
+from services.settings import GROUPS, AgentSettings, Settings
 
 COMMAND = "python -m services.settings_doc > docs/configuration.md"
 GROUP_MARK = "# ---"
@@ -38,14 +39,26 @@ Compose passes them from `.env` and sets a few per service (`compose.yaml`: the 
 volumes and image, for instance). Lists and maps are written as JSON, e.g.
 `AR_GPU_HOST_MOUNTS='["/usr:/usr"]'`.
 
+The variables are flat, but code reads them in groups (services/settings.py): the connections on
+`Settings` itself, then `settings.controller`, `settings.runs`, `settings.sandbox`,
+`settings.acceptance` and `settings.repo`; the built-in agents read `AgentSettings`, apart.
+
 Generated from `services/settings.py` by `{COMMAND}`:
 edit the comments there, not this file.
 """
+
+# Each settings class, and how code reaches its fields.
+CLASSES: tuple[tuple[type[BaseModel], str], ...] = (
+    (Settings, "settings"),
+    *((group, f"settings.{name}") for name, group in GROUPS.items()),
+    (AgentSettings, "AgentSettings()"),
+)
 
 
 @dataclass(frozen=True)
 class Variable:
     group: str
+    where: str  # how code reads it, e.g. `settings.sandbox`
     name: str
     type: str
     default: str
@@ -163,21 +176,39 @@ def bounds_text(field: FieldInfo) -> str:
     return ", ".join(parts)
 
 
-def variables(settings: type[BaseModel] = Settings, prefix: str = "AR_") -> list[Variable]:
-    comments = read_comments(settings).fields
-    found = []
-    for name, field in settings.model_fields.items():
-        group, meaning = comments.get(name, ("", ""))
-        found.append(
-            Variable(
-                group=group,
-                name=f"{prefix}{name.upper()}",
-                type=type_name(field.annotation),
-                default=default_text(name, field),
-                bounds=bounds_text(field),
-                meaning=meaning,
+def variables(
+    classes: tuple[tuple[type[BaseModel], str], ...] = CLASSES, prefix: str = "AR_"
+) -> list[Variable]:
+    """Every variable once, in the order of the classes and their fields (a field another class
+    already lists, such as the agents' fallback `admin_token`, is not listed again)."""
+    found: list[Variable] = []
+    seen: set[str] = set()
+    for cls, where in classes:
+        comments = read_comments(cls).fields
+        for name, field in cls.model_fields.items():
+            if name in GROUPS or name in seen:
+                continue
+            seen.add(name)
+            group, meaning = comments.get(name, ("", ""))
+            found.append(
+                Variable(
+                    group=group,
+                    where=where,
+                    name=f"{prefix}{name.upper()}",
+                    type=type_name(field.annotation),
+                    default=default_text(name, field),
+                    bounds=bounds_text(field),
+                    meaning=meaning,
+                )
             )
-        )
+    return found
+
+
+def introductions(classes: tuple[tuple[type[BaseModel], str], ...] = CLASSES) -> dict[str, str]:
+    """Each section's introduction, from every class."""
+    found: dict[str, str] = {}
+    for cls, _ in classes:
+        found.update(read_comments(cls).groups)
     return found
 
 
@@ -187,10 +218,15 @@ def cell(text: str) -> str:
 
 def render(found: list[Variable], groups: dict[str, str]) -> str:
     out = [HEADER]
-    for group, members in itertools.groupby(found, key=lambda variable: variable.group):
+    for (group, where), grouped in itertools.groupby(
+        found, key=lambda variable: (variable.group, variable.where)
+    ):
+        members = list(grouped)
         out.append(f"## {group[:1].upper()}{group[1:]}\n")
         if group in groups:
             out.append(f"{groups[group]}\n")
+        example = members[0].name.removeprefix("AR_").lower()
+        out.append(f"In code: `{where}.{example}` and so on.\n")
         out.append("| variable | type | default | bounds | meaning |")
         out.append("|---|---|---|---|---|")
         for variable in members:
@@ -207,7 +243,7 @@ def render(found: list[Variable], groups: dict[str, str]) -> str:
 
 
 def main() -> None:
-    sys.stdout.write(render(variables(), read_comments(Settings).groups))
+    sys.stdout.write(render(variables(), introductions()))
 
 
 if __name__ == "__main__":

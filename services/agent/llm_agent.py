@@ -23,7 +23,7 @@ from services.agent.loop import (
 )
 from services.cli.client import ApiClient
 from services.logs import configure_logging
-from services.settings import Settings
+from services.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ DEFAULT_NAME = "llm-agent"
 class LlmAgent:
     client: ApiClient
     llm: ChatClient
-    settings: Settings
+    settings: AgentSettings
     clock: Clock = field(default_factory=Clock)
     memory: list[Outcome] = field(default_factory=list)
 
@@ -71,7 +71,7 @@ class LlmAgent:
 
 def main() -> int:
     configure_logging()
-    settings = Settings()
+    settings = AgentSettings()
     if not settings.agent_llm_model:
         raise SystemExit("set AR_AGENT_LLM_MODEL (and AR_AGENT_LLM_BASE_URL, AR_AGENT_LLM_API_KEY)")
     key = settings.agent_llm_api_key

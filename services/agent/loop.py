@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.cli.client import ApiClient, ApiError, ClientError
-from services.settings import Settings
+from services.settings import AgentSettings
 from services.states import TERMINAL, State
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Outcome:
         return self.state == State.MERGED
 
 
-def agent_token(settings: Settings) -> str:
+def agent_token(settings: AgentSettings) -> str:
     for token in (settings.agent_token, settings.admin_token):
         if token is not None and token.get_secret_value():  # compose passes unset variables as ""
             return token.get_secret_value()
@@ -96,7 +96,9 @@ def read_research(client: ApiClient, recent: int) -> Research:
     )
 
 
-def submit_and_wait(client: ApiClient, body: dict[str, Any], settings: Settings, clock: Clock) -> Outcome:
+def submit_and_wait(
+    client: ApiClient, body: dict[str, Any], settings: AgentSettings, clock: Clock
+) -> Outcome:
     """Submit, then read the proposal until it is in a terminal state. A refusal is an outcome."""
     title = str(body["title"])
     try:
@@ -110,7 +112,7 @@ def submit_and_wait(client: ApiClient, body: dict[str, Any], settings: Settings,
     return Outcome(**{**vars(outcome), "duplicate": not created})
 
 
-def wait_for_outcome(client: ApiClient, proposal_id: str, settings: Settings, clock: Clock) -> Outcome:
+def wait_for_outcome(client: ApiClient, proposal_id: str, settings: AgentSettings, clock: Clock) -> Outcome:
     deadline = clock.now() + settings.agent_outcome_timeout_s
     while True:
         detail = client.get(f"/v1/proposals/{proposal_id}")

@@ -15,7 +15,7 @@ from services.agent.loop import Clock, Outcome, agent_token, log_outcome, submit
 from services.cli.client import ApiClient
 from services.logs import configure_logging
 from services.patches import split_lines
-from services.settings import Settings
+from services.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def with_value(source: str, constant: Constant, value: int | float) -> str:
 @dataclass
 class RandomSearch:
     client: ApiClient
-    settings: Settings
+    settings: AgentSettings
     rng: random.Random
     clock: Clock = field(default_factory=Clock)
     tried: set[tuple[str, str]] = field(default_factory=set)  # (base commit, candidate hash)
@@ -145,7 +145,7 @@ class RandomSearch:
 
 def main() -> int:
     configure_logging()
-    settings = Settings()
+    settings = AgentSettings()
     rng = random.Random(settings.agent_search_seed)
     with ApiClient(settings.agent_controller_url, agent_token(settings)) as client:
         outcomes = RandomSearch(client, settings, rng).run()

@@ -9,7 +9,9 @@ from services.store import Store, connect
 
 def research_repo(settings: Settings) -> GitResearchRepo:
     """The research repo on disk, as the settings name it."""
-    return GitResearchRepo(settings.repo_dir, settings.research_branch, settings.git_author, settings.pauses)
+    return GitResearchRepo(
+        settings.repo.repo_dir, settings.repo.research_branch, settings.repo.git_author, settings.pauses
+    )
 
 
 def build_committer(

@@ -100,7 +100,7 @@ class Committer:
         if not self.conn.set(BASELINE_REQUESTED, head, nx=True):
             return
         run = self._request_runs(
-            head, "Baseline run", f"Establishes the score of {head[:10]}", [self.settings.first_seed]
+            head, "Baseline run", f"Establishes the score of {head[:10]}", [self.settings.runs.first_seed]
         )
         log.info("baseline run requested", extra={"proposal_id": run.id, "commit": head})
 
@@ -108,7 +108,7 @@ class Committer:
         """On a fingerprint where the best commit has no runs yet (a new evaluator version, trainer
         image, GPU model or data), ask once for `new_fingerprint_runs` runs of it, as POST /v1/runs
         would: they give the best a score there and calibrate the noise (val, and test − val)."""
-        count = self.settings.new_fingerprint_runs
+        count = self.settings.acceptance.new_fingerprint_runs
         best = self.store.get_best()
         if fingerprint is None or count == 0 or best is None or best.val_bpb is None:
             return  # before the baseline's score, the baseline run is what establishes it
@@ -116,7 +116,7 @@ class Committer:
             return
         if not self.conn.set(keys.NEW_FINGERPRINT_RUNS.of(fingerprint), best.commit, nx=True):
             return
-        seeds = [self.settings.first_seed + i for i in range(count)]
+        seeds = [self.settings.runs.first_seed + i for i in range(count)]
         description = (
             f"Runs of the best ({best.commit[:10]}) on fingerprint {fingerprint}, new to the branch: its score "
             "and the noise calibration there"
@@ -136,7 +136,7 @@ class Committer:
             base_commit=commit, base_train_py=train_py, train_py=train_py, diff="", content_hash="", seeds=seeds,
         )  # fmt: skip
         stored, _ = self.store.create(run, dedupe=False)
-        queue.enqueue_run(self.conn, run.id, self.settings.run_budget_s * len(seeds), stored.transitions)
+        queue.enqueue_run(self.conn, run.id, self.settings.runs.run_budget_s * len(seeds), stored.transitions)
         return stored
 
     def recover(self) -> int:
@@ -225,7 +225,7 @@ class Committer:
             proposal.id, State.CONFIRMING, decision.reason, decision=decision, screening=decision,
             confirm_seeds=seeds, baseline_results=[],
         )  # fmt: skip
-        budget = 2 * len(seeds) * self.settings.run_budget_s
+        budget = 2 * len(seeds) * self.settings.runs.run_budget_s
         queue.enqueue_run(self.conn, proposal.id, budget, confirming.transitions)
         return confirming
 
@@ -290,7 +290,7 @@ class Committer:
         confirming = self.store.transition(
             proposal.id, State.CONFIRMING, decision.reason, decision=decision, confirm_seeds=seeds
         )
-        budget = 2 * decision.more_runs * self.settings.run_budget_s
+        budget = 2 * decision.more_runs * self.settings.runs.run_budget_s
         queue.enqueue_run(self.conn, proposal.id, budget, confirming.transitions)
         return confirming
 
@@ -308,7 +308,7 @@ class Committer:
         )  # fmt: skip
         return rules.TripwireEvidence(
             scores, self.gap_noise(fingerprint), self._gap_history(proposal.base_commit),
-            rules.tripwire_params_from(self.settings),
+            rules.tripwire_params_from(self.settings.acceptance),
         )  # fmt: skip
 
     def _gap_history(self, commit: str) -> list[rules.GapStep]:
@@ -333,15 +333,15 @@ class Committer:
     def gap_noise(self, fingerprint_key: str | None) -> rules.Noise:
         """σ of one run's (test_bpb − val_bpb) on the fingerprint, from the branch commits' runs."""
         runs = self.store.gap_calibration_runs(fingerprint_key) if fingerprint_key else {}
-        return rules.calibrate_gap(runs, rules.tripwire_params_from(self.settings))
+        return rules.calibrate_gap(runs, rules.tripwire_params_from(self.settings.acceptance))
 
     @property
     def params(self) -> rules.RuleParams:
-        return rules.params_from(self.settings)
+        return rules.params_from(self.settings.acceptance)
 
     @property
     def policy(self) -> rules.Policy:
-        return rules.policy_from(self.settings)
+        return rules.policy_from(self.settings.acceptance)
 
     def _merge(self, proposal_id: str, decision: Decision) -> Proposal:
         proposal = self.store.get(proposal_id)
@@ -353,7 +353,7 @@ class Committer:
                 merged = self.repo.commit_on_branch(
                     proposal.base_commit,
                     proposal.train_py,
-                    _message(proposal, decision, self.settings.agent_score_decimals),
+                    _message(proposal, decision, self.settings.controller.agent_score_decimals),
                     proposal.id,
                 )
             except HeadMoved:
@@ -398,7 +398,7 @@ class Committer:
                 base_commit=head,
                 train_py=None,
                 diff=proposal.diff,
-                max_bytes=self.settings.max_patch_bytes,
+                max_bytes=self.settings.controller.max_patch_bytes,
             )
         except ProposalError as exc:
             return self.store.transition(
@@ -420,7 +420,7 @@ class Committer:
             confirm_seeds=[],
             decision=None,
         )
-        queue.enqueue_run(self.conn, proposal.id, self.settings.run_budget_s, requeued.transitions)
+        queue.enqueue_run(self.conn, proposal.id, self.settings.runs.run_budget_s, requeued.transitions)
         return requeued
 
     def _record_commit_run(self, proposal: Proposal, scored: list[RunResult]) -> Proposal:
@@ -491,7 +491,7 @@ class Committer:
         data = _note_fields(note)
         if not data:
             return None
-        public = Disclosure(admin=False, decimals=self.settings.agent_score_decimals).data(data)
+        public = Disclosure(admin=False, decimals=self.settings.controller.agent_score_decimals).data(data)
         return json.dumps(public, indent=2, sort_keys=True)
 
     def _remember_fingerprints(self, results: Iterable[RunResult]) -> None:
@@ -510,7 +510,7 @@ class Committer:
                 proposal.id,
                 proposal.base_commit,
                 proposal.train_py,
-                _message(proposal, decision, self.settings.agent_score_decimals),
+                _message(proposal, decision, self.settings.controller.agent_score_decimals),
                 _note(proposal, decision),
             )
         except RepoError as exc:

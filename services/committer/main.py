@@ -20,9 +20,12 @@ def main() -> None:
     store.open_schema()  # an older layout is refused, naming the migration command
     repo = research_repo(settings)
     committer = build_committer(settings, store=store, repo=repo)
-    head = committer.bootstrap(settings.baseline_train_py.read_text(encoding="utf-8"))
+    head = committer.bootstrap(settings.repo.baseline_train_py.read_text(encoding="utf-8"))
     log.info(
-        "research branch %s at %s; %d verdicts resumed", settings.research_branch, head, committer.recover()
+        "research branch %s at %s; %d verdicts resumed",
+        settings.repo.research_branch,
+        head,
+        committer.recover(),
     )
     jobs.configure(committer)
     try:

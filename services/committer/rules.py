@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from services.models import Decision
-from services.settings import Settings
+from services.settings import AcceptanceSettings
 
 PAIRED_Z_RULE = "paired-z/v1"
 TRIPWIRE_RULE = "test-gap/v1"
@@ -66,10 +66,12 @@ TRIPWIRE_BLOCKED_CUMULATIVE = (
 
 @dataclass(frozen=True)
 class RuleParams:
-    confirm_runs: int = 3  # paired confirmation runs (candidate + best each)
-    screen_margin_sigma: float = 0.5  # screening runs up to this many σ worse than the best get confirmed
-    accept_z: float = 2.6  # one-sided bound; 2.33 would be 1% with a known σ, σ is estimated
-    sigma_prior_bpb: float = 0.001  # run-to-run σ used until calibration has enough runs
+    """paired-z/v1's parameters (their defaults and meanings: services/settings.py, `params_from`)."""
+
+    confirm_runs: int  # paired confirmation runs (candidate + best each)
+    screen_margin_sigma: float  # screening runs up to this many σ worse than the best get confirmed
+    accept_z: float  # one-sided bound; 2.33 would be 1% with a known σ, σ is estimated
+    sigma_prior_bpb: float  # run-to-run σ used until calibration has enough runs
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,11 @@ class Noise:
 
 @dataclass(frozen=True)
 class TripwireParams:
-    z: float = 3.0  # one-sided z of the gap's noise bound
-    sigma_prior_bpb: float = 0.001  # σ of one run's (test − val) until calibration has 3 dof
-    gain_slack: float = 0.5  # share of the val gain that may go unmatched on test
+    """test-gap/v1's parameters (their defaults: services/settings.py, `tripwire_params_from`)."""
+
+    z: float  # one-sided z of the gap's noise bound
+    sigma_prior_bpb: float  # σ of one run's (test − val) until calibration has 3 dof
+    gain_slack: float  # share of the val gain that may go unmatched on test
 
 
 @dataclass(frozen=True)
@@ -105,32 +109,35 @@ class PairedScores:
     test_best: list[float]
 
 
-def tripwire_params_from(settings: Settings) -> TripwireParams:
+def tripwire_params_from(acceptance: AcceptanceSettings) -> TripwireParams:
     return TripwireParams(
-        z=settings.tripwire_z,
-        sigma_prior_bpb=settings.tripwire_sigma_prior_bpb,
-        gain_slack=settings.tripwire_gain_slack,
+        z=acceptance.tripwire_z,
+        sigma_prior_bpb=acceptance.tripwire_sigma_prior_bpb,
+        gain_slack=acceptance.tripwire_gain_slack,
     )
 
 
-def params_from(settings: Settings) -> RuleParams:
-    """The rule's parameters as the operator set them (the committer and the API use the same)."""
+def params_from(acceptance: AcceptanceSettings) -> RuleParams:
+    """paired-z/v1's parameters as the operator set them (the committer and the API use the same)."""
     return RuleParams(
-        confirm_runs=settings.confirm_runs, screen_margin_sigma=settings.screen_margin_sigma,
-        accept_z=settings.accept_z, sigma_prior_bpb=settings.noise_sigma_prior_bpb,
+        confirm_runs=acceptance.confirm_runs, screen_margin_sigma=acceptance.screen_margin_sigma,
+        accept_z=acceptance.accept_z, sigma_prior_bpb=acceptance.noise_sigma_prior_bpb,
     )  # fmt: skip
 
 
-def seq_params_from(settings: Settings) -> "SeqParams":
+def seq_params_from(acceptance: AcceptanceSettings) -> "SeqParams":
     return SeqParams(
-        p_accept=settings.seq_p_accept, run_cost_bpb=settings.seq_run_cost_bpb, max_pairs=settings.seq_max_pairs,
-        screen_extra_sigma=settings.seq_screen_extra_sigma,
+        p_accept=acceptance.seq_p_accept, run_cost_bpb=acceptance.seq_run_cost_bpb,
+        max_pairs=acceptance.seq_max_pairs, screen_extra_sigma=acceptance.seq_screen_extra_sigma,
     )  # fmt: skip
 
 
-def policy_from(settings: Settings) -> "Policy":
-    """The rule the operator chose, with the parameters of each (the committer and the API use it)."""
-    return Policy(rule=settings.accept_rule, paired=params_from(settings), seq=seq_params_from(settings))
+def policy_from(acceptance: AcceptanceSettings) -> "Policy":
+    """The rule the operator chose, with the parameters of each (the committer and the API use it).
+    `AcceptanceSettings.defaults()` gives the rules as shipped, whatever the environment says."""
+    return Policy(
+        rule=acceptance.accept_rule, paired=params_from(acceptance), seq=seq_params_from(acceptance)
+    )
 
 
 def degrees_of_freedom(runs_by_commit: dict[str, list[float]]) -> int:
@@ -357,12 +364,14 @@ PRIOR_V1 = Prior("mixture/v1", 0.55 / 0.95, 0.01, 0.25 / 0.95, 0.0005, 0.15 / 0.
 
 @dataclass(frozen=True)
 class SeqParams:
-    p_accept: float = 0.97  # accept when P(Δ < 0) reaches this
-    run_cost_bpb: float = 0.00002  # what one GPU run must buy in expected gain to be worth running
+    """seq-bayes/v1's parameters; the first four are settings (services/settings.py, `seq_params_from`)."""
+
+    p_accept: float  # accept when P(Δ < 0) reaches this
+    run_cost_bpb: float  # what one GPU run must buy in expected gain to be worth running
+    max_pairs: int  # paired runs after which a candidate still unconvincing is rejected
+    screen_extra_sigma: float  # extra σ on the screening comparison: drift, the first seed's luck
     min_pairs: int = 1  # paired runs before any accept (seed-ignoring candidates, drift)
     p_give_up: float = 0.002  # reject at once below this P(Δ < 0): no run could be worth it
-    max_pairs: int = 8  # paired runs after which a candidate still unconvincing is rejected
-    screen_extra_sigma: float = 0.5  # extra σ on the screening comparison: drift, the first seed's luck
     pair_rho: float = 0.0  # assumed same-seed correlation of paired runs (0: no credit for pairing)
     prior: Prior = PRIOR_V1
 
@@ -505,11 +514,11 @@ class TripwireEvidence:
 
 @dataclass(frozen=True)
 class Policy:
-    """Which rule decides, with the parameters of each."""
+    """Which rule decides, with the parameters of each (by default the settings' defaults)."""
 
     rule: str = PAIRED_Z_RULE
-    paired: RuleParams = RuleParams()
-    seq: SeqParams = SeqParams()
+    paired: RuleParams = field(default_factory=lambda: params_from(AcceptanceSettings.defaults()))
+    seq: "SeqParams" = field(default_factory=lambda: seq_params_from(AcceptanceSettings.defaults()))
     seq2: "SeqV2Params" = field(default_factory=lambda: SeqV2Params())
     seq3: "SeqV3Params" = field(default_factory=lambda: SeqV3Params())
 
@@ -887,7 +896,7 @@ def _seq_v2_reason(
     stopped: str, post: Posterior, alone: float, pairs: int, params: SeqV2Params, evidence: Evidence
 ) -> str:
     if stopped == "reject-ignores-seed":
-        return _seq_reason(stopped, post, pairs, 0, SeqParams(), evidence)
+        return _seq_reason(stopped, post, pairs, 0, seq_params_from(AcceptanceSettings.defaults()), evidence)
     runs = f"{len(evidence.screen_runs)} screening run(s) and {pairs} paired run(s)"
     belief = (
         f"P(better) {post.p_better:.2f}, Δ {post.mean_bpb:+.6f} ± {post.sd_bpb:.6f} "

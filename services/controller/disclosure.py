@@ -69,7 +69,7 @@ class Disclosure:
     def of(cls, caller: Principal | None, settings: Settings) -> "Disclosure":
         """None: a caller without a token (/metrics), shown what an agent is."""
         admin = caller is not None and caller.role is Role.ADMIN
-        return cls(admin=admin, decimals=settings.agent_score_decimals)
+        return cls(admin=admin, decimals=settings.controller.agent_score_decimals)
 
     def model(self, model: Model) -> Model:
         if self.admin:

@@ -77,14 +77,14 @@ def submit_proposal(
         idem = (_idempotency_owner(principal), idempotency_key, request_hash(body))
     if idem is not None and (replay := store.idempotent(*idem)) is not None:
         if replay.state == State.QUEUED:  # its first controller may have died before enqueueing it
-            enqueue_run(conn, replay.id, settings.run_budget_s, replay.transitions)
+            enqueue_run(conn, replay.id, settings.runs.run_budget_s, replay.transitions)
         return replay, False
     _check_text(body.title, body.description)
     if body.program_version is not None:
         check_program_version(store, body.program_version)
     base = resolve_base(store, body.base_commit, "base_commit")
     text = candidate_text(
-        base.train_py, train_py=body.train_py, diff=body.diff, max_bytes=settings.max_patch_bytes
+        base.train_py, train_py=body.train_py, diff=body.diff, max_bytes=settings.controller.max_patch_bytes
     )
     text_hash = content_hash(base.commit, text)
     duplicate = store.duplicate(base.commit, text_hash)
@@ -92,7 +92,7 @@ def submit_proposal(
         if quotas.applies_to(
             principal
         ):  # a duplicate counts towards the rate (services/controller/quotas.py)
-            quotas.count_submit(conn, principal, settings.submits_per_minute)
+            quotas.count_submit(conn, principal, settings.controller.submits_per_minute)
         return _submitted(conn, settings, principal, body, base, duplicate, False)
     candidate = finish_candidate(base.train_py, text, text_hash)
     proposal = Proposal(
@@ -106,12 +106,12 @@ def submit_proposal(
         train_py=candidate.train_py,
         diff=candidate.diff,
         content_hash=candidate.content_hash,
-        seeds=[settings.first_seed],
+        seeds=[settings.runs.first_seed],
     )
     if quotas.applies_to(principal):  # after validation: a rejected submission writes nothing
         with quotas.submit_place(
-            conn, principal, proposal.id, limit=settings.max_queued_per_token,
-            per_minute=settings.submits_per_minute, retry_after_s=settings.run_budget_s,
+            conn, principal, proposal.id, limit=settings.controller.max_queued_per_token,
+            per_minute=settings.controller.submits_per_minute, retry_after_s=settings.runs.run_budget_s,
         ) as place:  # fmt: skip
             stored, created = store.create(proposal, dedupe=True, idempotency=idem, also=place.keep)
             place.kept = created
@@ -126,7 +126,7 @@ def _submitted(
     stored: Proposal, created: bool,
 ) -> tuple[Proposal, bool]:  # fmt: skip
     if stored.state == State.QUEUED:  # a replay too: its first controller may have died before this
-        enqueue_run(conn, stored.id, settings.run_budget_s, stored.transitions)
+        enqueue_run(conn, stored.id, settings.runs.run_budget_s, stored.transitions)
     if created:
         log.info(
             "proposal %s from %s (token %s) queued on %s",
@@ -154,13 +154,13 @@ def get_proposal(store: Store, proposal_id: str) -> tuple[Proposal, list[Event]]
 
 
 def page_size(settings: Settings, limit: int | None) -> int:
-    """The requested page size, or the default; above settings.page_size_max is an error, not a clamp,
+    """The requested page size, or the default; above settings.controller.page_size_max is an error, not a clamp,
     so a client never mistakes a short page for the end."""
     if limit is None:
-        return min(DEFAULT_PAGE_SIZE, settings.page_size_max)
-    if limit > settings.page_size_max:
+        return min(DEFAULT_PAGE_SIZE, settings.controller.page_size_max)
+    if limit > settings.controller.page_size_max:
         raise ProposalError(
-            f"limit {limit} is above the maximum page size {settings.page_size_max}; page with offset"
+            f"limit {limit} is above the maximum page size {settings.controller.page_size_max}; page with offset"
         )
     return limit
 
@@ -247,7 +247,9 @@ def request_runs(store: Store, settings: Settings, principal: Principal, body: R
     base = resolve_base(store, body.commit, "commit")
     title = body.title or f"{body.count} run(s) of {base.commit[:12]}"
     _check_text(title, body.description)
-    seeds = body.seeds if body.seeds is not None else [settings.first_seed + i for i in range(body.count)]
+    seeds = (
+        body.seeds if body.seeds is not None else [settings.runs.first_seed + i for i in range(body.count)]
+    )
     proposal = Proposal(
         id=new_id(RUN_ID_PREFIX),
         kind="run",
@@ -262,7 +264,7 @@ def request_runs(store: Store, settings: Settings, principal: Principal, body: R
         seeds=seeds,
     )
     stored, _ = store.create(proposal, dedupe=False)
-    enqueue_run(conn, stored.id, settings.run_budget_s * len(seeds), stored.transitions)
+    enqueue_run(conn, stored.id, settings.runs.run_budget_s * len(seeds), stored.transitions)
     log.info(
         "runs %s of %s with seeds %s requested by %s",
         stored.id,

@@ -34,20 +34,20 @@ def build_app() -> FastAPI:
     configure_logging()
     logging.getLogger("mcp").setLevel(logging.WARNING)  # the MCP SDK logs each stateless request at INFO
     settings = Settings()
-    return create_app(settings, program_path=settings.program_path)
+    return create_app(settings, program_path=settings.controller.program_path)
 
 
 def main() -> None:
     configure_logging()
     settings = Settings()
-    workers = settings.controller_workers
+    workers = settings.controller.controller_workers
     uvicorn.run(
         build_app() if workers == 1 else "services.controller.main:build_app",  # workers import it by name
         factory=workers > 1,
         workers=workers if workers > 1 else None,
         http=NoDelayH11Protocol,
-        host=settings.host,
-        port=settings.port,
+        host=settings.controller.host,
+        port=settings.controller.port,
         log_config=None,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )

@@ -132,7 +132,7 @@ def _document(app: FastAPI) -> None:
             schema = generate()
             bodies.document(app, schema)
             _problems_in_schema(schema)
-            _page_limits_in_schema(schema, app.state.settings.page_size_max)
+            _page_limits_in_schema(schema, app.state.settings.controller.page_size_max)
             _links_in_schema(schema)
         return generate()
 

@@ -73,7 +73,7 @@ class FingerprintInfo:
 
 def calibration(store: Store, settings: Settings) -> list[Calibration]:
     """The noise the committer uses now, per fingerprint key (the same function over the same runs)."""
-    params = rules.params_from(settings)
+    params = rules.params_from(settings.acceptance)
     fields = store.fingerprint_fields()
     rows = []
     for key in store.fingerprints():

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from services.controller.auth import Role
 from services.models import Decision, Event, Fingerprint, LineageEntry, Proposal, RunResult
-from services.settings import Settings
+from services.settings import ControllerSettings, Settings
 from services.states import State
 
 COMMIT_PATTERN = r"^[0-9a-fA-F]{7,64}$"  # a full id or a prefix of at least 7 hex digits
@@ -43,18 +43,14 @@ class Limits:
 
     @classmethod
     def of(cls, settings: Settings) -> "Limits":
-        return cls(settings.max_title_chars, settings.max_description_chars, settings.max_patch_bytes)
+        return cls.of_group(settings.controller)
+
+    @classmethod
+    def of_group(cls, controller: ControllerSettings) -> "Limits":
+        return cls(controller.max_title_chars, controller.max_description_chars, controller.max_patch_bytes)
 
 
-def _default(name: str) -> int:
-    default = Settings.model_fields[name].default
-    assert isinstance(default, int)
-    return default
-
-
-DEFAULT_LIMITS = Limits(
-    _default("max_title_chars"), _default("max_description_chars"), _default("max_patch_bytes")
-)
+DEFAULT_LIMITS = Limits.of_group(ControllerSettings.defaults())
 
 # A trainer small enough to read in the schema; it compiles and differs from any real base, so the
 # example submit succeeds (and queues a run that trains nothing useful).

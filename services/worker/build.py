@@ -13,16 +13,13 @@ from services.worker.worker import Worker
 def worker_name(settings: Settings) -> str:
     """The host's name, with the GPU's index when the worker owns one (one worker per GPU)."""
     host = socket.gethostname()
-    return f"{host}-gpu{settings.gpu_id}" if settings.gpu_mode != "none" else host
+    return f"{host}-gpu{settings.sandbox.gpu_id}" if settings.sandbox.gpu_mode != "none" else host
 
 
 def build_sandbox(settings: Settings, store: Store, owner: str) -> DockerSandbox:
     """The Docker sandbox as a worker runs it: its containers labelled with the worker's name, live
     logs into the store."""
-    return DockerSandbox(
-        settings, owner=owner, scratch_mode=settings.scratch_mode, extra_env=settings.sandbox_extra_env,
-        eval_max_docs=settings.eval_max_docs, log_sink=store.append_live_log, python=settings.trainer_python,
-    )  # fmt: skip
+    return DockerSandbox(settings.sandbox, owner=owner, log_sink=store.append_live_log)
 
 
 def build_worker(

@@ -57,14 +57,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import docker.errors
 import docker.types
 from docker.client import DockerClient  # not `DockerClient`: mypy sees ./docker/ as a package
 
 from services.errors import SandboxUnavailable
-from services.settings import GIB, MIB, Settings
+from services.settings import GIB, MIB, SandboxSettings
 from services.worker.folders import MAX_OUTPUT_DEPTH, empty_folder, over_cap, remove_tree
 from services.worker.sandbox import (
     CACHE_DIR,
@@ -246,54 +246,47 @@ class _LogTail:
 
 
 class DockerSandbox:
-    """Runs training and evaluation steps in hardened containers (see the module docstring).
+    """Runs training and evaluation steps in hardened containers (see the module docstring), as its
+    settings group says (services/settings.py `SandboxSettings`: image, interpreter, data, limits,
+    scratch mode, GPU, the operator's extra environment); nothing else configures it.
 
     `client` is injected in tests; otherwise one is made on first use from `base_url` (e.g.
     "unix:///var/run/docker.sock") or, when that is None, from the environment (DOCKER_HOST).
-    `scratch_mode` "tmpfs" gives /tmp as a size-capped tmpfs; "bind" binds the run's scratch folder
-    (mode 1777) for hosts where a tmpfs is not writable by the unprivileged user. `python` and
-    `evaluator` are in-container paths of the trainer image's interpreter and trusted scorer, and
-    `model_server` the fixed file that serves the candidate's model to it (tests put their own
-    stand-ins at both paths).
-    `extra_env` is operator configuration added to every container (e.g. LD_LIBRARY_PATH for
-    gpu_mode "devices" with the host's driver mounted); nothing is taken from the worker's own
-    environment. `log_sink(proposal_id, chunk)` receives a training container's output live (the
-    API's log stream); evaluation output never goes there.
+    `evaluator` and `model_server` are in-container paths of the trusted scorer and of the fixed file
+    that serves the candidate's model to it (tests put their own stand-ins there).
+    Nothing is taken from the worker's own environment. `log_sink(proposal_id, chunk)` receives a
+    training container's output live (the API's log stream); evaluation output never goes there.
     `owner` labels the containers (the worker's name), for `remove_strays`.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SandboxSettings,
         client: DockerClient | None = None,
         *,
         base_url: str | None = None,
-        scratch_mode: Literal["tmpfs", "bind"] = "tmpfs",
-        python: str = VENV_PYTHON,
         evaluator: str = f"{TRAINER_HOME}/evaluate.py",
         model_server: str = f"{TRAINER_HOME}/model_server.py",
         poll_interval_s: float = POLL_INTERVAL_S,
         max_output_files: int = MAX_OUTPUT_FILES,
-        eval_max_docs: int | None = None,
         eval_batch_size: int | None = None,
         owner: str = "",
-        extra_env: Mapping[str, str] | None = None,
         log_sink: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
         self._owns_client = client is None
         self._base_url = base_url
-        self.scratch_mode = scratch_mode
-        self.python = python
+        self.scratch_mode = settings.scratch_mode
+        self.python = settings.trainer_python
         self.evaluator = evaluator
         self.model_server = model_server
         self.poll_interval_s = poll_interval_s
         self.max_output_files = max_output_files
-        self.eval_max_docs = eval_max_docs
+        self.eval_max_docs = settings.eval_max_docs
         self.eval_batch_size = eval_batch_size
         self.owner = owner
-        self.extra_env = dict(extra_env or {})
+        self.extra_env = dict(settings.sandbox_extra_env)
         self.log_sink = log_sink  # (proposal_id, text chunk), called live from the log thread
         self._environments: dict[str, Environment] = {}
         self._fixed_files: dict[str, FixedFiles] = {}
@@ -927,8 +920,8 @@ _CONTAINER_ID_IN_MOUNTINFO = re.compile(r"/containers/([0-9a-f]{64})/")
 
 
 def resolve_for_host(
-    settings: Settings, client: DockerClient | None = None, container_id: str | None = None
-) -> Settings:
+    settings: SandboxSettings, client: DockerClient | None = None, container_id: str | None = None
+) -> SandboxSettings:
     """Settings of a worker running in a container (`container_id`, else its own, found from
     /proc/self/mountinfo), translated to what the host's engine sees: `runs_host_dir` is where the
     container's mount at `runs_dir` lies on the host (a named volume's mountpoint), and a data
@@ -981,7 +974,7 @@ def _compose_volume(client: DockerClient, project: str, key: str) -> str | None:
     return str(volumes[0].name) if len(volumes) == 1 else None
 
 
-def _on_host(mount: docker.types.Mount, settings: Settings) -> docker.types.Mount:
+def _on_host(mount: docker.types.Mount, settings: SandboxSettings) -> docker.types.Mount:
     """A bind mount of a run folder, its source moved from the worker's runs_dir to the host's."""
     if settings.runs_host_dir is None or mount.get("Type") != "bind":
         return mount

@@ -17,8 +17,13 @@ log = logging.getLogger(__name__)
 def main() -> None:
     configure_logging()
     # In a compose stack: its own project's volumes, and where its runs folder lies on the host.
-    settings = resolve_for_host(Settings())
-    log.info("runs in %s (on the host: %s)", settings.runs_dir, settings.runs_host_dir or settings.runs_dir)
+    settings = Settings()
+    settings = settings.model_copy(update={"sandbox": resolve_for_host(settings.sandbox)})
+    log.info(
+        "runs in %s (on the host: %s)",
+        settings.sandbox.runs_dir,
+        settings.sandbox.runs_host_dir or settings.sandbox.runs_dir,
+    )
     store = Store(connect(settings.redis_url))
     store.open_schema()  # an older layout is refused, naming the migration command
     name = worker_name(settings)
@@ -34,8 +39,10 @@ def main() -> None:
     jobs.configure(worker)
     # Proposals whose worker died mid-run (lease expired), and queued proposals without a run job
     # (the process that stored them died before enqueueing): recovered now and every lease period.
-    recovery.sweep_forever(worker.sweep, settings.worker_lease_ttl_s)
-    log.info("worker %s ready (device %s, gpu mode %s)", name, settings.device, settings.gpu_mode)
+    recovery.sweep_forever(worker.sweep, settings.runs.worker_lease_ttl_s)
+    log.info(
+        "worker %s ready (device %s, gpu mode %s)", name, settings.runs.device, settings.sandbox.gpu_mode
+    )
     # SimpleWorker runs jobs in this process: the sandbox's containers are the isolation, and one
     # process per GPU keeps the Docker client and Redis connections alive between runs.
     rq_name = queue.worker_name(f"{name}-{queue.RUNS_QUEUE}")

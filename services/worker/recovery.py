@@ -90,7 +90,7 @@ def sweep(
     log tails of proposals finished longer ago than AR_RUN_LOG_RETENTION_S (Store.age_run_logs)."""
     recover_orphans(conn, recover)
     requeue_lost(conn, store, settings)
-    aged = store.age_run_logs(settings.run_log_retention_s)
+    aged = store.age_run_logs(settings.runs.run_log_retention_s)
     if aged:
         log.info("aged the run log tails of %d finished proposal(s)", aged)
 
@@ -109,9 +109,9 @@ def requeue_lost(conn: "redis.Redis[bytes]", store: Store, settings: Settings) -
             pending = len(proposal.confirm_seeds) - len(proposal.baseline_results)
             if pending <= 0:  # its paired runs are done: the committer's turn, not a worker's
                 continue
-            budget_s = 2 * pending * settings.run_budget_s
+            budget_s = 2 * pending * settings.runs.run_budget_s
         else:
-            budget_s = len(proposal.seeds) * settings.run_budget_s
+            budget_s = len(proposal.seeds) * settings.runs.run_budget_s
         if queue.ensure_run(conn, proposal.id, budget_s, proposal.transitions):
             log.warning(
                 "%s without a run job: enqueued it",

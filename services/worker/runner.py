@@ -189,7 +189,7 @@ class Runner:
     # The steps
 
     def prepare(self, run_id: str, train_py: str) -> RunPaths:
-        return prepare_run_dir(self.settings.runs_dir, run_id, train_py)
+        return prepare_run_dir(self.settings.sandbox.runs_dir, run_id, train_py)
 
     def train(self, proposal: Proposal, run_id: str, paths: RunPaths, seed: int) -> StepOutcome:
         return self.sandbox.train(
@@ -198,17 +198,17 @@ class Runner:
                 proposal_id=proposal.id,
                 paths=paths,
                 seed=seed,
-                wall_clock_s=self.settings.run_wall_clock_s,
-                preset=self.settings.preset,
-                device=self.settings.device,
+                wall_clock_s=self.settings.runs.run_wall_clock_s,
+                preset=self.settings.runs.preset,
+                device=self.settings.runs.device,
             )
         )
 
     def classify(self, trained: StepOutcome) -> tuple[State, str] | None:
-        return classify_training(trained, self.settings.run_wall_clock_s)
+        return classify_training(trained, self.settings.runs.run_wall_clock_s)
 
     def collect(self, paths: RunPaths) -> RunStats:
-        return collect_checkpoint(paths, self.settings.max_checkpoint_bytes).stats
+        return collect_checkpoint(paths, self.settings.runs.max_checkpoint_bytes).stats
 
     def evaluate(
         self, proposal: Proposal, run_id: str, paths: RunPaths, seed: int, score_test: bool
@@ -219,8 +219,8 @@ class Runner:
                 proposal_id=proposal.id,
                 paths=paths,
                 seed=seed,
-                timeout_s=self.settings.eval_timeout_s,
-                device=self.settings.device,
+                timeout_s=self.settings.runs.eval_timeout_s,
+                device=self.settings.runs.device,
                 score_test=score_test,
             )
         )
@@ -229,7 +229,7 @@ class Runner:
         """The scorer's result.json, or RunFailed (voided): the scorer failed (its log never reaches
         the proposal: a fixed sentence does), or its result is unreadable."""
         if evaluated.exit_code != 0 or evaluated.timed_out:
-            why = eval_failure.reason(evaluated, _failure_code(paths), self.settings.eval_timeout_s)
+            why = eval_failure.reason(evaluated, _failure_code(paths), self.settings.runs.eval_timeout_s)
             raise RunFailed(State.VOIDED, why)
         try:
             return read_result(paths)
@@ -262,7 +262,7 @@ class Runner:
             driver=env.driver,
             environment_hash=env.environment_hash,
             fixed_hash=fixed_digest(pinned.hashes),
-            wall_clock_s=self.settings.run_wall_clock_s,
+            wall_clock_s=self.settings.runs.run_wall_clock_s,
             evaluator_version=scored.evaluator_version,
             cpu=env.cpu if env.gpu == "cpu" else "",
         )
@@ -294,7 +294,7 @@ class Runner:
         kept = {paths.code.name, paths.eval_out.name}
         if result is not None and result.state in (State.EVALUATING, State.VOIDED):  # collected
             kept.add(paths.cache.name)
-            if self.settings.keep_checkpoints:
+            if self.settings.runs.keep_checkpoints:
                 kept |= {paths.out.name, paths.checkpoint.name}
         failed = _discard_outputs(paths, kept)
         if failed:
@@ -304,7 +304,7 @@ class Runner:
             )  # fmt: skip
 
     def _tail(self, text: str) -> str:
-        data = text.encode("utf-8", "replace")[-self.settings.log_tail_bytes :]
+        data = text.encode("utf-8", "replace")[-self.settings.runs.log_tail_bytes :]
         return data.decode("utf-8", "replace")
 
 

@@ -99,7 +99,7 @@ class Worker:
         return recovery.requeue_lost(self.conn, self.store, self.settings)
 
     def _lease(self, proposal_id: str) -> AbstractContextManager[None]:
-        return recovery.held(self.conn, proposal_id, self.name, self.settings.worker_lease_ttl_s)
+        return recovery.held(self.conn, proposal_id, self.name, self.settings.runs.worker_lease_ttl_s)
 
     def _run_seeds(self, proposal: Proposal) -> list[RunResult]:
         results: list[RunResult] = []
@@ -115,7 +115,7 @@ class Worker:
         """Paired runs: for each confirmation seed, the candidate then the best (the proposal's
         base), back to back on this worker, so both see the same machine and cache state."""
         pending = proposal.confirm_seeds[len(proposal.baseline_results) :]
-        claim_ttl_s = 2 * max(1, len(pending)) * self.settings.run_budget_s
+        claim_ttl_s = 2 * max(1, len(pending)) * self.settings.runs.run_budget_s
         if not self.conn.set(keys.CONFIRM_CLAIM.of(proposal.id), self.name, nx=True, ex=claim_ttl_s):
             log.info("skipped: another worker confirms it", extra={"proposal_id": proposal.id})
             return proposal
@@ -162,7 +162,7 @@ class Worker:
         """Train and evaluate one train.py (the candidate, or with subject="best" its base) with one
         seed. `announce` moves the proposal to `evaluating` when its evaluation starts; `score_test`
         scores the held-out test split too, where one is configured (runs that can decide a merge)."""
-        plan = RunPlan(subject, announce, score_test and bool(self.settings.test_data))
+        plan = RunPlan(subject, announce, score_test and bool(self.settings.sandbox.test_data))
         return self.runner.run(proposal, seed, plan)
 
     def pinned_fixed_files(self) -> fixed_files.Pin:
@@ -193,7 +193,7 @@ class Worker:
         whose Docker daemon restarts takes the retry at once, fails it too, and uses up the retries
         in milliseconds; meanwhile a worker on another host may take the retry."""
         proposal = self._infra_failure(proposal_id, exc, retry_state)
-        wait_s = self.settings.sandbox_ready_wait_s
+        wait_s = self.settings.runs.sandbox_ready_wait_s
         if not self.sandbox.wait_ready(wait_s):
             log.warning("the sandbox still fails after %.0f s; taking work again", wait_s)
         return proposal
@@ -203,20 +203,20 @@ class Worker:
         still missing) up to `infra_retries` times, then `infra_error`."""
         proposal = self.store.get(proposal_id)
         attempts = proposal.attempts + 1
-        if attempts > self.settings.infra_retries:
+        if attempts > self.settings.runs.infra_retries:
             return self.store.transition(
                 proposal_id,
                 State.INFRA_ERROR,
                 f"infrastructure failed {attempts} times; last: {exc}",
                 attempts=attempts,
             )
-        reason = f"infrastructure failed ({exc}); retry {attempts} of {self.settings.infra_retries}"
+        reason = f"infrastructure failed ({exc}); retry {attempts} of {self.settings.runs.infra_retries}"
         changes: dict[str, object] = {"attempts": attempts}
         if retry_state == State.QUEUED:
             changes["results"] = []
         retried = self.store.transition(proposal_id, retry_state, reason, expect=None, **changes)
         runs = len(proposal.seeds) if retry_state == State.QUEUED else 2 * len(proposal.confirm_seeds)
-        queue.enqueue_run(self.conn, proposal_id, runs * self.settings.run_budget_s, retried.transitions)
+        queue.enqueue_run(self.conn, proposal_id, runs * self.settings.runs.run_budget_s, retried.transitions)
         return self.store.get(proposal_id)
 
 

@@ -81,7 +81,8 @@ def hostile(
         container_memory_bytes=MEMORY_BYTES, container_pids_limit=PIDS_LIMIT, tmpfs_bytes=TMPFS_BYTES,
         max_output_bytes=MAX_OUTPUT_BYTES, max_checkpoint_bytes=MAX_CHECKPOINT_BYTES,
         max_log_bytes=MAX_LOG_BYTES, log_tail_bytes=LOG_TAIL_BYTES, infra_retries=0, preset="tiny",
-        device="cpu", new_fingerprint_runs=0,  # the best keeps its seeded score: attacks must not move it
+        device="cpu", eval_max_docs=8,
+        new_fingerprint_runs=0,  # the best keeps its seeded score: attacks must not move it
     )  # fmt: skip
     settings = Settings(**{**values, **options.get("settings", {})})
     repo = research_repo(settings)
@@ -90,11 +91,11 @@ def hostile(
     store.set_best(Best(commit=head, val_bpb=BEST_BPB))
     sentinel = tmp_path / "host-sentinel.txt"
     sentinel.write_text("host secret: the sandbox must neither read nor change this\n")
-    victim = settings.runs_dir / "run-victim"
+    victim = settings.sandbox.runs_dir / "run-victim"
     (victim / "out").mkdir(parents=True)
     (victim / "out" / "model.safetensors").write_bytes(b"another run's weights")
     (victim / "train.log").write_text("another run's log\n")
-    for path in (tmp_path, settings.runs_dir, victim, victim / "out"):
+    for path in (tmp_path, settings.sandbox.runs_dir, victim, victim / "out"):
         path.chmod(0o755)  # readable by uid 65534, as a careless host would leave them
     sandbox = DockerSandbox(  # the live log as in production
         settings, docker_client, eval_max_docs=8, log_sink=store.append_live_log, **options.get("sandbox", {})

@@ -541,7 +541,7 @@ def test_hard_link_to_a_file_outside_out_is_refused_by_the_kernel(hostile: Harne
 def test_pickle_checkpoint_is_never_unpickled(hostile: Harness) -> None:
     """model.safetensors holds a pickle whose loading would run a command; the evaluator loads
     safetensors only, so it fails to parse and the run is voided; the command never ran."""
-    host_marker = hostile.settings.runs_dir.parent / "pickle-ran-on-host"
+    host_marker = hostile.settings.sandbox.runs_dir.parent / "pickle-ran-on-host"
     payload = f"touch /eval-out/pickle-ran /tmp/pickle-ran {host_marker}"
     code = MODEL_TRAIN_PY.replace(
         '    print("done", flush=True)\n',
@@ -556,7 +556,7 @@ def test_pickle_checkpoint_is_never_unpickled(hostile: Harness) -> None:
     assert ran.state == "voided", (ran.state, ran.reason)
     assert "evaluation failed" in ran.reason
     assert not host_marker.exists()
-    assert list(hostile.settings.runs_dir.rglob("pickle-ran")) == []
+    assert list(hostile.settings.sandbox.runs_dir.rglob("pickle-ran")) == []
     hostile.assert_untouched(ran.id)
 
 

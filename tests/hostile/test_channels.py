@@ -166,7 +166,7 @@ def _emitted(harness: Harness, run_id: str) -> str:
     admins) that carry the rows the model decoded: proof that it read and emitted validation text."""
     ours = ("model_server:", "[log cut", "Traceback", "  File ")
     lines = []
-    for log in (harness.settings.runs_dir / run_id).glob("model-*.log"):
+    for log in (harness.settings.sandbox.runs_dir / run_id).glob("model-*.log"):
         for line in log.read_text(errors="replace").splitlines():
             if len(line) >= 60 and not line.startswith(ours):
                 lines.append(line)
@@ -260,7 +260,10 @@ def _redis_dump(harness: Harness) -> str:
 def _git_dump(harness: Harness) -> str:
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(harness.settings.repo_dir), *args], capture_output=True, text=True, check=True
+            ["git", "-C", str(harness.settings.repo.repo_dir), *args],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
 
     notes = [line.split()[1] for line in git("notes", "list").splitlines() if line.strip()]

@@ -140,11 +140,11 @@ def pipeline(
         max_output_bytes=512 * MIB, max_checkpoint_bytes=64 * MIB, infra_retries=0, preset="tiny", device="cpu",
         confirm_runs=2, new_fingerprint_runs=0,
     )  # fmt: skip
-    settings.runs_dir.mkdir()
+    settings.sandbox.runs_dir.mkdir()
     store = Store(conn)
     store.open_schema()  # as every service does at start (the flush removed the stamp)
     repo = research_repo(settings)
-    sandbox = DockerSandbox(settings, docker_client)
+    sandbox = DockerSandbox(settings.sandbox, docker_client)
     committer = build_committer(settings, store=store, repo=repo)
     worker_jobs.configure(build_worker(settings, store=store, sandbox=sandbox, name="tw"))
     committer_jobs.configure(committer)

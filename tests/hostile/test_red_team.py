@@ -90,7 +90,7 @@ def test_run_json_bad_only_on_confirmation_seeds_ends_the_proposal(hostile: Harn
     assert best is not None
     hostile.store.set_best(best.model_copy(update={"val_bpb": 100.0}))  # the bigram model screens in
     hostile._snapshot = hostile._state()
-    first_seed = hostile.settings.first_seed
+    first_seed = hostile.settings.runs.first_seed
     code = with_run_json(f'    if seed != {first_seed}:\n        run["steps"] = "many"\n' + WRITE_RUN_JSON)
     ran = hostile.run(code)
     assert ran.state == "crashed", (ran.state, ran.reason)
@@ -162,7 +162,7 @@ def test_hostile_names_and_special_files_in_writable_folders_do_not_disturb_the_
     assert ran.detail["results"][0]["val_bpb"] is not None
     log = hostile.api.get(f"/v1/proposals/{ran.id}/log").text
     assert "bad utf8 \ufffd\ufffd" in log
-    run_dir = hostile.settings.runs_dir / ran.detail["results"][0]["run_id"]
+    run_dir = hostile.settings.sandbox.runs_dir / ran.detail["results"][0]["run_id"]
     assert not (run_dir / "out").exists()
     hostile.assert_untouched(ran.id)
 

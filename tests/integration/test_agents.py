@@ -23,7 +23,7 @@ from services.agent.llm_agent import LlmAgent
 from services.agent.loop import NOT_SUBMITTED, Clock
 from services.agent.search import RandomSearch
 from services.cli.client import ApiClient
-from services.settings import MIB, Settings
+from services.settings import MIB, AgentSettings, Settings
 from services.worker.docker_sandbox import DockerSandbox
 from tests.support import REPO
 from tests.support.sandbox_data import prepare_sandbox_data
@@ -123,9 +123,9 @@ def fake_llm(request: pytest.FixtureRequest) -> Iterator[tuple[str, FakeLlm]]:
         thread.join(5)
 
 
-def agent_settings(stack: Stack, **fields: Any) -> Settings:
+def agent_settings(**fields: Any) -> AgentSettings:
     values: dict[str, Any] = {"agent_poll_s": 0.02, "agent_outcome_timeout_s": 60, **fields}
-    return Settings(redis_url=stack.settings.redis_url, **values)
+    return AgentSettings(**values)
 
 
 def test_llm_agent_learns_from_outcomes_and_its_merges_count_for_its_program_version(
@@ -136,7 +136,6 @@ def test_llm_agent_learns_from_outcomes_and_its_merges_count_for_its_program_ver
         _, status = admin.put("/v1/program", {"text": PROGRAM_V2, "message": "ask for small steps"})
         assert status == 201
     settings = agent_settings(
-        stack,
         agent_name="gpt-fake",
         agent_max_iterations=5,
         agent_llm_base_url=url,
@@ -169,7 +168,6 @@ def test_llm_agent_learns_from_outcomes_and_its_merges_count_for_its_program_ver
 
 def test_search_arm_submits_one_constant_at_a_time_and_climbs(stack: Stack) -> None:
     settings = agent_settings(
-        stack,
         agent_max_iterations=6,
         agent_search_step=0.05,
         agent_search_exclude=["LEARNING_RATE", "DEPTH", "WARMUP_STEPS"],  # FAKE_SCORE alone is searched
@@ -226,13 +224,11 @@ def test_llm_agent_with_the_real_tiny_trainer_in_docker(
         "run_wall_clock_s": 240,
         "container_memory_bytes": 4 * 1024 * MIB,
     }
-    sandbox = DockerSandbox(Settings(**real), docker_client)
+    sandbox = DockerSandbox(Settings(**real).sandbox, docker_client)
     url, _ = fake_llm
     baseline = (REPO / "trainer" / "train.py").read_text()
     with running_stack(tmp_path, redis_url, baseline, sandbox, **real) as stack:
-        settings = agent_settings(
-            stack, agent_max_iterations=1, agent_poll_s=0.5, agent_outcome_timeout_s=1500
-        )
+        settings = agent_settings(agent_max_iterations=1, agent_poll_s=0.5, agent_outcome_timeout_s=1500)
         chat = ChatClient(url, "fake-model", LLM_KEY, temperature=0.7, max_tokens=None, timeout_s=10)
         with ApiClient(stack.url, stack.token("gpt-fake")) as client, chat:
             (outcome,) = LlmAgent(client, chat, settings).run()

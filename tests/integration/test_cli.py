@@ -20,7 +20,7 @@ from services.committer.repo import GitResearchRepo
 from services.controller.auth import hash_token
 from services.models import Decision, RunResult
 from services.patches import canonical_diff
-from services.settings import Settings
+from services.settings import AcceptanceSettings, Settings
 from services.states import State
 from services.store import Store
 from tests.support.live_server import ADMIN, BASE, COMMIT, REPO_PROGRAM, agent_token, stored_proposal, with_lr
@@ -133,7 +133,7 @@ def test_submit_without_a_program_version_names_the_current_one(
 
 def test_status_of_a_proposal_in_confirmation_is_not_a_rejection(cli: Cli, store: Store) -> None:
     proposal = stored_proposal(store)
-    noise, params = rules.Noise(0.001, "calibrated", 8), rules.RuleParams()
+    noise, params = rules.Noise(0.001, "calibrated", 8), rules.params_from(AcceptanceSettings.defaults())
     screening = rules.screen(1.256, 1.5, COMMIT, noise, params)  # 244 σ better than the best
     walk(store, proposal.id, State.RUNNING, "started")
     walk(store, proposal.id, State.EVALUATING, "trained 10 steps; evaluating")

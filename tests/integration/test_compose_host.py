@@ -51,7 +51,7 @@ def test_each_project_resolves_to_its_own_volumes_and_runs_folder(
     settings = Settings(train_data="train-data", val_data="val-data", runs_dir=RUNS_DIR)
     seen = []
     for project, container_id in projects.items():
-        resolved = resolve_for_host(settings, docker_client, container_id=container_id)
+        resolved = resolve_for_host(settings.sandbox, docker_client, container_id=container_id)
         mountpoint = docker_client.volumes.get(f"{project}_runs").attrs["Mountpoint"]
         assert resolved.train_data == f"{project}_train-data"
         assert resolved.val_data == f"{project}_val-data"
@@ -66,5 +66,5 @@ def test_plain_volume_names_and_a_worker_outside_compose_are_left_alone(
 ) -> None:
     settings = Settings(train_data="some-volume", val_data="/srv/val", runs_dir=Path("/elsewhere"))
     container_id = next(iter(projects.values()))
-    assert resolve_for_host(settings, docker_client, container_id=container_id) == settings
-    assert resolve_for_host(settings, docker_client, container_id="0" * 64) == settings
+    assert resolve_for_host(settings.sandbox, docker_client, container_id=container_id) == settings.sandbox
+    assert resolve_for_host(settings.sandbox, docker_client, container_id="0" * 64) == settings.sandbox

@@ -105,8 +105,8 @@ def run_train(make_settings: Callable[..., Settings], docker_client: DockerClien
     ) -> Ran:
         settings = make_settings(**overrides)
         run_id = run_id or f"t{uuid.uuid4().hex[:12]}"
-        paths = prepare_run_dir(settings.runs_dir, run_id, textwrap.dedent(code))
-        sandbox = DockerSandbox(settings, docker_client, **(sandbox_args or {}))
+        paths = prepare_run_dir(settings.sandbox.runs_dir, run_id, textwrap.dedent(code))
+        sandbox = DockerSandbox(settings.sandbox, docker_client, **(sandbox_args or {}))
         request = TrainRequest(
             run_id=run_id, proposal_id="p-test", paths=paths, seed=7,
             wall_clock_s=wall_clock_s, preset="tiny", device="cpu",
@@ -166,7 +166,7 @@ def test_environment_holds_only_the_contract_variables(
     assert set(env) == CONTRACT_ENV | IMAGE_ENV
     configured = run_train(
         "import json, os; print(json.dumps(dict(os.environ)))",
-        sandbox_args={"extra_env": {"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "AR_SEED": "forged"}},
+        sandbox_extra_env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "AR_SEED": "forged"},
     ).facts()
     assert configured["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"  # operator configuration only
     assert configured["AR_SEED"] == "7"  # cannot override the contract
@@ -250,7 +250,7 @@ runs, run_id, image, data = sys.argv[1:5]
 settings = Settings(trainer_image=image, train_data=data, val_data=data, kill_grace_s=1,
                     container_memory_bytes=256 * 2**20)
 paths = prepare_run_dir(Path(runs), run_id, "import time; time.sleep(120)")
-DockerSandbox(settings).train(TrainRequest(run_id=run_id, proposal_id="p-test", paths=paths, seed=1,
+DockerSandbox(settings.sandbox).train(TrainRequest(run_id=run_id, proposal_id="p-test", paths=paths, seed=1,
                                            wall_clock_s=4, preset="tiny", device="cpu"))
 """
 
@@ -293,7 +293,9 @@ def test_remove_strays_takes_only_the_owners_containers(
         labels={"autoresearch.managed": "1", "autoresearch.owner": owner + "x"},
     )
     try:
-        assert DockerSandbox(make_settings(), docker_client, owner=owner).remove_strays() == [mine.name]
+        assert DockerSandbox(make_settings().sandbox, docker_client, owner=owner).remove_strays() == [
+            mine.name
+        ]
         assert [c.id for c in docker_client.containers.list(all=True, filters={"id": other.id})] == [other.id]
     finally:
         other.remove(force=True)
@@ -543,9 +545,7 @@ def test_one_file_past_the_cap_is_refused_by_the_kernel(run_train: RunTrain) -> 
 
 
 def test_scratch_bind_mode_gives_a_writable_tmp(run_train: RunTrain) -> None:
-    ran = run_train(
-        "open('/tmp/scratch-file', 'w').write('x'); print('ok')", sandbox_args={"scratch_mode": "bind"}
-    )
+    ran = run_train("open('/tmp/scratch-file', 'w').write('x'); print('ok')", scratch_mode="bind")
     assert ran.outcome.exit_code == 0
     assert (ran.paths.scratch / "scratch-file").read_text() == "x"
 
@@ -582,9 +582,13 @@ def evaluate_with(
     client: DockerClient,
     ran: Ran,
     timeout_s: int = 20,
-    **sandbox_args: Any,
+    evaluator: str | None = None,
+    model_server: str | None = None,
+    **overrides: Any,
 ) -> StepOutcome:
-    sandbox = DockerSandbox(make_settings(), client, **sandbox_args)
+    stand_ins = {"evaluator": evaluator, "model_server": model_server}
+    sandbox_args = {name: path for name, path in stand_ins.items() if path is not None}
+    sandbox = DockerSandbox(make_settings(**overrides).sandbox, client, **sandbox_args)
     request = EvalRequest(
         run_id=ran.run_id, proposal_id="p-test", paths=ran.paths, seed=11, timeout_s=timeout_s, device="cpu"
     )
@@ -608,7 +612,7 @@ def test_evaluation_sees_val_and_checkpoint_read_only(
 ) -> None:
     # The candidate file doubles as the evaluator and the model server here: its top level writes the
     # checkpoint when trained, and the probe reports what the scorer's container sees.
-    ran = run_train(CHECKPOINT_WRITER + PROBE_EVALUATOR, sandbox_args={"scratch_mode": "bind"})
+    ran = run_train(CHECKPOINT_WRITER + PROBE_EVALUATOR, scratch_mode="bind")
     collect_checkpoint(ran.paths, 16 * MIB)
     outcome = evaluate_with(
         make_settings,
@@ -669,8 +673,8 @@ def test_the_real_trainer_and_evaluator_run_in_the_sandbox(
         train_data=str(train_dir), val_data=str(val_dir), runs_dir=tmp_path / "runs",
         container_memory_bytes=4 * 1024 * MIB, max_log_bytes=64 * KIB,
     )  # fmt: skip
-    sandbox = DockerSandbox(settings, docker_client)
-    paths = prepare_run_dir(settings.runs_dir, "real", (REPO / "trainer" / "train.py").read_text())
+    sandbox = DockerSandbox(settings.sandbox, docker_client)
+    paths = prepare_run_dir(settings.sandbox.runs_dir, "real", (REPO / "trainer" / "train.py").read_text())
     trained = sandbox.train(
         TrainRequest(
             run_id="real",
@@ -683,7 +687,7 @@ def test_the_real_trainer_and_evaluator_run_in_the_sandbox(
         )
     )
     assert trained.exit_code == 0, trained.log[-2000:]
-    collected = collect_checkpoint(paths, settings.max_checkpoint_bytes)
+    collected = collect_checkpoint(paths, settings.runs.max_checkpoint_bytes)
     assert collected.run_json["seed"] == 42 and collected.run_json["steps"] > 0
     evaluated = sandbox.evaluate(
         EvalRequest(run_id="real", proposal_id="p", paths=paths, seed=1, timeout_s=120, device="cpu")
@@ -701,8 +705,8 @@ def test_the_real_trainer_and_evaluator_run_in_the_sandbox(
 def test_environment_fingerprint_is_stable_and_not_the_image_id(
     make_settings: Callable[..., Settings], docker_client: DockerClient, trainer_image: str
 ) -> None:
-    first = DockerSandbox(make_settings(), docker_client).environment()
-    second = DockerSandbox(make_settings(), docker_client).environment()
+    first = DockerSandbox(make_settings().sandbox, docker_client).environment()
+    second = DockerSandbox(make_settings().sandbox, docker_client).environment()
     assert first == second
     assert (first.gpu, first.driver) == ("cpu", "none")
     assert first.cpu and first.cpu != "unknown"  # the CPU model, read in the trainer image's probe
@@ -716,8 +720,8 @@ def test_unreachable_daemon_raises_sandbox_unavailable(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings()
-    sandbox = DockerSandbox(settings, base_url=f"unix://{tmp_path}/no-such-docker.sock")
-    paths = prepare_run_dir(settings.runs_dir, "unreachable", "print('never runs')")
+    sandbox = DockerSandbox(settings.sandbox, base_url=f"unix://{tmp_path}/no-such-docker.sock")
+    paths = prepare_run_dir(settings.sandbox.runs_dir, "unreachable", "print('never runs')")
     request = TrainRequest(
         run_id="unreachable",
         proposal_id="p",

@@ -55,7 +55,7 @@ def api(
     )
     store.add_commit(COMMIT, BASE)
     store.set_best(Best(commit=COMMIT, val_bpb=1.5))
-    sandbox = DockerSandbox(settings, log_sink=store.append_live_log)  # as the worker's main wires it
+    sandbox = DockerSandbox(settings.sandbox, log_sink=store.append_live_log)  # as the worker's main wires it
     jobs.configure(build_worker(settings, store=store, sandbox=sandbox, name="docker-w"))
     try:
         with api_client(settings, store) as client:
@@ -106,6 +106,6 @@ def test_environment_probe_runs_with_a_live_log_sink(
 ) -> None:
     """The probe container belongs to no proposal; the live log sink must not trip over it."""
     settings = Settings(runs_dir=tmp_path / "runs", trainer_image=trainer_image, preset="tiny", device="cpu")
-    with DockerSandbox(settings, log_sink=store.append_live_log) as sandbox:
+    with DockerSandbox(settings.sandbox, log_sink=store.append_live_log) as sandbox:
         environment = sandbox.environment()
     assert environment.gpu and environment.environment_hash

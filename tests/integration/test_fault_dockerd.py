@@ -188,7 +188,7 @@ def make_settings(tmp_path: Path, data_dir: Path) -> Callable[..., Settings]:
             "trainer_image": IMAGE, "runs_dir": tmp_path / "runs", "train_data": str(data_dir),
             "val_data": str(data_dir), "run_wall_clock_s": 120, "eval_timeout_s": 60,
             "container_memory_bytes": 1024 * MIB, "container_pids_limit": 64, "tmpfs_bytes": 16 * MIB,
-            "infra_retries": 2, **overrides,
+            "infra_retries": 2, "trainer_python": PYTHON, **overrides,
         }  # fmt: skip
         return Settings(**values)
 
@@ -197,7 +197,7 @@ def make_settings(tmp_path: Path, data_dir: Path) -> Callable[..., Settings]:
 
 def sandbox_for(settings: Settings, daemon: PrivateDockerd) -> DockerSandbox:
     return DockerSandbox(
-        settings, base_url=daemon.url, python=PYTHON, evaluator="/code/train.py", model_server="/code/train.py",
+        settings.sandbox, base_url=daemon.url, evaluator="/code/train.py", model_server="/code/train.py",
         owner="w-dockerd",
     )  # fmt: skip
 
@@ -424,7 +424,7 @@ def test_a_stop_from_outside_is_infra_but_a_self_inflicted_sigterm_is_a_crash(
 
 def train_request(settings: Settings, proposal_id: str, train_py: str) -> TrainRequest:
     run_id = f"t{uuid.uuid4().hex[:12]}"
-    paths = prepare_run_dir(settings.runs_dir, run_id, train_py)
+    paths = prepare_run_dir(settings.sandbox.runs_dir, run_id, train_py)
     return TrainRequest(
         run_id=run_id, proposal_id=proposal_id, paths=paths, seed=1, wall_clock_s=60, preset="tiny",
         device="cpu",

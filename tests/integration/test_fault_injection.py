@@ -383,7 +383,7 @@ def test_committer_sigkilled_at_each_step_of_a_merge_merges_exactly_once(
     repo_dir = tmp_path / "repo"
     baseline = tmp_path / "baseline_train.py"
     baseline.write_text(COMMITTER_BASELINE)
-    repo = GitResearchRepo(repo_dir, "research", Settings().git_author)
+    repo = GitResearchRepo(repo_dir, "research", Settings().repo.git_author)
     root = repo.ensure(COMMITTER_BASELINE)
     repo.close()
     store.add_commit(root, COMMITTER_BASELINE)

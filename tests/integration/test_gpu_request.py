@@ -46,7 +46,7 @@ def host_config(client: DockerClient, sandbox: DockerSandbox, kind: str) -> dict
 
 def test_nvidia_mode_asks_for_the_workers_gpu_by_id(docker_client: DockerClient, trainer_image: str) -> None:
     settings = Settings(trainer_image=trainer_image, gpu_mode="nvidia", gpu_id="3", device="cuda")
-    config = host_config(docker_client, DockerSandbox(settings, docker_client), "train")
+    config = host_config(docker_client, DockerSandbox(settings.sandbox, docker_client), "train")
     requests = config["DeviceRequests"]
     assert len(requests) == 1, requests
     assert requests[0]["DeviceIDs"] == ["3"]
@@ -67,7 +67,7 @@ def test_devices_mode_passes_nodes_and_read_only_runtime_mounts(
         gpu_host_mounts=[f"{runtime}:/opt/host-runtime"],
         device="cuda",
     )
-    config = host_config(docker_client, DockerSandbox(settings, docker_client), "train")
+    config = host_config(docker_client, DockerSandbox(settings.sandbox, docker_client), "train")
     devices = {(d["PathOnHost"], d["PathInContainer"], d["CgroupPermissions"]) for d in config["Devices"]}
     assert devices == {("/dev/null", "/dev/null", "rwm"), ("/dev/zero", "/dev/zero", "rwm")}
     mounts = {m["Target"]: m for m in config["Mounts"]}
@@ -83,7 +83,7 @@ def test_evaluation_containers_may_lock_memory_and_training_containers_may_not(
     """Only the request: whether the engine may raise RLIMIT_MEMLOCK depends on the host (this one's
     runtime refuses to start such a container, so the setting is off by default)."""
     settings = Settings(trainer_image=trainer_image, eval_memlock_bytes=2 * GIB)
-    sandbox = DockerSandbox(settings, docker_client)
+    sandbox = DockerSandbox(settings.sandbox, docker_client)
     for kind in ("eval", "model", "train"):
         limits = {u["Name"]: u for u in host_config(docker_client, sandbox, kind)["Ulimits"]}
         if kind == "train":
@@ -94,5 +94,5 @@ def test_evaluation_containers_may_lock_memory_and_training_containers_may_not(
 
 def test_memlock_is_left_to_the_engine_by_default(docker_client: DockerClient, trainer_image: str) -> None:
     settings = Settings(trainer_image=trainer_image)
-    limits = host_config(docker_client, DockerSandbox(settings, docker_client), "eval")["Ulimits"]
+    limits = host_config(docker_client, DockerSandbox(settings.sandbox, docker_client), "eval")["Ulimits"]
     assert "memlock" not in {u["Name"] for u in limits}

@@ -183,7 +183,7 @@ def _submit(store: Store, conn: "redis.Redis[bytes]", settings: Settings, title:
     proposal = Proposal(
         id=new_id("p"), title=title, agent=f"agent-{title.split()[0]}", base_commit=best.commit,
         base_train_py=base_py, train_py=candidate.train_py, diff=candidate.diff,
-        content_hash=candidate.content_hash, seeds=[settings.first_seed],
+        content_hash=candidate.content_hash, seeds=[settings.runs.first_seed],
     )  # fmt: skip
     stored, _ = store.create(proposal)
     queue.enqueue_run(conn, stored.id, 60)

@@ -70,10 +70,10 @@ def test_better_proposal_is_merged_with_numbers_in_message_and_note(service: Ser
         State.ACCEPTED,
         State.MERGED,
     ]
-    assert len(merged.results) == 1 + service.settings.confirm_runs
+    assert len(merged.results) == 1 + service.settings.acceptance.confirm_runs
     assert [r.seed for r in merged.baseline_results] == merged.confirm_seeds
     assert merged.gpu_seconds() > 0
-    run_dirs = list(service.settings.runs_dir.iterdir())
+    run_dirs = list(service.settings.sandbox.runs_dir.iterdir())
     assert run_dirs and all((d / "code" / "train.py").exists() and not (d / "out").exists() for d in run_dirs)
 
 
@@ -158,7 +158,7 @@ def test_a_job_delivered_twice_runs_once(service: Service) -> None:
     queue.runs_queue(service.conn).enqueue(queue.RUN_JOB, proposal.id, job_id=f"again-{proposal.id}")
     assert queue.queue_depths(service.conn)[queue.RUNS_QUEUE] == 2
     service.drain()
-    runs = 1 + 2 * service.settings.confirm_runs  # screening, then paired confirmation runs
+    runs = 1 + 2 * service.settings.acceptance.confirm_runs  # screening, then paired confirmation runs
     assert sum(r.proposal_id == proposal.id for r in service.sandbox.trained) == runs
 
 
@@ -256,7 +256,7 @@ def test_a_confirmation_decided_again_after_a_crash_counts_the_bests_runs_once(s
     done = service.store.get(proposal.id)
     assert done.state == State.MERGED, done.reason
     paired = len(done.baseline_results)
-    assert paired == service.settings.confirm_runs
+    assert paired == service.settings.acceptance.confirm_runs
     assert len(service.store.calibration_runs(key)[base]) == before + paired
     gaps = len(service.store.gap_calibration_runs(key).get(base, []))
     assert gaps == gaps_before + sum(r.test_bpb is not None for r in done.baseline_results)
@@ -284,7 +284,7 @@ def _fingerprint(service: Service) -> str:
 def seq_bayes_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("AR_ACCEPT_RULE", "seq-bayes/v1")
     settings = Settings(runs_dir=tmp_path / "runs", repo_dir=tmp_path / "repo", infra_retries=2)
-    assert settings.accept_rule == rules.SEQ_BAYES_RULE
+    assert settings.acceptance.accept_rule == rules.SEQ_BAYES_RULE
     return settings
 
 
@@ -311,7 +311,7 @@ def test_seq_bayes_merges_a_clear_gain_with_its_posterior_and_rejects_a_clear_lo
         decision = merged.decision
         assert decision is not None and decision.rule == rules.SEQ_BAYES_RULE and decision.accepted
         assert decision.stage == "confirm" and decision.stopped == "accept"
-        assert decision.posterior["p_better"] >= seq_bayes_settings.seq_p_accept
+        assert decision.posterior["p_better"] >= seq_bayes_settings.acceptance.seq_p_accept
         assert decision.prior_version == rules.PRIOR_V1.version
         assert merged.confirm_seeds and decision.seeds == merged.confirm_seeds
         assert [r.seed for r in merged.baseline_results] == merged.confirm_seeds
@@ -334,8 +334,8 @@ def test_seq_bayes_asks_for_paired_runs_step_by_step_until_it_is_convinced(
     worth its cost (AR_SEQ_RUN_COST_BPB 0.0001), and one is not enough. The proposal stays
     `confirming` through each step, keeps its earlier runs, and each of the best's runs joins the
     calibration once."""
-    settings = seq_bayes_settings.model_copy(
-        update={"seq_run_cost_bpb": 0.0001, "new_fingerprint_runs": 0, "noise_sigma_prior_bpb": 0.001}
+    settings = seq_bayes_settings.replace(
+        seq_run_cost_bpb=0.0001, new_fingerprint_runs=0, noise_sigma_prior_bpb=0.001
     )
     with running_service(settings, redis_client) as service:
         proposal = service.submit(BASELINE.replace("1.5", "1.498"), title="A small gain")
@@ -345,8 +345,8 @@ def test_seq_bayes_asks_for_paired_runs_step_by_step_until_it_is_convinced(
         steps = [e for e in service.store.events(proposal.id) if e.state == State.CONFIRMING]
         assert len(steps) >= 2 and all("paired run(s) are worth their cost" in e.reason for e in steps)
         seeds = merged.confirm_seeds
-        assert len(seeds) >= 2 and len(set(seeds)) == len(seeds) and seeds[0] != settings.first_seed
-        assert [r.seed for r in merged.results] == [settings.first_seed, *seeds]
+        assert len(seeds) >= 2 and len(set(seeds)) == len(seeds) and seeds[0] != settings.runs.first_seed
+        assert [r.seed for r in merged.results] == [settings.runs.first_seed, *seeds]
         assert [r.seed for r in merged.baseline_results] == seeds
         decision = merged.decision
         assert decision is not None and decision.stopped == "accept" and decision.seeds == seeds

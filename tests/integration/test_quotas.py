@@ -160,10 +160,8 @@ def test_concurrent_submits_take_exactly_the_queued_quota(
     """24 submits of one agent token at once, queued quota 5: exactly 5 are accepted (201) and 19
     answered 429 with the quota's message; 5 proposals stored, 5 jobs queued (before the check and
     the reservation were one Lua script, concurrent submits could all pass the check)."""
-    settings = settings_for(redis_url).model_copy(
-        update={"max_queued_per_token": MAX_QUEUED + 3, "submits_per_minute": 1000}
-    )
-    limit = settings.max_queued_per_token
+    settings = settings_for(redis_url).replace(max_queued_per_token=MAX_QUEUED + 3, submits_per_minute=1000)
+    limit = settings.controller.max_queued_per_token
     with serve(settings, seed(store)) as base_url:
         answers = submit_at_once(base_url, agent_token(store, "racer"), CONCURRENT)
     codes = Counter(a.status_code for a in answers)
@@ -182,9 +180,7 @@ def test_concurrent_submits_take_exactly_the_rate_quota(
 ) -> None:
     """24 submits of one agent token at once, 6 per minute (queued quota far above): exactly 6 are
     accepted and 18 answered 429 naming the rate; the window's counter stops at 6."""
-    settings = settings_for(redis_url).model_copy(
-        update={"max_queued_per_token": 1000, "submits_per_minute": 6}
-    )
+    settings = settings_for(redis_url).replace(max_queued_per_token=1000, submits_per_minute=6)
     with serve(settings, seed(store)) as base_url:
         answers = submit_at_once(base_url, agent_token(store, "racer"), CONCURRENT)
     codes = Counter(a.status_code for a in answers)

@@ -166,7 +166,7 @@ def test_calibration_shows_sigma_source_runs_and_fingerprint_fields(
 ) -> None:
     key = _fp(service)
     runs = service.store.calibration_runs(key)
-    expected = rules.calibrate(runs, rules.params_from(service.settings))
+    expected = rules.calibrate(runs, rules.params_from(service.settings.acceptance))
     (row,) = get(client, "/v1/calibration")
     assert row["key"] == key and row["fingerprint"]["gpu"] == "cpu"
     assert row["fingerprint"]["environment_hash"] == "fake-env"
@@ -183,7 +183,7 @@ def test_calibration_uses_the_prior_until_runs_give_three_degrees_of_freedom(
     service: Service, client: TestClient
 ) -> None:
     (row,) = get(client, "/v1/calibration")
-    assert row["source"] == "prior" and row["sigma_bpb"] == service.settings.noise_sigma_prior_bpb
+    assert row["source"] == "prior" and row["sigma_bpb"] == service.settings.acceptance.noise_sigma_prior_bpb
     assert row["runs"] == 1 and row["dof"] == 0
 
 

@@ -64,7 +64,7 @@ def test_a_memoriser_is_rejected_by_the_tripwire_with_its_numbers_in_the_decisio
     assert decision.delta_bpb == pytest.approx(-0.6, abs=1e-3)  # the val rule alone would accept it
     assert decision.test_gap_bpb == pytest.approx(0.6137, abs=1e-3)  # 0.6 of val gain, 0.0137 lost on test
     assert decision.test_threshold_bpb is not None and decision.test_gap_bpb > decision.test_threshold_bpb
-    assert decision.test_n == service.settings.confirm_runs == len(decision.test_candidate_runs)
+    assert decision.test_n == service.settings.acceptance.confirm_runs == len(decision.test_candidate_runs)
     assert decision.test_candidate_runs == pytest.approx([1.5237] * 3, abs=1e-3)
     assert decision.test_best_runs == pytest.approx([1.51] * 3, abs=1e-3)
     assert service.repo.head() == head
@@ -137,7 +137,7 @@ def test_the_best_is_run_again_once_on_a_new_fingerprint(service: Service) -> No
     rerun = runs[0]
     assert rerun.state == State.MERGED and rerun.base_commit == before.commit
     assert rerun.seeds == [
-        service.settings.first_seed + i for i in range(service.settings.new_fingerprint_runs)
+        service.settings.runs.first_seed + i for i in range(service.settings.acceptance.new_fingerprint_runs)
     ]
     assert all(r.test_bpb is not None for r in rerun.results)
     key = rerun.results[0].fingerprint.key() if rerun.results[0].fingerprint else None
@@ -145,9 +145,13 @@ def test_the_best_is_run_again_once_on_a_new_fingerprint(service: Service) -> No
     assert service.conn.get(keys.NEW_FINGERPRINT_RUNS.of(key)) == before.commit.encode()
     after = service.store.get_best()
     assert after is not None and after.fingerprint_key == key and after.commit == before.commit
-    assert len(service.store.calibration_runs(key)[before.commit]) == service.settings.new_fingerprint_runs
     assert (
-        len(service.store.gap_calibration_runs(key)[before.commit]) == service.settings.new_fingerprint_runs
+        len(service.store.calibration_runs(key)[before.commit])
+        == service.settings.acceptance.new_fingerprint_runs
+    )
+    assert (
+        len(service.store.gap_calibration_runs(key)[before.commit])
+        == service.settings.acceptance.new_fingerprint_runs
     )
     for proposal in (first, second):
         assert service.store.get(proposal.id).state == State.REJECTED

@@ -190,10 +190,10 @@ def reference(train_dir: Path, val_dir: Path, ckpt: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def evaluate_code(setup: dict[str, Any], docker_client: DockerClient) -> Iterator[Callable[[str, str], Any]]:
-    sandbox = DockerSandbox(setup["settings"], docker_client, eval_batch_size=BATCH_SIZE)
+    sandbox = DockerSandbox(setup["settings"].sandbox, docker_client, eval_batch_size=BATCH_SIZE)
 
     def run(name: str, train_py: str) -> tuple[StepOutcome, dict[str, Any] | None]:
-        paths = prepare_run_dir(setup["settings"].runs_dir, name, train_py)
+        paths = prepare_run_dir(setup["settings"].sandbox.runs_dir, name, train_py)
         for file in ("model.safetensors", "run.json"):
             shutil.copy(setup["ckpt"] / file, paths.out / file)
         collect_checkpoint(paths, 64 * MIB)
@@ -258,8 +258,8 @@ def test_harmless_cheat_leaves_the_honest_score(
 
 def test_model_container_sees_no_validation_data(setup: dict[str, Any]) -> None:
     """What the forger's walk above relies on, stated directly: the model containers' mounts."""
-    sandbox = DockerSandbox(setup["settings"], None)
-    paths = prepare_run_dir(setup["settings"].runs_dir, "mounts", TRAIN_PY)
+    sandbox = DockerSandbox(setup["settings"].sandbox, None)
+    paths = prepare_run_dir(setup["settings"].sandbox.runs_dir, "mounts", TRAIN_PY)
     (paths.root / "channel").mkdir()
     request = EvalRequest(run_id="mounts", proposal_id="p", paths=paths, seed=1, timeout_s=10, device="cpu")
     step = sandbox._model_step(request, "a", paths.root / "channel", 0.0)

@@ -106,7 +106,7 @@ class Harness:
         return (
             train_py.replace("@SENTINEL@", str(self.sentinel))
             .replace("@VICTIM@", str(self.victim))
-            .replace("@RUNS@", str(self.settings.runs_dir))
+            .replace("@RUNS@", str(self.settings.sandbox.runs_dir))
             .replace("@SECRET@", SECRET)
             .replace("@VAL_MARKER_REVERSED@", self.val_marker[::-1])
         )
@@ -134,14 +134,14 @@ class Harness:
         runs = detail["results"]
         if not runs:
             return ""
-        path = self.settings.runs_dir / runs[0]["run_id"] / "train.log"
+        path = self.settings.sandbox.runs_dir / runs[0]["run_id"] / "train.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def assert_outputs_removed(self, ran: Ran) -> None:
         """Nothing the proposal's containers wrote is left under the runs folder: beside the victim,
         only its runs' folders, each holding its train.py, logs and an empty evaluation folder."""
         run_ids = [str(result["run_id"]) for result in ran.detail["results"]]
-        runs = self.settings.runs_dir
+        runs = self.settings.sandbox.runs_dir
         assert sorted(path.name for path in runs.iterdir()) == sorted([self.victim.name, *run_ids])
         for run_id in run_ids:
             left = sorted(path.name for path in (runs / run_id).iterdir())

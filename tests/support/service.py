@@ -43,7 +43,7 @@ class Service:
             base_commit=best.commit,
             train_py=train_py,
             diff=None,
-            max_bytes=self.settings.max_patch_bytes,
+            max_bytes=self.settings.controller.max_patch_bytes,
         )
         proposal = Proposal(
             id=new_id("p"),
@@ -55,7 +55,7 @@ class Service:
             train_py=candidate.train_py,
             diff=candidate.diff,
             content_hash=candidate.content_hash,
-            seeds=[self.settings.first_seed],
+            seeds=[self.settings.runs.first_seed],
         )
         stored, _ = self.store.create(proposal)
         queue.enqueue_run(self.conn, stored.id, 60)

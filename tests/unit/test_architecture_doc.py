@@ -129,7 +129,7 @@ def test_every_function_any_page_names_after_a_module_is_defined_there() -> None
 
 def module_names(path: Path) -> set[str]:
     """What `module.name` may name in a module: its functions, classes and top-level constants, and its
-    classes' methods and fields (`settings.train_data`: a field of the settings object)."""
+    classes' methods and fields (`settings.sandbox.train_data`: a field of the settings object)."""
     names = {name.rpartition(".")[2] for name in defined_names(path, fields=True)}
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         targets = (

@@ -26,7 +26,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def request(settings: Settings, score_test: bool) -> EvalRequest:
-    paths = prepare_run_dir(settings.runs_dir, f"run-{score_test}", "print('hi')\n")
+    paths = prepare_run_dir(settings.sandbox.runs_dir, f"run-{score_test}", "print('hi')\n")
     (paths.root / "channel").mkdir(exist_ok=True)
     return EvalRequest(
         run_id=f"run-{score_test}", proposal_id="p", paths=paths, seed=1, timeout_s=10, device="cpu",
@@ -39,10 +39,10 @@ def targets(mounts: list) -> dict[str, dict]:  # type: ignore[type-arg]
 
 
 def test_the_scorer_mounts_the_test_split_read_only_only_when_asked(settings: Settings) -> None:
-    sandbox = DockerSandbox(settings, None)
+    sandbox = DockerSandbox(settings.sandbox, None)
     asked = request(settings, True)
     mounts = targets(sandbox._scorer_mounts(asked))
-    assert mounts["/test"]["Source"] == settings.test_data and mounts["/test"]["ReadOnly"]
+    assert mounts["/test"]["Source"] == settings.sandbox.test_data and mounts["/test"]["ReadOnly"]
     command = sandbox._scorer_command(asked)
     assert command[command.index("--test-dir") + 1] == "/test"
     plain = request(settings, False)
@@ -51,15 +51,15 @@ def test_the_scorer_mounts_the_test_split_read_only_only_when_asked(settings: Se
 
 
 def test_no_model_container_sees_the_test_split(settings: Settings) -> None:
-    sandbox = DockerSandbox(settings, None)
+    sandbox = DockerSandbox(settings.sandbox, None)
     asked = request(settings, True)
     for name in ("a", "b"):
         step = sandbox._model_step(asked, name, asked.paths.root / "channel", 0.0)
         assert set(targets(step.mounts)) == {"/code", "/data", "/ckpt", "/channel"}
-        assert "--test-dir" not in step.command and settings.test_data not in " ".join(step.command)
+        assert "--test-dir" not in step.command and settings.sandbox.test_data not in " ".join(step.command)
 
 
 def test_asking_without_a_configured_test_split_is_an_infrastructure_error(settings: Settings) -> None:
-    sandbox = DockerSandbox(settings.model_copy(update={"test_data": ""}), None)
+    sandbox = DockerSandbox(settings.sandbox.model_copy(update={"test_data": ""}), None)
     with pytest.raises(SandboxUnavailable, match="no test_data is configured"):
         sandbox._scorer_mounts(request(settings, True))

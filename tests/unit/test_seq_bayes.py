@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from services.committer import rules
+from services.settings import AcceptanceSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -78,7 +79,7 @@ def test_the_tripwire_is_part_of_an_accepting_verdict() -> None:
         candidate_runs=[0.7001, 0.6999], best_runs=val_b, seeds=[7, 8],
         test=rules.TripwireEvidence(
             rules.PairedScores(val_c, val_b, [1.31, 1.31], [1.31, 1.31]), rules.Noise(0.0004, "calibrated", 9),
-            [], rules.TripwireParams(),
+            [], rules.tripwire_params_from(AcceptanceSettings.defaults()),
         ),
     )  # fmt: skip
     decision = rules.decide(memoriser, POLICY)
