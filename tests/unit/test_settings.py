@@ -104,5 +104,5 @@ def test_agents_read_their_own_group(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_model_copy_refuses_a_flat_name_it_would_silently_ignore() -> None:
-    with pytest.raises(TypeError, match="use Settings.replace"):
+    with pytest.raises(TypeError, match=r"use Settings\.replace"):
         Settings().model_copy(update={"test_data": ""})
