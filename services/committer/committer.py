@@ -158,7 +158,7 @@ class Committer:
         When git fails, the job is tried again; on its `last_attempt` the proposal ends `infra_error`
         with git's reason, unless its commit was published (then recovery finishes the merge)."""
         try:
-            return self._decide(proposal_id)
+            return self._next_step(proposal_id)
         except RepoError as exc:
             if not last_attempt or self.repo.find_merged(proposal_id) is not None:
                 raise
@@ -173,7 +173,8 @@ class Committer:
             proposal_id, State.INFRA_ERROR, f"the research repository failed, nothing was merged: {exc}"
         )
 
-    def _decide(self, proposal_id: str) -> Proposal:
+    def _next_step(self, proposal_id: str) -> Proposal:
+        """What the proposal waits for, done: a merge, a confirmed decision, a screening, or nothing."""
         proposal = self.store.get(proposal_id)
         if proposal.state == State.ACCEPTED and proposal.decision is not None:
             return self._merge(proposal_id, proposal.decision)  # a committer died before merging
