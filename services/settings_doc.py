@@ -39,9 +39,11 @@ Compose passes them from `.env` and sets a few per service (`compose.yaml`: the 
 volumes and image, for instance). Lists and maps are written as JSON, e.g.
 `AR_GPU_HOST_MOUNTS='["/usr:/usr"]'`.
 
-The variables are flat, but code reads them in groups (services/settings.py): the connections on
-`Settings` itself, then `settings.controller`, `settings.runs`, `settings.sandbox`,
-`settings.acceptance` and `settings.repo`; the built-in agents read `AgentSettings`, apart.
+The variables are flat, but code reads them in groups (services/settings.py): the connections and
+the fault points on `Settings` itself, then `settings.controller` (proposals, the API),
+`settings.runs`, `settings.sandbox` (containers, data, GPU), `settings.acceptance` (the merge rule
+and the tripwire) and `settings.repo`; the built-in agents read `AgentSettings`, apart. Each section
+below says which group it belongs to.
 
 Generated from `services/settings.py` by `{COMMAND}`:
 edit the comments there, not this file.
@@ -226,7 +228,7 @@ def render(found: list[Variable], groups: dict[str, str]) -> str:
         if group in groups:
             out.append(f"{groups[group]}\n")
         example = members[0].name.removeprefix("AR_").lower()
-        out.append(f"In code: `{where}.{example}` and so on.\n")
+        out.append(f"Group `{where}`: in code, `{where}.{example}` and so on.\n")
         out.append("| variable | type | default | bounds | meaning |")
         out.append("|---|---|---|---|---|")
         for variable in members:
