@@ -19,8 +19,9 @@
     │   ├── RepoError            the research repo could not be read or written (git failed)
     │   ├── NotReady             no best commit yet: the research repo is not initialised
     │   ├── StoreUnavailable     Redis unreachable
-    │   └── StoreNeedsMigration  the store was written by an older version; the message names the
-    │                            command that migrates it
+    │   ├── StoreNeedsMigration  the store was written by an older version; the message names the
+    │   │                        command that migrates it
+    │   └── WorkerNameTaken      another live worker holds this worker's name (AR_WORKER_NAME)
     ├── RunFailed                the proposal's own code failed: crashed, timed_out, oom, voided
     │   └── CollectError         its outputs cannot be taken (missing, too large, malformed): crashed
     └── HeadMoved                the branch moved under the committer; it decides again on the new head
@@ -121,6 +122,12 @@ class RunFailed(ServiceError):
         super().__init__(reason)
         self.state = state
         self.reason = reason
+
+
+class WorkerNameTaken(InfraError):
+    """Another live worker process holds this worker's name. Names label containers, and a worker
+    removes the containers of its name it did not start (`remove_strays`), so two live workers may
+    never share one."""
 
 
 class StoreNeedsMigration(InfraError):

@@ -72,6 +72,10 @@ class RunSettings(_Group):
     sandbox_ready_wait_s: float = Field(120.0, ge=0.0, le=3600.0)
     # A worker renews a lease on the proposal it runs; one not renewed for this long is re-queued.
     worker_lease_ttl_s: int = Field(30, ge=1, le=3600)
+    # The worker's name: it labels the worker's containers and holds its leases. Unset: the host's
+    # name, with -gpuN for a GPU worker. Two live workers may not share one (the second refuses to
+    # start), so give each CPU worker on one host its own.
+    worker_name: str = Field("", max_length=100, pattern=r"^[A-Za-z0-9._-]*$")
     first_seed: int = 42  # harness seed of a proposal's screening run
     log_tail_bytes: int = Field(16 * KIB, ge=KIB)  # what the API shows of a failed run
     # How long a finished proposal keeps its runs' log tails (the workers' sweep then replaces them

@@ -77,6 +77,10 @@ LEASE = Key(
     "lease:{}", "string", "worker_lease_ttl_s, refreshed while it runs", "services/worker/recovery.py",
     "the worker running a proposal", ("id",),
 )  # fmt: skip
+WORKER_NAME = Key(
+    "worker-name:{}", "string", "worker_lease_ttl_s, refreshed while the worker lives", "services/worker/recovery.py",
+    "the live worker process that holds a worker name (host, pid)", ("name",),
+)  # fmt: skip
 LEASED = Key("leased", "set", "none", "services/worker/recovery.py", "ids that hold or held a lease")
 CONFIRM_CLAIM = Key(
     "claim:{}:confirm", "string", "the confirmation runs' budget", "services/worker/worker.py",

@@ -11,7 +11,10 @@ from services.worker.worker import Worker
 
 
 def worker_name(settings: Settings) -> str:
-    """The host's name, with the GPU's index when the worker owns one (one worker per GPU)."""
+    """AR_WORKER_NAME, or the host's name with the GPU's index when the worker owns one (one worker
+    per GPU)."""
+    if settings.runs.worker_name:
+        return settings.runs.worker_name
     host = socket.gethostname()
     return f"{host}-gpu{settings.sandbox.gpu_id}" if settings.sandbox.gpu_mode != "none" else host
 

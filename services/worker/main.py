@@ -3,7 +3,7 @@
 import logging
 
 from services import queue
-from services.errors import InfraError
+from services.errors import InfraError, WorkerNameTaken
 from services.logs import configure_logging
 from services.settings import Settings
 from services.store import Store, connect
@@ -27,6 +27,11 @@ def main() -> None:
     store = Store(connect(settings.redis_url))
     store.open_schema()  # an older layout is refused, naming the migration command
     name = worker_name(settings)
+    try:  # before anything is removed as a stray: no other live worker may hold this name
+        recovery.claim_name(store.r, name, settings.runs.worker_lease_ttl_s)
+    except WorkerNameTaken as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from exc
     sandbox = build_sandbox(settings, store, name)
     removed = sandbox.remove_strays()  # containers a previous life of this worker left behind
     if removed:

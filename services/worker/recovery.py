@@ -13,20 +13,28 @@ again (screening from scratch, or the confirmation runs still missing) or `infra
 workers never run it at once (a dead worker's container is stopped by its own in-container backstop
 at the deadline, and removed by `remove_strays` when that worker starts again).
 
+A worker's name is held the same way (`claim_name`): `ar:worker-name:<name>`, set only if free and
+refreshed while the process lives, so a second live worker with the same name (two CPU workers on
+one host, say) refuses to start instead of removing the first one's containers as strays; a worker
+restarting after a crash waits for its old claim to expire.
+
 Order matters: the key is set before the id joins the set, and the id leaves the set before the key
 is deleted, so a sweep never sees a live run as orphaned. `SREM` decides which sweeper recovers it.
 """
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
 
 from services import queue
-from services.errors import InfraError
+from services.errors import InfraError, WorkerNameTaken
 from services.settings import Settings
 from services.states import State
 from services.store import Store, keys
@@ -57,6 +65,30 @@ def held(conn: "redis.Redis[bytes]", proposal_id: str, owner: str, ttl_s: int) -
         if conn.get(key) in (owner.encode(), None):  # not a lease another worker took since
             conn.srem(LEASED_SET, proposal_id)
             conn.delete(key)
+
+
+def claim_name(
+    conn: "redis.Redis[bytes]", name: str, ttl_s: int, wait_s: float | None = None
+) -> threading.Event:
+    """Hold the worker name `name` for as long as this process lives (a refresher thread; set the
+    returned event to let go). A claim another process holds is waited for up to `wait_s` (default:
+    one TTL, what a crashed worker's claim needs to expire), then refused with `WorkerNameTaken`."""
+    key = keys.WORKER_NAME.of(name)
+    me = f"{socket.gethostname()} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
+    deadline = time.monotonic() + (ttl_s + 1 if wait_s is None else wait_s)
+    while not conn.set(key, me, nx=True, ex=ttl_s):
+        if time.monotonic() >= deadline:
+            holder = (conn.get(key) or b"?").decode(errors="replace")
+            raise WorkerNameTaken(
+                f"the worker name {name!r} is held by a live worker ({holder}); give each worker on a host "
+                "its own AR_WORKER_NAME"
+            )
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    stop = threading.Event()
+    threading.Thread(
+        target=_refresh, args=(conn, key, me, ttl_s, stop), name=f"worker-name-{name}", daemon=True
+    ).start()
+    return stop
 
 
 def _refresh(conn: "redis.Redis[bytes]", key: str, owner: str, ttl_s: int, stop: threading.Event) -> None:
