@@ -98,7 +98,7 @@ def hostile(
     for path in (tmp_path, settings.sandbox.runs_dir, victim, victim / "out"):
         path.chmod(0o755)  # readable by uid 65534, as a careless host would leave them
     sandbox = DockerSandbox(  # the live log as in production
-        settings, docker_client, eval_max_docs=8, log_sink=store.append_live_log, **options.get("sandbox", {})
+        settings.sandbox, docker_client, log_sink=store.append_live_log, **options.get("sandbox", {})
     )
     worker_jobs.configure(build_worker(settings, store=store, sandbox=sandbox, name="hw"))
     committer = build_committer(settings, store=store, repo=repo)

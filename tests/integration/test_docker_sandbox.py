@@ -587,7 +587,7 @@ def evaluate_with(
     **overrides: Any,
 ) -> StepOutcome:
     stand_ins = {"evaluator": evaluator, "model_server": model_server}
-    sandbox_args = {name: path for name, path in stand_ins.items() if path is not None}
+    sandbox_args: dict[str, Any] = {name: path for name, path in stand_ins.items() if path is not None}
     sandbox = DockerSandbox(make_settings(**overrides).sandbox, client, **sandbox_args)
     request = EvalRequest(
         run_id=ran.run_id, proposal_id="p-test", paths=ran.paths, seed=11, timeout_s=timeout_s, device="cpu"

@@ -8,7 +8,7 @@ import pytest
 
 from services.agent.loop import Clock, submit_and_wait
 from services.cli.client import ApiClient
-from services.settings import Settings
+from services.settings import AgentSettings
 
 
 def test_a_submit_is_logged_at_info_without_breaking_the_agent(caplog: pytest.LogCaptureFixture) -> None:
@@ -24,7 +24,7 @@ def test_a_submit_is_logged_at_info_without_breaking_the_agent(caplog: pytest.Lo
     caplog.set_level(logging.INFO, logger="services.agent.loop")
     with ApiClient("http://controller", "token", transport=httpx.MockTransport(answer)) as client:
         outcome = submit_and_wait(
-            client, {"title": "t"}, Settings(agent_poll_s=0.01), Clock(sleep=lambda s: None)
+            client, {"title": "t"}, AgentSettings(agent_poll_s=0.01), Clock(sleep=lambda s: None)
         )
     assert (outcome.proposal_id, outcome.state, outcome.duplicate) == ("p_1", "rejected", False)
     (submitted,) = [r for r in caplog.records if r.getMessage() == "submitted"]
