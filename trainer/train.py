@@ -590,6 +590,7 @@ def train(env: Env, preset: Preset, model: GPT, step_fn, data: TokenData, optimi
     steady_steps = step - STEADY_AFTER_STEPS
     return {
         "steps": step,
+        "max_steps": preset.max_steps,  # a fixed-step run that stops short of it was cut by the deadline
         "tokens": step * preset.batch_rows * preset.seq_len,
         "startup_s": first_step_done - PROCESS_START,
         "training_s": end - train_start,

@@ -43,6 +43,7 @@ class RunStats(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
     steps: int | None = Field(None, ge=0, le=MAX_COUNT)
+    max_steps: int | None = Field(None, ge=1, le=MAX_COUNT)  # a fixed-step run's planned steps (tiny)
     tokens: int | None = Field(None, ge=0, le=MAX_COUNT)
     startup_s: float | None = Field(None, ge=0, allow_inf_nan=False)
     training_s: float | None = Field(None, ge=0, allow_inf_nan=False)

@@ -208,7 +208,15 @@ class Runner:
         return classify_training(trained, self.settings.runs.run_wall_clock_s)
 
     def collect(self, paths: RunPaths) -> RunStats:
-        return collect_checkpoint(paths, self.settings.runs.max_checkpoint_bytes).stats
+        stats = collect_checkpoint(paths, self.settings.runs.max_checkpoint_bytes).stats
+        if stats.max_steps is not None and stats.steps is not None and stats.steps < stats.max_steps:
+            raise RunFailed(
+                State.TIMED_OUT,
+                f"stopped at the {self.settings.runs.run_wall_clock_s} s deadline after {stats.steps} of its "
+                f"{stats.max_steps} fixed steps: a fixed-step run cut short is not scored (the host was too "
+                "slow or too busy for AR_RUN_WALL_CLOCK_S)",
+            )
+        return stats
 
     def evaluate(
         self, proposal: Proposal, run_id: str, paths: RunPaths, seed: int, score_test: bool
@@ -273,7 +281,7 @@ class Runner:
                 "val_bpb": scored.val_bpb,
                 "val_tokens": scored.val_tokens,
                 "val_bytes": scored.val_bytes,
-                **stats.model_dump(),
+                **stats.model_dump(exclude={"max_steps"}),
                 "test_bpb": scored.test_bpb,
                 "test_tokens": scored.test_tokens,
                 "test_bytes": scored.test_bytes,

@@ -98,6 +98,8 @@ def test_worse_proposal_is_rejected_and_kept_as_a_ref(service: Service) -> None:
         ("FAKE_EXIT = 3", State.OOM, "out of memory"),
         ("FAKE_OOM = True", State.OOM, "OOMKilled"),
         ("FAKE_TIMEOUT = True", State.TIMED_OUT, "wall-clock limit"),
+        # a fixed-step run (the tiny preset) that the deadline cut short is not scored as evidence
+        ("FAKE_STEPS = 40\nFAKE_MAX_STEPS = 60", State.TIMED_OUT, "after 40 of its 60 fixed steps"),
     ],
 )
 def test_failures_end_in_their_own_state_with_log_tail(

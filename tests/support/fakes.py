@@ -84,7 +84,8 @@ class FakeSandbox:
         (request.paths.out / CHECKPOINT_FILE).write_bytes(b"fake-weights")
         run = {
             "config": {},
-            "steps": 10,
+            "steps": int(directive(text, "FAKE_STEPS", "10") or 10),
+            "max_steps": json.loads(directive(text, "FAKE_MAX_STEPS", "null") or "null"),
             "tokens": 1000,
             "startup_s": 0.1,
             "training_s": 1.0,
