@@ -1,8 +1,8 @@
 """Accept rules: pure functions from run scores to verdicts, so that the committer and the acceptance
 simulation (bench/acceptance.py) run exactly the same code. `decide(evidence, policy)` is the one
 entry the committer calls on every screen and confirmation step (bench/campaign.py calls it too); the
-setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v3`,
-`seq-bayes/v2` and `seq-bayes/v1` (each described at its section below).
+setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v4`,
+`seq-bayes/v3`, `seq-bayes/v2` and `seq-bayes/v1` (each described at its section below).
 
 Rule `paired-z/v1` (the default), in two stages:
 
