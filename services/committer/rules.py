@@ -1257,6 +1257,11 @@ def _seq_v3_params(params: SeqV3Params) -> dict[str, float]:
 # Rule seq-bayes/v4: seq-bayes/v3 with credit for the same-seed correlation of paired runs, as far as
 # the confirmations on the fingerprint show it (opt-in: AR_ACCEPT_RULE=seq-bayes/v4)
 #
+# Not the default: at the measured same-seed correlation (ρ 0.98, 200 campaigns per cell) it reaches 2.03x
+# paired-z/v1's gain per GPU-hour (median over the resolved scenarios, min 1.10x; v3 1.53x) with false
+# merges at most 0.93% of greedy's, but it has not been run on the whole grid, and at ρ 0.98 greedy,
+# whose screen is a same-seed comparison, gains ~1.8x as much (docs/evaluation.md).
+#
 # A candidate's paired run and the best's run on the same seed share the seed's effect: with a
 # same-seed correlation ρ their difference has variance 2σ²(1 − ρ), not 2σ². On an H100 at 300 s the
 # trainer's ρ was about 0.98 (bench/results/gpu-noise-h100-ve3.json), so a pair measures Δ ~5x more
