@@ -3,6 +3,7 @@
 `decide`) through the committer's bookkeeping, against upstream's greedy keep-if-better.
 
     .venv/bin/python bench/campaign.py [--campaigns 200] [--gpu-hours 100] [--jobs 2] [--rules seq-bayes/v2]
+    .venv/bin/python bench/campaign.py --rhos 0.98 --name campaign-measured-rho   # the measured ρ only
     .venv/bin/python bench/campaign.py --table bench/results/campaign.json   # the docs' tables
 
 A campaign spends a fixed GPU budget (a run costs RUN_S: 300 s of training plus evaluation) on a
@@ -17,9 +18,11 @@ runs' test scores (honest proposals: test moves as validation does). One GPU run
 confirmation is ever in flight when the head moves (with several workers the committer re-queues those,
 losing their runs; this simulator does not model that).
 
-Writes bench/results/campaign.json ({"default_rule", "candidate_rule", "scenarios": {SCENARIO: {RULE:
-figures}}, the candidate rule's ratios to greedy and paired-z/v1 per scenario and their median and
-minimum) and its raw log.
+Writes bench/results/campaign.json (or `--name`'s file: {"default_rule", "candidate_rule", "scenarios":
+{SCENARIO: {RULE: figures}}, the candidate rule's ratios to greedy and paired-z/v1 per scenario and their
+median and minimum, `ratios_of` the same for each further rule, and `measured_rho`: the cells at the
+measured same-seed correlation, MEASURED_RHOS, with their own scenarios, ratios and trust checks, never
+pooled with the grid's) and its raw log.
 """
 
 import argparse
@@ -54,6 +57,9 @@ SIGMAS = [0.0005, 0.002, 0.005, 0.009]
 NOISES = ["gaussian", "student_t3", "drift"]
 MIXTURES = ["default", "upstream"]
 RHOS = [0.0, 0.5]
+# The same-seed correlation measured on an H100 at 300 s (bench/results/gpu-noise-h100-ve3.json: seed σ 0.0020,
+# two runs of one seed 0.0004 RMS apart): its own grid, reported beside the one above (`measured_rho`).
+MEASURED_RHOS = [0.98]
 GAP_SIGMA_SHARE = 1.0  # σ of one run's (test − val), as a share of σ: a pessimistic guess
 GREEDY = "greedy"
 ORACLE = "oracle"  # a bound, not a rule: knows every true Δ, spends one run per proposal, merges every gain
@@ -171,6 +177,7 @@ class Branch:
     commit: int = 0
     runs_by_commit: dict[int, list[float]] = field(default_factory=dict)
     gap_steps: list[rules.GapStep] = field(default_factory=list)
+    pair_spread: rules.PairSpread = field(default_factory=rules.PairSpread)  # earlier confirmations' pairs
 
     _noise_key: tuple[int, int] = (-1, -1)
     _noise: rules.Noise | None = None
@@ -280,7 +287,7 @@ def _decide(branch: Branch, machine: Machine, delta: float, proposal: Proposal, 
         evidence = rules.Evidence(
             best_commit=str(branch.commit), best_bpb=ref, best_sd_bpb=ref_sd, noise=noise,
             screen_runs=[screen], screen_seeds=[FIRST_SEED], candidate_runs=list(cand), best_runs=list(best),
-            seeds=list(used_seeds), test=test,
+            seeds=list(used_seeds), test=test, pair_spread=branch.pair_spread,
         )  # fmt: skip
         decision = rules.decide(evidence, policy)
         if decision.stopped:
@@ -299,6 +306,8 @@ def _decide(branch: Branch, machine: Machine, delta: float, proposal: Proposal, 
             cand.append(c_val), test_c.append(c_test), best.append(b_val), test_b.append(b_test)
             used_seeds.append(seed)
             best_runs.append(b_val)  # the committer adds the best's paired runs to its calibration
+    # the committer records every confirmation's paired differences (one fingerprint here)
+    branch.pair_spread = rules.add_pairs(branch.pair_spread, [c - b for c, b in zip(cand, best, strict=True)])
     if not decision.accepted:
         return False
     step = rules.gap_step(decision)
@@ -368,9 +377,12 @@ def summarise(tallies: list[Tally], gpu_hours: float) -> dict[str, object]:
 Cell = tuple[str, float, str, str, float, int, int, float, list[str]]
 
 
-def scenarios(campaigns: int, seed: int, gpu_hours: float, rule_names: list[str] = RULE_NAMES) -> list[Cell]:
+def scenarios(
+    campaigns: int, seed: int, gpu_hours: float, rule_names: list[str] = RULE_NAMES,
+    sigmas: list[float] = SIGMAS, rhos: list[float] = RHOS,
+) -> list[Cell]:  # fmt: skip
     cells = []
-    for sigma, noise, mixture, rho in itertools.product(SIGMAS, NOISES, MIXTURES, RHOS):
+    for sigma, noise, mixture, rho in itertools.product(sigmas, NOISES, MIXTURES, rhos):
         name = f"sigma={sigma:g}/noise={noise}/mix={mixture}/rho={rho:g}"
         cells.append((name, sigma, noise, mixture, rho, campaigns, seed, gpu_hours, rule_names))
     return cells
@@ -379,15 +391,14 @@ def scenarios(campaigns: int, seed: int, gpu_hours: float, rule_names: list[str]
 RESOLVED_SE = 2.0  # a rule's gain counts as a ratio's denominator only this many standard errors above 0
 
 
-def ratios(results: dict[str, dict[str, dict[str, object]]]) -> dict[str, object]:
-    """Per scenario, then summarised: the candidate rule's (CANDIDATE_RULE) gain against greedy's and
+def ratios(results: dict[str, dict[str, dict[str, object]]], rule: str = CANDIDATE_RULE) -> dict[str, object]:
+    """Per scenario, then summarised: a rule's (by default CANDIDATE_RULE) gain against greedy's and
     paired-z's, and its false merges against greedy's (the goals are stated in those terms).
 
     A ratio whose denominator is not resolved from zero (a mean gain below RESOLVED_SE standard errors
     over the campaigns: at σ ≥ 0.005 on the default stream paired-z/v1 and greedy gain ~nothing) is noise
     divided by noise, so it is kept out of the `resolved` summaries, which are the ones the goals are
     judged on; the `all` summaries take every scenario (∞ where the denominator is ≤ 0)."""
-    rule = CANDIDATE_RULE
     per: dict[str, dict[str, float | bool]] = {}
     for name, by_rule in results.items():
         g = float(by_rule[rule]["gain_per_gpu_hour"])  # type: ignore[arg-type]
@@ -433,21 +444,24 @@ def ratios(results: dict[str, dict[str, dict[str, object]]]) -> dict[str, object
     return {"per_scenario": per, "summary": summary, "goals": goals, "resolved_se": RESOLVED_SE}
 
 
-def trust(campaigns: int = 5, proposals: int = 400) -> dict[str, object]:
-    """The candidate rule on pure noise (effect 0, drift, same-seed correlation 0.5) at every σ, and on
-    changes that ignore AR_SEED: how often each is merged."""
-    rule = CANDIDATE_RULE
+def trust(
+    campaigns: int = 5, proposals: int = 400, rule: str = CANDIDATE_RULE, rho: float = 0.5,
+    seedless_rho: float = 0.0,
+) -> dict[str, object]:  # fmt: skip
+    """A rule (by default the candidate) on pure noise (effect 0, drift, same-seed correlation `rho`) at
+    every σ, and on changes that ignore AR_SEED (same-seed correlation `seedless_rho`): how often each
+    is merged."""
     out: dict[str, object] = {}
     for sigma in SIGMAS:
         merges = decisions = 0
         for c in range(campaigns):
             stream = proposal_stream("zero", np.random.default_rng((11, c)), proposals)
             tally = campaign(
-                rule, "default", Machine(sigma, "drift", 0.5, (12, c), proposals), stream, policy_for(rule)
+                rule, "default", Machine(sigma, "drift", rho, (12, c), proposals), stream, policy_for(rule)
             )
             merges, decisions = merges + tally.merges, decisions + tally.decisions
         seedless = campaign(
-            rule, "default", Machine(sigma, "gaussian", 0.0, (13,), proposals),
+            rule, "default", Machine(sigma, "gaussian", seedless_rho, (13,), proposals),
             proposal_stream("seedless", np.random.default_rng(14), proposals), policy_for(rule),
         )  # fmt: skip
         out[f"sigma={sigma:g}"] = {
@@ -459,33 +473,72 @@ def trust(campaigns: int = 5, proposals: int = 400) -> dict[str, object]:
 
 
 def table(figures: dict[str, object]) -> str:
-    """The markdown tables of docs/evaluation.md, from a results document (`--table`)."""
-    scenarios = cast("dict[str, dict[str, dict[str, Any]]]", figures["scenarios"])
+    """The markdown tables of docs/evaluation.md, from a results document (`--table`): the grid's, then
+    those of the measured same-seed correlation where the file has them."""
     rule = str(figures.get("candidate_rule", CANDIDATE_RULE))
+    extra = [
+        r
+        for r in cast("list[str]", figures.get("rules", []))
+        if r not in (GREEDY, rules.PAIRED_Z_RULE, rule, ORACLE)
+    ]
+    parts = []
+    for section in (figures, cast("dict[str, object] | None", figures.get("measured_rho"))):
+        if section is None or not section.get("scenarios"):
+            continue
+        if section is not figures:
+            measured = ", ".join(f"{r:g}" for r in cast("list[float]", section["rho"]))
+            parts.append(f"Measured same-seed correlation (\u03c1 {measured}):")
+        parts.append(_section_table(section, [rule, *extra]))
+    return "\n\n".join(parts)
+
+
+def _section_table(section: dict[str, object], seq: list[str]) -> str:
+    scenarios = cast("dict[str, dict[str, dict[str, Any]]]", section["scenarios"])
     paired = rules.PAIRED_Z_RULE
+    names = " · ".join(seq)
     lines = [
-        f"| σ | noise | mixture | \u03c1 | gain/GPU-h greedy · {paired} · {rule} (mbpb) | false merges /100 GPU-h "
-        f"greedy · {paired} · {rule} | runs/decision {paired} · {rule} | recorded − true, greedy · {rule} (mbpb) |",
+        f"| σ | noise | mixture | \u03c1 | gain/GPU-h greedy · {paired} · {names} (mbpb) | false merges /100 GPU-h "
+        f"greedy · {paired} · {names} | runs/decision {paired} · {names} | recorded − true, greedy · {names} (mbpb) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, by_rule in scenarios.items():
         cells = dict(part.split("=", 1) for part in name.split("/", 3))
-        g, p, c = by_rule[GREEDY], by_rule[paired], by_rule[rule]
+        g, p, cs = by_rule[GREEDY], by_rule[paired], [by_rule[r] for r in seq]
+        gains = " · ".join(f"{f['gain_per_gpu_hour'] * 1000:.3f}" for f in (g, p, *cs))
+        falses = " · ".join(f"{f['false_merges']:.2f}" for f in (g, p, *cs))
+        runs = " · ".join(f"{f['runs_per_decision']:.2f}" for f in (p, *cs))
+        recorded = " · ".join(f"{f['recorded_minus_true_bpb'] * 1000:+.2f}" for f in (g, *cs))
         lines.append(
-            f"| {cells['sigma']} | {cells['noise']} | {cells['mix']} | {cells['rho']} | "
-            f"{g['gain_per_gpu_hour'] * 1000:.3f} · {p['gain_per_gpu_hour'] * 1000:.3f} · "
-            f"{c['gain_per_gpu_hour'] * 1000:.3f} | {g['false_merges']:.2f} · {p['false_merges']:.2f} · "
-            f"{c['false_merges']:.2f} | {p['runs_per_decision']:.2f} · {c['runs_per_decision']:.2f} | "
-            f"{g['recorded_minus_true_bpb'] * 1000:+.2f} · {c['recorded_minus_true_bpb'] * 1000:+.2f} |"
+            f"| {cells['sigma']} | {cells['noise']} | {cells['mix']} | {cells['rho']} | {gains} | {falses} | "
+            f"{runs} | {recorded} |"
         )
-    summary = cast("dict[str, dict[str, float]]", cast("dict[str, Any]", figures["ratios"])["summary"])
-    lines += ["", f"| ratio ({rule} over) | median | min | max | scenarios |", "|---|---|---|---|---|"]
-    for key, row in summary.items():
-        lines.append(
-            f"| {key} | {row['median']:.2f} | {row['min']:.2f} | {row['max']:.2f} | {row.get('scenarios', '')} |"
-        )
-    worst = max(float(by_rule[rule]["tripwire_false_block_rate"]) for by_rule in scenarios.values())
-    lines += ["", f"Tripwire false blocks on honest proposals ({rule}, worst scenario): {worst:.4f}"]
+    by = {seq[0]: section["ratios"], **cast("dict[str, object]", section.get("ratios_of", {}))}
+    for rule in seq:
+        summary = cast("dict[str, dict[str, float]]", cast("dict[str, Any]", by[rule])["summary"])
+        lines += ["", f"| ratio ({rule} over) | median | min | max | scenarios |", "|---|---|---|---|---|"]
+        for key, row in summary.items():
+            lines.append(
+                f"| {key} | {row['median']:.2f} | {row['min']:.2f} | {row['max']:.2f} | {row.get('scenarios', '')} |"
+            )
+    for rule in seq:
+        worst = max(float(by_rule[rule]["tripwire_false_block_rate"]) for by_rule in scenarios.values())
+        lines += ["", f"Tripwire false blocks on honest proposals ({rule}, worst scenario): {worst:.4f}"]
+    trusts = cast("dict[str, dict[str, dict[str, dict[str, float]]]]", section.get("trust_of", {}))
+    if trusts:
+        lines += [
+            "",
+            "| rule | \u03c1 | pure noise merged, per σ | seed-ignoring merged, per σ |",
+            "|---|---|---|---|",
+        ]
+        for rule, by_rho in trusts.items():
+            for rho, by_sigma in by_rho.items():
+                noise = " · ".join(
+                    f"{v['zero_effect_merges']}/{v['zero_effect_decisions']}" for v in by_sigma.values()
+                )
+                seedless = " · ".join(
+                    f"{v['seed_ignoring_merges']}/{v['seed_ignoring_decisions']}" for v in by_sigma.values()
+                )
+                lines.append(f"| {rule} | {rho} | {noise} | {seedless} |")
     return "\n".join(lines)
 
 
@@ -503,6 +556,12 @@ def main() -> None:
         default="",
         help="further rules to measure besides greedy, paired-z/v1 and the candidate (commas)",
     )
+    parser.add_argument(
+        "--rhos", default=",".join(f"{r:g}" for r in RHOS + MEASURED_RHOS),
+        help="same-seed correlations to run (commas): the grid's and the measured one by default",
+    )  # fmt: skip
+    parser.add_argument("--sigmas", default=",".join(f"{s:g}" for s in SIGMAS), help="σ to run (commas)")
+    parser.add_argument("--name", default="campaign", help="results file: bench/results/NAME.json")
     parser.add_argument("--table", type=Path, help="print the docs' tables of this results file, run nothing")
     args = parser.parse_args()
     if args.table is not None:
@@ -514,11 +573,15 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown rules {unknown}; known: {', '.join(rules.RULES)}")
     rule_names = [*RULE_NAMES[:-1], *(r for r in extra if r not in RULE_NAMES), ORACLE]
+    sequential = [r for r in rule_names if r not in (GREEDY, rules.PAIRED_Z_RULE, ORACLE)]
+    rhos = [float(r) for r in args.rhos.split(",") if r]
+    sigmas = [float(s) for s in args.sigmas.split(",") if s]
     cells = [
         c
-        for c in scenarios(args.campaigns, args.seed, args.gpu_hours, rule_names)
+        for c in scenarios(args.campaigns, args.seed, args.gpu_hours, rule_names, sigmas, rhos)
         if all(w in c[0] for w in wanted)
     ]
+    measured_names = {c[0] for c in cells if c[4] in MEASURED_RHOS}
     log = io.StringIO()
     results: dict[str, dict[str, dict[str, object]]] = {}
     t0 = time.monotonic()
@@ -535,17 +598,44 @@ def main() -> None:
             )
             print(line, end="", flush=True)
             log.write(line)
-    summary = ratios(results)
-    log.write(f"summary {summary['summary']}\ngoals {summary['goals']}\n")
-    print(f"summary {summary['summary']}\ngoals {summary['goals']}")
-    checks = trust()
-    log.write(f"trust {checks}\n")
-    print(f"trust {checks}", flush=True)
+    measured = {name: by_rule for name, by_rule in results.items() if name in measured_names}
+    results = {name: by_rule for name, by_rule in results.items() if name not in measured_names}
+
+    def report(label: str, text: object) -> None:
+        log.write(f"{label} {text}\n")
+        print(f"{label} {text}", flush=True)
+
+    summary = ratios(results) if results else {}
+    ratios_of = {r: ratios(results, r) for r in sequential[1:]} if results else {}
+    for r, figs in [(CANDIDATE_RULE, summary), *ratios_of.items()] if results else []:
+        report(f"summary {r}", figs["summary"])  # type: ignore[index]
+        report(f"goals {r}", figs["goals"])  # type: ignore[index]
+    checks = trust() if results else {}
+    report("trust", checks)
+    grid_rhos = sorted({c[4] for c in cells if c[0] not in measured_names})
+    trust_of = {
+        r: {f"{rho:g}": trust(rule=r, rho=rho, seedless_rho=rho) for rho in grid_rhos} for r in sequential[1:]
+    }
+    report("trust of further rules", trust_of)
+    measured_section: dict[str, object] = {}
+    if measured:
+        measured_rhos = sorted({c[4] for c in cells if c[0] in measured_names})
+        measured_section = {
+            "rho": measured_rhos, "scenarios": measured, "ratios": ratios(measured),
+            "ratios_of": {r: ratios(measured, r) for r in sequential[1:]},
+            "trust_of": {r: {f"{rho:g}": trust(rule=r, rho=rho, seedless_rho=rho) for rho in measured_rhos}
+                         for r in sequential},
+        }  # fmt: skip
+        for r in sequential:
+            figs = cast("dict[str, Any]", measured_section["ratios"] if r == CANDIDATE_RULE else
+                        cast("dict[str, Any]", measured_section["ratios_of"])[r])  # fmt: skip
+            report(f"measured rho: summary {r}", figs["summary"])
+        report("measured rho: trust", measured_section["trust_of"])
     figures = {
         "default_rule": AcceptanceSettings.defaults().accept_rule,
         "candidate_rule": CANDIDATE_RULE,
         "rules": rule_names,
-        "grid": {"sigma_bpb": SIGMAS, "noise": NOISES, "mixture": MIXTURES, "rho": RHOS,
+        "grid": {"sigma_bpb": sigmas, "noise": NOISES, "mixture": MIXTURES, "rho": grid_rhos,
                  "campaigns": args.campaigns, "gpu_hours": args.gpu_hours, "run_s": RUN_S,
                  "drift_per_run_sigma": DRIFT_PER_RUN, "gap_sigma_share": GAP_SIGMA_SHARE},
         "seq_params": rules._seq_params(rules.seq_params_from(AcceptanceSettings.defaults())),
@@ -557,9 +647,12 @@ def main() -> None:
         "paired_params": rules._params(rules.params_from(AcceptanceSettings.defaults())),
         "wall_s": round(time.monotonic() - t0, 1),
         "ratios": summary,
+        "ratios_of": ratios_of,
+        "trust_of": trust_of,
         "scenarios": results,
+        "measured_rho": measured_section,
     }  # fmt: skip
-    path = write_results("campaign", figures, log.getvalue())
+    path = write_results(args.name, figures, log.getvalue())
     print(f"-> {path}")
 
 

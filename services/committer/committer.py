@@ -211,7 +211,7 @@ class Committer:
         evidence = rules.Evidence(
             best_commit=best.commit, best_bpb=reference, best_sd_bpb=reference_sd, noise=noise,
             screen_runs=[r.val_bpb or 0.0 for r in scored], screen_seeds=[r.seed for r in scored],
-            seed_only_change=only_seed_changed(proposal.diff),
+            seed_only_change=only_seed_changed(proposal.diff), pair_spread=self._pair_spread(fingerprint, ""),
         )  # fmt: skip
         decision = rules.decide(evidence, policy)
         if not decision.confirm:
@@ -251,6 +251,9 @@ class Committer:
             self.store.add_gap_calibration_runs(
                 fingerprint, proposal.base_commit, _gaps(proposal.baseline_results)
             )
+            self.store.add_pair_calibration_runs(
+                fingerprint, _pair_group(proposal), _pair_diffs(confirm_runs, proposal.baseline_results)
+            )
             self.request_runs_on_new_fingerprint(fingerprint)
         noise = self.noise(fingerprint)
         screening = proposal.screening or proposal.decision
@@ -263,6 +266,7 @@ class Committer:
             candidate_runs=candidate, best_runs=baseline, seeds=list(proposal.confirm_seeds),
             seed_only_change=only_seed_changed(proposal.diff),
             test=self._tripwire_evidence(proposal, confirm_runs, fingerprint),
+            pair_spread=self._pair_spread(fingerprint, _pair_group(proposal)),
         )  # fmt: skip
         decision = rules.decide(evidence, self.policy)
         if decision.tripwire != "not-run":
@@ -326,6 +330,12 @@ class Committer:
                 steps.append(step)
             entry = entries.get(entry.parent) if entry.parent is not None else None
         return steps[::-1]
+
+    def _pair_spread(self, fingerprint_key: str | None, exclude: str) -> rules.PairSpread:
+        """The paired differences of the fingerprint's confirmations but `exclude` (the one deciding:
+        the rule adds its own), for the same-seed correlation of seq-bayes/v4."""
+        diffs = self.store.pair_calibration_runs(fingerprint_key) if fingerprint_key else {}
+        return rules.pair_spread({group: d for group, d in diffs.items() if group != exclude})
 
     def noise(self, fingerprint_key: str | None) -> rules.Noise:
         runs = self.store.calibration_runs(fingerprint_key) if fingerprint_key else {}
@@ -573,6 +583,20 @@ def _gaps(results: list[RunResult]) -> dict[str, float]:
     """run id → test_bpb − val_bpb of the runs that scored the test split."""
     return {
         r.run_id: r.test_bpb - r.val_bpb for r in results if r.test_bpb is not None and r.val_bpb is not None
+    }
+
+
+def _pair_group(proposal: Proposal) -> str:
+    """A confirmation's paired differences share one effect: the proposal against its base."""
+    return f"{proposal.id}@{proposal.base_commit}"
+
+
+def _pair_diffs(candidate: list[RunResult], best: list[RunResult]) -> dict[str, float]:
+    """candidate run id → val_bpb of the candidate − the best's on the same seed (both scored)."""
+    return {
+        c.run_id: c.val_bpb - b.val_bpb
+        for c, b in zip(candidate, best, strict=False)
+        if c.val_bpb is not None and b.val_bpb is not None and c.seed == b.seed
     }
 
 

@@ -1,8 +1,8 @@
 """Accept rules: pure functions from run scores to verdicts, so that the committer and the acceptance
 simulation (bench/acceptance.py) run exactly the same code. `decide(evidence, policy)` is the one
 entry the committer calls on every screen and confirmation step (bench/campaign.py calls it too); the
-setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v3`,
-`seq-bayes/v2` and `seq-bayes/v1` (each described at its section below).
+setting `accept_rule` picks the rule: `paired-z/v1` (the default) or the opt-in `seq-bayes/v4`,
+`seq-bayes/v3`, `seq-bayes/v2` and `seq-bayes/v1` (each described at its section below).
 
 Rule `paired-z/v1` (the default), in two stages:
 
@@ -47,6 +47,7 @@ decision's `test_*` fields, which agents never see.
 import functools
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -487,6 +488,31 @@ def _lookahead(y: float, v: float, pairs: int, pair_var: float, params: SeqParam
 
 
 @dataclass(frozen=True)
+class PairSpread:
+    """The spread of paired differences (candidate − best on one seed) of earlier confirmations on the
+    fingerprint, each confirmation's own mean removed: what the same-seed correlation is estimated
+    from (seq-bayes/v4)."""
+
+    sum_squares_bpb2: float = 0.0
+    dof: int = 0  # Σ (pairs of a confirmation − 1)
+
+
+def add_pairs(spread: PairSpread, diffs: list[float]) -> PairSpread:
+    """`spread` with one more confirmation's paired differences."""
+    if len(diffs) < 2:
+        return spread
+    return PairSpread(spread.sum_squares_bpb2 + _sum_of_squares(diffs), spread.dof + len(diffs) - 1)
+
+
+def pair_spread(diffs_by_confirmation: dict[str, list[float]]) -> PairSpread:
+    """The spread of the paired differences of confirmations (by proposal)."""
+    spread = PairSpread()
+    for diffs in diffs_by_confirmation.values():
+        spread = add_pairs(spread, diffs)
+    return spread
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Everything a verdict rests on, as the committer's bookkeeping holds it. Without paired runs the
     verdict is a screen; with them, a confirmation step."""
@@ -502,6 +528,7 @@ class Evidence:
     seeds: list[int] = ()  # type: ignore[assignment]
     seed_only_change: bool = False  # the diff touches nothing but seeding
     test: "TripwireEvidence | None" = None  # the paired runs' test scores (None: no test split)
+    pair_spread: PairSpread = PairSpread()  # earlier confirmations' paired differences (seq-bayes/v4)
 
 
 @dataclass(frozen=True)
@@ -521,6 +548,7 @@ class Policy:
     seq: "SeqParams" = field(default_factory=lambda: seq_params_from(AcceptanceSettings.defaults()))
     seq2: "SeqV2Params" = field(default_factory=lambda: SeqV2Params())
     seq3: "SeqV3Params" = field(default_factory=lambda: SeqV3Params())
+    seq4: "SeqV4Params" = field(default_factory=lambda: SeqV4Params())
 
 
 SEED_ONLY = "the change only touches seeding; the harness chooses seeds, so it cannot improve"
@@ -538,6 +566,8 @@ def decide(evidence: Evidence, policy: Policy) -> Decision:
         decision = _decide_seq_bayes_v2(evidence, policy.seq2)
     elif policy.rule == SEQ_BAYES_V3_RULE:
         decision = _decide_seq_bayes_v3(evidence, policy.seq3)
+    elif policy.rule == SEQ_BAYES_V4_RULE:
+        decision = _decide_seq_bayes_v4(evidence, policy.seq4)
     else:
         raise ValueError(f"unknown rule {policy.rule!r}; known: {', '.join(RULES)}")
     if evidence.seed_only_change:  # whatever the scores say: seeds are the harness's to choose
@@ -664,7 +694,7 @@ def reference(
     paired runs: re-scoring shared by every candidate), else the recorded score (a posterior when a
     seq-bayes decision merged it)."""
     sigma = noise.sigma_bpb
-    if rule in (SEQ_BAYES_RULE, SEQ_BAYES_V2_RULE, SEQ_BAYES_V3_RULE) and best_runs:
+    if rule in (SEQ_BAYES_RULE, SEQ_BAYES_V2_RULE, SEQ_BAYES_V3_RULE, SEQ_BAYES_V4_RULE) and best_runs:
         latest = best_runs[-REFERENCE_RUNS:]
         return statistics.fmean(latest), sigma / math.sqrt(len(latest))
     return recorded_bpb, sigma if recorded_sd_bpb is None else recorded_sd_bpb
@@ -851,11 +881,11 @@ def _verdict(
 
 
 def _sequential_decision(
-    rule: str, evidence: Evidence, levels: "_Levels", post: Posterior, alone: float, accepted: bool,
+    rule: str, evidence: Evidence, levels: "_Levels | _PairedLevels", post: Posterior, alone: float, accepted: bool,
     more: int, stopped: str, run_cost: float, *, params: dict[str, float], threshold: float,
     prior_version: str, reason: str, extra: dict[str, float] | None = None,
 ) -> Decision:  # fmt: skip
-    """The record of a seq-bayes/v2 or v3 verdict: the runs, the posterior's summary (with `extra`), the
+    """The record of a seq-bayes/v2, v3 or v4 verdict: the runs, the posterior's summary (with `extra`), the
     pooled levels it compared, and why it stopped."""
     pairs = len(evidence.candidate_runs)
     candidate_bpb = (
@@ -955,7 +985,6 @@ def _seq_v2_params(params: SeqV2Params) -> dict[str, float]:
 #    (two significant digits each); a run's cost likewise uses σ to two significant digits.
 
 SEQ_BAYES_V3_RULE = "seq-bayes/v3"
-RULES = (PAIRED_Z_RULE, SEQ_BAYES_RULE, SEQ_BAYES_V2_RULE, SEQ_BAYES_V3_RULE)
 _LOOKAHEAD_NODES_V3 = 9  # quadrature points of the next pairs' predictive mean (±3.5 sd)
 
 
@@ -1095,13 +1124,13 @@ def _outlier_parts(evidence: Evidence, params: SeqV3Params) -> list[tuple[float,
     return out
 
 
-def _belief_v3(parts: list[tuple[float, _Levels]], prior: Prior) -> _Belief:
+def _belief_v3(parts: Sequence[tuple[float, "_Levels | _PairedLevels"]], prior: Prior) -> _Belief:
     beliefs = [(log_w, _belief(levels.delta, levels.var, prior)) for log_w, levels in parts]
     return _mix([(log_w + b.log_z, b) for log_w, b in beliefs])
 
 
 def _lookahead_v3(
-    parts: list[tuple[float, _Levels]],
+    parts: Sequence[tuple[float, "_Levels | _PairedLevels"]],
     post: _Belief,
     pairs: int,
     sigma2: float,
@@ -1117,7 +1146,7 @@ def _lookahead_v3(
             break
         if post.upside_bpb <= 2 * n * run_cost:
             break
-        v2 = _after_pairs(levels, n, sigma2)
+        v2 = levels.after(n) if isinstance(levels, _PairedLevels) else _after_pairs(levels, n, sigma2)
         v_n = 1 / max(1 / v2 - 1 / v, 1e-30)
         spread = math.sqrt(post.sd_bpb**2 + v_n)
         log_weights, values = [], []
@@ -1230,4 +1259,259 @@ def _seq_v3_params(params: SeqV3Params) -> dict[str, float]:
         "min_pairs": params.min_pairs, "max_pairs": params.max_pairs, "p_give_up": params.p_give_up,
         "screen_extra_sigma": params.screen_extra_sigma, "tail_weight": params.tail_weight,
         "tail_scale": params.tail_scale,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rule seq-bayes/v4: seq-bayes/v3 with credit for the same-seed correlation of paired runs, as far as
+# the confirmations on the fingerprint show it (opt-in: AR_ACCEPT_RULE=seq-bayes/v4)
+#
+# Not the default: at the measured same-seed correlation (ρ 0.98, 200 campaigns per cell) it reaches 2.03x
+# paired-z/v1's gain per GPU-hour (median over the resolved scenarios, min 1.10x; v3 1.53x) with false
+# merges at most 0.93% of greedy's, but it has not been run on the whole grid, and at ρ 0.98 greedy,
+# whose screen is a same-seed comparison, gains ~1.8x as much (docs/evaluation.md).
+#
+# A candidate's paired run and the best's run on the same seed share the seed's effect: with a
+# same-seed correlation ρ their difference has variance 2σ²(1 − ρ), not 2σ². On an H100 at 300 s the
+# trainer's ρ was about 0.98 (bench/results/gpu-noise-h100-ve3.json), so a pair measures Δ ~5x more
+# precisely than v3 (which counts ρ as 0) credits it with. v4 is v3 (the same prior, outlier readings,
+# look-ahead, guards and costs) with one change: within each pair the candidate's and the best's runs
+# are correlated, covariance ρ̂σ², so the candidate's and the best's levels are estimated jointly (a
+# 2 x 2 generalised least squares: the screening run, the best's reference and the pairs, each pair a
+# correlated block). At ρ̂ = 0 it is v3's evidence exactly.
+#
+# ρ̂ comes from the paired differences the committer holds: the spread of each confirmation's
+# differences about its own mean (earlier confirmations on the fingerprint and this one, `PairSpread`)
+# estimates the pair variance 2σ²(1 − ρ) whatever each candidate's Δ, and drift cancels within a pair
+# run back to back. The rule takes the one-sided upper `rho_confidence_z` bound of that variance (a
+# chi-square bound on `dof` degrees of freedom, Wilson-Hilferty), so ρ̂ = 1 − bound / 2σ² shrinks
+# toward 0 when the differences are few; it is 0 below `rho_min_dof` degrees of freedom or while σ is
+# the prior, and at most `rho_max`. 1 − ρ̂ is rounded up to two significant digits (one screening
+# threshold per noise level, as v3). Every decision records ρ̂, the pair variance it used and its
+# degrees of freedom (`posterior`: pair_rho, pair_var_bpb2, pair_dof).
+
+SEQ_BAYES_V4_RULE = "seq-bayes/v4"
+RULES = (PAIRED_Z_RULE, SEQ_BAYES_RULE, SEQ_BAYES_V2_RULE, SEQ_BAYES_V3_RULE, SEQ_BAYES_V4_RULE)
+
+
+@dataclass(frozen=True)
+class SeqV4Params(SeqV3Params):
+    rho_min_dof: int = 4  # degrees of freedom of paired differences before any credit for ρ
+    rho_confidence_z: float = 1.645  # one-sided upper bound of the pair variance (5%)
+    rho_max: float = 0.99  # the most same-seed correlation credited
+
+
+@dataclass(frozen=True)
+class PairNoise:
+    """The same-seed correlation a seq-bayes/v4 decision used, and what it rests on."""
+
+    rho: float  # ρ̂
+    var_bpb2: float  # 2σ²(1 − ρ̂): the variance of one paired difference
+    dof: int  # degrees of freedom of the paired differences
+    bound_bpb2: float  # the upper bound of the pair variance (∞ below `rho_min_dof`)
+
+
+def _chi2_lower(dof: int, z: float) -> float:
+    """The lower z-quantile (z > 0: the 1 − Φ(z) one) of χ² with `dof` degrees of freedom, Wilson-Hilferty."""
+    k = float(dof)
+    return k * max(1 - 2 / (9 * k) - z * math.sqrt(2 / (9 * k)), 0.0) ** 3
+
+
+def _ceil_two_digits(x: float) -> float:
+    if x <= 0:
+        return 0.0
+    scale = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return math.ceil(round(x / scale, 9)) * scale
+
+
+def pair_noise(evidence: Evidence, params: SeqV4Params) -> PairNoise:
+    """ρ̂ from the paired differences' spread (earlier confirmations and this one's), conservatively:
+    the upper bound of their variance read against σ, 1 − ρ̂ rounded up to two significant digits."""
+    sigma2 = max(evidence.noise.sigma_bpb, 1e-9) ** 2
+    diffs = [c - b for c, b in zip(evidence.candidate_runs, evidence.best_runs, strict=True)]
+    spread = add_pairs(evidence.pair_spread, diffs)
+    quantile = _chi2_lower(spread.dof, params.rho_confidence_z) if spread.dof >= params.rho_min_dof else 0.0
+    if evidence.noise.source != "calibrated" or quantile <= 0:
+        return PairNoise(0.0, 2 * sigma2, spread.dof, math.inf)
+    bound = spread.sum_squares_bpb2 / quantile
+    rho = min(max(1 - bound / (2 * sigma2), 0.0), params.rho_max)
+    rho = 1 - min(_ceil_two_digits(1 - rho), 1.0)
+    return PairNoise(rho, 2 * sigma2 * (1 - rho), spread.dof, bound)
+
+
+@dataclass(frozen=True)
+class _PairedLevels:
+    """The candidate's and the best's levels estimated jointly (their information matrix J), with the
+    information one more pair adds (P): what seq-bayes/v4 compares."""
+
+    candidate: float
+    best: float
+    var: float  # of Δ's evidence
+    best_var: float
+    j11: float
+    j12: float
+    j22: float
+    p11: float
+    p12: float
+    p22: float
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.best
+
+    def after(self, n: int) -> float:
+        """The variance of Δ's evidence after n more pairs."""
+        j11, j12, j22 = self.j11 + n * self.p11, self.j12 + n * self.p12, self.j22 + n * self.p22
+        return (j11 + j22 + 2 * j12) / (j11 * j22 - j12 * j12)
+
+
+def _pair_precision(vc: float, vb: float, cov: float) -> tuple[float, float, float]:
+    det = vc * vb - cov * cov
+    return vb / det, -cov / det, vc / det
+
+
+def _paired_levels(
+    screen: tuple[float, float] | None, ref: tuple[float, float], pairs: list[tuple[float, float, float, float]],
+    cov: float, sigma2: float,
+) -> tuple[float, _PairedLevels]:  # fmt: skip
+    """The levels from the screening run (x, variance; None: left out), the best's reference and the
+    pairs (candidate, its variance, best, its variance; covariance `cov` within a pair), with the log
+    of how well they agree once both levels are integrated out (v3's `_consistent` of both levels
+    where cov = 0)."""
+    j11 = j12 = j22 = h1 = h2 = log_det = 0.0
+    if screen is not None:
+        j11, h1, log_det = 1 / screen[1], screen[0] / screen[1], math.log(screen[1])
+    j22 += 1 / ref[1]
+    h2 += ref[0] / ref[1]
+    log_det += math.log(ref[1])
+    blocks = []
+    for c, vc, b, vb in pairs:
+        p11, p12, p22 = _pair_precision(vc, vb, cov)
+        j11, j12, j22 = j11 + p11, j12 + p12, j22 + p22
+        h1, h2 = h1 + p11 * c + p12 * b, h2 + p12 * c + p22 * b
+        log_det += math.log(vc * vb - cov * cov)
+        blocks.append((c, b, p11, p12, p22))
+    det_j = j11 * j22 - j12 * j12
+    mc, mb = (j22 * h1 - j12 * h2) / det_j, (j11 * h2 - j12 * h1) / det_j
+    q = (ref[0] - mb) ** 2 / ref[1]
+    if screen is not None:
+        q += (screen[0] - mc) ** 2 / screen[1]
+    for c, b, p11, p12, p22 in blocks:
+        ec, eb = c - mc, b - mb
+        q += p11 * ec * ec + 2 * p12 * ec * eb + p22 * eb * eb
+    p11, p12, p22 = _pair_precision(sigma2, sigma2, cov)
+    levels = _PairedLevels(mc, mb, (j11 + j22 + 2 * j12) / det_j, j11 / det_j, j11, j12, j22, p11, p12, p22)
+    return -0.5 * (q + log_det + math.log(det_j)), levels
+
+
+def _outlier_parts_v4(
+    evidence: Evidence, rho: float, params: SeqV4Params
+) -> list[tuple[float, _PairedLevels]]:
+    """v3's readings (none an outlier; each run alone `tail_scale` times noisier), with the pairs'
+    same-seed covariance ρ̂σ² (an outlier's own noise is what grows: the covariance stays)."""
+    sigma2 = max(evidence.noise.sigma_bpb, 1e-9) ** 2
+    cov = rho * sigma2
+    screen = (
+        statistics.fmean(evidence.screen_runs),
+        sigma2 * (1 + params.screen_extra_sigma**2) / len(evidence.screen_runs),
+    )
+    ref = (evidence.best_bpb, max(evidence.best_sd_bpb, 1e-9) ** 2)
+    pairs = list(zip(evidence.candidate_runs, evidence.best_runs, strict=True))
+    wide = params.tail_scale**2
+    log_tail, log_body = math.log(params.tail_weight), math.log(1 - params.tail_weight)
+    readings = [(log_body, -1, -1)]
+    readings += [(log_tail, k, -1) for k in range(1 + len(pairs))]
+    readings += [(log_tail, -1, k) for k in range(len(pairs))]
+    out = []
+    for log_prior, k_cand, k_best in readings:
+        x, v = screen
+        terms = [
+            (c, sigma2 * wide if k + 1 == k_cand else sigma2, b, sigma2 * wide if k == k_best else sigma2)
+            for k, (c, b) in enumerate(pairs)
+        ]
+        log_c, levels = _paired_levels((x, v * wide if k_cand == 0 else v), ref, terms, cov, sigma2)
+        out.append((log_prior + log_c, levels))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def screen_threshold_v4(sigma_bpb: float, reference_sd_bpb: float, rho: float, params: SeqV4Params) -> float:
+    """`screen_threshold_v3` with the pairs to come correlated at ρ̂ (then confirming is cheaper)."""
+    run_cost = run_cost_v3(sigma_bpb, params)
+    sigma2 = sigma_bpb**2
+    span = math.sqrt(sigma2 * (1 + params.screen_extra_sigma**2) + reference_sd_bpb**2)
+
+    def worth(y: float) -> bool:
+        parts = []
+        for weight, scale in ((1 - params.tail_weight, 1.0), (params.tail_weight, params.tail_scale**2)):
+            screen_var = scale * sigma2 * (1 + params.screen_extra_sigma**2)
+            _, levels = _paired_levels((y, screen_var), (0.0, reference_sd_bpb**2), [], rho * sigma2, sigma2)
+            parts.append((math.log(weight), levels))
+        belief = _belief_v3(parts, params.prior)
+        if belief.p_better < params.p_give_up:
+            return False
+        return _lookahead_v3(parts, belief, 0, sigma2, run_cost, params)
+
+    lo, hi = -12 * span, 6 * span
+    if not worth(lo):
+        return -math.inf
+    if worth(hi):
+        return hi
+    for _ in range(14):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if worth(mid) else (lo, mid)
+    return lo
+
+
+def _decide_seq_bayes_v4(evidence: Evidence, params: SeqV4Params) -> Decision:
+    sigma = evidence.noise.sigma_bpb
+    sigma2 = max(sigma, 1e-9) ** 2
+    pair = pair_noise(evidence, params)
+    parts = _outlier_parts_v4(evidence, pair.rho, params)
+    belief = _belief_v3(parts, params.prior)
+    post = belief.posterior()
+    pairs = len(evidence.candidate_runs)
+    alone = _confirmation_alone_v4(evidence, pair.rho, sigma2, params)
+    run_cost = run_cost_v3(sigma, params)
+    more, accepted, stopped = 0, False, _verdict(evidence, post, pairs, alone, params)
+    if stopped is not None:
+        accepted = stopped == "accept"
+    else:
+        if pairs == 0:
+            threshold = screen_threshold_v4(
+                _two_digits(sigma), _two_digits(evidence.best_sd_bpb), pair.rho, params
+            )
+            worth = parts[0][1].delta < threshold
+        else:
+            worth = _lookahead_v3(parts, belief, pairs, sigma2, run_cost, params)
+        if worth:
+            more, stopped = 1, "more-runs"
+        else:
+            stopped = "reject-not-worth"
+    reason = _seq_v3_reason(stopped, post, alone, pairs, params, evidence)
+    if stopped != "reject-ignores-seed":
+        reason += f" (same-seed ρ̂ {pair.rho:.2f} from {pair.dof} dof of paired differences)"
+    return _sequential_decision(
+        SEQ_BAYES_V4_RULE, evidence, parts[0][1], post, alone, accepted, more, stopped, run_cost,
+        params=_seq_v4_params(params), threshold=params.p_accept, prior_version=params.prior.version,
+        reason=reason, extra={"expected_gain_bpb": belief.upside_bpb, "pair_rho": pair.rho,
+                              "pair_var_bpb2": pair.var_bpb2, "pair_dof": float(pair.dof)},
+    )  # fmt: skip
+
+
+def _confirmation_alone_v4(evidence: Evidence, rho: float, sigma2: float, params: SeqV4Params) -> float:
+    """P(Δ < 0) from the paired runs and the best's reference, without the screening run (1.0 before
+    any pair)."""
+    if not evidence.candidate_runs:
+        return 1.0
+    ref = (evidence.best_bpb, max(evidence.best_sd_bpb, 1e-9) ** 2)
+    pairs = [(c, sigma2, b, sigma2) for c, b in zip(evidence.candidate_runs, evidence.best_runs, strict=True)]
+    _, levels = _paired_levels(None, ref, pairs, rho * sigma2, sigma2)
+    return _belief(levels.delta, levels.var, params.prior).p_better
+
+
+def _seq_v4_params(params: SeqV4Params) -> dict[str, float]:
+    return {
+        **_seq_v3_params(params), "rho_min_dof": params.rho_min_dof, "rho_confidence_z": params.rho_confidence_z,
+        "rho_max": params.rho_max,
     }  # fmt: skip

@@ -41,7 +41,8 @@ SCORE_KEYS = frozenset(
     }
 )  # fmt: skip
 # shown to two significant digits
-SIGMA_KEYS = frozenset({"sigma_bpb", "sd_bpb", "evidence_sd_bpb", "reference_sd_bpb"})
+# (seq-bayes/v4: the variance of a paired difference it used)
+SIGMA_KEYS = frozenset({"sigma_bpb", "sd_bpb", "evidence_sd_bpb", "reference_sd_bpb", "pair_var_bpb2"})
 # seq-bayes/v1's P(Δ < 0): in its steep part a finer probability pins the evidence far below the
 # rounding of the scores, so agents see two decimals (the reasons write it so too)
 PROBABILITY_KEYS = frozenset({"p_better", "p_better_confirmation_alone"})

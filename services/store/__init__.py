@@ -27,6 +27,9 @@ Keys (prefix `ar:`):
     calibration-gap:<fp>   hash commit → JSON list of test_bpb − val_bpb of its runs that scored the
                            test split (the held-out test tripwire's noise)
     calibration-gap:<fp>:run-ids  set of the run ids counted in it
+    calibration-pair:<fp>  hash proposal@base → JSON list of its confirmation's paired differences
+                           (candidate − best on one seed: the same-seed correlation of seq-bayes/v4)
+    calibration-pair:<fp>:run-ids set of the run ids counted in it
     best                   JSON of Best
     commits                hash commit → train.py on the research branch
     lineage                hash commit → JSON of its LineageEntry (the branch's history, for the API)

@@ -126,6 +126,18 @@ class ResearchStore(StoreBase):
     def gap_calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
         return self._runs_by_commit(f"ar:calibration-gap:{fingerprint_key}")
 
+    @translate_errors
+    def add_pair_calibration_runs(self, fingerprint_key: str, group: str, diffs: Mapping[str, float]) -> None:
+        """Record the paired differences (candidate − best on one seed) of a confirmation (`group`: the
+        proposal against one best; run id → difference), each run once like `add_calibration_runs`:
+        what seq-bayes/v4 estimates the same-seed correlation from."""
+        if diffs:
+            self._append_runs(f"ar:calibration-pair:{fingerprint_key}", fingerprint_key, group, diffs)
+
+    @translate_errors
+    def pair_calibration_runs(self, fingerprint_key: str) -> dict[str, list[float]]:
+        return self._runs_by_commit(f"ar:calibration-pair:{fingerprint_key}")
+
     def _append_runs(self, key: str, fingerprint_key: str, commit: str, scores: Mapping[str, float]) -> None:
         """Append the scores of runs not yet counted under `key` (their ids kept in `key:run-ids`), in
         one transaction."""

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench import campaign
 
-SEQUENTIAL = [rules.SEQ_BAYES_RULE, rules.SEQ_BAYES_V2_RULE, rules.SEQ_BAYES_V3_RULE]
+SEQUENTIAL = [rules.SEQ_BAYES_RULE, rules.SEQ_BAYES_V2_RULE, rules.SEQ_BAYES_V3_RULE, rules.SEQ_BAYES_V4_RULE]
 
 
 @pytest.mark.parametrize("sigma", campaign.SIGMAS)
@@ -42,3 +42,23 @@ def test_a_change_that_ignores_the_seed_is_never_merged(rule: str, sigma: float)
     tally = campaign.campaign(rule, "default", machine, stream, campaign.policy_for(rule))
     assert tally.decisions > 50 and tally.merges == 0
     assert tally.stops.get("reject-ignores-seed", 0) > 0
+
+
+@pytest.mark.parametrize("sigma", campaign.SIGMAS)
+@pytest.mark.parametrize("rho", [0.0, *campaign.MEASURED_RHOS])
+def test_crediting_the_same_seed_correlation_keeps_pure_noise_out(rho: float, sigma: float) -> None:
+    """seq-bayes/v4 estimates ρ from the paired differences: at no correlation and at the measured one,
+    pure noise is merged at most 1% of the time and a seed-ignoring change never."""
+    rule = rules.SEQ_BAYES_V4_RULE
+    merges = decisions = 0
+    for c in range(3):
+        stream = campaign.proposal_stream("zero", np.random.default_rng((1, c)), 400)
+        machine = campaign.Machine(sigma, "drift", rho, (2, c), 400)
+        tally = campaign.campaign(rule, "default", machine, stream, campaign.policy_for(rule))
+        merges, decisions = merges + tally.merges, decisions + tally.decisions
+    assert decisions >= 300
+    assert merges / decisions <= 0.01, (merges, decisions)
+    stream = campaign.proposal_stream("seedless", np.random.default_rng(3), 300)
+    tally = campaign.campaign(rule, "default", campaign.Machine(sigma, "gaussian", rho, (4,), 300), stream,
+                              campaign.policy_for(rule))  # fmt: skip
+    assert tally.decisions > 50 and tally.merges == 0

@@ -29,7 +29,11 @@ def test_the_accept_rule_is_paired_z_unless_seq_bayes_is_chosen(monkeypatch: pyt
         ("AR_RESEARCH_BRANCH", "bad..name", "not a valid git branch"),
         ("AR_PRESET", "huge", "'full' or 'tiny'"),
         ("AR_GPU_MODE", "amd", "'none', 'nvidia' or 'devices'"),
-        ("AR_ACCEPT_RULE", "greedy", "'paired-z/v1', 'seq-bayes/v1', 'seq-bayes/v2' or 'seq-bayes/v3'"),
+        (
+            "AR_ACCEPT_RULE",
+            "greedy",
+            "'paired-z/v1', 'seq-bayes/v1', 'seq-bayes/v2', 'seq-bayes/v3' or 'seq-bayes/v4'",
+        ),
     ],
 )
 def test_bad_values_fail_fast_naming_the_problem(

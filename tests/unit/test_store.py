@@ -108,6 +108,9 @@ def test_calibration_counts_each_run_once_by_its_id(store: Store) -> None:
     store.add_gap_calibration_runs("fp1", "c1", {"run-a": 0.01})
     store.add_gap_calibration_runs("fp1", "c1", {"run-a": 0.01, "run-c": 0.02})
     assert store.gap_calibration_runs("fp1") == {"c1": [0.01, 0.02]}
+    store.add_pair_calibration_runs("fp1", "p1@c1", {"run-a": -0.001})
+    store.add_pair_calibration_runs("fp1", "p1@c1", {"run-a": -0.001, "run-c": 0.0005})
+    assert store.pair_calibration_runs("fp1") == {"p1@c1": [-0.001, 0.0005]}
     assert store.calibration_runs("fp2") == {} and "fp1" in store.fingerprints()
 
 
