@@ -105,7 +105,8 @@ def submit_and_wait(client: ApiClient, body: dict[str, Any], settings: Settings,
         if exc.status != 422:
             raise
         return Outcome(title, REFUSED, exc.detail or exc.title)
-    log.info("submitted", extra={"proposal_id": proposal["id"], "title": title, "created": created})
+    # `created` is a LogRecord attribute: as an extra it makes logging raise KeyError.
+    log.info("submitted", extra={"proposal_id": proposal["id"], "title": title, "duplicate": not created})
     outcome = wait_for_outcome(client, str(proposal["id"]), settings, clock)
     return Outcome(**{**vars(outcome), "duplicate": not created})
 
