@@ -39,6 +39,7 @@ import hashlib
 import re
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.errors import InvalidPatch, InvalidPython
@@ -79,6 +80,9 @@ _FOREIGN_BREAKS = {
 }
 _FOREIGN_BREAK = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]|\r(?!\n)")
 _COMPILE_LOCK = threading.Lock()
+# Bases (and the candidate a submit is working on) whose outline, lines, cleanliness or normal form are
+# kept per process: a base changes when the best does.
+OUTLINES_CACHED = 8
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,11 @@ def candidate_text(base_train_py: str, *, train_py: str | None, diff: str | None
     if diff is not None:
         check_text(diff, "diff", max_bytes)
         candidate = apply_unified_diff(lf(base_train_py), diff)
-        check_text(candidate, "the patched train.py", max_bytes)
+        if clean_text(base_train_py):
+            # Its characters are the base's and the diff's, both clean: only its size is new.
+            check_size(candidate, "the patched train.py", max_bytes)
+        else:
+            check_text(candidate, "the patched train.py", max_bytes)
     else:
         assert train_py is not None
         check_text(train_py, "train_py", max_bytes)
@@ -118,11 +126,23 @@ def candidate_text(base_train_py: str, *, train_py: str | None, diff: str | None
     return lf(candidate)
 
 
+def prepare_base(base_train_py: str) -> None:
+    """Compute what every submit on this base reads, and keep it (the caches below): its outline (the
+    base parsed and compiled, ~20 ms for train.py, the costliest), its lines, its normal form and
+    whether its characters are clean. Otherwise the first submit on the base pays for it."""
+    base = lf(base_train_py)
+    outline(base)
+    clean_text(base_train_py)
+    normalised(base_train_py)
+    lines_of(base)
+    lines_of(base, keepends=True)
+
+
 def finish_candidate(base_train_py: str, candidate: str, candidate_hash: str) -> Candidate:
     """The second half of `build_candidate`: compile once, refuse a change of nothing, and make the
     canonical diff. `candidate` comes from `candidate_text`, `candidate_hash` is its `content_hash`."""
     check_python(candidate, base_train_py)
-    if normalise(candidate) == normalise(base_train_py):
+    if normalised(candidate) == normalised(base_train_py):
         raise InvalidPatch(
             "the candidate changes nothing: it equals the base train.py up to line endings and trailing "
             "whitespace; change the code"
@@ -137,6 +157,16 @@ def finish_candidate(base_train_py: str, candidate: str, candidate_hash: str) ->
 
 def check_text(text: str, what: str, max_bytes: int) -> None:
     """Size cap in UTF-8 bytes, no lone surrogates, no NUL, no line break but `\\n` and `\\r\\n`."""
+    check_size(text, what, max_bytes)
+    nul = text.find("\0")
+    if nul >= 0:
+        raise InvalidPatch(f"{what} contains a NUL byte on line {text.count(chr(10), 0, nul) + 1}; remove it")
+    check_line_breaks(text, what)
+
+
+def check_size(text: str, what: str, max_bytes: int) -> None:
+    """The first checks of `check_text`: not empty, valid UTF-8 (no lone surrogates), at most
+    `max_bytes` bytes of it."""
     if not text.strip():
         raise InvalidPatch(f"{what} is empty")
     try:
@@ -151,10 +181,19 @@ def check_text(text: str, what: str, max_bytes: int) -> None:
         raise InvalidPatch(
             f"{what} is {size} bytes of UTF-8; the limit is {max_bytes} bytes: make it smaller"
         )
-    nul = text.find("\0")
-    if nul >= 0:
-        raise InvalidPatch(f"{what} contains a NUL byte on line {text.count(chr(10), 0, nul) + 1}; remove it")
-    check_line_breaks(text, what)
+
+
+@functools.lru_cache(maxsize=OUTLINES_CACHED)
+def clean_text(text: str) -> bool:
+    """True when `text` holds none of what `check_text` refuses in its characters: no lone surrogate,
+    no NUL, no line break but `\\n` and `\\r\\n` (so `lf(text)` holds no `\\r` at all). A diff that
+    passes `check_text`, applied to a clean base, gives a candidate whose every character comes from
+    the two (and `\\n`), so only its size needs checking (`candidate_text`). Cached: bases repeat."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in text and _FOREIGN_BREAK.search(text) is None
 
 
 def check_line_breaks(text: str, what: str) -> None:
@@ -233,7 +272,6 @@ class Outline:
 # first; `global x` at module level is an error after a use of x): where either word occurs, the whole
 # file is compiled.
 _CROSS_STATEMENT = re.compile(r"__future__|\bglobal\b")
-OUTLINES_CACHED = 8  # bases outlined per process (a base changes when the best does)
 
 
 @functools.lru_cache(maxsize=OUTLINES_CACHED)
@@ -299,6 +337,12 @@ def split_lines(text: str, *, keepends: bool = False) -> list[str]:
     return [*lines, last] if last else lines
 
 
+@functools.lru_cache(maxsize=OUTLINES_CACHED)
+def lines_of(text: str, *, keepends: bool = False) -> tuple[str, ...]:
+    """`split_lines`, cached, for a base's lines: every submit on a base splits it again otherwise."""
+    return tuple(split_lines(text, keepends=keepends))
+
+
 def normalise(text: str) -> str:
     """`\\n` line endings, no trailing whitespace per line, no trailing blank lines, one final newline."""
     lines = [line.rstrip() for line in split_lines(text)]
@@ -307,11 +351,18 @@ def normalise(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@functools.lru_cache(maxsize=OUTLINES_CACHED)
+def normalised(text: str) -> str:
+    """`normalise`, cached: a submit normalises its candidate to hash it and again, with its base, to
+    refuse a change of nothing (`finish_candidate`)."""
+    return normalise(text)
+
+
 def content_hash(base_commit: str, train_py: str) -> str:
     digest = hashlib.sha256()
     digest.update(base_commit.encode())
     digest.update(b"\0")
-    digest.update(normalise(train_py).encode())
+    digest.update(normalised(train_py).encode())
     return digest.hexdigest()
 
 
@@ -320,7 +371,7 @@ def canonical_diff(base: str, candidate: str) -> str:
     difflib compares only what lies between the lines the two share at their start and end (and the
     context lines around it), so a small change to a long file costs little; hunk headers are then
     numbered as lines of the whole file."""
-    old = split_lines(base, keepends=True)
+    old = lines_of(base, keepends=True)
     new = split_lines(candidate, keepends=True)
     head, tail = _common_ends(old, new)
     skip_head = max(0, head - DIFF_CONTEXT_LINES)
@@ -343,7 +394,7 @@ def canonical_diff(base: str, candidate: str) -> str:
     return "".join(out)
 
 
-def _common_ends(old: list[str], new: list[str]) -> tuple[int, int]:
+def _common_ends(old: Sequence[str], new: Sequence[str]) -> tuple[int, int]:
     """How many lines the two share at their start, and then at their end (not overlapping)."""
     limit = min(len(old), len(new))
     head = 0
@@ -519,7 +570,7 @@ def _parse_hunk(lines: list[str], index: int, number: int) -> tuple[Hunk, int]:
 def apply_unified_diff(base: str, diff: str) -> str:
     """Apply a one-file unified diff to `base` exactly: no offsets, no fuzz."""
     hunks = parse_unified_diff(diff)
-    base_lines = split_lines(base)
+    base_lines = lines_of(base)
     base_has_final_newline = not base or lf(base).endswith("\n")
     out: list[str] = []
     cursor = 0  # index of the next base line not yet copied
@@ -544,7 +595,7 @@ def apply_unified_diff(base: str, diff: str) -> str:
     return "\n".join(out) + ("\n" if final_newline and out else "")
 
 
-def _match_hunk(hunk: Hunk, base_lines: list[str], start: int, base_has_final_newline: bool) -> None:
+def _match_hunk(hunk: Hunk, base_lines: Sequence[str], start: int, base_has_final_newline: bool) -> None:
     where = f"hunk {hunk.number} ({hunk.header}) does not apply"
     end = start + len(hunk.old_lines)
     if end > len(base_lines):

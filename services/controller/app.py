@@ -45,7 +45,8 @@ def create_app(
     """Build the app. Without `store`/`redis`, one connection is made from settings.redis_url (lazily:
     redis-py connects on first use) and closed at shutdown. The first admin token is registered at
     start-up; an unreachable Redis then stops the start, so the orchestrator restarts it. At start-up
-    program.md version 1 is seeded from `program_path` if the store holds no version yet."""
+    program.md version 1 is seeded from `program_path` if the store holds no version yet, and the best's
+    train.py is prepared for submits (`logic.warm_up`)."""
     owns_connection = store is None and redis is None
     if store is None:
         store = Store(redis) if redis is not None else Store.from_url(settings.redis_url)
@@ -58,6 +59,7 @@ def create_app(
         await run_in_threadpool(store.open_schema)  # an older layout: refused, naming the migration
         await run_in_threadpool(auth.bootstrap_admin, store, settings.admin_token)
         await run_in_threadpool(logic.seed_program, store, program_path)
+        await run_in_threadpool(logic.warm_up, store)  # the best's train.py, outlined for submits
         try:
             async with mcp.running(app):
                 yield

@@ -39,7 +39,7 @@ from services.models import (
     RunResult,
     new_id,
 )
-from services.patches import candidate_text, content_hash, finish_candidate
+from services.patches import candidate_text, content_hash, finish_candidate, prepare_base
 from services.queue import enqueue_run, queue_keys
 from services.settings import Settings
 from services.states import State
@@ -299,6 +299,15 @@ def resolve_base(store: Store, ref: str | None, field: str) -> Base:
             f"commit {commit} is known but its train.py is missing from the store; try again shortly"
         )
     return Base(commit, train_py)
+
+
+def warm_up(store: Store) -> None:
+    """At start-up: read the best's train.py and prepare it for submits (`patches.prepare_base`), so the
+    first submit on it does not pay for parsing and compiling it. Nothing when there is no best yet."""
+    best = store.get_best()
+    train_py = None if best is None else store.commit_train_py(best.commit)
+    if train_py is not None:
+        prepare_base(train_py)
 
 
 def current_best(store: Store) -> Best:

@@ -17,8 +17,12 @@ from tests.support.mcp_client import SESSION_TIMEOUT_S, TOOLS, data_of
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-# Import names of what only the services need (fastapi, Redis, RQ, Docker, git, torch, metrics, settings)
-SERVER_ONLY = ("fastapi", "redis", "rq", "docker", "git", "torch", "prometheus_client", "pydantic_settings")
+# Import names of what only the services need (fastapi, Redis, RQ, Docker, git, torch, metrics, settings,
+# the controller's HTTP parser and event loop, Redis's reply parser, the store's compressor)
+SERVER_ONLY = (
+    "fastapi", "redis", "rq", "docker", "git", "torch", "prometheus_client", "pydantic_settings",
+    "httptools", "uvloop", "hiredis", "isal",
+)  # fmt: skip
 INSTALL_TIMEOUT_S = 900  # hang guard for venv + pip (downloads on a cold cache)
 
 

@@ -8,9 +8,10 @@ import socket
 import threading
 
 import httpx
+import pytest
 import uvicorn
 
-from services.controller.main import NoDelayH11Protocol
+from services.controller.main import NoDelayH11Protocol, NoDelayHttpToolsProtocol
 from tests.support.net import wait_for
 
 HANG_GUARD_S = 30  # a guard against a hang, not a timing assertion
@@ -24,10 +25,11 @@ async def hello(scope, receive, send):  # type: ignore[no-untyped-def]
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def test_every_connection_has_nagle_off_even_when_asyncio_would_leave_it_on() -> None:
+@pytest.mark.parametrize("protocol", [NoDelayHttpToolsProtocol, NoDelayH11Protocol])
+def test_every_connection_has_nagle_off_even_when_asyncio_would_leave_it_on(protocol: type) -> None:
     seen: list[int] = []
 
-    class Recording(NoDelayH11Protocol):
+    class Recording(protocol):  # type: ignore[misc,valid-type]
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             sock = transport.get_extra_info("socket")

@@ -134,6 +134,32 @@ def test_the_rate_window_resets_each_minute(redis_client: "redis.Redis[bytes]") 
     quotas.count_submit(redis_client, caller, 1, now=minute + quotas.RATE_WINDOW_S)  # a new window
 
 
+@pytest.mark.parametrize("stale", [10, 40])
+def test_places_held_are_counted_exactly_and_stale_ones_forgotten_once_they_outnumber_them(
+    redis_client: "redis.Redis[bytes]", stale: int
+) -> None:
+    """A token's places: 2 of queued proposals, `stale` of proposals that left the queue. The places
+    held count 2 either way (a limit of 2 refuses, naming 2; a limit of 3 takes a place); the stale
+    ones are forgotten by that call only once they outnumber the held ones by more than SCAN_SLACK."""
+    from services.controller.auth import Principal, Role
+    from services.errors import QuotaExceeded
+    from services.store import keys, state_key
+
+    caller = Principal(name="a", role=Role.AGENT, token_hash="q" * 64)
+    places = keys.QUOTA_PLACES.of(caller.token_hash)
+    redis_client.zadd(state_key(State.QUEUED), {"p_queued_1": 1.0, "p_queued_2": 2.0, "p_other": 3.0})
+    redis_client.zadd(places, {"p_queued_1": 0, "p_queued_2": 0, **{f"p_gone_{i}": 0 for i in range(stale)}})
+    with (
+        pytest.raises(QuotaExceeded, match="has 2 proposals queued"),
+        quotas.submit_place(redis_client, caller, "p_new", limit=2, per_minute=100, retry_after_s=1),
+    ):
+        pass
+    with quotas.submit_place(redis_client, caller, "p_new", limit=3, per_minute=100, retry_after_s=1):
+        assert redis_client.zscore(places, "p_new") is not None  # its reservation counts meanwhile
+    forgotten = stale > 2 + quotas.SCAN_SLACK
+    assert redis_client.zcard(places) == (2 if forgotten else 2 + stale)  # p_new settled: not stored
+
+
 # ---------------------------------------------------------------------------------------------------
 # Concurrent submits against a live controller (uvicorn in a thread, its threadpool serving them)
 

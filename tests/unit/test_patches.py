@@ -287,6 +287,23 @@ def test_other_line_breaks_are_refused_naming_the_character_line_and_column(char
         build(diff=diff)
 
 
+@pytest.mark.parametrize("char", [*FOREIGN_BREAKS, "\r", "\0", "\ud800"])
+def test_a_diff_on_a_base_that_holds_a_refused_character_is_checked_whole(char: str) -> None:
+    """A diff applied to a clean base has its size checked only (its characters are the base's and the
+    diff's, both checked); on a base holding a refused character, the patched file is checked whole,
+    as it always was, and refused naming what it holds."""
+    base = edit(BASE, 20, f"x20 = '{char}'")
+    diff = "--- a/trainer/train.py\n+++ b/trainer/train.py\n@@ -3 +3 @@\n-x3 = 3\n+x3 = 33\n"
+    with pytest.raises(InvalidPatch, match=r"the patched train\.py (holds|contains|is not valid UTF-8)"):
+        build(diff=diff, base=base)
+
+
+def test_a_diff_on_a_clean_base_is_still_held_to_the_size_cap() -> None:
+    diff = "--- a/trainer/train.py\n+++ b/trainer/train.py\n@@ -3 +3 @@\n-x3 = 3\n+x3 = 'é'\n"
+    with pytest.raises(InvalidPatch, match=r"the patched train.py is 255 bytes of UTF-8; the limit is 254"):
+        build(diff=diff, max_bytes=254)
+
+
 def test_crlf_line_endings_are_accepted() -> None:
     crlf = edit(BASE, 3, "x3 = 33").replace("\n", "\r\n")
     assert build(train_py=crlf).train_py == edit(BASE, 3, "x3 = 33")

@@ -39,19 +39,25 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: PROBLEM_RESPONSE}
     },
 )
 def submit(
-    response: Response,
     caller: Caller,
     body: Annotated[SubmitProposal, json_body(SubmitProposal)],
     viewer: Viewer,
     store: StoreDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
-) -> ProposalDetail:
+) -> Response:
     """Submit a whole `train.py` or a unified diff; validated, deduplicated, queued."""
     proposal, created = logic.submit_proposal(store, settings, caller, body, idempotency_key)
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    response.headers["Location"] = f"/v1/proposals/{proposal.id}"
-    return viewer.model(ProposalDetail.of(proposal, logic.submitted_events(store, proposal, created)))
+    detail = viewer.model(ProposalDetail.of(proposal, logic.submitted_events(store, proposal, created)))
+    # Serialised here, in this thread, from the model just built: returned as a model, FastAPI would
+    # validate it again and serialise it on another trip through the thread pool (response_model
+    # above still documents the body).
+    return Response(
+        detail.model_dump_json(),
+        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        headers={"Location": f"/v1/proposals/{proposal.id}"},
+        media_type="application/json",
+    )
 
 
 @router.get("", response_model=ProposalPage, responses={422: PROBLEM_RESPONSE})
