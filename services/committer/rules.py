@@ -47,7 +47,7 @@ decision's `test_*` fields, which agents never see.
 import functools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -1176,14 +1176,30 @@ def screen_threshold_v3(sigma_bpb: float, reference_sd_bpb: float, params: SeqV3
     the screen's Δ (a better screen is more likely better, with more to gain), so one number per
     noise level replaces a look-ahead per proposal."""
     run_cost = run_cost_v3(sigma_bpb, params)
-    sigma2 = sigma_bpb**2
+    return _screen_threshold(
+        lambda y, screen_var: _Levels(y, screen_var, 0.0, reference_sd_bpb**2), sigma_bpb**2, reference_sd_bpb,
+        run_cost, params,
+    )  # fmt: skip
+
+
+def _screen_threshold(
+    levels_of: Callable[[float, float], "_Levels | _PairedLevels"],
+    sigma2: float,
+    reference_sd_bpb: float,
+    run_cost: float,
+    params: SeqV3Params,
+) -> float:
+    """The boundary of the look-ahead's verdict on a screen (v3 and v4): `levels_of(Δ, screen
+    variance)` reads one screen under each outlier reading; bisection over [−12, 6] spans to 18 spans
+    / 2^14, far below a run's σ."""
     span = math.sqrt(sigma2 * (1 + params.screen_extra_sigma**2) + reference_sd_bpb**2)
 
     def worth(y: float) -> bool:
         parts = []
         for weight, scale in ((1 - params.tail_weight, 1.0), (params.tail_weight, params.tail_scale**2)):
-            screen_var = scale * sigma2 * (1 + params.screen_extra_sigma**2)
-            parts.append((math.log(weight), _Levels(y, screen_var, 0.0, reference_sd_bpb**2)))
+            parts.append(
+                (math.log(weight), levels_of(y, scale * sigma2 * (1 + params.screen_extra_sigma**2)))
+            )
         belief = _belief_v3(parts, params.prior)
         if belief.p_better < params.p_give_up:
             return False
@@ -1194,7 +1210,7 @@ def screen_threshold_v3(sigma_bpb: float, reference_sd_bpb: float, params: SeqV3
         return -math.inf
     if worth(hi):
         return hi
-    for _ in range(14):  # to 18 spans / 2^14: far below a run's σ
+    for _ in range(14):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if worth(mid) else (lo, mid)
     return lo
@@ -1437,30 +1453,12 @@ def _outlier_parts_v4(
 @functools.lru_cache(maxsize=4096)
 def screen_threshold_v4(sigma_bpb: float, reference_sd_bpb: float, rho: float, params: SeqV4Params) -> float:
     """`screen_threshold_v3` with the pairs to come correlated at ρ̂ (then confirming is cheaper)."""
-    run_cost = run_cost_v3(sigma_bpb, params)
-    sigma2 = sigma_bpb**2
-    span = math.sqrt(sigma2 * (1 + params.screen_extra_sigma**2) + reference_sd_bpb**2)
+    run_cost, sigma2 = run_cost_v3(sigma_bpb, params), sigma_bpb**2
 
-    def worth(y: float) -> bool:
-        parts = []
-        for weight, scale in ((1 - params.tail_weight, 1.0), (params.tail_weight, params.tail_scale**2)):
-            screen_var = scale * sigma2 * (1 + params.screen_extra_sigma**2)
-            _, levels = _paired_levels((y, screen_var), (0.0, reference_sd_bpb**2), [], rho * sigma2, sigma2)
-            parts.append((math.log(weight), levels))
-        belief = _belief_v3(parts, params.prior)
-        if belief.p_better < params.p_give_up:
-            return False
-        return _lookahead_v3(parts, belief, 0, sigma2, run_cost, params)
+    def levels_of(y: float, screen_var: float) -> _PairedLevels:
+        return _paired_levels((y, screen_var), (0.0, reference_sd_bpb**2), [], rho * sigma2, sigma2)[1]
 
-    lo, hi = -12 * span, 6 * span
-    if not worth(lo):
-        return -math.inf
-    if worth(hi):
-        return hi
-    for _ in range(14):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if worth(mid) else (lo, mid)
-    return lo
+    return _screen_threshold(levels_of, sigma2, reference_sd_bpb, run_cost, params)
 
 
 def _decide_seq_bayes_v4(evidence: Evidence, params: SeqV4Params) -> Decision:
