@@ -333,8 +333,11 @@ class Committer:
 
     def _pair_spread(self, fingerprint_key: str | None, exclude: str) -> rules.PairSpread:
         """The paired differences of the fingerprint's confirmations but `exclude` (the one deciding:
-        the rule adds its own), for the same-seed correlation of seq-bayes/v4."""
-        diffs = self.store.pair_calibration_runs(fingerprint_key) if fingerprint_key else {}
+        the rule adds its own), for the same-seed correlation of seq-bayes/v4. Another rule reads none of
+        it, so it is not read then (the hash grows with every confirmation on the fingerprint)."""
+        if self.policy.rule != rules.SEQ_BAYES_V4_RULE or not fingerprint_key:
+            return rules.PairSpread()
+        diffs = self.store.pair_calibration_runs(fingerprint_key)
         return rules.pair_spread({group: d for group, d in diffs.items() if group != exclude})
 
     def noise(self, fingerprint_key: str | None) -> rules.Noise:

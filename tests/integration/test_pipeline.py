@@ -516,3 +516,28 @@ def test_seq_bayes_v2_merges_a_clear_gain_with_its_record_and_rejects_a_clear_lo
         assert (
             noted["posterior"] == pytest.approx(decision.posterior) and noted["seeds"] == merged.confirm_seeds
         )
+
+
+def test_seq_bayes_v4_records_each_confirmation_s_paired_differences_and_decides_with_them(
+    tmp_path: Path, redis_client: "redis.Redis[bytes]"
+) -> None:
+    """The committer files a confirmation's paired differences (candidate − best per seed) under the
+    fingerprint, and seq-bayes/v4's decision says how many degrees of freedom of them it had."""
+    settings = Settings(
+        runs_dir=tmp_path / "runs",
+        repo_dir=tmp_path / "repo",
+        infra_retries=2,
+        accept_rule=rules.SEQ_BAYES_V4_RULE,
+    )
+    with running_service(settings, redis_client) as service:
+        better = service.submit(BASELINE.replace("1.5", "1.498"), title="A small gain")
+        service.drain()
+        merged = service.store.get(better.id)
+        decision = merged.decision
+        assert decision is not None and decision.rule == rules.SEQ_BAYES_V4_RULE, merged.reason
+        assert decision.stage == "confirm" and "pair_dof" in decision.posterior
+        fingerprint = merged.results[-1].fingerprint
+        assert fingerprint is not None
+        filed = service.store.pair_calibration_runs(fingerprint.key())
+        pairs = list(zip(merged.results[1:], merged.baseline_results, strict=True))
+        assert filed == {f"{merged.id}@{merged.base_commit}": [c.val_bpb - b.val_bpb for c, b in pairs]}
