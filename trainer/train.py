@@ -73,7 +73,7 @@ LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap)
 ROPE_BASE = 10000.0  # rotary embedding base period
 ROPE_MAX_LEN = 4096  # longest sequence the rotary tables cover (scoring uses 2048)
 COMPILE = True  # torch.compile the model on CUDA
-SAVE_RESERVE_S = 6.0  # seconds kept before the deadline for saving (0.3 s on a GPU) and exiting
+SAVE_RESERVE_S = 3.5  # seconds kept before the deadline for saving (0.3 s on a GPU) and exiting
 STEADY_AFTER_STEPS = 10  # steps excluded from the steady-state throughput (compile, warm-up)
 PEAK_FLOPS = 989.5e12  # H100/H200 dense bf16 FLOP/s, for MFU
 
@@ -229,7 +229,10 @@ class GPT(nn.Module):
         x = x0.clone()  # not an alias of x0, so blocks share compiled graphs
         xb = self.bigram(bigram_ids(idx, self.bigram.num_embeddings)) if self.bigram is not None else None
         tables = [table(idx) for table in self.value_embeds]
-        ves = tables + [None] * (len(self.blocks) - 2 * len(tables)) + tables[::-1]
+        # Blocks between the value-embedded ones get zeros of the same kind (value_mix[1] * 0 adds
+        # nothing and its gradient is 0), so all blocks keep one compiled graph.
+        middle = [torch.zeros_like(tables[0]).requires_grad_(tables[0].requires_grad)] if tables else [None]
+        ves = tables + middle * (len(self.blocks) - 2 * len(tables)) + tables[::-1]
         # U-net: block i also reads the output of block depth-1-i when that is an earlier block and not
         # its own input; the other blocks read a copy of the embedding (not an alias of x0, so every
         # block has the same inputs and one compiled graph).
@@ -244,8 +247,8 @@ class GPT(nn.Module):
 
     def compile_regions(self) -> None:
         """Compile each block and the head in place. The blocks share one compiled graph (same code,
-        same shapes; blocks with and without a value embedding are two), so cold compilation costs
-        about one block instead of the whole network; the state dict keeps its plain keys."""
+        same input shapes, dtypes and strides), so cold compilation costs about one block instead of
+        the whole network; the state dict keeps its plain keys."""
         for module in (*self.blocks, self.head):
             module.compile(dynamic=False, fullgraph=True)
 
