@@ -560,6 +560,9 @@ def main() -> None:
         "--rhos", default=",".join(f"{r:g}" for r in RHOS + MEASURED_RHOS),
         help="same-seed correlations to run (commas): the grid's and the measured one by default",
     )  # fmt: skip
+    parser.add_argument(
+        "--candidate", default=CANDIDATE_RULE, help="the rule measured against the goals (the `ratios`)"
+    )
     parser.add_argument("--sigmas", default=",".join(f"{s:g}" for s in SIGMAS), help="σ to run (commas)")
     parser.add_argument("--name", default="campaign", help="results file: bench/results/NAME.json")
     parser.add_argument("--table", type=Path, help="print the docs' tables of this results file, run nothing")
@@ -569,10 +572,17 @@ def main() -> None:
         return
     wanted = [part for part in args.only.split(",") if part]
     extra = [r for r in args.rules.split(",") if r]
-    unknown = [r for r in extra if r not in rules.RULES]
+    candidate = args.candidate
+    unknown = [r for r in [*extra, candidate] if r not in rules.RULES]
     if unknown:
         parser.error(f"unknown rules {unknown}; known: {', '.join(rules.RULES)}")
-    rule_names = [*RULE_NAMES[:-1], *(r for r in extra if r not in RULE_NAMES), ORACLE]
+    rule_names = [
+        GREEDY,
+        rules.PAIRED_Z_RULE,
+        candidate,
+        *(r for r in extra if r not in (*RULE_NAMES, candidate)),
+        ORACLE,
+    ]
     sequential = [r for r in rule_names if r not in (GREEDY, rules.PAIRED_Z_RULE, ORACLE)]
     rhos = [float(r) for r in args.rhos.split(",") if r]
     sigmas = [float(s) for s in args.sigmas.split(",") if s]
@@ -605,12 +615,12 @@ def main() -> None:
         log.write(f"{label} {text}\n")
         print(f"{label} {text}", flush=True)
 
-    summary = ratios(results) if results else {}
+    summary = ratios(results, candidate) if results else {}
     ratios_of = {r: ratios(results, r) for r in sequential[1:]} if results else {}
-    for r, figs in [(CANDIDATE_RULE, summary), *ratios_of.items()] if results else []:
+    for r, figs in [(candidate, summary), *ratios_of.items()] if results else []:
         report(f"summary {r}", figs["summary"])  # type: ignore[index]
         report(f"goals {r}", figs["goals"])  # type: ignore[index]
-    checks = trust() if results else {}
+    checks = trust(rule=candidate) if results else {}
     report("trust", checks)
     grid_rhos = sorted({c[4] for c in cells if c[0] not in measured_names})
     trust_of = {
@@ -621,28 +631,28 @@ def main() -> None:
     if measured:
         measured_rhos = sorted({c[4] for c in cells if c[0] in measured_names})
         measured_section = {
-            "rho": measured_rhos, "scenarios": measured, "ratios": ratios(measured),
+            "rho": measured_rhos, "scenarios": measured, "ratios": ratios(measured, candidate),
             "ratios_of": {r: ratios(measured, r) for r in sequential[1:]},
             "trust_of": {r: {f"{rho:g}": trust(rule=r, rho=rho, seedless_rho=rho) for rho in measured_rhos}
                          for r in sequential},
         }  # fmt: skip
         for r in sequential:
-            figs = cast("dict[str, Any]", measured_section["ratios"] if r == CANDIDATE_RULE else
+            figs = cast("dict[str, Any]", measured_section["ratios"] if r == candidate else
                         cast("dict[str, Any]", measured_section["ratios_of"])[r])  # fmt: skip
             report(f"measured rho: summary {r}", figs["summary"])
         report("measured rho: trust", measured_section["trust_of"])
     figures = {
         "default_rule": AcceptanceSettings.defaults().accept_rule,
-        "candidate_rule": CANDIDATE_RULE,
+        "candidate_rule": candidate,
         "rules": rule_names,
         "grid": {"sigma_bpb": sigmas, "noise": NOISES, "mixture": MIXTURES, "rho": grid_rhos,
                  "campaigns": args.campaigns, "gpu_hours": args.gpu_hours, "run_s": RUN_S,
                  "drift_per_run_sigma": DRIFT_PER_RUN, "gap_sigma_share": GAP_SIGMA_SHARE},
         "seq_params": rules._seq_params(rules.seq_params_from(AcceptanceSettings.defaults())),
-        "seq2_params": rules._seq_v2_params(policy_for(CANDIDATE_RULE).seq2),
+        "seq2_params": rules._seq_v2_params(policy_for(candidate).seq2),
         "seq2_prior": rules.PRIOR_V2.version,
-        "seq3_params": rules._seq_v3_params(policy_for(CANDIDATE_RULE).seq3),
-        "seq3_prior": policy_for(CANDIDATE_RULE).seq3.prior.version,
+        "seq3_params": rules._seq_v3_params(policy_for(candidate).seq3),
+        "seq3_prior": policy_for(candidate).seq3.prior.version,
         "trust": checks,
         "paired_params": rules._params(rules.params_from(AcceptanceSettings.defaults())),
         "wall_s": round(time.monotonic() - t0, 1),
