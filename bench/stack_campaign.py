@@ -10,7 +10,8 @@ rule, and the script waits until every proposal is final. Then the best and the 
 again on fresh seeds through the same path (`POST /v1/runs`) to judge the true gain.
 
     nice -n 10 .venv/bin/python bench/stack_campaign.py [--proposals 60] [--search-seed 1] \\
-        [--workers 2] [--rules paired-z/v1 seq-bayes/v3] [--remeasure-seeds 4] [--wall-clock-s 600]
+        [--workers 2] [--rules paired-z/v1 seq-bayes/v3] [--remeasure-seeds 4] [--wall-clock-s 600] \\
+        [--paired-z-from bench/results/NAME.json]
 
 Per rule it reports proposals by final state, runs (screening, confirmation, runs of commits), merges
 and, for each, whether its decision is in the git note of its commit on the research branch (read
@@ -62,7 +63,9 @@ from services.settings import GIB  # noqa: E402
 from services.states import ACTIVE, TERMINAL  # noqa: E402
 from tests.support.trainer import run_prepare  # noqa: E402
 
-RULES = ("paired-z/v1", "seq-bayes/v3")
+RULES = ("paired-z/v1", "seq-bayes/v3", "seq-bayes/v4")
+DEFAULT_RULES = ("paired-z/v1", "seq-bayes/v3")
+SIMULATION = {"seq-bayes/v3": "campaign.json", "seq-bayes/v4": "campaign-v4.json"}  # each rule's grid
 TRAINER_IMAGE = "autoresearch/trainer:cpu"
 VOCAB_SIZE = 512  # as compose.cpu.yaml prepares the sample corpus
 # AR_RUN_WALL_CLOCK_S. compose.cpu.yaml has 120; the tiny preset takes ~4 s of it on a quiet machine,
@@ -703,10 +706,11 @@ def velocity(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def simulator_ratio(sigma: float | None) -> dict[str, Any]:
-    """seq-bayes/v3's gain per GPU-hour over paired-z/v1's in bench/campaign.py's grid: the median over
-    every scenario, and over the scenarios at the grid's σ nearest the one measured here."""
-    path = ROOT / "bench" / "results" / "campaign.json"
+def simulator_ratio(sigma: float | None, rule: str = "seq-bayes/v3") -> dict[str, Any]:
+    """A sequential rule's gain per GPU-hour over paired-z/v1's in bench/campaign.py's grid (the file
+    where it is the candidate): the median over every scenario, and over the scenarios at the grid's σ
+    nearest the one measured here."""
+    path = ROOT / "bench" / "results" / SIMULATION[rule]
     sim = json.loads(path.read_text())
     per = sim["ratios"]["per_scenario"]
     out: dict[str, Any] = {
@@ -762,7 +766,11 @@ def main() -> int:
         "--search-seed", type=int, default=1, help="AR_AGENT_SEARCH_SEED, the same for each rule"
     )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
+    parser.add_argument("--rules", nargs="+", default=list(DEFAULT_RULES), choices=RULES)
+    parser.add_argument(
+        "--paired-z-from", type=Path,
+        help="an earlier results file whose paired-z/v1 campaign the ratio uses, when --rules has none",
+    )  # fmt: skip
     parser.add_argument(
         "--remeasure-seeds", type=int, default=4, help="fresh seeds for the best and the baseline"
     )
@@ -823,17 +831,27 @@ def main() -> int:
         },
         "wall_s": round(time.monotonic() - t0, 1),
         "rules": {r["rule"]: r for r in reports},
-        "simulator": simulator_ratio(statistics.median(sigmas) if sigmas else None),
+        "simulator": {
+            rule: simulator_ratio(statistics.median(sigmas) if sigmas else None, rule)
+            for rule in SIMULATION
+            if rule in {r["rule"] for r in done}
+        },
         "failed": failed,
     }
     by_rule = {r["rule"]: r for r in done}
-    if set(RULES) <= set(by_rule):
-        pz, v3 = (by_rule[rule]["velocity"] for rule in RULES)
-        figures["measured_ratio_v3_over_paired_z"] = {
-            key: (v3[key] / pz[key] if pz[key] else None)
-            for key in ("recorded_mbpb_per_run_hour", "true_mbpb_per_run_hour")
-            if v3[key] is not None and pz[key] is not None
-        }
+    pz_velocity = by_rule["paired-z/v1"]["velocity"] if "paired-z/v1" in by_rule else None
+    if pz_velocity is None and args.paired_z_from is not None:
+        earlier = json.loads(args.paired_z_from.read_text())
+        pz_velocity = earlier["rules"]["paired-z/v1"]["velocity"]
+        figures["paired_z_from"] = str(args.paired_z_from)
+    for rule in SIMULATION:
+        if rule in by_rule and pz_velocity is not None:
+            seq = by_rule[rule]["velocity"]
+            figures[f"measured_ratio_{rule.split('/')[-1]}_over_paired_z"] = {
+                key: (seq[key] / pz_velocity[key] if pz_velocity[key] else None)
+                for key in ("recorded_mbpb_per_run_hour", "true_mbpb_per_run_hour")
+                if seq[key] is not None and pz_velocity[key] is not None
+            }
     for r in reports:
         r.pop("service_log_lines", None)  # in the raw log
     table = summary_table(done) if done else ""
