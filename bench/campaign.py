@@ -576,13 +576,8 @@ def main() -> None:
     unknown = [r for r in [*extra, candidate] if r not in rules.RULES]
     if unknown:
         parser.error(f"unknown rules {unknown}; known: {', '.join(rules.RULES)}")
-    rule_names = [
-        GREEDY,
-        rules.PAIRED_Z_RULE,
-        candidate,
-        *(r for r in extra if r not in (*RULE_NAMES, candidate)),
-        ORACLE,
-    ]
+    always = [GREEDY, rules.PAIRED_Z_RULE, candidate]
+    rule_names = [*always, *(r for r in extra if r not in always), ORACLE]
     sequential = [r for r in rule_names if r not in (GREEDY, rules.PAIRED_Z_RULE, ORACLE)]
     rhos = [float(r) for r in args.rhos.split(",") if r]
     sigmas = [float(s) for s in args.sigmas.split(",") if s]
