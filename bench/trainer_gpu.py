@@ -14,7 +14,8 @@ training shards with that tokenizer (idempotent: a second call with the same sha
 Each `--variant LABEL:BUDGET_S[:NAME=VALUE,...]` runs a copy of trainer/train.py with those UPPER_CASE
 constants replaced (as a proposal would patch it), as a subprocess with the trainer contract's
 environment, then evaluate.py on the full validation set. A variant's compile cache is its own
-(cold start, as a proposal's first run) unless `--shared-cache` is given.
+(cold start, as a proposal's first run) unless `--shared-cache` is given. `--warm-imports` imports
+torch once beforehand, so that start-up counts compilation, not the disk (recorded as warm_imports_s).
 
 Writes RESULTS/NAME.json for the first variant (the headline), RESULTS/NAME-LABEL.json for the
 others (or all variants in RESULTS/NAME-variants.json with --label-all, for tuning), and
@@ -210,7 +211,7 @@ def summarize_seeds(runs: list[dict]) -> dict:
         "all_within_deadline": all(r["within_deadline"] for r in runs),
     }
     for key in ("gpu", "gpu_smi", "device", "torch", "config", "hyperparameters", "mfu_formula", "num_params",
-                "train_shards", "prepare_s", "budget_s"):  # fmt: skip
+                "train_shards", "prepare_s", "budget_s", "warm_imports_s"):  # fmt: skip
         summary[key] = next((r[key] for r in scored if key in r), runs[0].get(key))
     return summary
 
@@ -228,6 +229,20 @@ def gpu_name() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+WARM_IMPORTS = "import torch, torch._inductor.async_compile, triton"
+
+
+def warm_imports() -> float:
+    """Import what train.py imports once, in a throwaway process, so that the runs' start-up measures
+    compilation rather than the first read of torch's files from disk (a worker's page cache holds them
+    after its first run). The compile caches stay cold. Returns the seconds it took."""
+    started = time.time()
+    subprocess.run([sys.executable, "-c", WARM_IMPORTS], check=True)
+    took = time.time() - started
+    print(f"warm imports: {took:.1f} s ({WARM_IMPORTS})", flush=True)
+    return round(took, 2)
 
 
 def main() -> int:
@@ -249,6 +264,10 @@ def main() -> int:
     parser.add_argument("--plan", help="LABEL:SEED,... runs in this order, each saved when scored")
     parser.add_argument("--noop-edit", action="append", default=[], help="a variant label: comment-only edit")
     parser.add_argument("--commit", default="", help="the commit of trainer/train.py, for the record")
+    parser.add_argument(
+        "--warm-imports", action="store_true",
+        help="import torch, inductor and triton once before the runs (page cache, as on a worker that has run before)",
+    )  # fmt: skip
     parser.add_argument("--merge", help="ARM_A,ARM_B: write NAME.json and gpu-noise.json from the run files")
     parser.add_argument(
         "--noise-file", default="gpu-noise.json", help="with --merge A,B: the noise file's name"
@@ -268,6 +287,7 @@ def main() -> int:
     (args.results / "logs").mkdir(parents=True, exist_ok=True)
     gpu = gpu_name()
     variants = [parse_variant(text) for text in args.variant]
+    warm_imports_s = warm_imports() if args.warm_imports else None
 
     def run(label: str, budget: float, overrides: dict[str, str], seed: int, run_name: str) -> dict:
         noop = label in args.noop_edit
@@ -280,6 +300,7 @@ def main() -> int:
             "device": args.device,
             "train_shards": args.shards,
             "prepare_s": round(prepare_s, 1),
+            "warm_imports_s": warm_imports_s,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": " ".join(["python", "bench/trainer_gpu.py", *sys.argv[1:]]),
         })  # fmt: skip
