@@ -6,6 +6,11 @@
     .venv/bin/python bench/campaign.py --rhos 0.98 --name campaign-measured-rho   # the measured ρ only
     .venv/bin/python bench/campaign.py --table bench/results/campaign.json   # the docs' tables
 
+An experiment, not a rule: `--rules seq-bayes/v4@true-shrink` runs that sequential rule with its prior's
+scales multiplied, on the upstream-fit stream, by the stream's true shrink factor 1 / (1 + I/0.003) (I
+the branch's true improvement, which no real rule knows): the most a prior that follows the branch could
+give.
+
 A campaign spends a fixed GPU budget (a run costs RUN_S: 300 s of training plus evaluation) on a
 stream of proposals whose true effect Δ (candidate − current best, bits per byte; negative is better)
 comes from a mixture; every rule sees the same stream in a campaign. A run's score is the branch's
@@ -36,7 +41,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -63,6 +68,7 @@ MEASURED_RHOS = [0.98]
 GAP_SIGMA_SHARE = 1.0  # σ of one run's (test − val), as a share of σ: a pessimistic guess
 GREEDY = "greedy"
 ORACLE = "oracle"  # a bound, not a rule: knows every true Δ, spends one run per proposal, merges every gain
+TRUE_SHRINK = "true-shrink"  # `RULE@true-shrink`: the rule's prior follows the upstream-fit stream's shrink
 CANDIDATE_RULE = rules.SEQ_BAYES_V3_RULE  # the rule measured against the goals (the `ratios`)
 RULE_NAMES = [GREEDY, rules.PAIRED_Z_RULE, CANDIDATE_RULE, ORACLE]  # `--rules` adds others (seq-bayes/v2)
 
@@ -192,9 +198,29 @@ class Branch:
         return self._noise
 
 
+def shrunk_prior_policy(policy: rules.Policy, improvement: float) -> rules.Policy:
+    """The policy with its sequential rules' prior scaled by the upstream-fit stream's shrink factor at this
+    true improvement, in quarter-octave steps (so the rules' cached screening thresholds stay few)."""
+    shrink = 2 ** (round(math.log2(1 / (1 + improvement / 0.003)) * 4) / 4)
+
+    def scaled(prior: rules.Prior) -> rules.Prior:
+        return replace(
+            prior, version=f"{prior.version} x{shrink:.3g}", worse_sd_bpb=prior.worse_sd_bpb * shrink,
+            zero_sd_bpb=prior.zero_sd_bpb * shrink, gain_mean_bpb=prior.gain_mean_bpb * shrink,
+            large_gain_mean_bpb=prior.large_gain_mean_bpb * shrink,
+        )  # fmt: skip
+
+    return replace(
+        policy, seq2=replace(policy.seq2, prior=scaled(policy.seq2.prior)),
+        seq3=replace(policy.seq3, prior=scaled(policy.seq3.prior)),
+        seq4=replace(policy.seq4, prior=scaled(policy.seq4.prior)),
+    )  # fmt: skip
+
+
 def campaign(rule: str, mixture: str, machine: Machine, stream: list[Proposal], policy: rules.Policy,
              base_bpb: float = 1.0) -> Tally:  # fmt: skip
     tally = Tally()
+    rule, _, variant = rule.partition("@")
     root = [machine.run(base_bpb, FIRST_SEED + i)[0] for i in range(ROOT_RUNS)]
     branch = Branch(true_bpb=base_bpb, recorded_bpb=statistics.fmean(root), recorded_sd=None)
     branch.runs_by_commit[0] = root
@@ -213,7 +239,9 @@ def campaign(rule: str, mixture: str, machine: Machine, stream: list[Proposal], 
         elif rule == ORACLE:
             outcome = _oracle(branch, machine, delta)
         else:
-            outcome = _decide(branch, machine, delta, proposal, policy, seeds, tally)
+            shrunk = variant == TRUE_SHRINK and mixture == "upstream" and improvement > 0
+            decide_policy = shrunk_prior_policy(policy, improvement) if shrunk else policy
+            outcome = _decide(branch, machine, delta, proposal, decide_policy, seeds, tally)
         if outcome is None:  # the budget ran out mid-decision
             break
         tally.decisions += 1
@@ -327,6 +355,7 @@ def _decide(branch: Branch, machine: Machine, delta: float, proposal: Proposal, 
 @functools.cache
 def policy_for(rule: str, rho: float = 0.0) -> rules.Policy:
     acceptance = AcceptanceSettings.defaults()
+    rule = rule.partition("@")[0]
     return rules.Policy(
         rule=rule if rule in rules.RULES else rules.PAIRED_Z_RULE, paired=rules.params_from(acceptance),
         seq=rules.seq_params_from(acceptance),
@@ -573,7 +602,10 @@ def main() -> None:
     wanted = [part for part in args.only.split(",") if part]
     extra = [r for r in args.rules.split(",") if r]
     candidate = args.candidate
-    unknown = [r for r in [*extra, candidate] if r not in rules.RULES]
+    unknown = [
+        r for r in [*extra, candidate]
+        if r.partition("@")[0] not in rules.RULES or r.partition("@")[2] not in ("", TRUE_SHRINK)
+    ]  # fmt: skip
     if unknown:
         parser.error(f"unknown rules {unknown}; known: {', '.join(rules.RULES)}")
     always = [GREEDY, rules.PAIRED_Z_RULE, candidate]
