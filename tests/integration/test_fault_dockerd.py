@@ -215,11 +215,14 @@ def new_proposal(store: Store) -> Proposal:
 class Watch:
     """Samples the private daemon every 0.1 s: the most of the proposal's containers of one step seen
     running at once, the model containers aside (an evaluation runs two of them beside its scorer by
-    design); the daemon is unreachable while it is down, and those samples are skipped."""
+    design); the daemon is unreachable while it is down, and those samples are skipped. On a busy host
+    a sample can take seconds, so one may miss a short-lived container: `samples` counts the answered
+    ones, and the test asserts the bound (at most one at once), not that a given container was seen."""
 
     daemon: PrivateDockerd
     proposal_id: str
     most_running: int = 0
+    samples: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -227,13 +230,14 @@ class Watch:
         while not self.stop.wait(0.1):
             if not self.daemon.listening():
                 continue
-            client = self.daemon.client(2)
+            client = self.daemon.client()
             try:
                 steps = Counter(
                     c.labels.get("autoresearch.step") for c in client.containers.list(filters=filters)
                 )
                 steps.pop("model", None)
                 self.most_running = max(self.most_running, *steps.values(), 0)
+                self.samples += 1
             except (docker.errors.DockerException, OSError):
                 continue  # down, or restarting
             finally:
@@ -345,7 +349,7 @@ def test_dockerd_restarted_mid_training_is_an_infra_retry_that_then_scores(
     ]  # fmt: skip
     assert "infrastructure failed" in history[2] and "retry 1 of 2" in history[2], history
     assert len(list((tmp_path / "runs").iterdir())) == 2  # the killed run and the retry
-    assert watch.most_running == 1
+    assert watch.samples > 0 and watch.most_running <= 1, (watch.samples, watch.most_running)
     assert queue.queue_depths(redis_client) == {queue.RUNS_QUEUE: 0, queue.COMMITS_QUEUE: 1}
     print(f"killed: dockerd (SIGTERM + restart) mid-training; verified: {history[2]!r}, then scored 1.25")
 
